@@ -1,0 +1,197 @@
+"""The ``esol`` command line (also ``python -m esol_lib``); subcommands as fixed in DESIGN.md.
+
+Every stage reads and writes one run folder. Errors raised on purpose (:class:`EsolError`) are
+printed as one message without a traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import yaml
+
+from esol_lib.errors import EsolError
+
+# Subcommands that later work builds; until then they say where they belong instead of faking output.
+PENDING = {
+    "train-cam": "the Baseline CAM issue (#3): backbones, classifier, training engine",
+    "make-cam": "the Baseline CAM issue (#3) for --stage baseline, the ESOL core issue (#4) for the others",
+    "eval-cam": "the Baseline CAM issue (#3): seed evaluation (metrics already live in esol_lib.metrics)",
+    "expand": "the ESOL core issue (#4): expansion sampler, loss maximisation, feature clipping",
+    "shrink": "the ESOL core issue (#4): shrinkage sampler and area loss",
+    "refine": "the Refinement issue (#5): DenseCRF + IRN pseudo masks",
+    "train-seg": "the Refinement issue (#5): DeepLab-v2 on pseudo masks",
+    "eval-seg": "the Refinement issue (#5): DeepLab-v2 evaluation",
+    "book": "the book issue (#6): papermill every notebook, then jupyter-book build",
+}
+
+STAGE_CHOICES = ("baseline", "expansion", "shrinkage")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="cpu", help="preset (smoke, cpu, voc12, coco14) or a YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set expansion.alpha=0.01 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="esol",
+        description="ESOL (NeurIPS 2022) for weakly-supervised semantic segmentation. "
+        "Every stage reads and writes one run folder (--run).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate the benchmark or convert a dataset to VOC layout")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    synth = dsub.add_parser("synth", help="write the generated benchmark in VOC layout")
+    synth.add_argument("--out", required=True, type=Path)
+    synth.add_argument("--train", type=int, default=None, help="training images (default 1000)")
+    synth.add_argument("--val", type=int, default=None, help="validation images (default 200)")
+    synth.add_argument("--size", type=int, default=None, help="image side in pixels (default 64)")
+    synth.add_argument("--seed", type=int, default=None)
+    synth.add_argument("--num-classes", type=int, default=None)
+    synth.add_argument("--profile", default=None,
+                       help="take every unspecified field from this preset's data.synth (e.g. smoke)")
+    coco = dsub.add_parser("coco", help="convert MS COCO 2014 annotations into VOC layout (pycocotools)")
+    coco.add_argument("--coco-root", required=True, type=Path)
+    coco.add_argument("--out", required=True, type=Path)
+    coco.add_argument("--limit", type=int, default=None, help="convert only the first N images per split")
+    aug = dsub.add_parser("train-aug", help="build VOC's 10,582-image train_aug list from VOC + SBD")
+    aug.add_argument("--voc-root", required=True, type=Path)
+    aug.add_argument("--sbd-root", required=True, type=Path)
+
+    show = sub.add_parser("config", help="print the resolved config as YAML")
+    _add_config_args(show)
+
+    p = sub.add_parser("train-cam", help="train the baseline classifier (+2 extra convs)")
+    _add_config_args(p)
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--run", required=True, type=Path)
+    for name, what in (("expand", "Expansion stage: offsets learned by loss maximisation, then clipping"),
+                       ("shrink", "Shrinkage stage: offsets learned with the area loss")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--run", required=True, type=Path)
+    for name, what in (("make-cam", "multi-scale CAMs (Eq. 2) of a stage's model"),
+                       ("eval-cam", "threshold sweep of a stage's CAM seeds -> metrics JSON")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--run", required=True, type=Path)
+        p.add_argument("--stage", choices=STAGE_CHOICES, default="baseline")
+        p.add_argument("--split", default="train")
+        if name == "eval-cam":
+            p.add_argument("--crf", action="store_true", help="DenseCRF on the seeds")
+    for name, what in (("refine", "DenseCRF + IRN: a stage's CAMs -> pseudo masks"),
+                       ("train-seg", "DeepLab-v2 trained on a stage's pseudo masks"),
+                       ("eval-seg", "DeepLab-v2 evaluated on the val split")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--run", required=True, type=Path)
+        p.add_argument("--stage", choices=STAGE_CHOICES, default="shrinkage")
+        if name == "eval-seg":
+            p.add_argument("--split", default="val")
+    p = sub.add_parser("pipeline", help="every stage in order, resumable")
+    _add_config_args(p)
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--run", required=True, type=Path)
+    p = sub.add_parser("book", help="execute every notebook with papermill, then build the Jupyter Book")
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--out", type=Path, default=Path("_build"))
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from esol_lib.config import load_config
+    from esol_lib.data import generate_benchmark, synth_spec_from_config
+
+    base = load_config(args.profile).data.synth if args.profile else None
+    spec = synth_spec_from_config(base)
+    fields = {"train": args.train, "val": args.val, "size": args.size, "seed": args.seed,
+              "num_classes": args.num_classes}
+    spec = dataclasses.replace(spec, **{k: v for k, v in fields.items() if v is not None})
+    out = generate_benchmark(args.out, spec)
+    print(f"benchmark written to {out}")
+    return 0
+
+
+def cmd_data_coco(args: argparse.Namespace) -> int:
+    from esol_lib.data.coco import convert_coco
+
+    convert_coco(args.coco_root, args.out, limit=args.limit)
+    print(f"COCO 2014 converted to VOC layout in {args.out}")
+    return 0
+
+
+def cmd_data_train_aug(args: argparse.Namespace) -> int:
+    from esol_lib.data.sbd import make_train_aug
+
+    ids = make_train_aug(args.voc_root, args.sbd_root)
+    print(f"train_aug: {len(ids)} images listed in {args.voc_root}/ImageSets/Segmentation/train_aug.txt")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from esol_lib.config import config_to_dict, load_config
+
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from esol_lib.config import load_config
+    from esol_lib.data import resolve_data_root
+    from esol_lib.run import create_run
+
+    cfg = load_config(args.config, args.overrides)
+    root = resolve_data_root(cfg, args.data_root)
+    run = create_run(args.run, cfg)
+    print(f"data: {root}\nrun:  {run.root}")
+    remaining = ["train-cam", "make-cam", "eval-cam", "expand", "shrink", "refine", "train-seg", "eval-seg"]
+    print("stages not built yet (each issue adds its own):")
+    for name in remaining:
+        if name in PENDING:
+            print(f"  {name:10s} -> {PENDING[name]}")
+    return 0
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    print(f"esol {args.command}: not built yet; it belongs to {PENDING[args.command]}.", file=sys.stderr)
+    return 3
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "config": cmd_config,
+    "pipeline": cmd_pipeline,
+}
+DATA_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "synth": cmd_data_synth,
+    "coco": cmd_data_coco,
+    "train-aug": cmd_data_train_aug,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "data":
+        handler = DATA_COMMANDS[args.data_command]
+    else:
+        handler = COMMANDS.get(args.command, cmd_pending)
+    try:
+        return handler(args)
+    except EsolError as err:
+        print(f"esol {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"esol {args.command}: interrupted; finished work is kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

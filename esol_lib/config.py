@@ -1,0 +1,366 @@
+"""Typed run configuration: dataclasses, YAML presets and ``--set key=value`` overrides.
+
+A config is a tree of dataclasses. It is built from a preset (``smoke``, ``cpu``,
+``voc12``, ``coco14``; YAML files in ``esol_lib/configs/``) or a YAML path, then
+patched with dotted overrides. Loading is strict: an unknown key or a value of
+the wrong type raises :class:`~esol_lib.errors.ConfigError` naming the dotted key.
+
+The dataclass defaults are the paper's PASCAL VOC 2012 settings (§4.1) and
+IRN's public settings for the baseline; the presets state every field they change.
+Where the paper is ambiguous (see ``DESIGN.md``), the choice is a field here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from esol_lib.errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+PRESETS = ("smoke", "cpu", "voc12", "coco14")
+
+
+@dataclass
+class SynthConfig:
+    """Spec of the generated benchmark (``esol data synth``); used when ``data.root`` is empty."""
+
+    train: int = 1000
+    val: int = 200
+    size: int = 64
+    seed: int = 0
+    num_classes: int = 4
+    object_scale: list[float] = field(default_factory=lambda: [0.25, 0.45])
+    part_fraction: float = 0.25
+
+
+@dataclass
+class DataConfig:
+    """Where the dataset lives and which splits each stage reads (VOC layout, DESIGN.md)."""
+
+    root: str = ""  # empty: the generated benchmark, written to data/synth-<profile>
+    train_split: str = "train_aug"  # classifier / ESOL / IRN training
+    cam_split: str = "train"  # seeds and pseudo masks are scored here (VOC's 1,464 train)
+    val_split: str = "val"  # segmentation is scored here
+    num_workers: int = 2
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class ModelConfig:
+    """CAM classifier (§3.1, §4.1): backbone, output stride and the two extra convolutions."""
+
+    backbone: str = "resnet50"  # resnet50 | resnet101 | small
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2, 1])
+    pretrained: Optional[str] = "imagenet"  # None, 'imagenet' (torchvision's local cache) or a .pth path
+    frozen_stages: int = 1  # IRN: stem + layer1 frozen
+    freeze_bn: bool = True
+    extra_kernel: int = 3  # the paper's "3x3 or 1x1" extra convolutions
+    extra_channels: Optional[int] = None  # None: the backbone's output channels
+
+
+@dataclass
+class TrainCamConfig:
+    """Baseline classifier training (IRN's train_cam)."""
+
+    batch_size: int = 16
+    epochs: int = 5
+    max_steps: Optional[int] = None  # overrides epochs when set
+    lr: float = 0.1
+    new_layer_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    resize_long: list[int] = field(default_factory=lambda: [320, 640])
+    crop_size: int = 512
+    flip: bool = True
+    checkpoint_every: int = 200
+
+
+@dataclass
+class CamConfig:
+    """CAM inference (Eq. 2) and seed evaluation."""
+
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    flip: bool = True
+    thresholds: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
+
+
+@dataclass
+class ExpansionConfig:
+    """Expansion stage (§3.2, Eq. 4–5, Eq. 7)."""
+
+    offsets: bool = True  # DT_e: deformable offsets in the expansion sampler
+    deformable: bool = True  # False: loss maximisation on a plain conv (Appendix A.1.1)
+    alpha: float = 0.001  # §4.1 says 0.001; §4.3.1 / A.1.2 say 0.01 (DESIGN.md)
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_steps: int = 6610
+    batch_size: int = 16
+    clip: bool = True  # FL: feature clipping (Eq. 7)
+    beta: float = 0.15
+    train_regular: bool = False  # Appendix A.1.3: regular weights trainable
+    sampler_layer: int = 1  # which extra conv the expansion sampler replaces (1 or 2)
+    max_offset: float = 8.0  # divergence guard: mean |offset| in feature cells
+
+
+@dataclass
+class ShrinkageConfig:
+    """Shrinkage stage (§3.3, Eq. 6)."""
+
+    offsets: bool = True  # DT_s
+    area_loss: bool = True
+    area_map: str = "sigmoid"  # what P_k is: 'sigmoid' class maps or max-normalised 'cam'
+    gamma: float = 1.0
+    mu: float = 1.0
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_steps: int = 6610
+    batch_size: int = 16
+    train_regular: bool = False
+    max_offset: float = 8.0
+
+
+@dataclass
+class CRFConfig:
+    """DenseCRF parameters: IRN's IR-label CRF and DeepLab's test-time CRF."""
+
+    iterations: int = 10
+    gt_prob: float = 0.7
+    gauss_sxy: float = 3.0
+    gauss_compat: float = 3.0
+    bilateral_sxy: float = 50.0
+    bilateral_srgb: float = 5.0
+    bilateral_compat: float = 10.0
+    seg_pos_w: float = 3.0
+    seg_pos_xy_std: float = 1.0
+    seg_bi_w: float = 4.0
+    seg_bi_xy_std: float = 67.0
+    seg_bi_rgb_std: float = 3.0
+
+
+@dataclass
+class IRNConfig:
+    """Inter-pixel relation network (IRN, CVPR 2019) refinement."""
+
+    conf_fg_thres: float = 0.30
+    conf_bg_thres: float = 0.05
+    radius: int = 5
+    batch_size: int = 32
+    epochs: int = 3
+    max_steps: Optional[int] = None
+    lr: float = 0.1
+    crop_size: int = 512
+    beta: float = 10.0
+    exp_times: int = 8
+    sem_seg_bg_thres: float = 0.25
+
+
+@dataclass
+class SegConfig:
+    """DeepLab-v2 trained on the pseudo masks."""
+
+    backbone: str = "resnet101"
+    pretrained: Optional[str] = "imagenet"
+    dilations: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 10
+    crop_size: int = 321
+    max_steps: int = 20000
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    test_scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0])
+    crf: bool = True
+
+
+@dataclass
+class Config:
+    """The whole run configuration, written to ``RUN/config.yaml`` first by every stage."""
+
+    profile: str = "voc12"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    expansion: ExpansionConfig = field(default_factory=ExpansionConfig)
+    shrinkage: ShrinkageConfig = field(default_factory=ShrinkageConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    irn: IRNConfig = field(default_factory=IRNConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, prefix=f"{key}.")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{key}': unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from defaults patched by ``values`` (strict)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}'; valid keys under "
+                f"'{prefix.rstrip('.') or 'the top level'}' are: {', '.join(sorted(names))}"
+            )
+    obj = cls()
+    for key, value in values.items():
+        setattr(obj, key, _coerce(value, hints[key], prefix + key))
+    return obj
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build a :class:`Config` from a nested dict; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping, got {type(values).__name__}")
+    return _build(Config, values)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The config as plain nested dicts (YAML-ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    return data or {}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key=value, e.g. expansion.alpha=0.01")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{item}' has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{item}': cannot parse value {raw!r}: {err}") from err
+    return key.split("."), value
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Patch a nested dict with ``key.sub=value`` strings (values parsed as YAML)."""
+    out = _merge({}, values)
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[path[-1]] = value
+    return out
+
+
+def _resolve_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config, merged over its ``base:`` preset (recursively)."""
+    if path in seen:
+        raise ConfigError(f"config file {path}: 'base' presets form a cycle")
+    values = _read_yaml(path)
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if base not in PRESETS:
+        raise ConfigError(f"config file {path}: base '{base}' is not a preset ({', '.join(PRESETS)})")
+    return _merge(_resolve_bases(PRESET_DIR / f"{base}.yaml", seen + (path,)), values)
+
+
+def load_config(name_or_path: str | Path = "cpu", overrides: list[str] | None = None) -> Config:
+    """Load a preset name (``smoke``, ``cpu``, ``voc12``, ``coco14``) or a YAML path, then overrides.
+
+    A YAML file may start from a preset with ``base: <preset>``.
+    """
+    text = str(name_or_path)
+    path = Path(text)
+    if text in PRESETS:
+        path = PRESET_DIR / f"{text}.yaml"
+    elif not path.is_file():
+        raise ConfigError(
+            f"config '{text}' is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file"
+        )
+    values = _resolve_bases(path)
+    values = apply_overrides(values, overrides or [])
+    return config_from_dict(values)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)

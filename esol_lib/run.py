@@ -1,0 +1,92 @@
+"""The run folder (DESIGN.md): one directory that every stage reads and writes.
+
+```
+RUN/config.yaml                 the resolved config, written first
+RUN/checkpoints/<stage>.pt      atomic; resumable
+RUN/cams/<stage>/<id>.npz       high-res CAMs of the GT classes
+RUN/metrics/<stage>_<split>.json
+RUN/pseudo_masks/<stage>/<id>.png
+RUN/log.jsonl
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from esol_lib.config import Config, config_from_dict, config_to_dict, save_config
+from esol_lib.errors import ConfigError, StageError
+
+STAGES = ("baseline", "expansion", "shrinkage")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run folder; creating the object touches nothing on disk."""
+
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "log.jsonl"
+
+    def checkpoint(self, stage: str) -> Path:
+        return self.root / "checkpoints" / f"{stage}.pt"
+
+    def cams(self, stage: str) -> Path:
+        return self.root / "cams" / stage
+
+    def metrics(self, name: str) -> Path:
+        return self.root / "metrics" / f"{name}.json"
+
+    def pseudo_masks(self, stage: str) -> Path:
+        return self.root / "pseudo_masks" / stage
+
+    def load_config(self) -> Config:
+        """The run's resolved config; a missing one names the command that writes it."""
+        if not self.config_path.is_file():
+            raise StageError(
+                f"{self.config_path} not found: start the run with "
+                f"`esol train-cam --config cpu --run {self.root}` (or `esol pipeline`) first"
+            )
+        return config_from_dict(yaml.safe_load(self.config_path.read_text()) or {})
+
+
+def create_run(root: str | Path, cfg: Config) -> RunDir:
+    """Open run folder ``root`` for ``cfg``; write ``config.yaml`` first.
+
+    Re-opening a run with the same config resumes it. A different config is refused (it would mix
+    results of two settings in one folder), naming the keys that differ.
+    """
+    run = RunDir(Path(root))
+    if run.config_path.is_file():
+        old = config_to_dict(run.load_config())
+        new = config_to_dict(cfg)
+        diff = _diff(old, new)
+        if diff:
+            raise ConfigError(
+                f"run folder {run.root} was started with another config (differs in: {', '.join(diff)}); "
+                "use a new --run folder, or delete this one to start over"
+            )
+        return run
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.config_path)
+    return run
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(prefix + k)
+    return keys

@@ -1,0 +1,104 @@
+"""Configs: presets load, overrides apply, unknown keys and wrong types name the key."""
+
+import pytest
+
+from esol_lib.config import PRESETS, config_to_dict, load_config, save_config
+from esol_lib.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_loads_and_names_itself(name):
+    cfg = load_config(name)
+    assert cfg.profile == name
+
+
+def test_voc12_carries_the_paper_and_irn_settings():
+    cfg = load_config("voc12")
+    assert cfg.model.backbone == "resnet50" and cfg.model.strides == [2, 2, 2, 1]
+    assert cfg.train_cam.crop_size == 512 and cfg.train_cam.batch_size == 16
+    assert cfg.train_cam.lr == 0.1 and cfg.train_cam.weight_decay == 1e-4
+    assert cfg.cam.scales == [1.0, 0.5, 1.5, 2.0]
+    assert cfg.expansion.lr == 0.01 and cfg.expansion.max_steps == 6610 and cfg.expansion.beta == 0.15
+    assert cfg.shrinkage.lr == 0.1 and cfg.shrinkage.gamma == 1.0 and cfg.shrinkage.mu == 1.0
+    assert cfg.data.train_split == "train_aug"
+
+
+def test_coco14_inherits_voc12_and_changes_what_the_paper_changes():
+    cfg = load_config("coco14")
+    assert cfg.model.backbone == "resnet50"  # from the base preset
+    assert cfg.expansion.lr == 0.001 and cfg.expansion.max_steps == 51730
+    assert cfg.shrinkage.lr == 0.02 and cfg.shrinkage.max_steps == 51730
+
+
+def test_cpu_and_smoke_need_no_downloads():
+    for name in ("cpu", "smoke"):
+        cfg = load_config(name)
+        assert cfg.model.pretrained is None and cfg.seg.pretrained is None
+        assert cfg.data.root == ""  # the generated benchmark
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config("cpu", ["expansion.alpha=0.05", "cam.scales=[1.0, 2.0]", "model.pretrained=null",
+                              "expansion.clip=false", "data.synth.seed=3"])
+    assert cfg.expansion.alpha == 0.05
+    assert cfg.cam.scales == [1.0, 2.0]
+    assert cfg.model.pretrained is None
+    assert cfg.expansion.clip is False
+    assert cfg.data.synth.seed == 3
+
+
+def test_int_widens_to_float():
+    assert load_config("cpu", ["expansion.alpha=1"]).expansion.alpha == 1.0
+
+
+@pytest.mark.parametrize("override, key", [
+    ("expansion.alpah=0.1", "expansion.alpah"),
+    ("nosuchsection.x=1", "nosuchsection"),
+    ("data.synth.colour=3", "data.synth.colour"),
+])
+def test_unknown_key_is_an_error_naming_it(override, key):
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
+        load_config("cpu", [override])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("expansion.max_steps=ten", "expansion.max_steps"),
+    ("expansion.max_steps=1.5", "expansion.max_steps"),
+    ("expansion.clip=3", "expansion.clip"),
+    ("cam.scales=1.0", "cam.scales"),
+    ("cam.scales=[1.0, big]", r"cam.scales\[1\]"),
+    ("model.backbone=5", "model.backbone"),
+    ("expansion=3", "expansion"),
+])
+def test_wrong_type_is_an_error_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        load_config("cpu", [override])
+
+
+def test_malformed_override_and_missing_config():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("cpu", ["expansion.alpha"])
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_config("no-such-preset")
+
+
+def test_yaml_file_with_base_and_unknown_key(tmp_path):
+    good = tmp_path / "mine.yaml"
+    good.write_text("base: smoke\nexpansion: {alpha: 0.02}\n")
+    cfg = load_config(good)
+    assert cfg.profile == "smoke" and cfg.expansion.alpha == 0.02
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: smoke\nshrinkage: {muu: 2}\n")
+    with pytest.raises(ConfigError, match="shrinkage.muu"):
+        load_config(bad)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config("cpu", ["seed=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert config_to_dict(again) == config_to_dict(cfg)
