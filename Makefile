@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 PROFILE ?= cpu
 RUN    ?= runs/$(PROFILE)
-DATA   ?= data/synth
+DATA   ?= data/synth-$(PROFILE)
 
 .PHONY: venv test book pipeline synth clean
 
@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,coco]'
+	$(PY) -m pip install --quiet -e '.[test,coco,voc]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -28,8 +28,8 @@ synth: $(STAMP)
 pipeline: synth
 	$(VENV)/bin/esol pipeline --config $(PROFILE) --data-root $(DATA) --run $(RUN)
 
-book: $(STAMP)
-	$(VENV)/bin/esol book --profile $(PROFILE)
+# Until the notebooks land (issue 6) the main job generates the benchmark and runs the pipeline.
+book: pipeline
 
 clean:
 	rm -rf runs _build build

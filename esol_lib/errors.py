@@ -27,3 +27,7 @@ class DivergenceError(EsolError, RuntimeError):
 
 class WeightsNotFoundError(EsolError, FileNotFoundError):
     """Pretrained weights were asked for but no local file provides them (nothing is downloaded)."""
+
+
+class MissingDependencyError(EsolError, ImportError):
+    """An optional package (pycocotools, scipy) is needed for this command but not installed."""
