@@ -58,7 +58,7 @@ class SynthSpec:
         max_classes_per_image: distinct classes per image (VOC images rarely have more than two).
         object_scale: range of the body's length (its long axis) as a fraction of ``size``.
         part_fraction: area of the discriminative part relative to the body's area.
-        void_border: width in pixels of the void (255) band drawn around every object, as in VOC.
+        void_border: width in pixels of the void (255) ring drawn around every object, as in VOC.
     """
 
     train: int = 1000
@@ -166,10 +166,13 @@ def _body_texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> n
 
 
 def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
-    out = mask.copy()
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            out |= np.roll(np.roll(mask, dy, axis=0), dx, axis=1) if (dy or dx) else mask
+    """Binary dilation by a (2r+1)-square (no wrap-around at the image edge)."""
+    h, w = mask.shape
+    padded = np.pad(mask, r)
+    out = np.zeros_like(mask)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            out |= padded[dy:dy + h, dx:dx + w]
     return out
 
 
@@ -220,12 +223,9 @@ def render_sample(spec: SynthSpec, index: int, split: str = "train") -> SynthSam
         hue = _PART_HUES[k - 1] + rng.uniform(-0.02, 0.02)
         colour = _hsv_to_rgb(hue, _PART_SAT[k - 1], _PART_VAL[k - 1] * rng.uniform(0.85, 1.0))
         img[part] = colour + rng.normal(0.0, 8.0, (int(part.sum()), 3))
-        if spec.void_border:
-            band = _dilate(whole, spec.void_border) & ~_dilate(~whole, spec.void_border)
-            label[band] = VOID
-            label[whole & ~band] = k
-        else:
-            label[whole] = k
+        if spec.void_border:  # VOC-style void ring just outside the object's outline
+            label[_dilate(whole, spec.void_border) & ~whole] = VOID
+        label[whole] = k
         part_map[whole] = 0  # an object in front hides the parts behind it
         part_map[part] = k
     image = np.clip(img, 0, 255).astype(np.uint8)
