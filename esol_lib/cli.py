@@ -18,11 +18,6 @@ from esol_lib.errors import EsolError
 
 # Subcommands that later work builds; until then they say where they belong instead of faking output.
 PENDING = {
-    "train-cam": "the Baseline CAM issue (#3): backbones, classifier, training engine",
-    "make-cam": "the Baseline CAM issue (#3) for --stage baseline, the ESOL core issue (#4) for the others",
-    "eval-cam": "the Baseline CAM issue (#3): seed evaluation (metrics already live in esol_lib.metrics)",
-    "expand": "the ESOL core issue (#4): expansion sampler, loss maximisation, feature clipping",
-    "shrink": "the ESOL core issue (#4): shrinkage sampler and area loss",
     "refine": "the Refinement issue (#5): DenseCRF + IRN pseudo masks",
     "train-seg": "the Refinement issue (#5): DeepLab-v2 on pseudo masks",
     "eval-seg": "the Refinement issue (#5): DeepLab-v2 evaluation",
@@ -81,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=what)
         p.add_argument("--run", required=True, type=Path)
         p.add_argument("--stage", choices=STAGE_CHOICES, default="baseline")
-        p.add_argument("--split", default="train")
+        p.add_argument("--split", default=None, help="split to use (default: the config's data.cam_split)")
         if name == "eval-cam":
             p.add_argument("--crf", action="store_true", help="DenseCRF on the seeds")
     for name, what in (("refine", "DenseCRF + IRN: a stage's CAMs -> pseudo masks"),
@@ -143,20 +138,65 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_cam(args: argparse.Namespace) -> int:
+    from esol_lib.config import load_config
+    from esol_lib.stages import start_run, train_cam
+
+    run = start_run(args.run, load_config(args.config, args.overrides), args.data_root)
+    result = train_cam(run)
+    print(f"baseline classifier: {run.checkpoint('baseline')} ({result.steps} steps)")
+    return 0
+
+
+def cmd_expand(args: argparse.Namespace) -> int:
+    from esol_lib.esol import expand
+    from esol_lib.stages import open_run
+
+    run, _ = open_run(args.run)
+    result = expand(run)
+    print(f"expansion model: {run.checkpoint('expansion')} ({result.steps} steps)")
+    return 0
+
+
+def cmd_shrink(args: argparse.Namespace) -> int:
+    from esol_lib.esol import shrink
+    from esol_lib.stages import open_run
+
+    run, _ = open_run(args.run)
+    result = shrink(run)
+    print(f"shrinkage model: {run.checkpoint('shrinkage')} ({result.steps} steps)")
+    return 0
+
+
+def cmd_make_cam(args: argparse.Namespace) -> int:
+    from esol_lib.stages import make_cam, open_run
+
+    run, _ = open_run(args.run)
+    out = make_cam(run, args.stage, args.split)
+    print(f"CAMs of stage {args.stage} on split {args.split}: {out}")
+    return 0
+
+
+def cmd_eval_cam(args: argparse.Namespace) -> int:
+    from esol_lib.stages import eval_cam, open_run
+
+    run, _ = open_run(args.run)
+    m = eval_cam(run, args.stage, args.split, crf=args.crf)
+    name = f"{args.stage}{'_crf' if args.crf else ''}_{args.split}"
+    print(f"{name}: mIoU {100 * m['miou']:.1f} at threshold {m['threshold']:.2f} "
+          f"(precision {100 * m['precision']:.1f}, recall {100 * m['recall']:.1f}, F1 {100 * m['f1']:.1f}) "
+          f"-> {run.metrics(name)}")
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from esol_lib.config import load_config
-    from esol_lib.data import resolve_data_root
-    from esol_lib.run import create_run
+    from esol_lib.pipeline import run_pipeline
+    from esol_lib.stages import start_run
 
-    cfg = load_config(args.config, args.overrides)
-    root = resolve_data_root(cfg, args.data_root)
-    run = create_run(args.run, cfg)
-    print(f"data: {root}\nrun:  {run.root}")
-    remaining = ["train-cam", "make-cam", "eval-cam", "expand", "shrink", "refine", "train-seg", "eval-seg"]
-    print("stages not built yet (each issue adds its own):")
-    for name in remaining:
-        if name in PENDING:
-            print(f"  {name:10s} -> {PENDING[name]}")
+    run = start_run(args.run, load_config(args.config, args.overrides), args.data_root)
+    print(f"run: {run.root}")
+    run_pipeline(run)
     return 0
 
 
@@ -168,6 +208,11 @@ def cmd_pending(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "config": cmd_config,
     "pipeline": cmd_pipeline,
+    "train-cam": cmd_train_cam,
+    "expand": cmd_expand,
+    "shrink": cmd_shrink,
+    "make-cam": cmd_make_cam,
+    "eval-cam": cmd_eval_cam,
 }
 DATA_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "synth": cmd_data_synth,

@@ -88,3 +88,28 @@ class TrainTransform:
         if "mask" in sample:
             out["mask"] = torch.from_numpy(np.ascontiguousarray(sample["mask"])).long()
         return out
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """``base[i]`` passed through ``transform(sample, rng)`` with ``rng`` drawn from ``(seed, epoch, i)``.
+
+    The augmentation of every item depends only on the seed, the epoch and the index — not on the
+    worker process or on how many batches came before — so a resumed run sees the same crops and
+    flips as an uninterrupted one. The training engine calls :meth:`set_epoch` at each epoch.
+    """
+
+    def __init__(self, base: torch.utils.data.Dataset, transform: "TrainTransform", seed: int = 0) -> None:
+        self.base = base
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return self.transform(self.base[index], rng)

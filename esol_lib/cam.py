@@ -1,0 +1,209 @@
+"""Class activation maps (Eq. (2)): multi-scale, flipped, normalised; stored per image; evaluated as seeds.
+
+For an image ``I`` and class ``k`` the paper's localization map is
+
+    M_k = ReLU( sum_s  up( w_k^T F(I_s) ) )  /  max_{x,y} (...)          Eq. (2)
+
+with ``F`` the feature map before global average pooling, ``w_k`` the classifier weights, ``I_s``
+the image rescaled by scale ``s`` (and its horizontal flip, IRN's protocol) and ``up`` bilinear
+upsampling to the image size. The ReLU is applied to each scale's map before summing (as IRN
+does), which equals the formula above when every term is non-negative and avoids one scale's
+negative evidence cancelling another's positive one.
+
+Every stage (baseline, expansion, shrinkage) goes through the same code: it supplies a ``cam_fn``
+mapping a normalised image batch ``(B, 3, H, W)`` to raw class maps ``(B, K, h, w)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from esol_lib.data.transforms import to_tensor
+from esol_lib.errors import StageError
+from esol_lib.metrics import ThresholdSweep, confusion_matrix
+
+__all__ = ["CamFn", "multiscale_cam", "compute_cams", "load_cam", "cams_to_label", "evaluate_cams",
+           "cam_dir_signature", "seed_part_recall"]
+
+CamFn = Callable[[torch.Tensor], torch.Tensor]
+_META = "_meta.json"
+
+
+def multiscale_cam(cam_fn: CamFn, images: torch.Tensor, scales: Sequence[float] = (1.0,),
+                   flip: bool = True, eps: float = 1e-5) -> torch.Tensor:
+    """Eq. (2) for a batch of equally sized images ``(B, 3, H, W)`` → ``(B, K, H, W)`` in ``[0, 1]``.
+
+    Each scale's (and flip's) raw map goes through ReLU, is upsampled bilinearly to ``(H, W)`` and
+    summed; every class map is then divided by its spatial maximum (+ ``eps``, so an all-zero map
+    stays zero).
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    if not scales:
+        raise ValueError("cam.scales must list at least one scale")
+    b, _, h, w = images.shape
+    total: torch.Tensor | None = None
+    for s in scales:
+        x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear",
+                                                  align_corners=False, recompute_scale_factor=False)
+        if flip:
+            x = torch.cat([x, x.flip(-1)], dim=0)
+        cam = F.relu(cam_fn(x))
+        cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
+        if flip:
+            cam = cam[:b] + cam[b:].flip(-1)
+        total = cam if total is None else total + cam
+    assert total is not None
+    peak = total.flatten(2).max(-1).values[..., None, None]
+    return total / (peak + eps)
+
+
+def cam_dir_signature(checkpoint: Path | None, scales: Sequence[float], flip: bool, extra: str = "") -> str:
+    """A fingerprint of what produced a CAM folder (checkpoint bytes' size/mtime, scales, flip)."""
+    h = hashlib.sha1(json.dumps({"scales": list(scales), "flip": flip, "extra": extra}).encode())
+    if checkpoint is not None and Path(checkpoint).is_file():
+        st = Path(checkpoint).stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _cam_path(out_dir: Path, image_id: str) -> Path:
+    return out_dir / f"{image_id}.npz"
+
+
+def _save_cam(path: Path, cams: np.ndarray, keys: np.ndarray) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, cams=cams.astype(np.float16), keys=keys.astype(np.int64))
+    tmp.replace(path)
+
+
+def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[float], std: Sequence[float],
+                 scales: Sequence[float], flip: bool = True, batch_size: int = 8, signature: str = "",
+                 device: torch.device | str = "cpu", progress: bool = True, desc: str = "CAMs") -> Path:
+    """Write ``out_dir/<id>.npz`` (``cams``: float16 ``(K_gt, H, W)``, ``keys``: 1-based class ids) per image.
+
+    Only the ground-truth classes of each image are stored (the paper's and IRN's protocol).
+    Images already written under the same ``signature`` are skipped, so an interrupted run resumes;
+    a folder with another signature (a retrained model, other scales) is emptied first.
+    Images of equal size are batched.
+    """
+    out_dir = Path(out_dir)
+    meta_path = out_dir / _META
+    if out_dir.is_dir():
+        old = json.loads(meta_path.read_text()).get("signature") if meta_path.is_file() else None
+        if old != signature:
+            shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps({"signature": signature, "scales": list(scales), "flip": flip}) + "\n")
+    todo = [i for i, image_id in enumerate(dataset.ids) if not _cam_path(out_dir, image_id).is_file()]
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
+    with torch.inference_mode():
+        for group in _size_batches(dataset, todo, batch_size):
+            samples = [dataset[i] for i in group]
+            images = torch.stack([to_tensor(s["image"], mean, std) for s in samples]).to(device)
+            cams = multiscale_cam(cam_fn, images, scales, flip).float().cpu().numpy()
+            for s, cam in zip(samples, cams):
+                keys = np.nonzero(s["label"].numpy() > 0.5)[0]
+                _save_cam(_cam_path(out_dir, s["id"]), cam[keys], keys + 1)
+            bar.update(len(group))
+    bar.close()
+    return out_dir
+
+
+def _size_batches(dataset, indices: Sequence[int], batch_size: int) -> Iterable[list[int]]:
+    """Consecutive runs of same-sized images, at most ``batch_size`` long (sizes read lazily)."""
+    batch: list[int] = []
+    size = None
+    for i in indices:
+        s = _image_size(dataset, i)
+        if batch and (s != size or len(batch) == batch_size):
+            yield batch
+            batch = []
+        batch.append(i)
+        size = s
+    if batch:
+        yield batch
+
+
+def _image_size(dataset, index: int) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(dataset.image_path(dataset.ids[index])) as img:
+        return img.size
+
+
+def load_cam(cam_dir: str | Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(cams (K_gt, H, W) float32, keys (K_gt,) 1-based class ids)`` of one image."""
+    path = _cam_path(Path(cam_dir), image_id)
+    if not path.is_file():
+        raise StageError(f"CAM file {path} is missing; run `esol make-cam` for this stage and split first")
+    with np.load(path) as z:
+        return z["cams"].astype(np.float32), z["keys"]
+
+
+def cams_to_label(cams: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:
+    """Seed label map: the arg-max class where its score exceeds ``threshold``, else background (0)."""
+    if len(keys) == 0:
+        return np.zeros(cams.shape[1:], np.int64)
+    best = cams.max(0)
+    return np.where(best > threshold, np.asarray(keys)[cams.argmax(0)], 0).astype(np.int64)
+
+
+def evaluate_cams(cam_dir: str | Path, dataset, thresholds: Sequence[float], *,
+                  crf: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = None,
+                  progress: bool = True, desc: str = "eval", **meta) -> dict:
+    """Threshold sweep of the seeds in ``cam_dir`` against ``dataset``'s masks → DESIGN.md metrics dict.
+
+    With ``crf(image, labels, n_labels) -> labels``, each threshold's seed is refined by DenseCRF
+    before scoring (only for the thresholds given, since a CRF per threshold and image is costly).
+    """
+    n = dataset.num_classes + 1
+    names = ["background"] + list(dataset.classes)
+    sweep = ThresholdSweep(thresholds, n)
+    for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress):
+        image_id = dataset.ids[i]
+        sample = dataset[i]
+        cams, keys = load_cam(cam_dir, image_id)
+        gt = sample["mask"]
+        if crf is None:
+            sweep.add_scores(gt, cams, keys)
+            continue
+        for j, t in enumerate(thresholds):
+            seed = cams_to_label(cams, keys, t)
+            # CRF over the image's classes only: relabel to 0..len(keys) and back.
+            local = np.searchsorted(np.concatenate([[0], keys]), seed)
+            refined = crf(sample["image"], local, len(keys) + 1)
+            pred = np.concatenate([[0], keys])[refined]
+            sweep.confs[j] += confusion_matrix(gt, pred, n)
+    return sweep.result(names, **meta)
+
+
+def seed_part_recall(cam_dir: str | Path, dataset, part_root: str | Path, threshold: float) -> dict:
+    """Recall of the seeds at ``threshold`` on discriminative parts vs the rest of each object.
+
+    Uses the generated benchmark's ``SegmentationPart`` masks; measures partial localization.
+    """
+    from esol_lib.data.synth import load_part_mask, part_recall
+
+    part_sum = np.zeros(2, np.int64)
+    rest_sum = np.zeros(2, np.int64)
+    for i, image_id in enumerate(dataset.ids):
+        cams, keys = load_cam(cam_dir, image_id)
+        pred = cams_to_label(cams, keys, threshold)
+        gt = dataset[i]["mask"]
+        on_part, rest = part_recall(gt, load_part_mask(part_root, image_id), pred)
+        part_sum += on_part
+        rest_sum += rest
+    return {"threshold": float(threshold), "part_recall": float(part_sum[0] / max(part_sum[1], 1)),
+            "rest_recall": float(rest_sum[0] / max(rest_sum[1], 1)),
+            "part_pixels": int(part_sum[1]), "rest_pixels": int(rest_sum[1])}
+

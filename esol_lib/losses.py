@@ -1,0 +1,57 @@
+"""Losses of ESOL: Eq. (1) classification, Eq. (5) expansion, Eq. (6) shrinkage with the area loss,
+and the feature clipping of Eq. (7) that sits between the two samplers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from esol_lib.models.classifier import multilabel_loss  # Eq. (1), shared with the baseline
+
+__all__ = ["multilabel_loss", "expansion_loss", "area_loss", "shrinkage_loss", "feature_clip", "area_maps"]
+
+
+def expansion_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Eq. (5): ``L_expansion = (-1.0) · α · L(ŷ, y)`` — minimising it *maximises* the classification loss."""
+    return -alpha * multilabel_loss(logits, labels)
+
+
+def feature_clip(x: torch.Tensor, beta: float) -> torch.Tensor:
+    """Eq. (7): per image and channel, values above ``β · max`` (spatial max) are set to ``β · max``.
+
+    Flattens the activation bias left by expansion so every pixel has a fair chance in shrinkage.
+    ``x`` is ``(B, C, H, W)``; the threshold is not differentiated through (it is a statistic).
+    """
+    if not 0.0 < beta <= 1.0:
+        raise ValueError(f"feature clipping needs 0 < beta <= 1, got {beta}")
+    ceiling = beta * x.detach().amax(dim=(-2, -1), keepdim=True)
+    return torch.minimum(x, ceiling)
+
+
+def area_maps(cams: torch.Tensor, kind: str = "sigmoid") -> torch.Tensor:
+    """The localization maps ``P_k`` the area loss measures (the paper leaves them undefined; DESIGN.md).
+
+    ``'sigmoid'`` (default): ``σ(w_k^T F)``, each pixel's own classification probability — bounded,
+    differentiable everywhere, and it cannot shrink the map by lowering one peak.
+    ``'cam'``: ReLU'd CAMs divided by their spatial max, Eq. (2)'s normalisation.
+    """
+    if kind == "sigmoid":
+        return torch.sigmoid(cams)
+    if kind == "cam":
+        cams = F.relu(cams)
+        return cams / (cams.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+    raise ValueError(f"shrinkage.area_map must be 'sigmoid' or 'cam', got {kind!r}")
+
+
+def area_loss(maps: torch.Tensor) -> torch.Tensor:
+    """Eq. (6): ``L_area = 1/C Σ_c S_c`` with ``S_c = 1/(HW) Σ_{h,w} P_c(h, w)``, averaged over the batch."""
+    return maps.mean()
+
+
+def shrinkage_loss(logits: torch.Tensor, labels: torch.Tensor, cams: torch.Tensor, *, gamma: float = 1.0,
+                   mu: float = 1.0, use_area: bool = True, area_map: str = "sigmoid") -> tuple[torch.Tensor, dict]:
+    """Eq. (6): ``γ · L(ŷ, y) + μ · L_area``; returns the loss and its two terms for logging."""
+    cls = multilabel_loss(logits, labels)
+    area = area_loss(area_maps(cams, area_map)) if use_area else cls.new_zeros(())
+    return gamma * cls + mu * area, {"cls": float(cls.detach()), "area": float(area.detach())}

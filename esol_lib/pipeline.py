@@ -1,0 +1,65 @@
+"""``esol pipeline``: every stage in order on one run folder, resuming where a previous run stopped.
+
+A stage whose outputs are complete is skipped (training stages keep a finished checkpoint, CAM
+folders skip images already written, metrics are recomputed only when their CAMs are newer);
+a stage that was interrupted is resumed or redone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from esol_lib.run import RunDir
+
+__all__ = ["PipelineStep", "pipeline_steps", "run_pipeline"]
+
+
+@dataclass
+class PipelineStep:
+    name: str
+    action: Callable[[], object]
+    done: Callable[[], bool] = field(default=lambda: False)
+
+
+def _metrics_current(run: RunDir, name: str, stage: str) -> bool:
+    path, meta = run.metrics(name), run.cams(stage) / "_meta.json"
+    return path.is_file() and meta.is_file() and path.stat().st_mtime >= meta.stat().st_mtime
+
+
+def pipeline_steps(run: RunDir, *, progress: bool = True, crf: bool = True) -> list[PipelineStep]:
+    """The ordered steps of the full pipeline for ``run``."""
+    from esol_lib.esol import expand, shrink
+    from esol_lib.stages import eval_cam, make_cam, train_cam
+
+    cfg = run.load_config()
+    split = cfg.data.cam_split
+    trainers = {"baseline": train_cam, "expansion": expand, "shrinkage": shrink}
+    steps: list[PipelineStep] = []
+    for stage, trainer in trainers.items():
+        steps.append(PipelineStep(f"train {stage}", lambda t=trainer: t(run, progress=progress)))
+        steps.append(PipelineStep(f"make-cam {stage}", lambda s=stage: make_cam(run, s, split, progress=progress)))
+        steps.append(PipelineStep(f"eval-cam {stage}", lambda s=stage: eval_cam(run, s, split, progress=progress),
+                                  lambda s=stage: _metrics_current(run, f"{s}_{split}", s)))
+        if crf:
+            steps.append(PipelineStep(
+                f"eval-cam --crf {stage}", lambda s=stage: eval_cam(run, s, split, crf=True, progress=progress),
+                lambda s=stage: _metrics_current(run, f"{s}_crf_{split}", s)))
+    return steps
+
+
+def run_pipeline(run: RunDir, *, progress: bool = True, crf: bool = True,
+                 log: Callable[[str], None] = print) -> dict[str, float]:
+    """Run every step not yet complete; returns seconds per step (0 for skipped ones)."""
+    times: dict[str, float] = {}
+    for step in pipeline_steps(run, progress=progress, crf=crf):
+        if step.done():
+            log(f"[skip] {step.name}: outputs complete")
+            times[step.name] = 0.0
+            continue
+        start = time.perf_counter()
+        step.action()
+        times[step.name] = time.perf_counter() - start
+        log(f"[done] {step.name}: {times[step.name]:.1f} s")
+    return times

@@ -1,0 +1,206 @@
+"""Pipeline stages, IRN-style: each is a function of a run folder with explicit inputs and outputs on disk.
+
+``train_cam``  → ``checkpoints/baseline.pt``
+``make_cam``   → ``cams/<stage>/<id>.npz``           (needs ``checkpoints/<stage>.pt``)
+``eval_cam``   → ``metrics/<stage>[_crf]_<split>.json`` (needs the CAMs)
+
+Any stage can be re-run alone; a stage whose inputs are missing names the command to run first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from esol_lib.cam import cam_dir_signature, compute_cams, evaluate_cams, seed_part_recall
+from esol_lib.config import Config
+from esol_lib.data import VOCSegmentation, resolve_data_root
+from esol_lib.data.transforms import AugmentedDataset, TrainTransform
+from esol_lib.errors import StageError
+from esol_lib.metrics import read_metrics, write_metrics
+from esol_lib.run import STAGES, RunDir, create_run
+
+__all__ = ["open_run", "start_run", "resolve_device", "train_cam", "make_cam", "eval_cam", "stage_cam_fn",
+           "part_localization"]
+
+# What produces each stage's checkpoint, for error messages.
+STAGE_COMMAND = {"baseline": "esol train-cam", "expansion": "esol expand", "shrinkage": "esol shrink"}
+
+
+def start_run(run: str | Path, cfg: Config, data_root: str | Path | None = None) -> RunDir:
+    """Create (or re-open) a run folder for ``cfg`` with its dataset root resolved to an absolute path.
+
+    The root is stored in the run's ``config.yaml`` so later stages (``--run RUN`` only) find it,
+    from any working directory (a notebook runs in ``notebooks/``).
+    """
+    root = resolve_data_root(cfg, data_root).resolve()
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
+    return create_run(run, cfg)
+
+
+def open_run(run: str | Path) -> tuple[RunDir, Config]:
+    """An existing run folder and its config (a missing config names the command that starts a run)."""
+    rd = RunDir(Path(run))
+    return rd, rd.load_config()
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    """``device: auto`` → CUDA when available (the local rank's GPU under torchrun), else CPU."""
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    from esol_lib.distributed import init_distributed
+
+    return torch.device("cuda", init_distributed().local_rank)
+
+
+def _dataset(cfg: Config, split: str, **kwargs) -> VOCSegmentation:
+    return VOCSegmentation(cfg.data.root, split, **kwargs)
+
+
+# --------------------------------------------------------------------------------- baseline
+
+
+def train_cam(run: RunDir, *, progress: bool = True):
+    """Train the baseline classifier (§3.1, Eq. (1)) → ``checkpoints/baseline.pt``. Resumes if interrupted."""
+    from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
+    from esol_lib.engine import PolyLR, make_sgd, seed_everything, train_loop
+    from esol_lib.models import build_classifier, multilabel_loss
+
+    cfg = run.load_config()
+    tc = cfg.train_cam
+    seed_everything(cfg.seed)
+    info = init_distributed()
+    device = resolve_device(cfg)
+    base = _dataset(cfg, cfg.data.train_split)
+    transform = TrainTransform(resize_long=tuple(tc.resize_long), crop_size=tc.crop_size,
+                               mean=cfg.data.mean, std=cfg.data.std, flip=tc.flip)
+    data = AugmentedDataset(_LabelledOnly(base), transform, seed=cfg.seed)
+    loader = make_loader(data, tc.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                         drop_last=True)
+    if len(loader) == 0:
+        raise StageError(f"split {cfg.data.train_split!r} has {len(base)} images, fewer than one batch of "
+                         f"{tc.batch_size}; lower train_cam.batch_size")
+    max_steps = tc.max_steps or tc.epochs * len(loader)
+    model = build_classifier(cfg.model, base.num_classes).to(device)
+    optimizer = make_sgd(model.param_groups(tc.lr, tc.new_layer_lr_mult), tc.lr, momentum=tc.momentum,
+                         weight_decay=tc.weight_decay)
+    model = wrap_ddp(model, info)
+    model.train()
+
+    def loss_fn(m: torch.nn.Module, batch: dict) -> torch.Tensor:
+        return multilabel_loss(m(batch["image"].to(device)), batch["label"].to(device))
+
+    return train_loop("baseline", model, optimizer, loss_fn, loader, max_steps, run,
+                      scheduler=PolyLR(optimizer, max_steps), checkpoint_every=tc.checkpoint_every,
+                      seed=cfg.seed, progress=progress)
+
+
+class _LabelledOnly(torch.utils.data.Dataset):
+    """Training items: the image and its image-level label (the mask is never shown to the classifier)."""
+
+    def __init__(self, base: VOCSegmentation) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.base[index]
+        return {"id": s["id"], "image": s["image"], "label": s["label"]}
+
+
+def load_baseline(run: RunDir, cfg: Config, num_classes: int, device: torch.device):
+    """The trained baseline classifier, in eval mode."""
+    from esol_lib.engine import load_stage_checkpoint
+    from esol_lib.models import build_classifier
+
+    model = build_classifier(cfg.model, num_classes)
+    load_stage_checkpoint(run, "baseline", model, hint=f"run `esol train-cam --run {run.root}` first")
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------- CAMs
+
+
+def stage_cam_fn(run: RunDir, cfg: Config, stage: str, num_classes: int,
+                 device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The raw class-map function of a stage's model: ``(B, 3, H, W)`` → ``(B, K, h, w)``."""
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    if stage == "baseline":
+        return load_baseline(run, cfg, num_classes, device).cam
+    from esol_lib.esol import load_stage_model  # the ESOL stages (expansion, shrinkage)
+
+    return load_stage_model(run, cfg, stage, num_classes, device).cam
+
+
+def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, progress: bool = True) -> Path:
+    """Multi-scale CAMs (Eq. (2)) of ``stage``'s model on ``split`` → ``cams/<stage>/<id>.npz``."""
+    cfg = run.load_config()
+    split = split or cfg.data.cam_split
+    device = resolve_device(cfg)
+    ds = _dataset(cfg, split)
+    cam_fn = stage_cam_fn(run, cfg, stage, ds.num_classes, device)
+    signature = cam_dir_signature(run.checkpoint(stage), cfg.cam.scales, cfg.cam.flip)
+    return compute_cams(cam_fn, ds, run.cams(stage), mean=cfg.data.mean, std=cfg.data.std, scales=cfg.cam.scales,
+                        flip=cfg.cam.flip, signature=signature, device=device, progress=progress,
+                        desc=f"CAMs {stage}/{split}")
+
+
+def _require_cams(run: RunDir, stage: str, ds: VOCSegmentation, split: str) -> None:
+    cam_dir = run.cams(stage)
+    missing = [i for i in ds.ids if not (cam_dir / f"{i}.npz").is_file()]
+    if missing:
+        raise StageError(f"{len(missing)} CAM file(s) of stage {stage!r} on split {split!r} are missing in "
+                         f"{cam_dir} (e.g. {missing[0]}); run `esol make-cam --run {run.root} --stage {stage} "
+                         f"--split {split}` first")
+
+
+def eval_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, crf: bool = False,
+             progress: bool = True) -> dict:
+    """Threshold sweep of ``stage``'s seeds on ``split`` → ``metrics/<stage>[_crf]_<split>.json``.
+
+    With ``crf`` every seed is refined by DenseCRF (IRN's label CRF) before scoring, at the five
+    thresholds around the best one without CRF (one CRF per image and threshold is the cost).
+    """
+    cfg = run.load_config()
+    split = split or cfg.data.cam_split
+    ds = _dataset(cfg, split)
+    _require_cams(run, stage, ds, split)
+    thresholds = list(cfg.cam.thresholds)
+    crf_fn = None
+    name = f"{stage}_{split}"
+    if crf:
+        from esol_lib.crf import crf_from_labels
+
+        plain_path = run.metrics(name)
+        plain = read_metrics(plain_path) if plain_path.is_file() else eval_cam(run, stage, split, progress=progress)
+        i = min(range(len(thresholds)), key=lambda j: abs(thresholds[j] - plain["threshold"]))
+        thresholds = thresholds[max(0, i - 2): i + 3]
+        c = cfg.crf
+
+        def crf_fn(image, labels, n):
+            return crf_from_labels(image, labels, n, gt_prob=c.gt_prob, iterations=c.iterations,
+                                   gauss_sxy=c.gauss_sxy, gauss_compat=c.gauss_compat,
+                                   bilateral_sxy=c.bilateral_sxy, bilateral_srgb=c.bilateral_srgb,
+                                   bilateral_compat=c.bilateral_compat)
+
+        name = f"{stage}_crf_{split}"
+    metrics = evaluate_cams(run.cams(stage), ds, thresholds, crf=crf_fn, progress=progress,
+                            desc=f"eval {name}", stage=stage, split=split, with_crf=crf)
+    if (Path(cfg.data.root) / "SegmentationPart").is_dir():
+        metrics["part_localization"] = seed_part_recall(run.cams(stage), ds, cfg.data.root, metrics["threshold"])
+    write_metrics(run.metrics(name), metrics)
+    return metrics
+
+
+def part_localization(run: RunDir, stage: str, split: str | None = None) -> dict:
+    """Seed recall on discriminative parts vs the rest of each object, at the stage's best threshold."""
+    cfg = run.load_config()
+    split = split or cfg.data.cam_split
+    metrics = read_metrics(run.metrics(f"{stage}_{split}"))
+    ds = _dataset(cfg, split)
+    return seed_part_recall(run.cams(stage), ds, cfg.data.root, metrics["threshold"])

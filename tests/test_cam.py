@@ -1,0 +1,94 @@
+"""CAM inference (Eq. 2): hand computations on tiny inputs, flip and scale merging, storage, evaluation."""
+
+import numpy as np
+import pytest
+import torch
+
+from esol_lib.cam import cams_to_label, compute_cams, evaluate_cams, load_cam, multiscale_cam
+from esol_lib.data.synth import SynthSpec, generate_benchmark
+from esol_lib.data.voc import VOCSegmentation
+from esol_lib.errors import StageError
+
+
+def test_single_scale_is_relu_then_max_normalisation_by_hand():
+    w = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.5, 0.5]])  # 2 classes from 3 channels (a 1x1 "classifier")
+    cam_fn = lambda x: torch.einsum("kc,bchw->bkhw", w, x)
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2) - 10
+    got = multiscale_cam(cam_fn, x, scales=[1.0], flip=False)
+    raw = torch.einsum("kc,bchw->bkhw", w, x).clamp(min=0)
+    by_hand = torch.zeros_like(raw)
+    for b in range(2):
+        for k in range(2):
+            by_hand[b, k] = raw[b, k] / (raw[b, k].max() + 1e-5)  # an all-zero map stays zero
+    torch.testing.assert_close(got, by_hand)
+    assert (got[:, 0] == 0).any() and got.amax((-1, -2)).max() <= 1.0
+
+
+def test_flip_merge_adds_the_flipped_map_back_in_place():
+    ramp = torch.tensor([0.0, 1.0, 2.0, 3.0])  # position-dependent, so the flip matters
+    cam_fn = lambda x: x[:, :1] * ramp
+    x = torch.tensor([[[[1.0, 0.0, 0.0, 0.0]]]]).expand(1, 3, 1, 4).contiguous()
+    got = multiscale_cam(cam_fn, x, scales=[1.0], flip=True, eps=0.0)
+    # original: [0, 0, 0, 0]; flipped input [0,0,0,1] * ramp = [0,0,0,3], flipped back: [3,0,0,0]
+    torch.testing.assert_close(got[0, 0, 0], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+
+
+def test_scales_are_fed_at_their_size_and_summed():
+    seen = []
+
+    def cam_fn(x):
+        seen.append(tuple(x.shape[-2:]))
+        return torch.ones(x.shape[0], 1, *x.shape[-2:]) * x.shape[-1]  # value = width at that scale
+
+    x = torch.zeros(1, 3, 8, 8)
+    got = multiscale_cam(cam_fn, x, scales=[1.0, 0.5], flip=True, eps=0.0)
+    assert seen == [(8, 8), (4, 4)]
+    # constant maps: 2*(8) + 2*(4) = 24 everywhere, normalised to 1
+    torch.testing.assert_close(got, torch.ones(1, 1, 8, 8))
+
+
+def test_negative_scale_evidence_does_not_cancel_positive():
+    calls = iter([torch.full((1, 1, 2, 2), 2.0), torch.full((1, 1, 1, 1), -5.0)])
+    got = multiscale_cam(lambda x: next(calls), torch.zeros(1, 3, 2, 2), scales=[1.0, 0.5], flip=False, eps=0.0)
+    torch.testing.assert_close(got, torch.ones(1, 1, 2, 2))
+
+
+def test_cams_to_label():
+    cams = np.array([[[0.9, 0.1], [0.4, 0.0]], [[0.2, 0.3], [0.6, 0.0]]], np.float32)
+    label = cams_to_label(cams, np.array([2, 3]), threshold=0.25)
+    assert label.tolist() == [[2, 3], [3, 0]]
+
+
+def test_compute_store_and_evaluate_round_trip(tmp_path):
+    root = generate_benchmark(tmp_path / "d", SynthSpec(train=5, val=1, size=32, num_classes=3), progress=False)
+    ds = VOCSegmentation(root, "train")
+
+    def oracle(x):  # a "model" whose CAM is the ground truth itself, to check the plumbing end to end
+        return oracle.maps
+
+    masks = torch.stack([torch.from_numpy(ds[i]["mask"].astype(np.int64)) for i in range(len(ds))])
+    out = tmp_path / "cams"
+    for i in range(len(ds)):
+        m = masks[i]
+        oracle.maps = torch.stack([(m == k).float() for k in range(1, 4)])[None]
+        compute_cams(oracle, _Subset(ds, i), out, mean=[0.5] * 3, std=[0.5] * 3, scales=[1.0], flip=False,
+                     signature="s", progress=False)
+    cams, keys = load_cam(out, ds.ids[0])
+    assert cams.dtype == np.float32 and len(keys) == int(ds[0]["label"].sum())
+    metrics = evaluate_cams(out, ds, [0.3, 0.5], progress=False, stage="oracle", split="train")
+    assert metrics["miou"] == pytest.approx(1.0) and metrics["stage"] == "oracle"
+    with pytest.raises(StageError, match="make-cam"):
+        load_cam(out, "missing_id")
+
+
+class _Subset:
+    """One image of a dataset, exposing what compute_cams uses."""
+
+    def __init__(self, ds, i):
+        self.ds, self.i, self.ids = ds, i, [ds.ids[i]]
+
+    def __getitem__(self, j):
+        return self.ds[self.i]
+
+    def image_path(self, image_id):
+        return self.ds.image_path(image_id)

@@ -1,0 +1,325 @@
+"""The training engine: poly lr, SGD keywords, checkpoints, exact resume, divergence, logging."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from esol_lib.distributed import SeededSampler, make_loader
+from esol_lib.engine import (
+    JsonlLogger,
+    PolyLR,
+    atomic_save,
+    load_stage_checkpoint,
+    make_sgd,
+    partial_checkpoint_path,
+    poly_lr,
+    seed_everything,
+    train_loop,
+)
+from esol_lib.errors import DivergenceError, StageError
+from esol_lib.run import RunDir
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def regression_data(n: int = 40, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1
+    return TensorDataset(x, y)
+
+
+class NoisyDataset(Dataset):
+    """Augments in ``__getitem__`` with the global torch, numpy and python RNGs."""
+
+    def __init__(self, base: TensorDataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        noise = 0.05 * torch.randn(4) + float(np.random.uniform(-0.05, 0.05)) + random.uniform(-0.05, 0.05)
+        return x + noise, y
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1))
+
+
+def mse(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+    x, y = batch
+    loss = nn.functional.mse_loss(model(x), y)
+    return loss, {"target_mean": float(y.mean())}
+
+
+def setup(num_workers: int = 0, seed: int = 0):
+    """Model, optimizer, scheduler and loader, built the same way for every run."""
+    torch.manual_seed(123)
+    model = mlp()
+    opt = make_sgd(model.parameters(), lr=0.05)
+    sched = PolyLR(opt, max_steps=12)
+    loader = make_loader(NoisyDataset(regression_data()), 8, seed=seed, num_workers=num_workers)
+    return model, opt, sched, loader
+
+
+class Interrupt(Exception):
+    """Stands in for Ctrl-C / a killed job."""
+
+
+def interrupt_at(step_to_fail: int):
+    def hook(step: int, model: nn.Module, extras: dict) -> None:
+        if step == step_to_fail:
+            raise Interrupt
+
+    return hook
+
+
+def run(tmp_path, name: str = "run") -> RunDir:
+    return RunDir(tmp_path / name)
+
+
+# --------------------------------------------------------------------------- lr and optimizer
+
+
+def test_poly_lr_values():
+    assert poly_lr(0.1, 0, 100) == pytest.approx(0.1)
+    assert poly_lr(0.1, 50, 100) == pytest.approx(0.1 * 0.5**0.9)
+    assert poly_lr(0.1, 50, 100, power=1.0) == pytest.approx(0.05)
+    assert poly_lr(0.1, 100, 100) == 0.0
+    assert poly_lr(0.1, 150, 100) == 0.0
+
+
+def test_poly_scheduler_scales_every_group_from_its_own_lr():
+    a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
+    opt = make_sgd([{"params": [a]}, {"params": [b], "lr": 1.0}], lr=0.1)
+    sched = PolyLR(opt, max_steps=10)
+    for step in range(10):
+        assert opt.param_groups[0]["lr"] == pytest.approx(poly_lr(0.1, step, 10))
+        assert opt.param_groups[1]["lr"] == pytest.approx(poly_lr(1.0, step, 10))
+        opt.step()
+        sched.step()
+    params = [{"params": [nn.Parameter(torch.zeros(1))]}, {"params": [nn.Parameter(torch.zeros(1))], "lr": 1.0}]
+    restored = PolyLR(make_sgd(params, lr=0.1), max_steps=10)
+    restored.load_state_dict(sched.state_dict())
+    assert restored.last_epoch == 10
+
+
+def test_make_sgd_passes_momentum_and_weight_decay_by_keyword():
+    opt = make_sgd(nn.Linear(2, 2).parameters(), lr=0.01)
+    group = opt.param_groups[0]
+    assert group["momentum"] == 0.9
+    assert group["weight_decay"] == 1e-4
+    assert group["nesterov"] is False and group["lr"] == 0.01
+    custom = make_sgd(nn.Linear(2, 2).parameters(), 0.1, momentum=0.5, weight_decay=5e-4, nesterov=True)
+    assert custom.param_groups[0]["momentum"] == 0.5 and custom.param_groups[0]["weight_decay"] == 5e-4
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_seed_everything_repeats_all_rngs():
+    seed_everything(7)
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    seed_everything(7)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_atomic_save_replaces_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / "sub" / "x.pt"
+    atomic_save({"a": torch.ones(2)}, path)
+    atomic_save({"a": torch.zeros(2)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.zeros(2))
+    assert [p.name for p in path.parent.iterdir()] == ["x.pt"]
+
+
+def test_jsonl_logger_appends_lines_and_can_be_disabled(tmp_path):
+    log = JsonlLogger(tmp_path / "log.jsonl")
+    log.log(stage="s", step=1, loss=torch.tensor(0.5), bad=float("nan"))
+    log.log(stage="s", step=2, loss=np.float32(0.25))
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2] and lines[0]["loss"] == 0.5 and "time" in lines[0]
+    assert lines[0]["bad"] == "nan"
+    JsonlLogger(tmp_path / "off.jsonl", enabled=False).log(step=1)
+    assert not (tmp_path / "off.jsonl").exists()
+
+
+def test_seeded_sampler_order_depends_only_on_seed_and_epoch():
+    data = list(range(20))
+    s1, s2 = SeededSampler(data, seed=3), SeededSampler(data, seed=3)
+    s1.set_epoch(2)
+    s2.set_epoch(2)
+    assert list(s1) == list(s2) and sorted(s1) == data
+    s2.set_epoch(3)
+    assert list(s1) != list(s2)
+    s1.skip(5)
+    assert list(s1) == s1.order()[5:]
+    assert list(s1) == s1.order()  # a skip applies to one pass only
+    assert list(SeededSampler(data, shuffle=False)) == data
+    assert isinstance(make_loader(TensorDataset(torch.zeros(20, 1)), 4).sampler, SeededSampler)
+
+
+# --------------------------------------------------------------------------- train_loop
+
+
+def test_train_loop_reduces_loss_and_writes_final_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = make_sgd(model.parameters(), lr=0.05)
+    loader = make_loader(regression_data(64), 16)
+    x, y = regression_data(64).tensors
+    before = nn.functional.mse_loss(model(x), y).item()
+    result = train_loop("reg", model, opt, mse, loader, 60, run(tmp_path), scheduler=PolyLR(opt, 60),
+                        progress=False)
+    after = nn.functional.mse_loss(model(x), y).item()
+    assert after < 0.1 * before
+    assert result.stage == "reg" and result.steps == 60 and result.resumed_from == 0
+    assert math.isfinite(result.final_loss) and result.seconds > 0
+    ckpt = torch.load(run(tmp_path).checkpoint("reg"), weights_only=True)
+    assert ckpt["done"] is True and ckpt["step"] == 60 and ckpt["stage"] == "reg"
+    assert not partial_checkpoint_path(run(tmp_path), "reg").exists()
+
+
+def _final_weights(tmp_path, name, *, every, stop_at=None, num_workers=0):
+    """Train 12 steps (5 batches per epoch); optionally interrupt at ``stop_at`` and resume."""
+    rd = run(tmp_path, name)
+    model, opt, sched, loader = setup(num_workers)
+    kwargs = dict(scheduler=sched, checkpoint_every=every, seed=5, progress=False, log_every=1)
+    if stop_at is not None:
+        with pytest.raises(Interrupt):
+            train_loop("cam", model, opt, mse, loader, 12, rd, after_step=interrupt_at(stop_at), **kwargs)
+        assert partial_checkpoint_path(rd, "cam").is_file()
+        model, opt, sched, loader = setup(num_workers)  # a new process: fresh objects
+        torch.manual_seed(999)  # and a different global RNG state
+        kwargs["scheduler"] = sched
+    result = train_loop("cam", model, opt, mse, loader, 12, rd, **kwargs)
+    return model.state_dict(), result, opt
+
+
+@pytest.mark.parametrize(
+    "every, stop_at, num_workers",
+    [
+        (3, 7, 0),  # resume mid-epoch (epoch 1, batch 1 done); the batch is skipped without loading
+        (5, 11, 0),  # the checkpoint falls on an epoch boundary
+        (3, 8, 1),  # a worker process: skipped batches are loaded and dropped
+    ],
+)
+def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_path, every, stop_at, num_workers):
+    ref, ref_result, ref_opt = _final_weights(tmp_path, "a", every=every, num_workers=num_workers)
+    got, result, opt = _final_weights(tmp_path, "b", every=every, stop_at=stop_at, num_workers=num_workers)
+    resumed = (stop_at // every) * every
+    assert result.resumed_from == resumed and result.steps == 12 - resumed
+    for key in ref:
+        assert torch.equal(ref[key], got[key]), key
+    assert result.final_loss == ref_result.final_loss
+    assert opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"]
+    assert opt.param_groups[0]["momentum"] == 0.9
+    # logged losses of the resumed steps equal those of the uninterrupted run
+    def losses(name):
+        recs = [json.loads(l) for l in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in recs if "loss" in r and "event" not in r}
+    a, b = losses("a"), losses("b")
+    assert all(a[s] == b[s] for s in range(1, 13))
+
+
+def test_without_restoring_rng_the_runs_would_differ(tmp_path):
+    """Guards the test above: dropout and augmentation really depend on the RNG state."""
+    ref, _, _ = _final_weights(tmp_path, "a", every=0)
+    model, opt, sched, loader = setup()
+    train_loop("cam", model, opt, mse, loader, 12, run(tmp_path, "c"), scheduler=sched, seed=6, progress=False)
+    assert any(not torch.equal(ref[k], model.state_dict()[k]) for k in ref)
+
+
+def test_nan_loss_raises_divergence_and_keeps_the_last_checkpoint(tmp_path):
+    rd = run(tmp_path)
+    model, opt, sched, loader = setup()
+    partial = partial_checkpoint_path(rd, "expansion")
+    seen: dict = {}
+
+    def exploding(model, batch):
+        seen["n"] = seen.get("n", 0) + 1
+        loss, _ = mse(model, batch)
+        if seen["n"] == 5:  # step 5; the checkpoint of step 4 is on disk
+            seen["before"] = partial.read_bytes()
+            return loss * float("nan")
+        return loss
+
+    with pytest.raises(DivergenceError) as err:
+        train_loop("expansion", model, opt, exploding, loader, 12, rd, scheduler=sched, checkpoint_every=2,
+                   progress=False)
+    msg = str(err.value)
+    assert "expansion" in msg and "step 5" in msg
+    assert str(partial) in msg and "last good checkpoint" in msg and "learning rate" in msg
+    assert partial.read_bytes() == seen["before"]
+    assert torch.load(partial, weights_only=True)["step"] == 4
+    assert not rd.checkpoint("expansion").exists()
+    assert json.loads(rd.log_path.read_text().splitlines()[-1])["event"] == "diverged"
+
+
+def test_divergence_from_after_step_propagates_and_keeps_checkpoint(tmp_path):
+    rd = run(tmp_path)
+    model, opt, sched, loader = setup()
+
+    def bound_offsets(step, model, extras):
+        if step == 5:
+            raise DivergenceError("offsets ran away at step 5")
+
+    with pytest.raises(DivergenceError, match="offsets"):
+        train_loop("shrinkage", model, opt, mse, loader, 12, rd, checkpoint_every=4, after_step=bound_offsets,
+                   progress=False)
+    assert torch.load(partial_checkpoint_path(rd, "shrinkage"), weights_only=True)["step"] == 4
+
+
+def test_finished_stage_short_circuits(tmp_path):
+    rd = run(tmp_path)
+    model, opt, sched, loader = setup()
+    train_loop("baseline", model, opt, mse, loader, 12, rd, scheduler=sched, progress=False)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+
+    fresh, opt2, sched2, loader2 = setup()
+    calls = []
+    result = train_loop("baseline", fresh, opt2, lambda m, b: calls.append(1) or mse(m, b), loader2, 12, rd,
+                        progress=False)
+    assert calls == [] and result.steps == 0 and result.resumed_from == 12
+    for k in trained:
+        assert torch.equal(trained[k], fresh.state_dict()[k])
+    events = [json.loads(l).get("event") for l in rd.log_path.read_text().splitlines()]
+    assert events[-1] == "already done"
+
+
+def test_log_lines_are_json_with_stage_step_loss_lr(tmp_path):
+    rd = run(tmp_path)
+    model, opt, sched, loader = setup()
+    train_loop("cam", model, opt, mse, loader, 12, rd, scheduler=sched, log_every=5, progress=False)
+    records = [json.loads(l) for l in rd.log_path.read_text().splitlines()]
+    steps = [r for r in records if "event" not in r]
+    assert [r["step"] for r in steps] == [5, 10, 12]
+    for r in steps:
+        assert r["stage"] == "cam" and {"loss", "lr", "time", "target_mean"} <= set(r)
+    assert steps[0]["lr"] == pytest.approx(poly_lr(0.05, 4, 12))
+    assert records[-1]["event"] == "done"
+
+
+def test_load_stage_checkpoint(tmp_path):
+    rd = run(tmp_path)
+    with pytest.raises(StageError) as err:
+        load_stage_checkpoint(rd, "baseline", mlp(), hint="run `esol train-cam` first")
+    assert str(rd.checkpoint("baseline")) in str(err.value) and "esol train-cam" in str(err.value)
+
+    model, opt, sched, loader = setup()
+    train_loop("baseline", model, opt, mse, loader, 3, rd, progress=False)
+    other = mlp()
+    ckpt = load_stage_checkpoint(rd, "baseline", other)
+    assert ckpt["done"] and ckpt["step"] == 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k])
