@@ -103,8 +103,10 @@ def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[
         if old != signature:
             shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta_path.write_text(json.dumps({"signature": signature, "scales": list(scales), "flip": flip}) + "\n")
     todo = [i for i, image_id in enumerate(dataset.ids) if not _cam_path(out_dir, image_id).is_file()]
+    if not todo and meta_path.is_file():
+        return out_dir  # complete: leave the folder (and its timestamp) untouched
+    meta_path.write_text(json.dumps({"signature": signature, "scales": list(scales), "flip": flip}) + "\n")
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
     with torch.inference_mode():
         for group in _size_batches(dataset, todo, batch_size):

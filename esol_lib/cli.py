@@ -21,7 +21,6 @@ PENDING = {
     "refine": "the Refinement issue (#5): DenseCRF + IRN pseudo masks",
     "train-seg": "the Refinement issue (#5): DeepLab-v2 on pseudo masks",
     "eval-seg": "the Refinement issue (#5): DeepLab-v2 evaluation",
-    "book": "the book issue (#6): papermill every notebook, then jupyter-book build",
 }
 
 STAGE_CHOICES = ("baseline", "expansion", "shrinkage")
@@ -92,8 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--run", required=True, type=Path)
     p = sub.add_parser("book", help="execute every notebook with papermill, then build the Jupyter Book")
-    p.add_argument("--profile", default="cpu")
-    p.add_argument("--out", type=Path, default=Path("_build"))
+    p.add_argument("--profile", default="cpu", help="config preset the notebooks run (smoke, cpu, voc12, coco14)")
+    p.add_argument("--out", type=Path, default=Path("_build"), help="build folder (HTML in OUT/_build/html)")
+    p.add_argument("--run", type=Path, default=None, help="shared run folder (default runs/book-<profile>)")
+    p.add_argument("--data-root", default=None, help="dataset in VOC layout (default: the generated benchmark)")
+    p.add_argument("--only", action="append", default=None, metavar="CHAPTER",
+                   help="execute only these chapters, e.g. --only 01 (repeatable)")
     return parser
 
 
@@ -189,6 +192,14 @@ def cmd_eval_cam(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_book(args: argparse.Namespace) -> int:
+    from esol_lib.book import make_book
+
+    index = make_book(args.profile, out=args.out, run_dir=args.run, data_root=args.data_root, only=args.only)
+    print(f"book built: {index}")
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from esol_lib.config import load_config
     from esol_lib.pipeline import run_pipeline
@@ -213,6 +224,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "shrink": cmd_shrink,
     "make-cam": cmd_make_cam,
     "eval-cam": cmd_eval_cam,
+    "book": cmd_book,
 }
 DATA_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "synth": cmd_data_synth,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -90,3 +91,42 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             keys.append(prefix + k)
     return keys
+
+
+def fork_run(src: str | Path, dst: str | Path, overrides: Sequence[str] = (),
+             share: Sequence[str] = ("baseline",)) -> RunDir:
+    """A new run folder ``dst`` whose config is ``src``'s with ``overrides`` (``key=value``) applied,
+    reusing ``src``'s finished stages listed in ``share`` (their checkpoints and CAM folders are
+    hard-linked, or copied where links are impossible) — how ablations share one trained baseline.
+
+    Re-forking with the same overrides reopens ``dst``; other overrides are refused as in
+    :func:`create_run`.
+    """
+    from esol_lib.config import apply_overrides
+
+    source = RunDir(Path(src))
+    cfg = config_from_dict(apply_overrides(config_to_dict(source.load_config()), list(overrides)))
+    run = create_run(dst, cfg)
+    for stage in share:
+        ckpt = source.checkpoint(stage)
+        if not ckpt.is_file():
+            raise StageError(f"cannot share stage {stage!r}: {ckpt} is missing; finish it in {source.root} first")
+        _link_or_copy(ckpt, run.checkpoint(stage))
+        cams = source.cams(stage)
+        if cams.is_dir():
+            for f in cams.iterdir():
+                _link_or_copy(f, run.cams(stage) / f.name)
+    return run
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    import os
+    import shutil
+
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

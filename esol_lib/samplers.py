@@ -21,7 +21,33 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
-__all__ = ["DeformableSampler", "ExpansionSampler", "ShrinkageSampler", "sampling_points", "kernel_grid"]
+__all__ = ["DeformableSampler", "ExpansionSampler", "ShrinkageSampler", "sampling_points", "kernel_grid",
+           "deform_conv2d_sampled"]
+
+
+def deform_conv2d_sampled(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. (4) via ``grid_sample``: the same result as ``torchvision.ops.deform_conv2d`` (stride 1,
+    'same' padding, zeros outside the map), several times faster on CPU.
+
+    Every kernel point ``n`` samples ``x`` bilinearly at ``p0 + p_n + Δp_n``; the ``k·k`` sampled
+    maps are then contracted with the regular weights by one 1×1 convolution. torchvision's CPU
+    kernel is a serial im2col loop whose backward pass dominates the ESOL stages on a laptop;
+    tests check both paths agree in values and gradients.
+    """
+    b, c, h, w = x.shape
+    k = weight.shape[-1]
+    grid = kernel_grid(k).to(x)  # (k·k, 2) as (dy, dx)
+    ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, 1, h, 1)
+    xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, 1, w)
+    off = offset.view(b, k * k, 2, h, w)
+    py = ys + grid[:, 0].view(1, -1, 1, 1) + off[:, :, 0]  # (B, k·k, H, W) absolute row
+    px = xs + grid[:, 1].view(1, -1, 1, 1) + off[:, :, 1]
+    norm = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], dim=-1)  # grid_sample's (x, y)
+    sampled = F.grid_sample(x, norm.view(b, k * k * h, w, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)  # (B, C, k·k·H, W)
+    sampled = sampled.view(b, c, k * k, h, w).reshape(b, c * k * k, h, w)
+    return F.conv2d(sampled, weight.reshape(weight.shape[0], c * k * k, 1, 1), bias)
 
 
 class DeformableSampler(nn.Module):
@@ -71,7 +97,9 @@ class DeformableSampler(nn.Module):
         if offset is None:
             return F.conv2d(x, self.weight, self.bias, padding=self.padding)
         self.last_offset_magnitude = float(offset.detach().abs().mean())
-        return deform_conv2d(x, offset, self.weight, self.bias, padding=(self.padding, self.padding))
+        if x.is_cuda:
+            return deform_conv2d(x, offset, self.weight, self.bias, padding=(self.padding, self.padding))
+        return deform_conv2d_sampled(x, offset, self.weight, self.bias)
 
     def learnable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

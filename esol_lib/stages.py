@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ from esol_lib.errors import StageError
 from esol_lib.metrics import read_metrics, write_metrics
 from esol_lib.run import STAGES, RunDir, create_run
 
-__all__ = ["open_run", "start_run", "resolve_device", "train_cam", "make_cam", "eval_cam", "stage_cam_fn",
+__all__ = ["notebook_run", "open_run", "start_run", "resolve_device", "train_cam", "make_cam", "eval_cam", "stage_cam_fn",
            "part_localization"]
 
 # What produces each stage's checkpoint, for error messages.
@@ -39,6 +39,24 @@ def start_run(run: str | Path, cfg: Config, data_root: str | Path | None = None)
     root = resolve_data_root(cfg, data_root).resolve()
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
     return create_run(run, cfg)
+
+
+def notebook_run(profile: str, run_dir: str = "", data_root: str = "",
+                 overrides: Sequence[str] = ()) -> tuple[RunDir, Config]:
+    """The shared run folder a notebook works in, from its papermill parameters.
+
+    Paths default to the repository's ``runs/book-<profile>`` and ``data/synth-<profile>`` whether
+    the notebook runs from ``notebooks/`` (JupyterLab, papermill) or from the repository root.
+    """
+    from esol_lib.config import load_config
+
+    here = Path.cwd()
+    root = here.parent if here.name == "notebooks" else here
+    cfg = load_config(profile, list(overrides))
+    if not data_root and not cfg.data.root:
+        data_root = str(resolve_data_root(cfg, None, synth_dir=root / "data"))
+    run = start_run(Path(run_dir) if run_dir else root / "runs" / f"book-{profile}", cfg, data_root or None)
+    return run, run.load_config()
 
 
 def open_run(run: str | Path) -> tuple[RunDir, Config]:

@@ -167,3 +167,21 @@ def test_ablation_switches():
     assert regular.offset_conv is not None and regular.weight.requires_grad
     x = torch.randn(1, 2, 5, 5)
     torch.testing.assert_close(plain(x), conv(x))
+
+
+def test_grid_sample_path_equals_torchvision_deform_conv2d_in_values_and_gradients():
+    from torchvision.ops import deform_conv2d
+
+    from esol_lib.samplers import deform_conv2d_sampled
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    off = (3 * torch.randn(2, 18, 7, 6, dtype=torch.float64)).requires_grad_()  # many samples off the map
+    b = torch.randn(4, dtype=torch.float64)
+    ref = deform_conv2d(x, off, w, b, padding=(1, 1))
+    got = deform_conv2d_sampled(x, off, w, b)
+    torch.testing.assert_close(got, ref)
+    for g_ref, g_got in zip(torch.autograd.grad(ref.square().sum(), [x, off, w]),
+                            torch.autograd.grad(got.square().sum(), [x, off, w])):
+        torch.testing.assert_close(g_got, g_ref)

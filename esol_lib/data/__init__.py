@@ -30,17 +30,18 @@ def synth_spec_from_config(synth_cfg=None) -> SynthSpec:
     return SynthSpec(**values)
 
 
-def resolve_data_root(cfg, data_root: str | Path | None = None, *, generate: bool = True) -> Path:
+def resolve_data_root(cfg, data_root: str | Path | None = None, *, generate: bool = True,
+                      synth_dir: str | Path = "data") -> Path:
     """The dataset root a run uses: ``--data-root``, else ``data.root``, else the generated benchmark.
 
-    With neither set, the benchmark described by ``data.synth`` lives in ``data/synth-<profile>`` and
+    With neither set, the benchmark described by ``data.synth`` lives in ``<synth_dir>/synth-<profile>`` and
     is generated there when missing (deterministic, so regenerating gives the same files).
     """
     if data_root:
         return Path(data_root)
     if cfg.data.root:
         return Path(cfg.data.root)
-    root = Path("data") / f"synth-{cfg.profile}"
+    root = Path(synth_dir) / f"synth-{cfg.profile}"
     if generate:
         generate_benchmark(root, synth_spec_from_config(cfg.data.synth))
     return root

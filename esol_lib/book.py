@@ -1,0 +1,379 @@
+"""The book: execute every chapter notebook with papermill, then build the Jupyter Book.
+
+The chapters live in ``notebooks/`` (committed with outputs stripped); the pages that are not
+notebooks live in ``book/``; ``_config.yml`` and ``_toc.yml`` at the repository root describe the
+book. :func:`make_book` (``esol book`` / ``make book``) does both steps:
+
+1. :func:`execute_notebooks` runs each chapter of :data:`CHAPTERS` in order with papermill,
+   injecting the parameters ``profile``, ``run_dir`` and ``data_root``, into ``OUT/executed/``;
+2. :func:`build_book` assembles a Jupyter Book source folder ``OUT/src`` (same relative layout
+   as the repository: ``book/`` and ``notebooks/``) and runs ``jupyter-book build`` on it,
+   offline, without re-executing anything (``execute_notebooks: "off"``).
+
+The HTML lands in ``OUT/_build/html/index.html``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from esol_lib.errors import StageError
+
+__all__ = ["CHAPTERS", "REPO_ROOT", "execute_notebooks", "build_book", "make_book", "strip_outputs",
+           "check_stripped", "jupyter_book_command"]
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: The chapters, in reading (and execution) order; names of files in ``notebooks/``.
+CHAPTERS: list[str] = [
+    "00_problem_and_data.ipynb",
+    "01_cam.ipynb",
+    "02_expansion.ipynb",
+    "03_feature_clipping.ipynb",
+    "04_shrinkage.ipynb",
+    "05_refinement.ipynb",
+    "06_deeplab.ipynb",
+    "07_ablations.ipynb",
+    "08_reproduction.ipynb",
+]
+
+# Cell / notebook metadata that execution adds and that should not be committed.
+_EXEC_CELL_METADATA = ("execution", "papermill", "ExecuteTime", "collapsed", "scrolled")
+_EXEC_NB_METADATA = ("papermill", "widgets")
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+def _select(only: Optional[Sequence[str]]) -> list[str]:
+    """The chapters to run: all of :data:`CHAPTERS`, or those named in ``only`` (with or without
+    ``.ipynb``, or by their two-digit prefix), kept in book order."""
+    if not only:
+        return list(CHAPTERS)
+    wanted = set()
+    for name in only:
+        name = Path(str(name)).name
+        match = [c for c in CHAPTERS if c == name or c == f"{name}.ipynb" or c.split("_", 1)[0] == name]
+        if not match:
+            raise StageError(f"book: unknown chapter {name!r}; the chapters are {', '.join(CHAPTERS)}")
+        wanted.update(match)
+    return [c for c in CHAPTERS if c in wanted]
+
+
+def _first_line(source: str) -> str:
+    for line in (source or "").splitlines():
+        if line.strip():
+            return line.strip()[:120]
+    return "<empty cell>"
+
+
+def execute_notebooks(profile: str, notebooks_dir: Path, out_dir: Path, run_dir: Path,
+                      data_root: str | None = None, only: Sequence[str] | None = None,
+                      kernel: str = "python3", progress: bool = True,
+                      timeout_per_cell: int | None = None) -> list[Path]:
+    """Run each existing chapter notebook in order with papermill; returns the executed copies.
+
+    Every notebook gets the parameters ``profile``, ``run_dir`` (absolute) and ``data_root``
+    (absolute, or ``""`` for the profile's default dataset), injected after its cell tagged
+    ``parameters``. The kernel's working directory is ``notebooks_dir``, so relative paths behave
+    as in JupyterLab. A chapter whose notebook does not exist yet is skipped (and logged).
+
+    Raises:
+        StageError: no chapter notebook exists in ``notebooks_dir``, or a notebook failed. The
+            message names the notebook, the failing cell and the error, and where the partially
+            executed copy was written.
+    """
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+    from tqdm.auto import tqdm
+
+    notebooks_dir = Path(notebooks_dir).resolve()
+    out_dir = Path(out_dir).resolve()
+    chapters = _select(only)
+    present = [c for c in chapters if (notebooks_dir / c).is_file()]
+    for c in chapters:
+        if c not in present:
+            log.warning("book: skipping %s: %s does not exist yet", c, notebooks_dir / c)
+    if not present:
+        raise StageError(f"book: none of the chapter notebooks {', '.join(chapters)} exists in "
+                         f"{notebooks_dir}; nothing to execute")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {
+        "profile": profile,
+        "run_dir": str(Path(run_dir).resolve()),
+        "data_root": str(Path(data_root).resolve()) if data_root else "",
+    }
+    executed: list[Path] = []
+    bar = tqdm(present, desc=f"notebooks ({profile})", unit="nb", disable=not progress)
+    try:
+        for name in bar:
+            bar.set_postfix_str(name)
+            executed.append(_execute_one(pm, PapermillExecutionError, notebooks_dir / name, out_dir / name,
+                                         params, kernel, timeout_per_cell))
+    finally:
+        bar.close()
+    return executed
+
+
+def _notebook_language(path: Path) -> str | None:
+    """The notebook's language from its metadata, or None when it has none (a hand-made notebook)."""
+    import nbformat
+
+    try:
+        meta = nbformat.read(str(path), as_version=4).metadata
+    except Exception:  # unreadable: papermill reports it
+        return None
+    return (meta.get("kernelspec", {}).get("language") or meta.get("language_info", {}).get("name")) or None
+
+
+def _execute_one(pm, PapermillExecutionError, src: Path, dst: Path, params: dict, kernel: str,
+                 timeout_per_cell: int | None) -> Path:
+    name = src.name
+    log.info("book: executing %s -> %s", src, dst)
+    if dst.exists():
+        dst.unlink()  # never leave a stale copy that looks executed
+    try:
+        pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name=kernel,
+                            language=None if _notebook_language(src) else "python",
+                            cwd=str(src.parent), progress_bar=False, execution_timeout=timeout_per_cell)
+    except PapermillExecutionError as e:
+        raise StageError(
+            f"book: notebook {name} failed in cell {e.cell_index} of the executed copy (In [{e.exec_count}], "
+            f"first line: {_first_line(e.source)!r}): {e.ename}: {e.evalue}. The partially executed "
+            f"copy, with the traceback under that cell, is {dst}; fix {src} and run again "
+            f"(only={name!r} reruns just this chapter)") from e
+    except Exception as e:  # kernel died, timeout, missing kernel, bad notebook JSON, ...
+        raise StageError(
+            f"book: notebook {name} could not be executed: {type(e).__name__}: {e}. "
+            f"Partially executed copy (if any): {dst}") from e
+    return dst
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def jupyter_book_command() -> list[str]:
+    """``jupyter-book`` of this interpreter's environment (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "jupyter-book"
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which("jupyter-book")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "jupyter_book.cli.main"]
+
+
+def _toc_files(toc: dict) -> Iterable[str]:
+    """Every ``file:`` named by a Jupyter Book 1.x ``_toc.yml`` (root included)."""
+    if "root" in toc:
+        yield toc["root"]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                yield node["file"]
+            for v in node.values():
+                if isinstance(v, (list, dict)):
+                    yield from walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from walk(v)
+
+    for key in ("parts", "chapters", "sections"):
+        if key in toc:
+            yield from walk(toc[key])
+
+
+def _source_exists(src: Path, entry: str) -> bool:
+    p = src / entry
+    if p.suffix in (".md", ".ipynb", ".rst") and p.is_file():
+        return True
+    return any(p.with_name(p.name + ext).is_file() for ext in (".md", ".ipynb", ".rst"))
+
+
+def _prune_toc(toc: dict, src: Path) -> tuple[dict, list[str]]:
+    """Drop toc entries whose file is not in ``src`` (chapters not written or not executed yet)
+    and parts left empty; returns the pruned toc and the dropped entries."""
+    dropped: list[str] = []
+
+    def prune_list(items: list) -> list:
+        kept = []
+        for item in items:
+            if not isinstance(item, dict):
+                kept.append(item)
+                continue
+            item = dict(item)
+            for key in ("chapters", "sections"):
+                if key in item:
+                    item[key] = prune_list(item[key])
+                    if not item[key]:
+                        del item[key]
+            if "file" in item and not _source_exists(src, item["file"]):
+                dropped.append(item["file"])
+                continue  # a missing page takes its (remaining) children with it
+            if "file" not in item and not any(k in item for k in ("chapters", "sections", "url", "glob")):
+                continue  # an emptied part
+            kept.append(item)
+        return kept
+
+    toc = dict(toc)
+    for key in ("parts", "chapters", "sections"):
+        if key in toc:
+            toc[key] = prune_list(toc[key])
+            if not toc[key]:
+                del toc[key]
+    return toc, dropped
+
+
+def build_book(executed_dir: Path, out: Path, root: Path = REPO_ROOT, *, config: Path | None = None,
+               toc: Path | None = None, timeout: int | None = None) -> Path:
+    """Assemble a Jupyter Book 1.x source folder ``out/src`` and build its HTML; returns ``index.html``.
+
+    ``out/src`` gets ``_config.yml`` and ``_toc.yml`` (from ``root``, or the paths ``config`` /
+    ``toc``), ``root/book/*.md|*.bib|*.png`` into ``src/book/`` and the executed notebooks of
+    ``executed_dir`` into ``src/notebooks/`` — the repository's own layout, so the same toc works
+    in both places. Toc entries whose file is missing (chapters not written yet) are dropped from
+    the copied toc with a warning. Then ``jupyter-book build out/src --path-output out`` runs
+    offline; the HTML is ``out/_build/html``.
+
+    Raises:
+        StageError: the config/toc is missing, or ``jupyter-book`` exits non-zero (the tail of
+            its output is in the message).
+    """
+    import yaml
+
+    root = Path(root).resolve()
+    out = Path(out).resolve()
+    executed_dir = Path(executed_dir).resolve()
+    config = Path(config) if config else root / "_config.yml"
+    toc = Path(toc) if toc else root / "_toc.yml"
+    for f in (config, toc):
+        if not f.is_file():
+            raise StageError(f"book: {f} is missing; the book needs _config.yml and _toc.yml "
+                             f"(Jupyter Book 1.x) at the repository root")
+
+    src = out / "src"
+    if src.exists():
+        shutil.rmtree(src)
+    (src / "book").mkdir(parents=True)
+    (src / "notebooks").mkdir(parents=True)
+    shutil.copy2(config, src / "_config.yml")
+    pages = root / "book"
+    if pages.is_dir():
+        for pattern in ("*.md", "*.bib", "*.png"):
+            for f in sorted(pages.glob(pattern)):
+                shutil.copy2(f, src / "book" / f.name)
+    if executed_dir.is_dir():
+        for f in sorted(executed_dir.glob("*.ipynb")):
+            shutil.copy2(f, src / "notebooks" / f.name)
+
+    toc_data = yaml.safe_load(toc.read_text(encoding="utf-8")) or {}
+    if "root" not in toc_data or not _source_exists(src, toc_data["root"]):
+        raise StageError(f"book: the toc's root page {toc_data.get('root')!r} is not among the pages "
+                         f"copied from {pages}")
+    toc_data, dropped = _prune_toc(toc_data, src)
+    for entry in dropped:
+        log.warning("book: %s is in %s but has no page or executed notebook; left out of this build",
+                    entry, toc)
+    (src / "_toc.yml").write_text(yaml.safe_dump(toc_data, sort_keys=False), encoding="utf-8")
+
+    cmd = jupyter_book_command() + ["build", str(src), "--path-output", str(out), "--builder", "html"]
+    log.info("book: %s", " ".join(cmd))
+    env = dict(os.environ, PYDEVD_DISABLE_FILE_VALIDATION="1")
+    try:
+        proc = subprocess.run(cmd, cwd=str(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise StageError(f"book: `{' '.join(cmd)}` ran past {timeout} s") from e
+    except OSError as e:
+        raise StageError(f"book: could not run jupyter-book ({e}); install it with "
+                         f"`pip install 'jupyter-book<2'`") from e
+    (out / "jupyter-book.log").write_text(proc.stdout or "", encoding="utf-8")
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout or "").splitlines()[-40:])
+        raise StageError(f"book: `jupyter-book build` failed (exit {proc.returncode}); full log in "
+                         f"{out / 'jupyter-book.log'}; last lines:\n{tail}")
+    index = out / "_build" / "html" / "index.html"
+    if not index.is_file():
+        raise StageError(f"book: jupyter-book finished but {index} does not exist; see {out / 'jupyter-book.log'}")
+    return index
+
+
+# ----------------------------------------------------------------------------- stripping
+
+
+def strip_outputs(path: Path) -> bool:
+    """Remove outputs, execution counts and execution metadata from a notebook, in place.
+
+    Cell tags (``parameters``) and the kernelspec are kept. Returns whether anything changed.
+    """
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(str(path), as_version=nbformat.NO_CONVERT)
+    changed = False
+    for cell in nb.cells:
+        if cell.get("cell_type") == "code":
+            if cell.get("outputs"):
+                changed = True
+            if cell.get("execution_count") is not None:
+                changed = True
+            cell["outputs"] = []
+            cell["execution_count"] = None
+        for key in _EXEC_CELL_METADATA:
+            if key in cell.get("metadata", {}):
+                del cell["metadata"][key]
+                changed = True
+    for key in _EXEC_NB_METADATA:
+        if key in nb.metadata:
+            del nb.metadata[key]
+            changed = True
+    if changed:
+        nbformat.write(nb, str(path))
+    return changed
+
+
+def check_stripped(paths: Iterable[Path]) -> list[str]:
+    """The names of the notebooks among ``paths`` that hold outputs or execution counts."""
+    import nbformat
+
+    dirty = []
+    for path in paths:
+        path = Path(path)
+        nb = nbformat.read(str(path), as_version=nbformat.NO_CONVERT)
+        if any(c.get("cell_type") == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+               for c in nb.cells):
+            dirty.append(path.name)
+    return dirty
+
+
+# ----------------------------------------------------------------------------- both
+
+
+def make_book(profile: str, out: Path = Path("_build"), run_dir: Path | None = None,
+              data_root: str | None = None, only: Sequence[str] | None = None,
+              progress: bool = True) -> Path:
+    """Execute the chapters of ``notebooks/`` for ``profile`` and build the book; returns ``index.html``.
+
+    Notebooks share one run folder (default ``runs/book-<profile>`` in the repository), so a later
+    chapter reuses what an earlier one trained. Executed copies go to ``out/executed/``, the book
+    source to ``out/src/``, the HTML to ``out/_build/html/``.
+    """
+    out = Path(out).resolve()
+    run_dir = Path(run_dir).resolve() if run_dir else REPO_ROOT / "runs" / f"book-{profile}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    executed_dir = out / "executed"
+    if executed_dir.exists() and not only:
+        shutil.rmtree(executed_dir)  # a full build never publishes a stale chapter
+    execute_notebooks(profile, REPO_ROOT / "notebooks", executed_dir, run_dir, data_root=data_root,
+                      only=only, progress=progress)
+    return build_book(executed_dir, out, REPO_ROOT)

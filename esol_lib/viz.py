@@ -1,0 +1,179 @@
+"""Figures and tables the notebooks draw (matplotlib/seaborn); every table is filled from a run's files.
+
+All functions return the matplotlib figure (or a Markdown table string) so a notebook cell is one
+call, and the same figure can be saved for the static book.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from esol_lib.data.palette import VOID, voc_palette
+
+__all__ = ["overlay", "colorize", "show_samples", "show_cams", "plot_sweeps", "plot_pr_curves", "metrics_table",
+           "draw_sampling_points", "show_feature_maps", "part_recall_bars", "cam_heat"]
+
+STAGE_COLORS = {"baseline": "#4c72b0", "expansion": "#dd8452", "shrinkage": "#55a868"}
+
+
+def colorize(label: np.ndarray) -> np.ndarray:
+    """A label map as the VOC palette's RGB colours (void in white)."""
+    pal = voc_palette().copy()
+    pal[VOID] = 255
+    return pal[np.asarray(label, dtype=np.int64).clip(0, 255)]
+
+
+def cam_heat(cams: np.ndarray) -> np.ndarray:
+    """One heat map per image: the max over its ground-truth classes' CAMs (zeros when it has none)."""
+    return cams.max(0) if len(cams) else np.zeros(cams.shape[1:], np.float32)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """``image`` (H, W, 3) uint8 blended with a [0, 1] heat map in ``cmap`` colours."""
+    colours = plt.get_cmap(cmap)(np.clip(heat, 0, 1))[..., :3]
+    return ((1 - alpha) * image / 255.0 + alpha * colours).clip(0, 1)
+
+
+def _grid(rows: int, cols: int, size: float = 1.8):
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def show_samples(samples: Sequence[dict], parts: Sequence[np.ndarray] | None = None, class_names=None):
+    """Images, ground-truth masks and (for the generated benchmark) discriminative-part masks."""
+    rows = 3 if parts is not None else 2
+    fig, axes = _grid(rows, len(samples))
+    for j, s in enumerate(samples):
+        axes[0, j].imshow(s["image"])
+        if class_names is not None and "label" in s:
+            present = [class_names[k] for k in np.nonzero(np.asarray(s["label"]))[0]]
+            axes[0, j].set_title(", ".join(present), fontsize=8)
+        axes[1, j].imshow(colorize(s["mask"]))
+        if parts is not None:
+            axes[2, j].imshow(colorize(parts[j]))
+    axes[0, 0].set_ylabel("image")
+    axes[1, 0].set_ylabel("mask")
+    if parts is not None:
+        axes[2, 0].set_ylabel("part")
+    fig.tight_layout()
+    return fig
+
+
+def show_cams(images: Sequence[np.ndarray], heats: Mapping[str, Sequence[np.ndarray]],
+              masks: Sequence[np.ndarray] | None = None):
+    """A grid: one row per image; columns = the image, each stage's CAM overlay, the ground truth."""
+    cols = 1 + len(heats) + (masks is not None)
+    fig, axes = _grid(len(images), cols)
+    for i, image in enumerate(images):
+        axes[i, 0].imshow(image)
+        for j, (name, maps) in enumerate(heats.items(), start=1):
+            axes[i, j].imshow(overlay(image, maps[i]))
+            if i == 0:
+                axes[i, j].set_title(name, fontsize=9)
+        if masks is not None:
+            axes[i, -1].imshow(colorize(masks[i]))
+            if i == 0:
+                axes[i, -1].set_title("ground truth", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweeps(metrics: Mapping[str, dict], keys: Sequence[str] = ("miou", "precision", "recall")):
+    """One panel per metric: its value against the background threshold, one line per stage."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, m in metrics.items():
+            t = [s["threshold"] for s in m["sweep"]]
+            ax.plot(t, [100 * s[key] for s in m["sweep"]], marker=".", label=name,
+                    color=STAGE_COLORS.get(name.split("_")[0]))
+        ax.set_xlabel("background threshold")
+        ax.set_ylabel(f"{key} (%)")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pr_curves(metrics: Mapping[str, dict]):
+    """Precision against recall over the threshold sweep, one curve per stage (the paper's Fig. 7)."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    for name, m in metrics.items():
+        ax.plot([100 * s["recall"] for s in m["sweep"]], [100 * s["precision"] for s in m["sweep"]], marker=".",
+                label=name, color=STAGE_COLORS.get(name.split("_")[0]))
+    ax.set_xlabel("recall (%)")
+    ax.set_ylabel("precision (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def metrics_table(rows: Mapping[str, dict], columns: Sequence[str] = ("miou", "precision", "recall", "f1"),
+                  extra: Sequence[str] = ("threshold",)) -> str:
+    """A Markdown table (percentages) with one row per named metrics dict; missing values as '–'."""
+    head = ["", *[c if c != "miou" else "mIoU" for c in columns], *extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in rows.items():
+        cells = [name]
+        cells += [f"{100 * m[c]:.1f}" if m and m.get(c) is not None else "–" for c in columns]
+        cells += [f"{m[e]:.2f}" if m and isinstance(m.get(e), (int, float)) else "–" for e in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def draw_sampling_points(ax, image: np.ndarray, regular: np.ndarray, deformed: np.ndarray, stride: float,
+                         title: str = ""):
+    """The kernel's sampling points before (white) and after (red) the learned offsets, on the image.
+
+    ``regular``/``deformed`` are ``(k·k, 2)`` (row, col) feature-map coordinates from
+    :func:`esol_lib.samplers.sampling_points`; ``stride`` maps them to pixels (cell centres).
+    """
+    ax.imshow(image)
+    to_px = lambda p: (np.asarray(p, dtype=float) + 0.5) * stride - 0.5  # noqa: E731
+    r, d = to_px(regular), to_px(deformed)
+    for a, b in zip(r, d):
+        ax.annotate("", xy=(b[1], b[0]), xytext=(a[1], a[0]),
+                    arrowprops=dict(arrowstyle="->", color="yellow", lw=0.8))
+    ax.scatter(r[:, 1], r[:, 0], s=14, c="white", edgecolors="black", linewidths=0.5, label="regular grid")
+    ax.scatter(d[:, 1], d[:, 0], s=14, c="red", edgecolors="black", linewidths=0.5, label="with offsets")
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def show_feature_maps(images: Sequence[np.ndarray], maps: Mapping[str, Sequence[np.ndarray]]):
+    """Feature visualisations (the paper's Fig. 3b/c): channel-mean activation maps per image."""
+    fig, axes = _grid(len(images), 1 + len(maps))
+    for i, image in enumerate(images):
+        axes[i, 0].imshow(image)
+        for j, (name, per_image) in enumerate(maps.items(), start=1):
+            axes[i, j].imshow(per_image[i], cmap="viridis")
+            if i == 0:
+                axes[i, j].set_title(name, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def part_recall_bars(results: Mapping[str, dict]):
+    """Seed recall on the discriminative parts vs on the rest of each object, per stage."""
+    names = list(results)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(names), 3.2))
+    ax.bar(x - 0.2, [100 * results[n]["part_recall"] for n in names], 0.4, label="discriminative part")
+    ax.bar(x + 0.2, [100 * results[n]["rest_recall"] for n in names], 0.4, label="rest of the object")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("recall (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

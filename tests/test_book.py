@@ -1,0 +1,188 @@
+"""The book machinery: the toc, stripping, papermill execution and an offline jupyter-book build."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from esol_lib.book import CHAPTERS, REPO_ROOT, _toc_files, build_book, check_stripped, execute_notebooks, strip_outputs
+from esol_lib.errors import StageError
+
+PARAMS = 'profile = "cpu"\nrun_dir = ""\ndata_root = ""'
+
+
+def _notebook(*sources: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells.append(nbformat.v4.new_markdown_cell("# A tiny chapter\n\nWith math: $a^2 + b^2 = c^2$."))
+    nb.cells.append(nbformat.v4.new_code_cell(PARAMS, metadata={"tags": ["parameters"]}))
+    nb.cells.extend(nbformat.v4.new_code_cell(s) for s in sources)
+    return nb
+
+
+def _outputs_text(path: Path) -> str:
+    nb = nbformat.read(str(path), as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+# ----------------------------------------------------------------------------- (a) toc
+
+
+def test_toc_lists_every_chapter_and_every_page_exists():
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    assert toc["format"] == "jb-book"
+    files = list(_toc_files(toc))
+    notebooks = [f for f in files if f.startswith("notebooks/")]
+    assert [Path(f).name + ".ipynb" for f in notebooks] == CHAPTERS  # all nine, in book order
+    pages = [f for f in files if not f.startswith("notebooks/")]
+    assert toc["root"] == "book/intro" and {"book/method", "book/dataset", "book/bibliography"} <= set(pages)
+    for page in pages:
+        assert (REPO_ROOT / f"{page}.md").is_file(), f"{page}.md named in _toc.yml does not exist"
+
+
+def test_config_never_executes_and_cites_from_the_bib_file():
+    cfg = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())
+    assert cfg["execute"]["execute_notebooks"] == "off"
+    assert cfg["only_build_toc_files"] is True
+    assert cfg["author"] == "esol contributors"
+    for bib in cfg["bibtex_bibfiles"]:
+        assert (REPO_ROOT / bib).is_file()
+    assert "sphinx.ext.intersphinx" not in (cfg.get("sphinx", {}).get("extra_extensions") or [])
+
+
+# ----------------------------------------------------------------------------- (b) stripping
+
+
+def test_strip_outputs_and_check_stripped(tmp_path):
+    nb = _notebook('print("hi")')
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="hi\n")]
+    nb.cells[2].execution_count = 3
+    nb.cells[2].metadata["execution"] = {"iopub.status.busy": "2024-01-01"}
+    nb.metadata["papermill"] = {"parameters": {}}
+    dirty, clean = tmp_path / "dirty.ipynb", tmp_path / "clean.ipynb"
+    nbformat.write(nb, str(dirty))
+    nbformat.write(_notebook('print("hi")'), str(clean))
+
+    assert check_stripped([dirty, clean]) == ["dirty.ipynb"]
+    assert strip_outputs(dirty) is True
+    assert check_stripped([dirty, clean]) == []
+    stripped = nbformat.read(str(dirty), as_version=4)
+    assert stripped.cells[2].outputs == [] and stripped.cells[2].execution_count is None
+    assert "execution" not in stripped.cells[2].metadata and "papermill" not in stripped.metadata
+    assert stripped.cells[1].metadata["tags"] == ["parameters"]  # papermill still finds its cell
+    assert strip_outputs(dirty) is False  # idempotent
+
+
+def test_notebooks_in_git_are_stripped():
+    notebooks = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
+    dirty = check_stripped(notebooks)
+    assert not dirty, f"notebooks committed with outputs: {dirty}; run esol_lib.book.strip_outputs on them"
+
+
+# ----------------------------------------------------------------------------- (c) execution
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Two tiny chapters (named like CHAPTERS[0] and CHAPTERS[2]) executed by papermill."""
+    root = tmp_path_factory.mktemp("book")
+    nb_dir, out_dir = root / "notebooks", root / "executed"
+    nb_dir.mkdir()
+    nbformat.write(_notebook('print(f"profile={profile}")', 'print(f"run_dir={run_dir}")\n'
+                             'import os; print(f"cwd={os.getcwd()}")'), str(nb_dir / CHAPTERS[0]))
+    bare = _notebook('print(f"data_root={data_root!r}")')
+    del bare.metadata["kernelspec"]  # hand-made, no language metadata: still runs (as Python)
+    nbformat.write(bare, str(nb_dir / CHAPTERS[2]))
+    paths = execute_notebooks("smoke", nb_dir, out_dir, root / "run", data_root=str(root / "data"),
+                              progress=False)
+    return root, paths
+
+
+def test_execute_notebooks_injects_the_parameters(executed):
+    root, paths = executed
+    assert [p.name for p in paths] == [CHAPTERS[0], CHAPTERS[2]]  # book order; missing chapters skipped
+    first = _outputs_text(paths[0])
+    assert "profile=smoke" in first
+    assert f"run_dir={(root / 'run').resolve()}" in first
+    assert f"cwd={(root / 'notebooks').resolve()}" in first  # relative paths behave as in JupyterLab
+    assert f"data_root={str((root / 'data').resolve())!r}" in _outputs_text(paths[1])
+    nb = nbformat.read(str(paths[0]), as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+
+
+def test_execute_notebooks_stops_at_a_failing_notebook(executed, tmp_path):
+    root, _ = executed
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    nbformat.write(_notebook('print("fine")'), str(nb_dir / CHAPTERS[0]))
+    nbformat.write(_notebook('raise ValueError("boom")'), str(nb_dir / CHAPTERS[1]))
+    nbformat.write(_notebook('print("never")'), str(nb_dir / CHAPTERS[3]))
+    out = tmp_path / "executed"
+    with pytest.raises(StageError) as err:
+        execute_notebooks("smoke", nb_dir, out, tmp_path / "run", progress=False)
+    msg = str(err.value)
+    assert CHAPTERS[1] in msg and "boom" in msg and "ValueError" in msg
+    assert 'raise ValueError("boom")' in msg  # the failing cell's first line
+    assert str(out / CHAPTERS[1]) in msg and (out / CHAPTERS[1]).is_file()  # the partial copy
+    assert not (out / CHAPTERS[3]).exists()  # stopped at the first failure
+
+
+def test_execute_notebooks_without_any_notebook_is_an_error(tmp_path):
+    with pytest.raises(StageError, match="none of the chapter notebooks"):
+        execute_notebooks("smoke", tmp_path, tmp_path / "out", tmp_path / "run", progress=False)
+
+
+def test_unknown_chapter_is_an_error(tmp_path):
+    with pytest.raises(StageError, match="unknown chapter"):
+        execute_notebooks("smoke", tmp_path, tmp_path / "out", tmp_path / "run", only=["99_nope"],
+                          progress=False)
+
+
+# ----------------------------------------------------------------------------- (d) building
+
+
+@pytest.mark.slow
+def test_build_book_offline(executed, tmp_path):
+    """A book of the repository's pages plus the two tiny executed chapters (about 10 s)."""
+    _, paths = executed
+    exec_dir = tmp_path / "executed"
+    exec_dir.mkdir()
+    for p in paths:
+        (exec_dir / p.name).write_bytes(p.read_bytes())
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "_config.yml").write_bytes((REPO_ROOT / "_config.yml").read_bytes())
+    (site / "book").mkdir()
+    for page in ("intro.md", "bibliography.md", "references.bib"):
+        (site / "book" / page).write_bytes((REPO_ROOT / "book" / page).read_bytes())
+    toc = {"format": "jb-book", "root": "book/intro",
+           "parts": [{"caption": "Chapters", "chapters": [{"file": f"notebooks/{Path(p.name).stem}"} for p in paths]
+                      + [{"file": "notebooks/08_reproduction"}]},  # not executed: left out, not an error
+                     {"caption": "Reference", "chapters": [{"file": "book/bibliography"}]}]}
+    (site / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
+
+    out = tmp_path / "out"
+    index = build_book(exec_dir, out, root=site, timeout=85)
+    assert index == out / "_build" / "html" / "index.html" and index.is_file()
+    html = out / "_build" / "html"
+    chapter = (html / "notebooks" / f"{Path(CHAPTERS[0]).stem}.html").read_text()
+    assert "profile=smoke" in chapter  # papermill's outputs, not re-executed
+    assert (html / "book" / "bibliography.html").is_file()
+    assert "Expansion and shrinkage of localization" in (html / "book" / "bibliography.html").read_text()
+    assert not (html / "notebooks" / "08_reproduction.html").exists()
+
+
+def test_build_book_reports_jupyter_book_failure(tmp_path):
+    site = tmp_path / "site"
+    (site / "book").mkdir(parents=True)
+    (site / "book" / "intro.md").write_text("# Intro\n")
+    (site / "_config.yml").write_text("title: broken\nsphinx:\n  extra_extensions: [no_such_sphinx_extension]\n")
+    (site / "_toc.yml").write_text("format: jb-book\nroot: book/intro\n")
+    with pytest.raises(StageError, match="no_such_sphinx_extension"):
+        build_book(tmp_path / "none", tmp_path / "out", root=site, timeout=85)
+
+
+def test_build_book_without_config_is_an_error(tmp_path):
+    with pytest.raises(StageError, match="_config.yml"):
+        build_book(tmp_path, tmp_path / "out", root=tmp_path)
