@@ -28,8 +28,9 @@ synth: $(STAMP)
 pipeline: synth
 	$(VENV)/bin/esol pipeline --config $(PROFILE) --data-root $(DATA) --run $(RUN)
 
-# Until the notebooks land (issue 6) the main job generates the benchmark and runs the pipeline.
-book: pipeline
+# The main job: execute every notebook with papermill on the generated benchmark, then build the book.
+book: $(STAMP)
+	$(VENV)/bin/esol book --profile $(PROFILE)
 
 clean:
 	rm -rf runs _build build

@@ -17,10 +17,7 @@ import yaml
 from esol_lib.errors import EsolError
 
 # Subcommands that later work builds; until then they say where they belong instead of faking output.
-PENDING = {
-    "refine": "the Refinement issue (#5): DenseCRF + IRN pseudo masks",
-    "train-seg": "the Refinement issue (#5): DeepLab-v2 on pseudo masks",
-    "eval-seg": "the Refinement issue (#5): DeepLab-v2 evaluation",
+PENDING: dict[str, str] = {
 }
 
 STAGE_CHOICES = ("baseline", "expansion", "shrinkage")
@@ -200,6 +197,37 @@ def cmd_book(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine(args: argparse.Namespace) -> int:
+    from esol_lib.refine import refine
+
+    from esol_lib.stages import open_run
+
+    m = refine(open_run(args.run)[0], args.stage)
+    print(f"pseudo masks of {args.stage} on {m['split']}: mIoU {100 * m['miou']:.1f}  precision "
+          f"{100 * m['precision']:.1f}  recall {100 * m['recall']:.1f}")
+    return 0
+
+
+def cmd_train_seg(args: argparse.Namespace) -> int:
+    from esol_lib.segmentation import train_seg
+
+    from esol_lib.stages import open_run
+
+    result = train_seg(open_run(args.run)[0], args.stage)
+    print(f"DeepLab-v2 on {args.stage} pseudo masks: {result}")
+    return 0
+
+
+def cmd_eval_seg(args: argparse.Namespace) -> int:
+    from esol_lib.segmentation import eval_seg
+
+    from esol_lib.stages import open_run
+
+    m = eval_seg(open_run(args.run)[0], args.stage, args.split)
+    print(f"DeepLab-v2 ({args.stage} pseudo masks) on {m['split']}: mIoU {100 * m['miou']:.1f}")
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from esol_lib.config import load_config
     from esol_lib.pipeline import run_pipeline
@@ -225,6 +253,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "make-cam": cmd_make_cam,
     "eval-cam": cmd_eval_cam,
     "book": cmd_book,
+    "refine": cmd_refine,
+    "train-seg": cmd_train_seg,
+    "eval-seg": cmd_eval_seg,
 }
 DATA_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "synth": cmd_data_synth,

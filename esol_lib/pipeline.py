@@ -28,9 +28,25 @@ def _metrics_current(run: RunDir, name: str, stage: str) -> bool:
     return path.is_file() and meta.is_file() and path.stat().st_mtime >= meta.stat().st_mtime
 
 
-def pipeline_steps(run: RunDir, *, progress: bool = True, crf: bool = True) -> list[PipelineStep]:
-    """The ordered steps of the full pipeline for ``run``."""
+def _newer(run: RunDir, metrics: str, source) -> bool:
+    path = run.metrics(metrics)
+    return path.is_file() and source.is_file() and path.stat().st_mtime >= source.stat().st_mtime
+
+
+REFINED_STAGES = ("baseline", "shrinkage")  # Table 1 / Table 3: plain CAM vs ESOL
+
+
+def pipeline_steps(run: RunDir, *, progress: bool = True, crf: bool = True,
+                   refine: bool = True, segment: bool = True) -> list[PipelineStep]:
+    """The ordered steps of the full pipeline for ``run``.
+
+    Seeds of every stage (train → make-cam → eval-cam [--crf]); then, for the baseline and the
+    shrinkage stage, IRN pseudo masks (``refine``) and DeepLab-v2 trained on them and scored on
+    ``data.val_split`` (``segment``).
+    """
     from esol_lib.esol import expand, shrink
+    from esol_lib.refine import refine as refine_stage
+    from esol_lib.segmentation import eval_seg, seg_stage_name, train_seg
     from esol_lib.stages import eval_cam, make_cam, train_cam
 
     cfg = run.load_config()
@@ -46,14 +62,24 @@ def pipeline_steps(run: RunDir, *, progress: bool = True, crf: bool = True) -> l
             steps.append(PipelineStep(
                 f"eval-cam --crf {stage}", lambda s=stage: eval_cam(run, s, split, crf=True, progress=progress),
                 lambda s=stage: _metrics_current(run, f"{s}_crf_{split}", s)))
+    if refine:
+        for stage in REFINED_STAGES:
+            steps.append(PipelineStep(f"refine {stage}", lambda s=stage: refine_stage(run, s, progress=progress)))
+    if refine and segment:
+        for stage in REFINED_STAGES:
+            name = seg_stage_name(stage)
+            steps.append(PipelineStep(f"train-seg {stage}", lambda s=stage: train_seg(run, s, progress=progress)))
+            steps.append(PipelineStep(
+                f"eval-seg {stage}", lambda s=stage: eval_seg(run, s, progress=progress),
+                lambda n=name: _newer(run, f"{n}_{cfg.data.val_split}", run.checkpoint(n))))
     return steps
 
 
-def run_pipeline(run: RunDir, *, progress: bool = True, crf: bool = True,
-                 log: Callable[[str], None] = print) -> dict[str, float]:
+def run_pipeline(run: RunDir, *, progress: bool = True, crf: bool = True, refine: bool = True,
+                 segment: bool = True, log: Callable[[str], None] = print) -> dict[str, float]:
     """Run every step not yet complete; returns seconds per step (0 for skipped ones)."""
     times: dict[str, float] = {}
-    for step in pipeline_steps(run, progress=progress, crf=crf):
+    for step in pipeline_steps(run, progress=progress, crf=crf, refine=refine, segment=segment):
         if step.done():
             log(f"[skip] {step.name}: outputs complete")
             times[step.name] = 0.0

@@ -1,0 +1,258 @@
+"""DeepLab-v2 (Chen et al., "DeepLab: Semantic Image Segmentation with Deep Convolutional Nets,
+Atrous Convolution, and Fully Connected CRFs", TPAMI 2017): the segmentation network the paper
+trains on its pseudo masks (§4.1, Table 3).
+
+The model is a backbone at output stride 8 followed by ASPP-L (§3.3 of DeepLab-v2): four parallel
+3×3 convolutions with atrous rates ``r ∈ {6, 12, 18, 24}`` applied to the same feature map ``x``,
+each mapping straight to the ``K + 1`` class scores, and summed:
+
+    f(x) = Σ_r  W_r ⊛_r x + b_r                                                  (DeepLab-v2, Fig. 7)
+
+Training minimises the pixel-wise cross-entropy with void (255) ignored; inference averages the
+softmax maps over scales and a horizontal flip, and may be refined by the fully connected CRF
+(Krähenbühl & Koltun, 2011) with DeepLab's published parameters.
+
+Output stride 8: for the ResNets ``layer3`` and ``layer4`` keep their resolution (strides
+``(2, 2, 1, 1)``) and their 3×3 convolutions become atrous with rates 2 and 4, as in DeepLab-v2's
+ResNet-101 (every block of ``res4`` / ``res5``). :func:`esol_lib.models.backbone.build_backbone`
+has no dilation option, so :func:`dilate_stage` converts the built stages in place (the weights are
+unchanged, only where the kernel samples). The CPU ``small`` backbone uses strides ``(1, 2, 2, 1)``
+(output stride 4 on its tiny images) and no dilation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from esol_lib.data.transforms import to_tensor
+from esol_lib.distributed import unwrap
+from esol_lib.errors import ConfigError
+from esol_lib.metrics import IGNORE
+from esol_lib.models.backbone import Backbone, build_backbone
+
+__all__ = [
+    "ASPP",
+    "DeepLabV2",
+    "DEEPLAB_LAYOUT",
+    "build_deeplab",
+    "crf_postprocess",
+    "dilate_stage",
+    "param_groups",
+    "predict",
+    "seg_loss",
+    "upsample_logits",
+]
+
+# Per backbone: the strides handed to build_backbone and the atrous rate of each stage (index into
+# [stem, layer1, layer2, layer3, layer4]) that DeepLab-v2 makes atrous to keep output stride 8.
+DEEPLAB_LAYOUT: dict[str, tuple[tuple[int, int, int, int], dict[int, int]]] = {
+    "resnet50": ((2, 2, 1, 1), {3: 2, 4: 4}),
+    "resnet101": ((2, 2, 1, 1), {3: 2, 4: 4}),
+    "small": ((1, 2, 2, 1), {}),
+}
+
+# DeepLab-v2's learning-rate multipliers (its Caffe prototxt; IRN's and deeplab-pytorch's too).
+BACKBONE_LR_MULT = 1.0
+ASPP_WEIGHT_LR_MULT = 10.0
+ASPP_BIAS_LR_MULT = 20.0
+
+
+# --------------------------------------------------------------------------------------- model
+
+
+class ASPP(nn.Module):
+    """DeepLab-v2's atrous spatial pyramid pooling (ASPP-L): ``Σ_r conv3x3_r(x)``.
+
+    One 3×3 convolution per rate in ``dilations`` (padding = rate, so the size is kept), each from
+    ``in_channels`` straight to ``num_classes`` scores with a bias; the branch outputs are summed.
+    Weights are drawn from ``N(0, 0.01²)`` and biases start at 0, as in DeepLab-v2.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, dilations: Sequence[int]) -> None:
+        super().__init__()
+        rates = [int(d) for d in dilations]
+        if not rates or any(d < 1 for d in rates):
+            raise ConfigError(f"seg.dilations: expected one or more positive atrous rates, got {list(dilations)!r}")
+        self.dilations = rates
+        self.branches = nn.ModuleList(
+            nn.Conv2d(in_channels, num_classes, 3, padding=d, dilation=d, bias=True) for d in rates
+        )
+        for conv in self.branches:
+            nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class scores ``(B, num_classes, h, w)`` of a feature map ``(B, in_channels, h, w)``."""
+        out = self.branches[0](x)
+        for conv in self.branches[1:]:
+            out = out + conv(x)
+        return out
+
+
+class DeepLabV2(nn.Module):
+    """Backbone (output stride 8) → :class:`ASPP`; ``forward`` returns logits at feature resolution.
+
+    Use :func:`upsample_logits` (or :func:`seg_loss` / :func:`predict`, which call it) to bring them
+    to the label or image size.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, dilations: Sequence[int]) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ConfigError(f"num_classes: expected an integer >= 2 (background + classes), got {num_classes!r}")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.aspp = ASPP(backbone.out_channels, num_classes, dilations)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, K + 1, h, w)`` of a normalised image batch ``(B, 3, H, W)``."""
+        return self.aspp(self.backbone(x)["out"])
+
+
+def dilate_stage(stage: nn.Module, rate: int) -> None:
+    """Make every k×k (k > 1) convolution in ``stage`` atrous with ``rate`` (padding keeps the size).
+
+    DeepLab-v2's ResNet-101 uses rate 2 in every block of ``res4`` (``layer3``) and 4 in ``res5``
+    (``layer4``) once their strides are removed; the pretrained weights stay valid.
+    """
+    for conv in stage.modules():
+        if isinstance(conv, nn.Conv2d) and max(conv.kernel_size) > 1:
+            conv.dilation = (rate, rate)
+            conv.padding = tuple(rate * (k - 1) // 2 for k in conv.kernel_size)
+
+
+def build_deeplab(seg_cfg: Any, num_classes: int, *, pretrained: Optional[str] = "config",
+                  freeze_bn: Optional[bool] = None) -> DeepLabV2:
+    """DeepLab-v2 from a :class:`~esol_lib.config.SegConfig` (``backbone``, ``pretrained``, ``dilations``).
+
+    Args:
+        seg_cfg: the ``seg`` section of the config.
+        num_classes: ``K + 1`` (background included).
+        pretrained: ``"config"`` uses ``seg_cfg.pretrained``; anything else overrides it (``None`` when
+            a checkpoint is loaded right after, so no ImageNet file is needed to evaluate).
+        freeze_bn: keep BatchNorm in eval mode with frozen affine params. ``None``: frozen for a
+            pretrained backbone (DeepLab-v2 keeps ImageNet's BN statistics; batches of 10 are too
+            small to re-estimate them), trained for a backbone from scratch (the CPU profiles).
+    """
+    name = seg_cfg.backbone
+    if name not in DEEPLAB_LAYOUT:
+        raise ConfigError(f"seg.backbone: unknown backbone {name!r}; choose one of {', '.join(DEEPLAB_LAYOUT)}")
+    weights = seg_cfg.pretrained if pretrained == "config" else pretrained
+    if freeze_bn is None:
+        freeze_bn = bool(seg_cfg.pretrained)
+    strides, rates = DEEPLAB_LAYOUT[name]
+    backbone = build_backbone(name, strides, weights, freeze_bn=freeze_bn, frozen_stages=0)
+    for index, rate in rates.items():
+        dilate_stage(backbone.stages[index], rate)
+    return DeepLabV2(backbone, num_classes, seg_cfg.dilations)
+
+
+def param_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """SGD groups of DeepLab-v2: backbone at ``lr``, ASPP weights at 10×, ASPP biases at 20× ``lr``.
+
+    The bias group has no weight decay (``decay_mult: 0`` in DeepLab-v2's prototxt). Frozen
+    parameters are left out; ``model`` may be wrapped in DDP.
+    """
+    net = unwrap(model)
+    if not isinstance(net, DeepLabV2):
+        raise TypeError(f"param_groups expects a DeepLabV2, got {type(net).__name__}")
+    aspp_weights = [p for n, p in net.aspp.named_parameters() if p.requires_grad and not n.endswith("bias")]
+    aspp_biases = [p for n, p in net.aspp.named_parameters() if p.requires_grad and n.endswith("bias")]
+    backbone = [p for p in net.backbone.parameters() if p.requires_grad]
+    return [
+        {"params": backbone, "lr": lr * BACKBONE_LR_MULT, "name": "backbone"},
+        {"params": aspp_weights, "lr": lr * ASPP_WEIGHT_LR_MULT, "name": "aspp_weight"},
+        {"params": aspp_biases, "lr": lr * ASPP_BIAS_LR_MULT, "weight_decay": 0.0, "name": "aspp_bias"},
+    ]
+
+
+# --------------------------------------------------------------------------------------- loss
+
+
+def upsample_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear upsampling of ``(B, C, h, w)`` logits to ``size = (H, W)`` (a no-op at that size)."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(logits.shape[-2:]) == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def seg_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Pixel-wise cross-entropy at label resolution, void (255) ignored:
+
+        L = -1/|V| Σ_{p ∈ V} log softmax(up(f(x)))_{p, y_p},   V = {p : y_p ≠ 255}
+
+    ``logits`` ``(B, C, h, w)`` are upsampled bilinearly to the ``(B, H, W)`` target's size. A batch
+    without any labelled pixel gives a zero loss (still attached to the graph) instead of NaN.
+    """
+    if target.ndim != 3 or logits.ndim != 4 or logits.shape[0] != target.shape[0]:
+        raise ValueError(f"seg_loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} do not "
+                         "fit (expected (B, C, h, w) and (B, H, W))")
+    target = target.long()
+    logits = upsample_logits(logits, target.shape[-2:])
+    if not (target != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=IGNORE)
+
+
+# --------------------------------------------------------------------------------------- inference
+
+
+def predict(model: nn.Module, image: np.ndarray, mean: Sequence[float], std: Sequence[float],
+            scales: Sequence[float] = (1.0,), flip: bool = True) -> np.ndarray:
+    """Multi-scale (+ flip) class probabilities ``(K + 1, H, W)`` of one ``(H, W, 3)`` uint8 image.
+
+    For each scale ``s`` the normalised image is resized to ``round(s·H) × round(s·W)`` (bilinear),
+    its logits (and those of its mirror image, flipped back) are upsampled to ``(H, W)`` and turned
+    into softmax maps; the result is their average over scales and flips (DeepLab-v2's multi-scale inputs, averaged as
+    deeplab-pytorch and IRN's evaluation do). Runs under ``torch.inference_mode`` in eval mode
+    (the model's mode is restored afterwards), on the model's device.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"predict: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    if not scales:
+        raise ConfigError("seg.test_scales must list at least one scale")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    h, w = image.shape[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            x = to_tensor(image, mean, std).unsqueeze(0).to(device)
+            total: Tensor | None = None
+            for s in scales:
+                size = (max(1, round(h * s)), max(1, round(w * s)))
+                # An explicit size (not scale_factor) keeps the resampling grid mirror-symmetric.
+                xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                if flip:
+                    xs = torch.cat([xs, xs.flip(-1)], dim=0)
+                probs = upsample_logits(model(xs), (h, w)).float().softmax(dim=1)
+                if flip:
+                    probs = probs[:1] + probs[1:].flip(-1)
+                total = probs if total is None else total + probs
+            assert total is not None
+            total = total / (len(scales) * (2 if flip else 1))
+    finally:
+        model.train(was_training)
+    return total[0].cpu().numpy()
+
+
+def crf_postprocess(image: np.ndarray, probs: np.ndarray, crf_cfg: Any) -> np.ndarray:
+    """DeepLab-v2's fully connected CRF on ``probs`` ``(K + 1, H, W)`` → labels ``(H, W)`` int64.
+
+    Uses the ``seg_*`` fields of :class:`~esol_lib.config.CRFConfig` (POS_W 3, POS_XY_STD 1, BI_W 4,
+    BI_XY_STD 67, BI_RGB_STD 3 by default) and ``crf_cfg.iterations`` mean-field steps.
+    """
+    from esol_lib.crf import crf_from_probs
+
+    q = crf_from_probs(image, probs, iterations=crf_cfg.iterations, pos_w=crf_cfg.seg_pos_w,
+                       pos_xy_std=crf_cfg.seg_pos_xy_std, bi_w=crf_cfg.seg_bi_w,
+                       bi_xy_std=crf_cfg.seg_bi_xy_std, bi_rgb_std=crf_cfg.seg_bi_rgb_std)
+    return q.argmax(0).astype(np.int64)

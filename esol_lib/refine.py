@@ -1,0 +1,415 @@
+"""``esol refine``: IRN on one stage's CAMs → pseudo masks (§3.4), as four resumable steps on disk.
+
+``make_ir_labels``    ``cams/<stage>/``                    → ``ir_labels/<stage>/<id>.png``
+``train_irn``         ``ir_labels/<stage>/`` + baseline.pt → ``checkpoints/irn-<stage>.pt``
+``make_pseudo_masks`` ``cams/<stage>/`` + irn checkpoint   → ``pseudo_masks/<stage>/<id>.png``
+``eval_pseudo_masks`` ``pseudo_masks/<stage>/`` + GT       → ``metrics/mask-<stage>_<split>.json``
+
+:func:`refine` runs them in order and skips every step whose outputs are complete. Each output
+folder keeps a ``_meta.json`` with a signature of what produced it (the CAM folder's signature, the
+settings, the IRN checkpoint); a folder made from other inputs is emptied and made again, as
+:func:`esol_lib.cam.compute_cams` does for CAMs. The IRN checkpoint records the signature of the IR
+labels it was trained on and is retrained when they change.
+
+Choices that differ from IRN's public setup (all documented where they are made):
+
+- **Backbone.** IRN's boundary branch sits on an ImageNet ResNet-50. Here it sits on the run's own
+  trained baseline classifier's backbone (``checkpoints/baseline.pt``), frozen: the one network
+  every profile has, and what works from scratch on CPU where no ImageNet weights exist.
+- **Training images.** IRN trains on the IR labels of ``train_aug``; here on those of the split the
+  CAMs were made for (``data.cam_split``), the images whose pseudo masks are scored.
+- **Radius.** IRN trains with pairs within radius 10 and walks with radius 5 (feature cells);
+  training here uses ``2 * irn.radius`` (:data:`TRAIN_RADIUS_FACTOR`) and inference ``irn.radius``.
+- **Optimizer.** SGD, poly schedule, ``irn.lr``, weight decay 1e-4 (IRN). IRN's PolyOptimizer
+  passes its weight decay into SGD's momentum slot, so its momentum is effectively 1e-4; we use
+  momentum 0 (:data:`MOMENTUM`), the behaviour IRN actually trained with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from esol_lib.cam import load_cam
+from esol_lib.config import Config
+from esol_lib.data import VOCSegmentation, load_image, load_mask, save_label_png
+from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
+from esol_lib.errors import StageError
+from esol_lib.irn import BoundaryNet, affinity_loss, boundary_map, ir_labels, pseudo_mask
+from esol_lib.metrics import confusion_matrix, read_metrics, summarize, write_metrics
+from esol_lib.run import STAGES, RunDir
+
+__all__ = [
+    "IRNTrainTransform", "crf_kwargs", "eval_pseudo_masks", "ir_label_dir", "irn_stage_name", "load_irn",
+    "make_ir_labels", "make_pseudo_masks", "refine", "train_irn",
+]
+
+TRAIN_RADIUS_FACTOR = 2  # IRN: radius 10 for training, 5 for the random walk
+SCALE_RANGE = (0.5, 1.5)  # IRN's random rescale of the training images
+MOMENTUM = 0.0  # IRN's effective momentum (see the module docstring)
+WEIGHT_DECAY = 1e-4
+CHECKPOINT_EVERY = 200
+_META = "_meta.json"
+
+
+# ----------------------------------------------------------------------------- paths and signatures
+
+
+def ir_label_dir(run: RunDir, stage: str) -> Path:
+    """``RUN/ir_labels/<stage>/``: IRN's inter-pixel relation labels of that stage's CAMs."""
+    return run.root / "ir_labels" / stage
+
+
+def irn_stage_name(stage: str) -> str:
+    """The engine's stage name (and checkpoint stem) of the IRN trained on ``stage``'s CAMs."""
+    return f"irn-{stage}"
+
+
+def crf_kwargs(cfg: Config) -> dict[str, float]:
+    """The run's ``crf`` section as keyword arguments of :func:`esol_lib.crf.crf_from_labels`."""
+    c = cfg.crf
+    return {"gt_prob": c.gt_prob, "iterations": c.iterations, "gauss_sxy": c.gauss_sxy,
+            "gauss_compat": c.gauss_compat, "bilateral_sxy": c.bilateral_sxy,
+            "bilateral_srgb": c.bilateral_srgb, "bilateral_compat": c.bilateral_compat}
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cam_signature(run: RunDir, stage: str) -> str:
+    meta = run.cams(stage) / _META
+    return json.loads(meta.read_text()).get("signature", "") if meta.is_file() else ""
+
+
+def _file_signature(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _ir_signature(run: RunDir, cfg: Config, stage: str) -> str:
+    return _hash({"cams": _cam_signature(run, stage), "conf_fg": cfg.irn.conf_fg_thres,
+                  "conf_bg": cfg.irn.conf_bg_thres, "crf": crf_kwargs(cfg)})
+
+
+def _mask_signature(run: RunDir, cfg: Config, stage: str) -> str:
+    ckpt = run.checkpoint(irn_stage_name(stage))
+    return _hash({"cams": _cam_signature(run, stage), "irn": _file_signature(ckpt) if ckpt.is_file() else "",
+                  "radius": cfg.irn.radius, "beta": cfg.irn.beta, "exp_times": cfg.irn.exp_times,
+                  "bg": cfg.irn.sem_seg_bg_thres})
+
+
+def _folder_signature(out_dir: Path) -> str | None:
+    meta = out_dir / _META
+    return json.loads(meta.read_text()).get("signature") if meta.is_file() else None
+
+
+def _prepare(out_dir: Path, signature: str) -> None:
+    """Empty ``out_dir`` if it was made from other inputs; record ``signature`` (rank 0 only)."""
+    from esol_lib.distributed import barrier, is_main_process
+
+    if is_main_process():
+        if out_dir.is_dir() and _folder_signature(out_dir) != signature:
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / _META).write_text(json.dumps({"signature": signature}) + "\n")
+    barrier()
+
+
+def _complete(out_dir: Path, ids: Sequence[str], signature: str) -> bool:
+    """Every ``<id>.png`` exists and the folder was made from the current inputs."""
+    return (_folder_signature(out_dir) == signature
+            and all((out_dir / f"{i}.png").is_file() for i in ids))
+
+
+def _shard(items: list[str]) -> list[str]:
+    """This process's share of ``items`` under torchrun (all of them otherwise)."""
+    from esol_lib.distributed import get_dist_info
+
+    info = get_dist_info()
+    return items[info.rank::info.world_size]
+
+
+def _setup(run: RunDir, stage: str, split: str | None) -> tuple[Config, str, VOCSegmentation]:
+    """The run's config, the split and its dataset; missing CAMs name ``esol make-cam``."""
+    from esol_lib.stages import _dataset, _require_cams
+
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    cfg = run.load_config()
+    split = split or cfg.data.cam_split
+    ds = _dataset(cfg, split)
+    _require_cams(run, stage, ds, split)
+    return cfg, split, ds
+
+
+def _read_label(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img, dtype=np.uint8).copy()
+
+
+# ----------------------------------------------------------------------------- 1. IR labels
+
+
+def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = None, *,
+                   progress: bool = True) -> Path:
+    """IRN's inter-pixel relation labels of ``stage``'s CAMs → ``ir_labels/<stage>/<id>.png``.
+
+    Confident foreground / background seeds at ``irn.conf_fg_thres`` / ``irn.conf_bg_thres``, each
+    refined by DenseCRF with the run's ``crf`` settings (:func:`esol_lib.irn.ir_labels`); palette
+    PNGs with class ids, 0 background, 255 ignored. Existing files are kept.
+    """
+    from esol_lib.distributed import barrier
+
+    cfg, split, ds = _setup(run, stage, split)
+    out_dir = ir_label_dir(run, stage)
+    _prepare(out_dir, _ir_signature(run, cfg, stage))
+    todo = _shard([i for i in ds.ids if not (out_dir / f"{i}.png").is_file()])
+    kwargs = crf_kwargs(cfg)
+    for image_id in tqdm(todo, desc=f"IR labels {stage}/{split}", unit="img", disable=not progress):
+        cams, keys = load_cam(run.cams(stage), image_id)
+        label = ir_labels(load_image(ds.image_path(image_id)), cams, keys, cfg.irn.conf_fg_thres,
+                          cfg.irn.conf_bg_thres, kwargs)
+        save_label_png(out_dir / f"{image_id}.png", label)
+    barrier()
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- 2. train IRN
+
+
+class IRNTrainTransform:
+    """IRN's affinity-dataset augmentation: random rescale, flip, normalise, random crop.
+
+    The image is normalised *before* the crop, so padding is 0 in normalised space (the mean
+    colour, IRN's ``random_crop``); the IR label is padded with 255 (ignored).
+    """
+
+    def __init__(self, crop_size: int, mean: Sequence[float], std: Sequence[float],
+                 scale_range: tuple[float, float] = SCALE_RANGE, flip: bool = True) -> None:
+        self.crop_size = crop_size
+        self.mean, self.std = mean, std
+        self.scale_range = scale_range
+        self.flip = flip
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        lo, hi = self.scale_range
+        sample = resize_sample(sample, float(rng.uniform(lo, hi)))
+        if self.flip and rng.random() < 0.5:
+            sample = hflip_sample(sample)
+        image = to_tensor(np.array(sample["image"]), self.mean, self.std).permute(1, 2, 0).numpy()
+        out = crop_sample({"image": image, "mask": sample["mask"]}, self.crop_size, rng)
+        return {"id": sample["id"],
+                "image": torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).contiguous(),
+                "ir_label": torch.from_numpy(out["mask"].astype(np.int64))}
+
+
+class _IRLabelled(torch.utils.data.Dataset):
+    """Images of a split with their IR labels as ``mask`` (the ground truth is never read)."""
+
+    def __init__(self, ds: VOCSegmentation, label_dir: Path) -> None:
+        self.ds, self.label_dir = ds, label_dir
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ds.ids[index]
+        return {"id": image_id, "image": load_image(self.ds.image_path(image_id)),
+                "mask": _read_label(self.label_dir / f"{image_id}.png")}
+
+
+def _labels_at(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """IR labels ``(B, H, W)`` at the boundary map's ``size`` (nearest, IRN's ``pil_rescale(·, 0.25, 0)``)."""
+    if tuple(label.shape[-2:]) == tuple(size):
+        return label
+    return F.interpolate(label[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
+
+
+def _drop_stale_checkpoints(run: RunDir, name: str, signature: str) -> None:
+    """Delete ``irn-<stage>`` checkpoints trained on other IR labels (they would be skipped otherwise)."""
+    from esol_lib.distributed import barrier, is_main_process
+    from esol_lib.engine import partial_checkpoint_path
+
+    if is_main_process():
+        for path in (run.checkpoint(name), partial_checkpoint_path(run, name)):
+            if path.is_file():
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                if (ckpt.get("extra") or {}).get("ir_signature") != signature:
+                    path.unlink()
+    barrier()
+
+
+def _irn_done(run: RunDir, stage: str, signature: str) -> bool:
+    path = run.checkpoint(irn_stage_name(stage))
+    if not path.is_file():
+        return False
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return bool(ckpt.get("done")) and (ckpt.get("extra") or {}).get("ir_signature") == signature
+
+
+def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
+    """Train IRN's boundary branch on ``stage``'s IR labels → ``checkpoints/irn-<stage>.pt``.
+
+    The backbone is the run's baseline classifier's (``checkpoints/baseline.pt``), frozen
+    (see the module docstring); the head is trained with IRN's affinity loss on random
+    ``irn.crop_size`` crops of the CAM split (rescale 0.5–1.5, flip) for ``irn.max_steps`` steps
+    (else ``irn.epochs`` epochs), SGD at ``irn.lr`` with the poly schedule. Resumable; skipped
+    when done. Returns the engine's :class:`~esol_lib.engine.StageResult`.
+    """
+    from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
+    from esol_lib.engine import PolyLR, make_sgd, seed_everything, train_loop
+    from esol_lib.stages import load_baseline, resolve_device
+
+    cfg, split, ds = _setup(run, stage, None)
+    ic = cfg.irn
+    label_dir = ir_label_dir(run, stage)
+    signature = _ir_signature(run, cfg, stage)
+    if not _complete(label_dir, ds.ids, signature):
+        raise StageError(f"the IR labels of stage {stage!r} in {label_dir} are missing or were made from other "
+                         f"CAMs; run `esol refine --run {run.root} --stage {stage}` (it makes them first)")
+    name = irn_stage_name(stage)
+    _drop_stale_checkpoints(run, name, signature)
+    seed_everything(cfg.seed)
+    info = init_distributed()
+    device = resolve_device(cfg)
+    transform = IRNTrainTransform(ic.crop_size, cfg.data.mean, cfg.data.std)
+    data = AugmentedDataset(_IRLabelled(ds, label_dir), transform, seed=cfg.seed)
+    loader = make_loader(data, ic.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                         drop_last=True)
+    if len(loader) == 0:
+        raise StageError(f"split {split!r} has {len(ds)} images, fewer than one batch of {ic.batch_size}; "
+                         "lower irn.batch_size")
+    max_steps = ic.max_steps or ic.epochs * len(loader)
+    backbone = load_baseline(run, cfg, ds.num_classes, device).backbone
+    model = BoundaryNet(backbone).to(device)
+    optimizer = make_sgd(model.trainable_parameters(), ic.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    model.train()
+    model = wrap_ddp(model, info)
+    radius = TRAIN_RADIUS_FACTOR * ic.radius
+
+    def loss_fn(m: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        edge = m(batch["image"].to(device))
+        label = _labels_at(batch["ir_label"].to(device), (edge.shape[-2], edge.shape[-1]))
+        return affinity_loss(edge, label, radius)
+
+    return train_loop(name, model, optimizer, loss_fn, loader, max_steps, run,
+                      scheduler=PolyLR(optimizer, max_steps), checkpoint_every=CHECKPOINT_EVERY, seed=cfg.seed,
+                      extra_state=lambda: {"ir_signature": signature, "radius": radius}, progress=progress)
+
+
+def load_irn(run: RunDir, cfg: Config, stage: str, device: torch.device | str = "cpu") -> BoundaryNet:
+    """The trained boundary network of ``stage`` (backbone included in its checkpoint), in eval mode."""
+    from esol_lib.engine import load_stage_checkpoint
+    from esol_lib.models import build_backbone
+
+    model = BoundaryNet(build_backbone(cfg.model.backbone, cfg.model.strides, pretrained=None))
+    load_stage_checkpoint(run, irn_stage_name(stage), model,
+                          hint=f"run `esol refine --run {run.root} --stage {stage}` first")
+    return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- 3. pseudo masks
+
+
+def make_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None = None, *,
+                      progress: bool = True) -> Path:
+    """IRN pseudo masks of ``stage``'s CAMs → ``pseudo_masks/<stage>/<id>.png`` (VOC palette, class ids).
+
+    Per image: the boundary map (flip-averaged), the random walk of the CAMs at its resolution
+    (``irn.radius``, ``irn.beta``, ``irn.exp_times``), upsampling and the ``irn.sem_seg_bg_thres``
+    background (:func:`esol_lib.irn.pseudo_mask`). Existing files are kept.
+    """
+    from esol_lib.distributed import barrier
+    from esol_lib.stages import resolve_device
+
+    cfg, split, ds = _setup(run, stage, split)
+    ic = cfg.irn
+    device = resolve_device(cfg)
+    model = load_irn(run, cfg, stage, device)
+    out_dir = run.pseudo_masks(stage)
+    _prepare(out_dir, _mask_signature(run, cfg, stage))
+    todo = _shard([i for i in ds.ids if not (out_dir / f"{i}.png").is_file()])
+    for image_id in tqdm(todo, desc=f"pseudo masks {stage}/{split}", unit="img", disable=not progress):
+        image = to_tensor(load_image(ds.image_path(image_id)), cfg.data.mean, cfg.data.std).to(device)
+        edge = boundary_map(model, image)
+        cams, keys = load_cam(run.cams(stage), image_id)
+        mask = pseudo_mask(cams, keys, edge, radius=ic.radius, beta=ic.beta, exp_times=ic.exp_times,
+                           bg_thres=ic.sem_seg_bg_thres)
+        save_label_png(out_dir / f"{image_id}.png", mask)
+    barrier()
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- 4. evaluation
+
+
+def eval_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None = None) -> dict:
+    """Score ``stage``'s pseudo masks on ``split`` → ``metrics/mask-<stage>_<split>.json``.
+
+    One confusion matrix over the split, 255 ignored; mIoU over background + classes, foreground
+    precision / recall / F1 (DESIGN.md). ``threshold`` is the background score of the masks
+    (``irn.sem_seg_bg_thres``).
+    """
+    from esol_lib.distributed import is_main_process
+    from esol_lib.stages import _dataset
+
+    cfg = run.load_config()
+    split = split or cfg.data.cam_split
+    ds = _dataset(cfg, split)
+    mask_dir = run.pseudo_masks(stage)
+    missing = [i for i in ds.ids if not (mask_dir / f"{i}.png").is_file()]
+    if missing:
+        raise StageError(f"{len(missing)} pseudo mask(s) of stage {stage!r} on split {split!r} are missing in "
+                         f"{mask_dir} (e.g. {missing[0]}); run `esol refine --run {run.root} --stage {stage}` first")
+    n = ds.num_classes + 1
+    conf = np.zeros((n, n), np.int64)
+    for image_id in ds.ids:
+        gt = load_mask(ds.mask_path(image_id), ds.num_classes)
+        pred = _read_label(mask_dir / f"{image_id}.png")
+        if pred.shape != gt.shape:
+            raise StageError(f"pseudo mask {mask_dir / (image_id + '.png')} is {pred.shape} but the ground truth "
+                             f"is {gt.shape}; delete {mask_dir} and run `esol refine --run {run.root} --stage {stage}`")
+        conf += confusion_matrix(gt, pred, n)
+    ic = cfg.irn
+    metrics = {"stage": stage, "split": split, "threshold": float(ic.sem_seg_bg_thres)}
+    metrics.update(summarize(conf, ["background"] + list(ds.classes)))
+    metrics["irn"] = {"radius": ic.radius, "beta": ic.beta, "exp_times": ic.exp_times,
+                      "sem_seg_bg_thres": ic.sem_seg_bg_thres, "conf_fg_thres": ic.conf_fg_thres,
+                      "conf_bg_thres": ic.conf_bg_thres}
+    if is_main_process():
+        write_metrics(run.metrics(f"mask-{stage}_{split}"), metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- all four
+
+
+def refine(run: RunDir, stage: str = "shrinkage", *, progress: bool = True) -> dict:
+    """IR labels → IRN → pseudo masks → their metrics, for ``stage``'s CAMs on ``data.cam_split``.
+
+    Every step whose outputs are complete is skipped (all IR labels / pseudo masks present and made
+    from the current inputs; a done IRN checkpoint trained on the current IR labels; a metrics file
+    newer than the masks). Returns the mask metrics.
+    """
+    cfg, split, ds = _setup(run, stage, None)
+    if not _complete(ir_label_dir(run, stage), ds.ids, _ir_signature(run, cfg, stage)):
+        make_ir_labels(run, stage, split, progress=progress)
+    if not _irn_done(run, stage, _ir_signature(run, cfg, stage)):
+        train_irn(run, stage, progress=progress)
+    mask_dir = run.pseudo_masks(stage)
+    if not _complete(mask_dir, ds.ids, _mask_signature(run, cfg, stage)):
+        make_pseudo_masks(run, stage, split, progress=progress)
+    path = run.metrics(f"mask-{stage}_{split}")
+    if path.is_file() and path.stat().st_mtime_ns >= (mask_dir / _META).stat().st_mtime_ns:
+        return read_metrics(path)
+    return eval_pseudo_masks(run, stage, split)

@@ -1,0 +1,244 @@
+"""The last two stages: DeepLab-v2 trained on a stage's pseudo masks, and scored on real masks.
+
+``train_seg`` → ``checkpoints/seg-<stage>.pt``   (needs ``pseudo_masks/<stage>/``, from ``esol refine``)
+``eval_seg``  → ``metrics/seg-<stage>_<split>.json`` and ``seg_predictions/<stage>/<id>.png``
+               (needs ``checkpoints/seg-<stage>.pt``)
+
+This is the paper's final step (§4.1, Table 3): "we train DeepLab-v2 with ResNet-101 on the
+pseudo masks" and report mIoU on VOC val / COCO val. Settings are DeepLab-v2's (Chen et al.,
+TPAMI 2017) as used by IRN: random rescale in ``[0.5, 1.5]``, flip, 321×321 crops (masks padded
+with void), SGD with poly learning rate, backbone/ASPP-weight/ASPP-bias lr 1×/10×/20×, batch 10,
+multi-scale + flip test with the dense CRF.
+
+Which images are trained on: the pseudo masks are written by ``refine`` for the images it was
+asked to label. For VOC that is ``train_aug`` (``data.train_split``, 10,582 images, as IRN and the
+paper do); when every id of ``data.train_split`` has a pseudo mask that split is used, otherwise
+``data.cam_split`` (whose pseudo masks ``refine`` scores against the ground truth), which must then
+be complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from esol_lib.config import Config
+from esol_lib.data import VOCSegmentation, read_classes, read_split, save_label_png
+from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
+from esol_lib.data.voc import load_image, load_mask
+from esol_lib.errors import ConfigError, DatasetError, StageError
+from esol_lib.metrics import confusion_matrix, summarize, write_metrics
+from esol_lib.run import STAGES, RunDir
+
+__all__ = [
+    "PseudoMaskDataset",
+    "SegTrainTransform",
+    "eval_seg",
+    "prediction_dir",
+    "seg_stage_name",
+    "train_seg",
+    "training_split",
+]
+
+SEG_CHECKPOINT_EVERY = 500  # no seg.checkpoint_every field yet; partial checkpoints this often
+
+
+def seg_stage_name(stage: str) -> str:
+    """The engine's stage name (checkpoint ``seg-<stage>.pt``, metrics ``seg-<stage>_<split>.json``)."""
+    return f"seg-{stage}"
+
+
+def prediction_dir(run: RunDir, stage: str) -> Path:
+    """``RUN/seg_predictions/<stage>/``: the palette PNGs written by :func:`eval_seg`."""
+    return run.root / "seg_predictions" / stage
+
+
+def _check_stage(stage: str) -> None:
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+
+
+def _refine_hint(run: RunDir, stage: str) -> str:
+    return f"run `esol refine --run {run.root} --stage {stage}` first"
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+class PseudoMaskDataset(torch.utils.data.Dataset):
+    """Images from the dataset root, masks from a run's ``pseudo_masks/<stage>/`` folder.
+
+    Items are ``{'id', 'image': (H, W, 3) uint8, 'mask': (H, W) uint8}`` (0 = background,
+    255 = void/uncertain). The pseudo masks live in the run folder, not under the data root, which
+    is why :class:`~esol_lib.data.VOCSegmentation` is not used directly.
+    """
+
+    def __init__(self, image_root: str | Path, ids: Sequence[str], mask_dir: str | Path, num_classes: int) -> None:
+        self.image_dir = Path(image_root) / "JPEGImages"
+        self.mask_dir = Path(mask_dir)
+        self.ids = list(ids)
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.ids[index]
+        image = load_image(self.image_dir / f"{image_id}.jpg")
+        mask = load_mask(self.mask_dir / f"{image_id}.png", self.num_classes)
+        if mask.shape != image.shape[:2]:
+            raise DatasetError(f"pseudo mask {self.mask_dir / (image_id + '.png')} is {mask.shape[1]}x{mask.shape[0]} "
+                               f"but its image is {image.shape[1]}x{image.shape[0]}; re-run `esol refine`")
+        return {"id": image_id, "image": image, "mask": mask}
+
+
+@dataclass
+class SegTrainTransform:
+    """DeepLab-v2's augmentation: random rescale by ``s ~ U(scale_range)``, flip, ``crop_size`` crop, normalise.
+
+    The crop pads the image with 0 and the mask with 255 (void, ignored by the loss).
+    """
+
+    scale_range: Sequence[float]
+    crop_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    flip: bool = True
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        lo, hi = float(self.scale_range[0]), float(self.scale_range[1])
+        sample = resize_sample(sample, float(rng.uniform(lo, hi)) if hi > lo else lo)
+        if self.flip and rng.random() < 0.5:
+            sample = hflip_sample(sample)
+        sample = crop_sample(sample, self.crop_size, rng)
+        return {"id": sample["id"], "image": to_tensor(sample["image"], self.mean, self.std),
+                "mask": torch.from_numpy(np.ascontiguousarray(sample["mask"])).long()}
+
+
+def _mask_names(mask_dir: Path) -> set[str]:
+    return {p.name for p in mask_dir.iterdir()} if mask_dir.is_dir() else set()
+
+
+def training_split(cfg: Config, mask_dir: Path, *, hint: str = "run `esol refine` first") -> tuple[str, list[str]]:
+    """``(split, ids)`` to train on: ``data.train_split`` if it is fully covered by pseudo masks, else
+    ``data.cam_split``; a missing folder or an incomplete ``cam_split`` raises :class:`StageError`."""
+    names = _mask_names(mask_dir)
+    if not any(n.endswith(".png") for n in names):
+        raise StageError(f"no pseudo masks in {mask_dir}; {hint}")
+    for split in dict.fromkeys([cfg.data.train_split, cfg.data.cam_split]):
+        try:
+            ids = read_split(cfg.data.root, split)
+        except DatasetError:
+            continue
+        missing = [i for i in ids if f"{i}.png" not in names]
+        if ids and not missing:
+            return split, ids
+    ids = read_split(cfg.data.root, cfg.data.cam_split)
+    missing = [i for i in ids if f"{i}.png" not in names]
+    raise StageError(f"{len(missing)} of {len(ids)} pseudo masks of split {cfg.data.cam_split!r} are missing in "
+                     f"{mask_dir} (e.g. {missing[0] if missing else '?'}), and split {cfg.data.train_split!r} is "
+                     f"not complete either; {hint}")
+
+
+# --------------------------------------------------------------------------------------- train
+
+
+def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
+    """Train DeepLab-v2 on ``pseudo_masks/<stage>/`` → ``checkpoints/seg-<stage>.pt``; resumes if interrupted.
+
+    SGD (``seg.lr``, ``seg.momentum``, ``seg.weight_decay``) with the poly schedule
+    ``lr · (1 - t/T)^0.9`` for ``T = seg.max_steps`` steps of ``seg.batch_size`` crops. Returns the
+    engine's :class:`~esol_lib.engine.StageResult`.
+    """
+    from esol_lib.deeplab import build_deeplab, param_groups, seg_loss
+    from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
+    from esol_lib.engine import JsonlLogger, PolyLR, make_sgd, seed_everything, train_loop
+    from esol_lib.stages import resolve_device
+
+    _check_stage(stage)
+    cfg = run.load_config()
+    sc = cfg.seg
+    if len(sc.scale_range) != 2 or sc.scale_range[0] <= 0 or sc.scale_range[1] < sc.scale_range[0]:
+        raise ConfigError(f"seg.scale_range: expected [low, high] with 0 < low <= high, got {sc.scale_range!r}")
+    mask_dir = run.pseudo_masks(stage)
+    split, ids = training_split(cfg, mask_dir, hint=_refine_hint(run, stage))
+    seed_everything(cfg.seed)
+    info = init_distributed()
+    device = resolve_device(cfg)
+    num_classes = len(read_classes(cfg.data.root)) + 1
+    base = PseudoMaskDataset(cfg.data.root, ids, mask_dir, num_classes - 1)
+    transform = SegTrainTransform(sc.scale_range, sc.crop_size, cfg.data.mean, cfg.data.std)
+    data = AugmentedDataset(base, transform, seed=cfg.seed)
+    loader = make_loader(data, sc.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                         drop_last=True)
+    if len(loader) == 0:
+        raise StageError(f"split {split!r} has {len(base)} images with pseudo masks, fewer than one batch of "
+                         f"{sc.batch_size}; lower seg.batch_size")
+    JsonlLogger(run.log_path, enabled=info.is_main).log(stage=seg_stage_name(stage), event="data", split=split,
+                                                        images=len(ids), pseudo_masks=str(mask_dir))
+    model = build_deeplab(sc, num_classes).to(device)
+    optimizer = make_sgd(param_groups(model, sc.lr), sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay)
+    model = wrap_ddp(model, info)
+    model.train()
+
+    def loss_fn(m: torch.nn.Module, batch: dict) -> torch.Tensor:
+        return seg_loss(m(batch["image"].to(device)), batch["mask"].to(device))
+
+    return train_loop(seg_stage_name(stage), model, optimizer, loss_fn, loader, sc.max_steps, run,
+                      scheduler=PolyLR(optimizer, sc.max_steps), checkpoint_every=SEG_CHECKPOINT_EVERY,
+                      seed=cfg.seed, progress=progress)
+
+
+# --------------------------------------------------------------------------------------- evaluate
+
+
+def load_seg_model(run: RunDir, cfg: Config, stage: str, num_classes: int, device: torch.device):
+    """The trained DeepLab-v2 of ``stage`` (``checkpoints/seg-<stage>.pt``), in eval mode."""
+    from esol_lib.deeplab import build_deeplab
+    from esol_lib.engine import load_stage_checkpoint
+
+    model = build_deeplab(cfg.seg, num_classes, pretrained=None, freeze_bn=False)
+    load_stage_checkpoint(run, seg_stage_name(stage), model,
+                          hint=f"run `esol train-seg --run {run.root} --stage {stage}` first")
+    return model.to(device).eval()
+
+
+def eval_seg(run: RunDir, stage: str = "shrinkage", split: str | None = None, *, progress: bool = True,
+             save_predictions: bool = True) -> dict:
+    """Score DeepLab-v2 of ``stage`` on ``split`` (default ``data.val_split``) → ``metrics/seg-<stage>_<split>.json``.
+
+    Every image is predicted with ``seg.test_scales`` + flip (:func:`esol_lib.deeplab.predict`),
+    refined by the dense CRF when ``seg.crf``, and accumulated into one confusion matrix over
+    background + classes with void ignored (mIoU as in IRN and the paper). With ``save_predictions``
+    the label maps are written as palette PNGs to ``seg_predictions/<stage>/<id>.png``.
+    """
+    from esol_lib.deeplab import crf_postprocess, predict
+    from esol_lib.stages import resolve_device
+
+    _check_stage(stage)
+    cfg = run.load_config()
+    sc = cfg.seg
+    split = split or cfg.data.val_split
+    ds = VOCSegmentation(cfg.data.root, split)
+    device = resolve_device(cfg)
+    n = ds.num_classes + 1
+    model = load_seg_model(run, cfg, stage, n, device)
+    out_dir = prediction_dir(run, stage)
+    conf = np.zeros((n, n), dtype=np.int64)
+    for i in tqdm(range(len(ds)), desc=f"eval seg-{stage}/{split}", unit="img", disable=not progress):
+        sample = ds[i]
+        probs = predict(model, sample["image"], cfg.data.mean, cfg.data.std, sc.test_scales, flip=True)
+        labels = crf_postprocess(sample["image"], probs, cfg.crf) if sc.crf else probs.argmax(0)
+        conf += confusion_matrix(sample["mask"], labels, n)
+        if save_predictions:
+            save_label_png(out_dir / f"{sample['id']}.png", labels)
+    metrics = {"stage": stage, "split": split}
+    metrics.update(summarize(conf, ["background"] + list(ds.classes)))
+    metrics.update({"crf": bool(sc.crf), "test_scales": [float(s) for s in sc.test_scales], "num_images": len(ds)})
+    write_metrics(run.metrics(f"{seg_stage_name(stage)}_{split}"), metrics)
+    return metrics

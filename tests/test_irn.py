@@ -1,0 +1,226 @@
+"""IRN's semantic refinement (§3.4): IR labels, pair labels, boundary network, sparse random walk,
+and ``refine`` end to end on the smoke profile."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from esol_lib.irn import (
+    BoundaryNet, affinity_labels, affinity_loss, affinity_pairs, boundary_map, ir_labels, neighbourhood,
+    path_affinities, path_points, pseudo_mask, random_walk, transition_matrix,
+)
+from esol_lib.models import build_backbone
+
+# ----------------------------------------------------------------------------- pairs and paths
+
+
+def test_affinity_pairs_are_irn_half_disc():
+    pairs = affinity_pairs(5)
+    assert len(pairs) == 34 and len(set(pairs)) == 34
+    assert (0, 1) in pairs and (4, 0) in pairs and (1, -4) in pairs
+    assert (0, -1) not in pairs and (3, 4) not in pairs  # reverse pairs implied; 3²+4² = 25 is not < 25
+    assert all(dy > 0 or (dy == 0 and dx > 0) for dy, dx in pairs)
+    assert len(neighbourhood(5)) == 2 * 34 + 1
+
+
+def test_path_points_cover_the_segment_target_first():
+    assert path_points((0, 3)) == ((0, 3), (0, 2), (0, 1), (0, 0))
+    pts = path_points((2, 2))
+    assert pts[0] == (2, 2) and pts[-1] == (0, 0) and (1, 1) in pts
+
+
+# ----------------------------------------------------------------------------- IR labels
+
+
+def test_ir_labels_give_fg_ignore_bg_bands():
+    h, w = 24, 30
+    x = np.arange(w, dtype=np.float32)
+    cam = np.tile(np.clip(1.0 - x / 20.0, 0, 1), (h, 1))[None]  # 1 on the left, 0 from x = 20 on
+    image = np.zeros((h, w, 3), np.uint8)  # three colour bands where the seeds change
+    image[:, :14] = (200, 40, 40)
+    image[:, 14:19] = (90, 90, 90)
+    image[:, 19:] = (20, 120, 220)
+    label = ir_labels(image, cam, [3], conf_fg=0.30, conf_bg=0.05)
+    assert label.dtype == np.int64 and label.shape == (h, w)
+    assert set(np.unique(label)) == {0, 3, 255}
+    assert (label[:, :10] == 3).all()  # cam >= 0.5: confident foreground
+    assert (label[:, 16:18] == 255).all()  # 0.05 < cam < 0.30: unsure, ignored
+    assert (label[:, 22:] == 0).all()  # cam < 0.05: confident background
+
+
+def test_ir_labels_without_classes_are_background():
+    label = ir_labels(np.zeros((5, 6, 3), np.uint8), np.zeros((0, 5, 6), np.float32), [], 0.3, 0.05)
+    assert (label == 0).all()
+
+
+# ----------------------------------------------------------------------------- pair labels
+
+
+def test_affinity_labels_by_hand():
+    lab = np.array([[0, 0, 1],
+                    [0, 255, 1]])
+    bg, fg, neg = affinity_labels(lab, 2)  # pairs (0, 1), (1, -1), (1, 0), (1, 1)
+    assert affinity_pairs(2) == ((0, 1), (1, -1), (1, 0), (1, 1))
+    assert bg.shape == fg.shape == neg.shape == (4, 2, 3)
+    right, down_left, down, down_right = range(4)
+    assert bg[right, 0, 0] and not fg[right, 0, 0] and not neg[right, 0, 0]  # 0-0
+    assert neg[right, 0, 1]  # 0-1
+    assert not (bg[right, 1, 0] | fg[right, 1, 0] | neg[right, 1, 0])  # 0-255: ignored
+    assert not (bg[:, :, 2] | fg[:, :, 2] | neg[:, :, 2])[right].any()  # target outside the map
+    assert fg[down, 0, 2]  # 1-1
+    assert not neg[down_left, 0, 2] and not fg[down_left, 0, 2]  # 1-255: ignored
+    assert bg[down, 0, 0] and bg[down_left, 0, 1] and neg[down_right, 0, 1]
+    assert not (bg[down] | fg[down] | neg[down])[1].any()  # bottom row: target outside
+    assert int(bg.sum()) == 3 and int(fg.sum()) == 1 and int(neg.sum()) == 2
+
+
+def test_affinities_and_loss_on_a_clean_boundary():
+    b = torch.zeros(8, 8)
+    b[:, 4] = 1.0
+    aff = path_affinities(b, 3)
+    right = affinity_pairs(3).index((0, 1))
+    assert aff[right, 0, 0] == 1.0 and aff[right, 0, 3] == 0.0 and aff[right, 0, 7] == 0.0  # last: off the map
+    label = torch.zeros(1, 8, 8, dtype=torch.long)
+    label[..., 5:] = 2
+    label[..., 4] = 255
+    perfect, _ = affinity_loss(b[None], label, 3)
+    blurred, _ = affinity_loss(torch.full((1, 8, 8), 0.5), label, 3)
+    assert float(perfect) < 1e-3 < float(blurred)
+
+
+# ----------------------------------------------------------------------------- random walk
+
+
+def test_random_walk_spreads_inside_a_region_not_across_the_boundary():
+    b = torch.zeros(12, 12)
+    b[:, 6] = 1.0
+    seed = torch.zeros(1, 12, 12)
+    seed[0, 5, 2] = 1.0
+    rw = random_walk(seed, b, radius=5, beta=10, exp_times=8)[0]
+    left, right = rw[:, :6], rw[:, 6:]
+    assert float(left.min()) > 0.5 * float(left.max())  # spread over the whole left region
+    assert float(right.abs().max()) == 0.0
+
+
+def _dense_irn_walk(x: np.ndarray, b: np.ndarray, radius: int, beta: float, exp_times: int) -> np.ndarray:
+    """IRN's dense propagate_to_edge, written with loops: x (C, h, w) · trans_mat^(2^t)."""
+    h, w = b.shape
+    n = h * w
+    a = np.eye(n)
+    for y in range(h):
+        for xx in range(w):
+            for dy, dx in affinity_pairs(radius):
+                ty, tx = y + dy, xx + dx
+                if 0 <= ty < h and 0 <= tx < w:
+                    v = (1 - max(b[y + py, xx + px] for py, px in path_points((dy, dx)))) ** beta
+                    a[y * w + xx, ty * w + tx] = a[ty * w + tx, y * w + xx] = v
+    t = a / a.sum(0, keepdims=True)
+    for _ in range(exp_times):
+        t = t @ t
+    return ((x * (1 - b)).reshape(len(x), n) @ t).reshape(x.shape)
+
+
+def test_sparse_walk_equals_irns_dense_walk():
+    g = torch.Generator().manual_seed(0)
+    b = torch.rand(7, 9, generator=g) ** 3
+    x = torch.rand(2, 7, 9, generator=g)
+    ours = random_walk(x, b, radius=3, beta=2.0, exp_times=3)
+    ref = _dense_irn_walk(x.double().numpy(), b.double().numpy(), 3, 2.0, 3)
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_transition_matrix_is_sparse_and_row_stochastic():
+    h, w, radius = 40, 50, 5
+    b = torch.rand(h, w, generator=torch.Generator().manual_seed(1)) * 0.5
+    t = transition_matrix(b, radius, beta=10.0)
+    n = h * w
+    assert t.layout == torch.sparse_csr and t.shape == (n, n)
+    neighbours = 2 * len(affinity_pairs(radius))  # both directions of every pair
+    assert t._nnz() <= n * (neighbours + 1) < n * n // 20
+    ones = t @ torch.ones(n, 1)
+    torch.testing.assert_close(ones, torch.ones(n, 1))
+
+
+def test_pseudo_mask_on_a_toy_image():
+    cams = np.zeros((1, 16, 16), np.float32)
+    cams[0, 4:8, 4:8] = 1.0  # a seed inside the object left of the boundary
+    b = torch.zeros(16, 16)
+    b[:, 10] = 1.0
+    mask = pseudo_mask(cams, [2], b, radius=4, beta=10, exp_times=6, bg_thres=0.25)
+    assert mask.dtype == np.int64 and set(np.unique(mask)) <= {0, 2}
+    assert (mask[:, :10] == 2).all() and (mask[:, 10:] == 0).all()
+    assert (pseudo_mask(np.zeros((0, 16, 16), np.float32), [], b) == 0).all()
+
+
+# ----------------------------------------------------------------------------- boundary network
+
+
+@pytest.mark.parametrize("name,strides,stride", [("small", [1, 2, 2, 1], 1), ("small", [2, 2, 2, 1], 2)])
+def test_boundary_net_shape_range_and_frozen_backbone(name, strides, stride):
+    torch.manual_seed(0)
+    net = BoundaryNet(build_backbone(name, strides))
+    net.train()
+    assert not net.backbone.training
+    x = torch.randn(2, 3, 32, 36)
+    y = net(x)
+    assert y.shape == (2, 32 // stride, 36 // stride)
+    assert float(y.detach().min()) >= 0.0 and float(y.detach().max()) <= 1.0
+    label = torch.randint(0, 3, y.shape)
+    loss, parts = affinity_loss(y, label, 3)
+    loss.backward()
+    assert set(parts) == {"bg_pos", "fg_pos", "neg"}
+    assert all(p.grad is None for p in net.backbone.parameters())
+    assert all(p.grad is not None for p in net.trainable_parameters())
+    edge = boundary_map(net.eval(), x[0])
+    assert edge.shape == y.shape[1:]
+
+
+def test_boundary_net_odd_sizes():
+    net = BoundaryNet(build_backbone("small", [1, 2, 2, 1])).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 29, 35)).shape == (1, 29, 35)
+
+
+# ----------------------------------------------------------------------------- refine end to end
+
+
+def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
+    from esol_lib import stages
+    from esol_lib.config import load_config
+    from esol_lib.errors import StageError
+    from esol_lib.refine import ir_label_dir, refine
+
+    monkeypatch.chdir(tmp_path)  # start_run generates data/synth-smoke relative to the cwd
+    run = stages.start_run(tmp_path / "run", load_config("smoke"), data_root=None)
+    stages.train_cam(run, progress=False)
+    with pytest.raises(StageError, match="esol make-cam --run .* --stage baseline"):
+        refine(run, "baseline", progress=False)
+    stages.make_cam(run, "baseline", progress=False)
+    metrics = refine(run, "baseline", progress=False)
+
+    cfg = run.load_config()
+    ids = stages._dataset(cfg, cfg.data.cam_split).ids
+    k = len(stages._dataset(cfg, cfg.data.cam_split).classes)
+    for folder in (ir_label_dir(run, "baseline"), run.pseudo_masks("baseline")):
+        assert sorted(p.stem for p in folder.glob("*.png")) == sorted(ids)
+    assert run.checkpoint("irn-baseline").is_file()
+    for i in ids:
+        with Image.open(run.pseudo_masks("baseline") / f"{i}.png") as img:
+            assert img.mode == "P"
+            assert set(np.unique(np.asarray(img))) <= set(range(k + 1))
+    path = run.metrics(f"mask-baseline_{cfg.data.cam_split}")
+    saved = json.loads(path.read_text())
+    for key in ("stage", "split", "miou", "precision", "recall", "f1", "per_class_iou"):
+        assert key in saved
+    assert saved["stage"] == "baseline" and 0.0 <= saved["miou"] <= 1.0
+    assert set(saved["per_class_iou"]) == {"background", *stages._dataset(cfg, cfg.data.cam_split).classes}
+    assert metrics["miou"] == saved["miou"]
+
+    mtime = path.stat().st_mtime_ns
+    assert refine(run, "baseline", progress=False) == saved  # every step complete: nothing redone
+    assert path.stat().st_mtime_ns == mtime
