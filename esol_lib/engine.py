@@ -551,6 +551,20 @@ def _save_final(
     barrier()
 
 
+def save_untrained_stage(run_dir: RunDir, stage: str, model: nn.Module, reason: str) -> "StageResult":
+    """Finish ``stage`` without a single step: its final checkpoint holds ``model`` as it is.
+
+    For ablations whose stage has nothing to learn (e.g. ESOL's expansion with the offsets switched
+    off and frozen regular weights): later stages and ``make-cam`` find a done checkpoint as usual.
+    """
+    info = get_dist_info()
+    final_path = run_dir.checkpoint(stage)
+    _save_final(final_path, partial_checkpoint_path(run_dir, stage), stage, 0, model, None, math.nan, info.is_main)
+    JsonlLogger(run_dir.log_path, enabled=info.is_main).log(stage=stage, step=0, event="done without training",
+                                                             reason=reason, checkpoint=str(final_path))
+    return StageResult(stage, 0, math.nan, 0.0)
+
+
 def load_stage_checkpoint(run_dir: RunDir, stage: str, model: nn.Module, *, hint: str = "") -> dict:
     """Load the finished stage's weights (``RUN/checkpoints/<stage>.pt``) into ``model``.
 

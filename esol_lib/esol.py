@@ -154,21 +154,19 @@ def _stage_loader(cfg, stage_cfg, split: str):
 
 def _train_stage(run, stage: str, model: ESOLModel, loss_fn, stage_cfg, cfg, loader, progress: bool):
     from esol_lib.distributed import init_distributed, wrap_ddp
-    from esol_lib.engine import PolyLR, make_sgd, train_loop
+    from esol_lib.engine import PolyLR, make_sgd, save_untrained_stage, train_loop
 
     params = model.stage_parameters(stage)
     sampler = model.es if stage == "expansion" else model.ss
     if not params:  # an ablation with nothing to learn (no offsets, frozen weights): save as is
-        params = [nn.Parameter(torch.zeros(()))]
-        max_steps = 0
-    else:
-        max_steps = stage_cfg.max_steps
+        return save_untrained_stage(run, stage, model, f"{stage}: no offsets and frozen regular weights")
+    max_steps = stage_cfg.max_steps
     optimizer = make_sgd([{"params": params, "lr": stage_cfg.lr}], stage_cfg.lr, momentum=stage_cfg.momentum,
                          weight_decay=stage_cfg.weight_decay)
     wrapped = wrap_ddp(model, init_distributed())
     wrapped.train()  # ESOLModel.train keeps the backbone's batch-norm statistics frozen
     return train_loop(stage, wrapped, optimizer, loss_fn, loader, max_steps, run,
-                      scheduler=PolyLR(optimizer, max(max_steps, 1)), checkpoint_every=cfg.train_cam.checkpoint_every,
+                      scheduler=PolyLR(optimizer, max_steps), checkpoint_every=cfg.train_cam.checkpoint_every,
                       seed=cfg.seed, after_step=OffsetGuard(stage, sampler, stage_cfg.max_offset),
                       progress=progress)
 

@@ -185,3 +185,21 @@ def test_grid_sample_path_equals_torchvision_deform_conv2d_in_values_and_gradien
     for g_ref, g_got in zip(torch.autograd.grad(ref.square().sum(), [x, off, w]),
                             torch.autograd.grad(got.square().sum(), [x, off, w])):
         torch.testing.assert_close(g_got, g_ref)
+
+
+def test_stage_with_nothing_to_learn_finishes_without_training(tmp_path, monkeypatch):
+    """Table 5 row 'FL only': expansion without offsets has no parameter; it is saved untouched."""
+    from esol_lib.config import load_config
+    from esol_lib.esol import expand, load_stage_model, shrink
+    from esol_lib.stages import make_cam, start_run, train_cam
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("smoke", ["expansion.offsets=false"])
+    run = start_run(tmp_path / "run", cfg, data_root=None)
+    train_cam(run, progress=False)
+    result = expand(run, progress=False)
+    assert result.steps == 0 and run.checkpoint("expansion").is_file()
+    model = load_stage_model(run, cfg, "expansion", 3, torch.device("cpu"))
+    assert model.es.offset_conv is None or all(float(p.abs().max()) == 0 for p in model.es.offset_conv.parameters())
+    assert shrink(run, progress=False).steps == cfg.shrinkage.max_steps  # the next stage trains as usual
+    make_cam(run, "expansion", progress=False)
