@@ -177,3 +177,145 @@ def part_recall_bars(results: Mapping[str, dict]):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- chapters 05, 06 and 08
+
+
+def show_columns(columns: Mapping[str, Sequence[np.ndarray]], row_labels: Sequence[str] | None = None,
+                 size: float = 1.8, heat_cmap: str = "gray_r"):
+    """A grid with one row per image and one column per named list of pictures, each drawn by kind.
+
+    ``(H, W, 3)`` arrays are shown as RGB images (uint8, or floats in [0, 1] such as :func:`overlay`);
+    integer ``(H, W)`` arrays as label maps (:func:`colorize`: VOC palette, void/ignored in white);
+    float ``(H, W)`` arrays as [0, 1] maps in ``heat_cmap`` (a boundary map, a probability).
+    Every column must hold the same number of pictures; a picture may be ``None`` (left blank).
+    """
+    names = list(columns)
+    rows = {len(columns[n]) for n in names}
+    if len(rows) != 1:
+        raise ValueError(f"show_columns: the columns hold different numbers of pictures: "
+                         f"{ {n: len(columns[n]) for n in names} }")
+    fig, axes = _grid(rows.pop(), len(names), size)
+    for j, name in enumerate(names):
+        axes[0, j].set_title(name, fontsize=9)
+        for i, pic in enumerate(columns[name]):
+            if pic is None:
+                axes[i, j].set_axis_off()
+                continue
+            pic = np.asarray(pic)
+            if pic.ndim == 3:
+                axes[i, j].imshow(pic)
+            elif np.issubdtype(pic.dtype, np.integer) or pic.dtype == bool:
+                axes[i, j].imshow(colorize(pic), interpolation="nearest")
+            else:
+                axes[i, j].imshow(pic, cmap=heat_cmap, vmin=0, vmax=1)
+    if row_labels is not None:
+        for i, label in enumerate(row_labels):
+            axes[i, 0].set_ylabel(str(label), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def file_table(rows: Mapping[str, Mapping[str, object]], key: str = "miou", missing: str = "not run") -> str:
+    """A Markdown table whose numbers are read from metrics files (for the paper-vs-run tables).
+
+    ``rows`` maps a row name to ``{column: cell}``. A cell that is a path (``str`` paths are not
+    paths here: use :class:`pathlib.Path`) shows ``key`` of that metrics JSON file as a percentage
+    with one decimal, or ``missing`` when the file does not exist; a ``(path, key)`` tuple reads
+    another key; any other cell (a number quoted from the paper, a note) is shown as it is.
+    Columns are the union of the rows' columns in first-seen order; absent cells are '–'.
+    """
+    from pathlib import Path
+
+    from esol_lib.metrics import read_metrics
+
+    def cell(value) -> str:
+        k = key
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], Path):
+            value, k = value
+        if isinstance(value, Path):
+            if not value.is_file():
+                return missing
+            v = read_metrics(value).get(k)
+            return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "–"
+        return "–" if value is None else str(value)
+
+    columns = list(dict.fromkeys(c for r in rows.values() for c in r))
+    lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(cell(r.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+__all__ += ["show_columns", "file_table"]
+
+
+# ----------------------------------------------------------------------------- chapter 07 (ablations)
+
+
+def sensitivity_plot(values: Sequence[float], results: Sequence[dict], *, xlabel: str,
+                     keys: Sequence[str] = ("miou", "precision", "recall"), logx: bool = False,
+                     references: Mapping[str, dict] | None = None, title: str = ""):
+    """Seed metrics against one hyper-parameter (the paper's Fig. 6): one line per metric.
+
+    ``results[i]`` is the metrics dict of the run at ``values[i]`` (:func:`esol_lib.ablation.run_variant`);
+    a diverged run (``"diverged"`` in its dict) is drawn as a red cross on the x axis. ``references``
+    (e.g. ``{"baseline": metrics}``) draws each as a dotted horizontal line of its mIoU.
+    """
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    x = np.asarray(values, dtype=float)
+    ok = np.array(["diverged" not in r for r in results], dtype=bool)
+    for key in keys:
+        y = np.array([100 * r[key] if "diverged" not in r else np.nan for r in results])
+        ax.plot(x, y, marker="o", label="mIoU" if key == "miou" else key)
+    if (~ok).any():
+        ax.scatter(x[~ok], np.zeros((~ok).sum()), marker="x", color="red", s=50, label="diverged", zorder=3)
+    for name, m in (references or {}).items():
+        ax.axhline(100 * m["miou"], ls=":", color=STAGE_COLORS.get(name, "gray"), label=f"{name} mIoU")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:g}" for v in x], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("%")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_bars(rows: Mapping[str, dict], paper: Mapping[str, float] | None = None, reference: str | None = None):
+    """Horizontal bars of each row's seed mIoU (%), with the paper's number beside it when it has one.
+
+    With ``reference`` (a row name), a second panel shows each row's gain over that row in points,
+    ours next to the paper's: on a benchmark other than VOC only the gains can be compared.
+    """
+    names = list(rows)
+    ours = np.array([np.nan if "diverged" in rows[n] else 100 * rows[n]["miou"] for n in names])
+    theirs = np.array([np.nan if paper is None or paper.get(n) is None else paper[n] for n in names])
+    panels = 2 if reference is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 0.45 * len(names) + 1.2), squeeze=False,
+                             sharey=True)
+    y = np.arange(len(names))
+    h = 0.38
+    axes[0, 0].barh(y - h / 2, ours, h, label="this run", color=STAGE_COLORS["shrinkage"])
+    axes[0, 0].barh(y + h / 2, theirs, h, label="paper (VOC)", color="#999999")
+    axes[0, 0].set_xlabel("seed mIoU (%)")
+    if reference is not None:
+        i = names.index(reference)
+        axes[0, 1].barh(y - h / 2, ours - ours[i], h, color=STAGE_COLORS["shrinkage"])
+        axes[0, 1].barh(y + h / 2, theirs - theirs[i], h, color="#999999")
+        axes[0, 1].axvline(0, color="black", lw=0.8)
+        axes[0, 1].set_xlabel(f"gain over '{reference}' (points)")
+    axes[0, 0].set_yticks(y, names, fontsize=8)
+    axes[0, 0].invert_yaxis()
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    for ax in axes[0]:
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+__all__ += ["sensitivity_plot", "ablation_bars"]

@@ -1,0 +1,102 @@
+"""Every chapter of the book executes with papermill on the smoke profile and draws at least one figure.
+
+All chapters share one run folder, in book order, as ``esol book`` runs them, so each stage is
+computed once (the smoke profile trains each stage for a few steps on 12 images of 32 pixels).
+Also: the two figure/table helpers of :mod:`esol_lib.viz` that chapters 05, 06 and 08 use.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+from esol_lib.book import CHAPTERS, REPO_ROOT, execute_notebooks
+
+# One thread per kernel: the smoke tensors are tiny, and OpenMP threads that spin-wait for a busy core
+# make the IRN random walk (hundreds of small sparse products) up to 100x slower on a shared machine.
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    """Every chapter of CHAPTERS executed on the smoke profile into one run folder: {name: notebook}."""
+    missing = [c for c in CHAPTERS if not (REPO_ROOT / "notebooks" / c).is_file()]
+    root = tmp_path_factory.mktemp("book-smoke")
+    start = time.perf_counter()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in SINGLE_THREAD.items():
+            mp.setenv(key, value)
+        paths = execute_notebooks("smoke", REPO_ROOT / "notebooks", root / "executed", root / "run", progress=False)
+    print(f"\n{len(paths)} chapters executed on the smoke profile in {time.perf_counter() - start:.1f} s")
+    return missing, {p.name: nbformat.read(str(p), as_version=4) for p in paths}
+
+
+def _outputs(nb: nbformat.NotebookNode) -> list[dict]:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+def _images(cell: nbformat.NotebookNode) -> int:
+    return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_executes_and_draws_a_figure(book, chapter):
+    missing, executed = book
+    assert chapter not in missing, f"notebooks/{chapter} does not exist; every chapter of the book must"
+    nb = executed[chapter]
+    errors = [f"{o['ename']}: {o['evalue']}" for o in _outputs(nb) if o.get("output_type") == "error"]
+    assert not errors, f"{chapter}: {errors}"
+    assert sum(_images(c) for c in nb.cells if c.cell_type == "code") >= 1, f"{chapter} draws no figure"
+
+
+@pytest.mark.slow
+def test_chapter_03_has_the_static_beta_grid(book):
+    """The widget does not render in the static book; `widgets.beta_grid` is its published stand-in."""
+    _, executed = book
+    cells = [c for c in executed["03_feature_clipping.ipynb"].cells
+             if c.cell_type == "code" and "beta_grid(" in c.source]
+    assert cells, "chapter 03 no longer calls widgets.beta_grid"
+    assert all(_images(c) == 1 for c in cells), "the static beta grid did not draw its figure"
+
+
+# ----------------------------------------------------------------------------- viz helpers
+
+
+def test_show_columns_draws_images_label_maps_and_heat_maps():
+    import matplotlib.pyplot as plt
+
+    from esol_lib import viz
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    label = np.full((8, 8), 255, np.uint8)
+    heat = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)  # another size, like a boundary map
+    fig = viz.show_columns({"image": [image, image], "label": [label, None], "boundary": [heat, heat]},
+                           row_labels=["a", "b"])
+    axes = np.array(fig.axes).reshape(2, 3)
+    assert [ax.get_title() for ax in axes[0]] == ["image", "label", "boundary"]
+    assert axes[1, 0].get_ylabel() == "b" and not axes[1, 1].axison  # None: a blank cell
+    assert (axes[0, 1].images[0].get_array()[0, 0] == 255).all()  # void/ignored drawn white
+    assert axes[0, 2].images[0].get_clim() == (0, 1)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="different numbers"):
+        viz.show_columns({"a": [image], "b": [image, image]})
+
+
+def test_file_table_reads_metrics_files_and_keeps_quoted_numbers(tmp_path):
+    from esol_lib import viz
+
+    path = tmp_path / "seed.json"
+    path.write_text(json.dumps({"miou": 0.5361, "precision": 0.25}))
+    table = viz.file_table({"paper": {"Seed": 53.6, "Mask": "68.7"},
+                            "ours": {"Seed": path, "Mask": tmp_path / "missing.json", "P": (path, "precision")}})
+    lines = table.splitlines()
+    assert lines[0] == "| | Seed | Mask | P |"
+    assert lines[2] == "| paper | 53.6 | 68.7 | – |"
+    assert lines[3] == "| ours | 53.6 | not run | 25.0 |"
+    assert "n/a" in viz.file_table({"r": {"c": Path(tmp_path / "none.json")}}, missing="n/a")
