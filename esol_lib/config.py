@@ -184,6 +184,21 @@ class SegConfig:
 
 
 @dataclass
+class AblationConfig:
+    """Chapter 07's ablations and sensitivity sweeps (§4.3, Fig. 6): what is tried and where it is scored.
+
+    Every value is one forked run (:mod:`esol_lib.ablation`); a value equal to the main run's own
+    setting reuses the main run. The defaults are the ranges of the paper's Fig. 6.
+    """
+
+    split: Optional[str] = None  # where variants are scored; None: data.cam_split
+    alphas: list[float] = field(default_factory=lambda: [0.001, 0.005, 0.01, 0.05, 0.1])  # Fig. 6(a)
+    betas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.3, 0.5])  # Fig. 6(b)
+    gammas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 5.0])  # Fig. 6(d)
+    mus: list[float] = field(default_factory=lambda: [0.01, 0.1, 0.5, 1.0, 1.5])  # Fig. 6(d)
+
+
+@dataclass
 class Config:
     """The whole run configuration, written to ``RUN/config.yaml`` first by every stage."""
 
@@ -199,6 +214,7 @@ class Config:
     crf: CRFConfig = field(default_factory=CRFConfig)
     irn: IRNConfig = field(default_factory=IRNConfig)
     seg: SegConfig = field(default_factory=SegConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -313,8 +329,12 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """Patch a nested dict with ``key.sub=value`` strings (values parsed as YAML)."""
-    out = _merge({}, values)
+    """A copy of a nested dict patched with ``key.sub=value`` strings (values parsed as YAML).
+
+    ``values`` itself is never modified (nested sections included)."""
+    import copy
+
+    out = copy.deepcopy(values)
     for item in overrides:
         path, value = _parse_override(item)
         node = out

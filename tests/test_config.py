@@ -102,3 +102,12 @@ def test_saved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert config_to_dict(again) == config_to_dict(cfg)
+
+
+def test_overrides_never_modify_the_dict_they_patch():
+    from esol_lib.config import apply_overrides, config_to_dict
+
+    values = config_to_dict(load_config("cpu"))
+    patched = apply_overrides(values, ["expansion.clip=false"])
+    assert patched["expansion"]["clip"] is False
+    assert values["expansion"]["clip"] is True
