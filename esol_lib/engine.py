@@ -30,7 +30,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -329,7 +329,13 @@ def _check_done(run_dir: RunDir, stage: str, model: nn.Module) -> dict | None:
     ckpt = _load(final)
     if not ckpt.get("done"):
         return None
-    unwrap(model).load_state_dict(ckpt["model"])
+    target = unwrap(model)
+    state = ckpt["model"]
+    if optional:
+        own = target.state_dict()
+        state = {k: v for k, v in state.items() if k in own or not k.startswith(tuple(optional))}
+        state.update({k: v for k, v in own.items() if k not in state and k.startswith(tuple(optional))})
+    target.load_state_dict(state)
     return ckpt
 
 
@@ -565,12 +571,15 @@ def save_untrained_stage(run_dir: RunDir, stage: str, model: nn.Module, reason: 
     return StageResult(stage, 0, math.nan, 0.0)
 
 
-def load_stage_checkpoint(run_dir: RunDir, stage: str, model: nn.Module, *, hint: str = "") -> dict:
+def load_stage_checkpoint(run_dir: RunDir, stage: str, model: nn.Module, *, hint: str = "",
+                          optional: Sequence[str] = ()) -> dict:
     """Load the finished stage's weights (``RUN/checkpoints/<stage>.pt``) into ``model``.
 
     ``model`` may be wrapped in DDP. Returns the checkpoint dict. A missing file raises
     :class:`StageError` naming it and ``hint`` (the command that produces it, e.g.
-    "run `esol train-cam` first").
+    "run `esol train-cam` first"). Parameters whose names start with one of the ``optional``
+    prefixes may be absent from either side: absent from the file, the model keeps its own;
+    absent from the model, the file's are ignored. Every other parameter must match exactly.
     """
     path = run_dir.checkpoint(stage)
     if not path.is_file():
@@ -579,5 +588,11 @@ def load_stage_checkpoint(run_dir: RunDir, stage: str, model: nn.Module, *, hint
     ckpt = _load(path)
     if "model" not in ckpt:
         raise StageError(f"{path} holds no model weights; delete it and {hint or 'run that stage again'}")
-    unwrap(model).load_state_dict(ckpt["model"])
+    target = unwrap(model)
+    state = ckpt["model"]
+    if optional:
+        own = target.state_dict()
+        state = {k: v for k, v in state.items() if k in own or not k.startswith(tuple(optional))}
+        state.update({k: v for k, v in own.items() if k not in state and k.startswith(tuple(optional))})
+    target.load_state_dict(state)
     return ckpt

@@ -29,6 +29,12 @@ from esol_lib.samplers import ExpansionSampler, ShrinkageSampler
 __all__ = ["ESOLModel", "OffsetGuard", "build_esol_model", "expand", "shrink", "load_stage_model"]
 
 
+#: What the expansion stage leaves untrained: the shrinkage sampler's offset branch (zero-initialised).
+#: Whether it exists depends on ``shrinkage.offsets`` alone, so an expansion checkpoint serves
+#: shrinkage configs with and without DT_s (Table 5 shares one expansion model between them).
+UNTRAINED_IN_EXPANSION = ("ss.offset_conv.",)
+
+
 class ESOLModel(nn.Module):
     """A trained CAM classifier with its extra convolutions replaced by ES and SS (Fig. 2).
 
@@ -130,7 +136,8 @@ def load_stage_model(run, cfg, stage: str, num_classes: int, device: torch.devic
 
     model = build_esol_model(cfg, num_classes, run, device)
     command = {"expansion": "esol expand", "shrinkage": "esol shrink"}[stage]
-    load_stage_checkpoint(run, stage, model, hint=f"run `{command} --run {run.root}` first")
+    load_stage_checkpoint(run, stage, model, hint=f"run `{command} --run {run.root}` first",
+                          optional=UNTRAINED_IN_EXPANSION if stage == "expansion" else ())
     return model.eval()
 
 
@@ -201,7 +208,8 @@ def shrink(run, *, progress: bool = True):
     device = resolve_device(cfg)
     base, loader = _stage_loader(cfg, cfg.shrinkage, cfg.data.train_split)
     model = build_esol_model(cfg, base.num_classes, run, device)
-    load_stage_checkpoint(run, "expansion", model, hint=f"run `esol expand --run {run.root}` first")
+    load_stage_checkpoint(run, "expansion", model, hint=f"run `esol expand --run {run.root}` first",
+                          optional=UNTRAINED_IN_EXPANSION)
     sc = cfg.shrinkage
 
     def loss_fn(m: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:

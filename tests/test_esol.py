@@ -203,3 +203,30 @@ def test_stage_with_nothing_to_learn_finishes_without_training(tmp_path, monkeyp
     assert model.es.offset_conv is None or all(float(p.abs().max()) == 0 for p in model.es.offset_conv.parameters())
     assert shrink(run, progress=False).steps == cfg.shrinkage.max_steps  # the next stage trains as usual
     make_cam(run, "expansion", progress=False)
+
+
+def test_one_expansion_checkpoint_serves_shrinkage_with_and_without_offsets(tmp_path):
+    """Table 5 forks the expansion model into 'shrinkage without DT_s' and back: the shrinkage sampler's
+    offset branch, untrained during expansion, may be present on one side only."""
+    from esol_lib.engine import atomic_save, load_stage_checkpoint
+    from esol_lib.esol import UNTRAINED_IN_EXPANSION
+    from esol_lib.run import RunDir
+
+    run = RunDir(tmp_path)
+    with_dts = ESOLModel(_baseline(), *_cfg(exp_clip=True))
+    with torch.no_grad():
+        with_dts.es.offset_conv.weight.normal_()  # a trained expansion sampler
+    atomic_save({"model": with_dts.state_dict(), "done": True}, run.checkpoint("expansion"))
+    without = ESOLModel(_baseline(), *_cfg(exp_clip=True, shr_offsets=False))
+    load_stage_checkpoint(run, "expansion", without, optional=UNTRAINED_IN_EXPANSION)
+    torch.testing.assert_close(without.es.offset_conv.weight, with_dts.es.offset_conv.weight)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # zero SS offsets == no SS offsets: the same model
+        torch.testing.assert_close(without(x), with_dts.eval()(x), rtol=1e-5, atol=1e-5)
+
+    atomic_save({"model": without.state_dict(), "done": True}, run.checkpoint("expansion"))
+    again = ESOLModel(_baseline(), *_cfg(exp_clip=True))
+    load_stage_checkpoint(run, "expansion", again, optional=UNTRAINED_IN_EXPANSION)
+    assert float(again.ss.offset_conv.weight.detach().abs().sum()) == 0.0  # left at its zero init
+    with pytest.raises(RuntimeError, match="es.offset_conv"):  # anything else must still match
+        load_stage_checkpoint(run, "expansion", ESOLModel(_baseline(), *_cfg(exp_offsets=False)))
