@@ -1,0 +1,235 @@
+"""Ablations and sensitivity sweeps (§4.3, Table 5, Fig. 6, Appendix A.1.1 and A.1.3).
+
+Every ablation is a *config change*, never a code copy: a :class:`Variant` is a set of
+``key=value`` overrides applied to a finished main run. :func:`run_variant` forks the main run into
+``<root>/<name>`` (:func:`esol_lib.run.fork_run`), sharing the trained baseline — and the trained
+expansion model when only shrinkage settings change — then trains what the change touches and
+scores the variant's seeds through the same ``make-cam`` / ``eval-cam`` as the main run. Each
+variant is thus a normal run folder: re-running skips what is done, and a variant can be inspected
+with the command line like any run.
+
+A variant whose loss maximisation runs away (:class:`~esol_lib.errors.DivergenceError`) is a
+result, not a crash: it is recorded as diverged and the sweep goes on.
+
+Usage (chapter 07)::
+
+    results = run_variants(run, TABLE5, run.root / "ablations")
+    viz.sensitivity_plot(alpha_sweep_results, ...)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
+
+from esol_lib.errors import ConfigError, DivergenceError
+from esol_lib.run import RunDir, fork_run
+
+__all__ = ["Variant", "TABLE5", "LOSS_COMBINATIONS", "APPENDIX", "sweep", "score_stage", "run_variant",
+           "run_variants", "variant_table", "paper_numbers", "DIVERGED", "PAPER_BASELINE_SEED", "PAPER_ESOL_SEED"]
+
+#: The ``metrics`` value stored for a variant whose training ran away.
+DIVERGED = "diverged"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ablation: a name (its run folder), a label for tables, and config overrides.
+
+    Args:
+        name: folder name under the ablation root; letters, digits, ``-``, ``_`` and ``.``.
+        label: what the book's tables print.
+        overrides: ``key=value`` strings, as ``--set`` takes them (``expansion.clip=false``).
+        stage: the last stage trained and scored: ``expansion`` (α sweep, A.1.1, A.1.3) or
+            ``shrinkage`` (Table 5, β, loss combinations, γ/μ).
+        paper: the paper's number for this row (CAM seed mIoU, %), when it reports one.
+    """
+
+    name: str
+    label: str
+    overrides: tuple[str, ...] = ()
+    stage: str = "shrinkage"
+    paper: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("expansion", "shrinkage"):
+            raise ConfigError(f"ablation {self.name!r}: stage must be 'expansion' or 'shrinkage', got {self.stage!r}")
+        if not self.name or any(not (c.isalnum() or c in "-_.") for c in self.name):
+            raise ConfigError(f"ablation name {self.name!r}: use letters, digits, '-', '_' and '.' only")
+        for item in self.overrides:
+            if "=" not in item:
+                raise ConfigError(f"ablation {self.name!r}: override {item!r} must look like key=value")
+
+    @property
+    def shrinkage_only(self) -> bool:
+        """True when every override is a ``shrinkage.*`` key: the main run's expansion is reused."""
+        return bool(self.overrides) and all(o.split("=", 1)[0].strip().startswith("shrinkage.")
+                                            for o in self.overrides)
+
+
+#: Table 5: each component of ESOL switched off in turn (CAM seed mIoU on VOC train in ``paper``).
+#: The table's first and last rows (baseline 48.4, full ESOL 53.6) are the main run's own stages.
+TABLE5: tuple[Variant, ...] = (
+    Variant("no-dte-fl", "Expansion w/o (DT_e + FL) + Shrinkage",
+            ("expansion.offsets=false", "expansion.clip=false"), paper=48.5),
+    Variant("no-dte", "Expansion w/o DT_e + Shrinkage", ("expansion.offsets=false",), paper=49.1),
+    Variant("no-fl", "Expansion w/o FL + Shrinkage", ("expansion.clip=false",), paper=51.8),
+    Variant("no-dts-area", "Expansion + Shrinkage w/o (DT_s + L_area)",
+            ("shrinkage.offsets=false", "shrinkage.area_loss=false"), paper=50.1),
+    Variant("no-dts", "Expansion + Shrinkage w/o DT_s", ("shrinkage.offsets=false",), paper=50.9),
+    Variant("no-area", "Expansion + Shrinkage w/o L_area", ("shrinkage.area_loss=false",), paper=52.8),
+)
+
+#: Table 5's first and last rows, which are the main run's baseline and shrinkage stages.
+PAPER_BASELINE_SEED = 48.4
+PAPER_ESOL_SEED = 53.6
+
+#: Fig. 6(c): which losses the shrinkage stage minimises (the main run is "L_cls + L_area").
+#: "L_cls only" is Table 5's "w/o L_area" row: the same name, so the same run folder is reused.
+LOSS_COMBINATIONS: tuple[Variant, ...] = (
+    Variant("no-area", "L_cls only (no area loss)", ("shrinkage.area_loss=false",)),
+    Variant("loss-area", "L_area only (γ = 0, μ = 1)", ("shrinkage.gamma=0.0",)),
+)
+
+#: Appendix A.1.1 (loss maximisation on a plain convolution, no offsets: paper 40.3 vs 48.4) and
+#: A.1.3 (the deformable layer's regular weights trainable too). Both are scored after expansion.
+APPENDIX: tuple[Variant, ...] = (
+    Variant("a11-no-deformable", "A.1.1: loss maximisation without a deformable layer",
+            ("expansion.deformable=false",), stage="expansion", paper=40.3),
+    Variant("a13-train-regular", "A.1.3: regular weights of the ES trainable",
+            ("expansion.train_regular=true",), stage="expansion"),
+)
+
+
+def sweep(key: str, values: Iterable[float], stage: str = "shrinkage", prefix: str | None = None,
+          symbol: str | None = None) -> tuple[Variant, ...]:
+    """One variant per value of the config ``key`` (Fig. 6(a), (b), (d)).
+
+    >>> [v.name for v in sweep("expansion.alpha", [0.001, 0.01], stage="expansion")]
+    ['alpha-0.001', 'alpha-0.01']
+    """
+    short = prefix or key.rsplit(".", 1)[-1]
+    sym = symbol or short
+    return tuple(Variant(f"{short}-{v:g}", f"{sym} = {v:g}", (f"{key}={_yaml_number(v)}",), stage=stage)
+                 for v in values)
+
+
+def _yaml_number(value: float) -> str:
+    """A float as YAML reads it back as a float (``1e-05`` would be a string in YAML 1.1)."""
+    import numpy as np
+
+    return np.format_float_positional(float(value), trim="0")
+
+
+def _metrics_current(run: RunDir, stage: str, split: str) -> Optional[dict]:
+    """The metrics file of ``stage`` on ``split``, if it is newer than the checkpoint it scores."""
+    path, ckpt = run.metrics(f"{stage}_{split}"), run.checkpoint(stage)
+    if path.is_file() and ckpt.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
+        return json.loads(path.read_text())
+    return None
+
+
+def score_stage(run: RunDir, stage: str, split: str | None = None, *, progress: bool = False) -> dict:
+    """Seed metrics of a finished ``stage`` of ``run`` on ``split`` (default: ``ablation.split``, else
+    ``data.cam_split``): CAMs and threshold sweep, computed once, then read back from the metrics file."""
+    from esol_lib.stages import eval_cam, make_cam
+
+    cfg = run.load_config()
+    split = split or cfg.ablation.split or cfg.data.cam_split
+    done = _metrics_current(run, stage, split)
+    if done is None:
+        make_cam(run, stage, split, progress=progress)
+        done = eval_cam(run, stage, split, progress=progress)
+    return done
+
+
+def run_variant(main: RunDir, variant: Variant, root: str | Path, *, split: str | None = None,
+                progress: bool = False) -> dict:
+    """Train and score one ablation; returns its seed metrics (``eval-cam``'s dict, plus ``variant`` and
+    ``run_dir``, the run folder that holds its checkpoints and CAMs).
+
+    The variant's run folder is ``root/<name>``, forked from ``main`` with the variant's overrides
+    (the baseline is shared, and the expansion model too when only ``shrinkage.*`` keys change).
+    A variant whose config equals the main run's is the main run: nothing is trained again. A
+    finished variant is read back from its metrics file. It is scored on ``split`` (default: the
+    main run's ``ablation.split``, else ``data.cam_split``).
+
+    A variant whose training diverges returns ``{"variant": name, "diverged": message}``; the
+    message is kept in ``root/<name>/diverged.txt`` so that a re-run does not train it again.
+    """
+    from esol_lib.config import apply_overrides, config_to_dict
+    from esol_lib.esol import expand, shrink
+
+    main_cfg = main.load_config()
+    split = split or main_cfg.ablation.split or main_cfg.data.cam_split
+    values = config_to_dict(main_cfg)
+    if apply_overrides(values, list(variant.overrides)) == values:  # the main run's own setting
+        for stage in ("expansion", "shrinkage")[: 1 + (variant.stage == "shrinkage")]:
+            _require_stage(main, stage)
+        return {**score_stage(main, variant.stage, split, progress=progress), "variant": variant.name,
+                "run_dir": str(main.root), "same_as_main": True}
+    share = ("baseline", "expansion") if variant.shrinkage_only else ("baseline",)
+    run = fork_run(main.root, Path(root) / variant.name, variant.overrides, share=share)
+    marker = run.root / "diverged.txt"
+    if marker.is_file():
+        return {"variant": variant.name, "run_dir": str(run.root), "diverged": marker.read_text()}
+    try:
+        if not run.checkpoint("expansion").is_file():
+            expand(run, progress=progress)
+        if variant.stage == "shrinkage" and not run.checkpoint("shrinkage").is_file():
+            shrink(run, progress=progress)
+    except DivergenceError as err:
+        marker.write_text(str(err))
+        return {"variant": variant.name, "run_dir": str(run.root), "diverged": str(err)}
+    return {**score_stage(run, variant.stage, split, progress=progress), "variant": variant.name,
+            "run_dir": str(run.root)}
+
+
+def _require_stage(run: RunDir, stage: str) -> None:
+    from esol_lib.errors import StageError
+
+    if not run.checkpoint(stage).is_file():
+        command = {"expansion": "esol expand", "shrinkage": "esol shrink"}[stage]
+        raise StageError(f"the main run {run.root} has not finished stage {stage!r}; run `{command} --run "
+                         f"{run.root}` first")
+
+
+def run_variants(main: RunDir, variants: Sequence[Variant], root: str | Path, *, split: str | None = None,
+                 progress: bool = True) -> dict[str, dict]:
+    """:func:`run_variant` for each variant in order, with a progress bar: ``{name: metrics}``."""
+    from tqdm.auto import tqdm
+
+    out: dict[str, dict] = {}
+    bar = tqdm(variants, desc="ablations", unit="run", disable=not progress)
+    for v in bar:
+        bar.set_postfix_str(v.name)
+        out[v.name] = run_variant(main, v, root, split=split, progress=False)
+    return out
+
+
+def variant_table(rows: Mapping[str, dict], paper: Mapping[str, float] | None = None,
+                  columns: Sequence[str] = ("miou", "precision", "recall", "f1")) -> str:
+    """A Markdown table of seed metrics (%), one row per result; a diverged run says so.
+
+    ``rows`` maps a row label to a metrics dict (``eval-cam``'s, or :func:`run_variant`'s);
+    ``paper`` maps the same labels to the paper's number (CAM seed mIoU, %) for a last column.
+    """
+    head = ["", *[c if c != "miou" else "mIoU" for c in columns]] + (["paper mIoU (VOC)"] if paper else [])
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for label, m in rows.items():
+        if "diverged" in m:
+            cells = [DIVERGED] * len(columns)
+        else:
+            cells = [f"{100 * m[c]:.1f}" if isinstance(m.get(c), (int, float)) else "–" for c in columns]
+        if paper:
+            value = paper.get(label)
+            cells.append("–" if value is None else f"{value:.1f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paper_numbers(variants: Iterable[Variant]) -> dict[str, float]:
+    """``{label: paper}`` of the variants that the paper reports a number for."""
+    return {v.label: v.paper for v in variants if v.paper is not None}

@@ -1,0 +1,125 @@
+"""Ablations as forked run folders (chapter 07): what is shared, what is retrained, what is reused,
+and a runaway variant recorded as a result instead of stopping the sweep."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from esol_lib import ablation as ab
+from esol_lib.config import apply_overrides, config_to_dict, load_config
+from esol_lib.errors import ConfigError
+from esol_lib.esol import expand, shrink
+from esol_lib.stages import start_run, train_cam
+
+
+def test_variant_checks_its_name_stage_and_overrides():
+    with pytest.raises(ConfigError, match="stage"):
+        ab.Variant("x", "x", stage="baseline")
+    with pytest.raises(ConfigError, match="name"):
+        ab.Variant("../escape", "x")
+    with pytest.raises(ConfigError, match="key=value"):
+        ab.Variant("x", "x", ("expansion.alpha",))
+    assert ab.Variant("x", "x", ("shrinkage.mu=0.5", "shrinkage.gamma=2")).shrinkage_only
+    assert not ab.Variant("x", "x", ("shrinkage.mu=0.5", "expansion.beta=0.3")).shrinkage_only
+    assert not ab.Variant("x", "x", ()).shrinkage_only
+
+
+def test_every_predefined_ablation_is_a_valid_config_change():
+    values = config_to_dict(load_config("cpu"))
+    for v in ab.TABLE5 + ab.LOSS_COMBINATIONS + ab.APPENDIX:
+        changed = apply_overrides(values, list(v.overrides))
+        assert changed != values, f"{v.name} changes nothing"
+        load_config("cpu", list(v.overrides))  # every key exists and has the right type
+    assert [v.paper for v in ab.TABLE5] == [48.5, 49.1, 51.8, 50.1, 50.9, 52.8]  # the paper's Table 5
+
+
+def test_sweep_values_survive_yaml_as_numbers():
+    variants = ab.sweep("expansion.alpha", [1e-5, 0.01, 2], stage="expansion", symbol="α")
+    assert [v.name for v in variants] == ["alpha-1e-05", "alpha-0.01", "alpha-2"]
+    alphas = [load_config("cpu", list(v.overrides)).expansion.alpha for v in variants]
+    assert alphas == [1e-5, 0.01, 2.0]
+    assert variants[0].label == "α = 1e-05" and variants[0].stage == "expansion"
+
+
+def test_variant_table_marks_diverged_runs_and_quotes_the_paper():
+    rows = {"a": {"miou": 0.5, "precision": 0.25, "recall": 1.0, "f1": 0.4}, "b": {"diverged": "ran away"}}
+    lines = ab.variant_table(rows, {"a": 48.4}).splitlines()
+    assert lines[0] == "|  | mIoU | precision | recall | f1 | paper mIoU (VOC) |"
+    assert lines[2] == "| a | 50.0 | 25.0 | 100.0 | 40.0 | 48.4 |"
+    assert lines[3] == "| b | diverged | diverged | diverged | diverged | – |"
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    """A finished smoke run (baseline, expansion, shrinkage): seconds on 12 images of 32 px."""
+    tmp = tmp_path_factory.mktemp("ablation")
+    cwd = os.getcwd()
+    os.chdir(tmp)  # the smoke benchmark is generated under ./data
+    try:
+        run = start_run(tmp / "main", load_config("smoke"), data_root=None)
+        train_cam(run, progress=False)
+        expand(run, progress=False)
+        shrink(run, progress=False)
+    finally:
+        os.chdir(cwd)
+    return run
+
+
+def _log_stages(run) -> list[str]:
+    import json
+
+    if not run.log_path.is_file():
+        return []
+    return [json.loads(line)["stage"] for line in run.log_path.read_text().splitlines() if '"event": "done"' in line]
+
+
+def test_the_main_runs_own_setting_trains_nothing(main_run, tmp_path):
+    alpha = main_run.load_config().expansion.alpha
+    (same,) = ab.sweep("expansion.alpha", [alpha], stage="expansion")
+    result = ab.run_variant(main_run, same, tmp_path)
+    assert result["same_as_main"] and result["run_dir"] == str(main_run.root)
+    assert not (tmp_path / same.name).exists()
+    assert main_run.metrics(f"expansion_{main_run.load_config().data.cam_split}").is_file()
+
+
+def test_a_shrinkage_variant_shares_the_baseline_and_the_expansion_and_is_read_back(main_run, tmp_path):
+    variant = ab.Variant("mu-half", "μ = 0.5", ("shrinkage.mu=0.5",))
+    first = ab.run_variant(main_run, variant, tmp_path)
+    fork = tmp_path / "mu-half"
+    for stage in ("baseline", "expansion"):  # hard links (or copies) of the main run's checkpoints
+        assert (fork / "checkpoints" / f"{stage}.pt").read_bytes() == main_run.checkpoint(stage).read_bytes()
+    assert _log_stages(type(main_run)(fork)) == ["shrinkage"]  # only what the change touches is trained
+    assert 0.0 <= first["miou"] <= 1.0 and first["variant"] == "mu-half" and first["run_dir"] == str(fork)
+    stamp = (fork / "checkpoints" / "shrinkage.pt").stat().st_mtime_ns
+    again = ab.run_variant(main_run, variant, tmp_path)
+    assert again["miou"] == first["miou"]
+    assert (fork / "checkpoints" / "shrinkage.pt").stat().st_mtime_ns == stamp
+
+
+def test_an_expansion_variant_retrains_expansion_but_not_the_baseline(main_run, tmp_path):
+    variant = ab.Variant("no-fl", "no clipping", ("expansion.clip=false",))
+    result = ab.run_variant(main_run, variant, tmp_path)
+    fork = type(main_run)(tmp_path / "no-fl")
+    assert _log_stages(fork) == ["expansion", "shrinkage"]
+    assert fork.load_config().expansion.clip is False and "miou" in result
+
+
+def test_a_runaway_variant_is_a_result_not_a_crash(main_run, tmp_path):
+    # A bound no offset can stay under: the divergence guard stops expansion after its first step.
+    variant = ab.Variant("runaway", "runaway", ("expansion.max_offset=0.0", "expansion.alpha=100.0"), stage="expansion")
+    result = ab.run_variant(main_run, variant, tmp_path)
+    assert "diverged" in result and "max_offset" in result["diverged"]
+    assert (tmp_path / "runaway" / "diverged.txt").is_file()
+    assert not (tmp_path / "runaway" / "checkpoints" / "expansion.pt").exists()
+    assert ab.run_variant(main_run, variant, tmp_path)["diverged"] == result["diverged"]  # not trained again
+
+
+def test_every_row_of_table5_and_the_appendix_trains_and_scores(main_run, tmp_path):
+    results = ab.run_variants(main_run, ab.TABLE5 + ab.LOSS_COMBINATIONS + ab.APPENDIX, tmp_path, progress=False)
+    assert set(results) == {v.name for v in ab.TABLE5 + ab.LOSS_COMBINATIONS + ab.APPENDIX}
+    for name, m in results.items():
+        assert "diverged" in m or 0.0 <= m["miou"] <= 1.0, name
+    # Without DT_s and without the area loss there is nothing to learn: shrinkage equals expansion's output.
+    assert results["no-dts-area"]["miou"] == results["no-dts"]["miou"]
