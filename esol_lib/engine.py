@@ -329,13 +329,7 @@ def _check_done(run_dir: RunDir, stage: str, model: nn.Module) -> dict | None:
     ckpt = _load(final)
     if not ckpt.get("done"):
         return None
-    target = unwrap(model)
-    state = ckpt["model"]
-    if optional:
-        own = target.state_dict()
-        state = {k: v for k, v in state.items() if k in own or not k.startswith(tuple(optional))}
-        state.update({k: v for k, v in own.items() if k not in state and k.startswith(tuple(optional))})
-    target.load_state_dict(state)
+    unwrap(model).load_state_dict(ckpt["model"])
     return ckpt
 
 
