@@ -321,7 +321,7 @@ def _diverged_message(stage: str, step: int, loss: float, partial: Path) -> str:
     )
 
 
-def _check_done(run_dir: RunDir, stage: str, model: nn.Module) -> dict | None:
+def _check_done(run_dir: RunDir, stage: str, model: nn.Module, optional: Sequence[str] = ()) -> dict | None:
     """The final checkpoint's dict (weights loaded into ``model``) if the stage is done."""
     final = run_dir.checkpoint(stage)
     if not final.is_file():
@@ -329,8 +329,19 @@ def _check_done(run_dir: RunDir, stage: str, model: nn.Module) -> dict | None:
     ckpt = _load(final)
     if not ckpt.get("done"):
         return None
-    unwrap(model).load_state_dict(ckpt["model"])
+    _load_weights(model, ckpt["model"], optional)
     return ckpt
+
+
+def _load_weights(model: nn.Module, state: dict, optional: Sequence[str] = ()) -> None:
+    """``model.load_state_dict(state)``, except that parameters under the ``optional`` prefixes may be
+    absent from either side (the model keeps its own; the file's extra ones are ignored)."""
+    target = unwrap(model)
+    if optional:
+        own = target.state_dict()
+        state = {k: v for k, v in state.items() if k in own or not k.startswith(tuple(optional))}
+        state.update({k: v for k, v in own.items() if k not in state and k.startswith(tuple(optional))})
+    target.load_state_dict(state)
 
 
 @dataclass
@@ -418,6 +429,7 @@ def train_loop(
     after_step: Callable[[int, nn.Module, dict], None] | None = None,
     progress: bool = True,
     log_every: int = 10,
+    optional: Sequence[str] = (),
 ) -> StageResult:
     """Train ``model`` for ``max_steps`` optimizer steps as stage ``stage`` of ``run_dir``.
 
@@ -433,6 +445,7 @@ def train_loop(
     - Logs ``{"stage", "step", "loss", "lr", "epoch", **extras}`` every ``log_every`` steps and at
       the last one (rank 0 only) to ``run_dir.log_path``.
     - A NaN/inf loss raises :class:`DivergenceError`; the last partial checkpoint is kept.
+    - A stage already done is loaded, not retrained; ``optional`` is as in :func:`load_stage_checkpoint`.
 
     The model's mode is left to the caller (``model.train()``, frozen BatchNorm layers kept in
     eval, ...). Only rank 0 writes files; every rank reads them. Returns a :class:`StageResult`.
@@ -445,7 +458,7 @@ def train_loop(
     final_path = run_dir.checkpoint(stage)
     partial = partial_checkpoint_path(run_dir, stage)
 
-    done = _check_done(run_dir, stage, model)
+    done = _check_done(run_dir, stage, model, optional)
     if done is not None:
         logger.log(stage=stage, step=done.get("step", max_steps), event="already done", checkpoint=str(final_path))
         return StageResult(stage, 0, float(done.get("final_loss", math.nan)), time.perf_counter() - t0,
@@ -582,11 +595,5 @@ def load_stage_checkpoint(run_dir: RunDir, stage: str, model: nn.Module, *, hint
     ckpt = _load(path)
     if "model" not in ckpt:
         raise StageError(f"{path} holds no model weights; delete it and {hint or 'run that stage again'}")
-    target = unwrap(model)
-    state = ckpt["model"]
-    if optional:
-        own = target.state_dict()
-        state = {k: v for k, v in state.items() if k in own or not k.startswith(tuple(optional))}
-        state.update({k: v for k, v in own.items() if k not in state and k.startswith(tuple(optional))})
-    target.load_state_dict(state)
+    _load_weights(model, ckpt["model"], optional)
     return ckpt

@@ -175,7 +175,7 @@ def _train_stage(run, stage: str, model: ESOLModel, loss_fn, stage_cfg, cfg, loa
     return train_loop(stage, wrapped, optimizer, loss_fn, loader, max_steps, run,
                       scheduler=PolyLR(optimizer, max_steps), checkpoint_every=cfg.train_cam.checkpoint_every,
                       seed=cfg.seed, after_step=OffsetGuard(stage, sampler, stage_cfg.max_offset),
-                      progress=progress)
+                      progress=progress, optional=UNTRAINED_IN_EXPANSION if stage == "expansion" else ())
 
 
 def expand(run, *, progress: bool = True):

@@ -10,6 +10,7 @@ Any stage can be re-run alone; a stage whose inputs are missing names the comman
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -162,10 +163,21 @@ def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
     device = resolve_device(cfg)
     ds = _dataset(cfg, split)
     cam_fn = stage_cam_fn(run, cfg, stage, ds.num_classes, device)
-    signature = cam_dir_signature(run.checkpoint(stage), cfg.cam.scales, cfg.cam.flip)
+    signature = cam_dir_signature(run.checkpoint(stage), cfg.cam.scales, cfg.cam.flip, extra=_cam_settings(cfg, stage))
     return compute_cams(cam_fn, ds, run.cams(stage), mean=cfg.data.mean, std=cfg.data.std, scales=cfg.cam.scales,
                         flip=cfg.cam.flip, signature=signature, device=device, progress=progress,
                         desc=f"CAMs {stage}/{split}")
+
+
+def _cam_settings(cfg: Config, stage: str) -> str:
+    """The config that shapes a stage's CAMs besides its checkpoint: the classifier's architecture and,
+    for the ESOL stages, the samplers' switches and the clipping (on at inference, Eq. 7). A run forked
+    with another β shares the expansion checkpoint but must not share its CAMs."""
+    settings: dict = {"model": dataclasses.asdict(cfg.model)}
+    if stage != "baseline":
+        e = cfg.expansion
+        settings["esol"] = [e.clip, e.beta, e.offsets, e.deformable, e.sampler_layer, cfg.shrinkage.offsets]
+    return json.dumps(settings, sort_keys=True)
 
 
 def _require_cams(run: RunDir, stage: str, ds: VOCSegmentation, split: str) -> None:

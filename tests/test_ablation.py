@@ -123,3 +123,20 @@ def test_every_row_of_table5_and_the_appendix_trains_and_scores(main_run, tmp_pa
         assert "diverged" in m or 0.0 <= m["miou"] <= 1.0, name
     # Without DT_s and without the area loss there is nothing to learn: shrinkage equals expansion's output.
     assert results["no-dts-area"]["miou"] == results["no-dts"]["miou"]
+
+
+def test_a_fork_without_dts_can_run_expand_again(main_run, tmp_path):
+    """`esol expand` on a 'w/o DT_s' fork finds the shared expansion done and loads it (not a key error)."""
+    ab.run_variant(main_run, ab.Variant("no-dts", "no DT_s", ("shrinkage.offsets=false",)), tmp_path)
+    result = expand(type(main_run)(tmp_path / "no-dts"), progress=False)
+    assert result.steps == 0 and result.resumed_from == main_run.load_config().expansion.max_steps
+
+
+def test_a_fork_with_another_beta_recomputes_the_shared_expansion_cams(main_run, tmp_path):
+    """Clipping acts at inference too: sharing the expansion checkpoint must not share its CAMs."""
+    from esol_lib.run import fork_run
+
+    base = ab.score_stage(main_run, "expansion")
+    fork = fork_run(main_run.root, tmp_path / "beta", ["expansion.beta=1.0"], share=("baseline", "expansion"))
+    no_clip = ab.score_stage(fork, "expansion")
+    assert no_clip["sweep"] != base["sweep"]
