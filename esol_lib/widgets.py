@@ -79,31 +79,53 @@ def beta_grid(probe: ClipProbe, betas: Sequence[float | None] = (None, 0.6, 0.3,
     return fig
 
 
+def _slider_view(slider, render):
+    """``VBox([slider, Output])`` whose output shows ``render(slider.value)`` (a Figure) as a PNG.
+
+    The PNG is put into the Output widget's own state (``outputs``) rather than printed inside a
+    capture context, so JupyterLab shows it and a test can read it without a kernel. Figures are
+    closed after rendering: a slider moved a hundred times leaves no figure behind.
+    """
+    import base64
+    import io
+
+    import ipywidgets as widgets
+
+    out = widgets.Output()
+
+    def draw(change=None) -> None:
+        fig = render(slider.value)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        png = base64.b64encode(buf.getvalue()).decode("ascii")
+        out.outputs = ({"output_type": "display_data", "data": {"image/png": png}, "metadata": {}},)
+
+    slider.observe(draw, names="value")
+    draw()
+    return widgets.VBox([slider, out])
+
+
 def beta_explorer(probe: ClipProbe, value: float = 0.15):
     """An ipywidgets slider for β that redraws the clipped features and the CAMs (about 0.1 s a move)."""
     import ipywidgets as widgets
 
     slider = widgets.FloatSlider(value=value, min=0.02, max=1.0, step=0.01, description="β",
                                  continuous_update=False, readout_format=".2f")
-    out = widgets.Output()
 
-    def draw(change=None):
-        energy, heat = probe.maps(slider.value)
-        with out:
-            out.clear_output(wait=True)
-            n = len(probe.images)
-            fig, axes = plt.subplots(2, n, figsize=(2 * n, 4), squeeze=False)
-            for i in range(n):
-                axes[0, i].imshow(energy[i], cmap="viridis", vmin=0, vmax=1)
-                axes[1, i].imshow(overlay(probe.images[i], heat[i]))
-            for ax in axes.flat:
-                ax.set_axis_off()
-            fig.suptitle(f"feature clipping at β = {slider.value:.2f}: features (top), CAMs (bottom)", fontsize=9)
-            plt.show()
+    def render(beta: float):
+        energy, heat = probe.maps(beta)
+        n = len(probe.images)
+        fig, axes = plt.subplots(2, n, figsize=(2 * n, 4), squeeze=False)
+        for i in range(n):
+            axes[0, i].imshow(energy[i], cmap="viridis", vmin=0, vmax=1)
+            axes[1, i].imshow(overlay(probe.images[i], heat[i]))
+        for ax in axes.flat:
+            ax.set_axis_off()
+        fig.suptitle(f"feature clipping at β = {beta:.2f}: features (top), CAMs (bottom)", fontsize=9)
+        return fig
 
-    slider.observe(draw, names="value")
-    draw()
-    return widgets.VBox([slider, out])
+    return _slider_view(slider, render)
 
 
 def alpha_grid(images: Sequence[np.ndarray], heats: Mapping[float, Sequence[np.ndarray]]):
@@ -126,21 +148,18 @@ def alpha_explorer(images: Sequence[np.ndarray], heats: Mapping[float, Sequence[
     import ipywidgets as widgets
 
     alphas = sorted(heats)
+    if not alphas:
+        raise ValueError("alpha_explorer: no α has CAMs to show (every run diverged or none was run)")
     slider = widgets.SelectionSlider(options=alphas, value=alphas[len(alphas) // 2], description="α",
                                      continuous_update=True)
-    out = widgets.Output()
 
-    def draw(change=None):
-        with out:
-            out.clear_output(wait=True)
-            n = len(images)
-            fig, axes = plt.subplots(1, n, figsize=(2 * n, 2.2), squeeze=False)
-            for i in range(n):
-                axes[0, i].imshow(overlay(images[i], heats[slider.value][i]))
-                axes[0, i].set_axis_off()
-            fig.suptitle(f"expansion CAMs, α = {slider.value:g}", fontsize=9)
-            plt.show()
+    def render(alpha: float):
+        n = len(images)
+        fig, axes = plt.subplots(1, n, figsize=(2 * n, 2.2), squeeze=False)
+        for i in range(n):
+            axes[0, i].imshow(overlay(images[i], heats[alpha][i]))
+            axes[0, i].set_axis_off()
+        fig.suptitle(f"expansion CAMs, α = {alpha:g}", fontsize=9)
+        return fig
 
-    slider.observe(draw, names="value")
-    draw()
-    return widgets.VBox([slider, out])
+    return _slider_view(slider, render)
