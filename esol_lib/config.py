@@ -36,7 +36,7 @@ class SynthConfig:
     size: int = 64
     seed: int = 0
     num_classes: int = 4
-    object_scale: list[float] = field(default_factory=lambda: [0.25, 0.45])
+    object_scale: list[float] = field(default_factory=lambda: [0.4, 0.65])
     part_fraction: float = 0.25
 
 

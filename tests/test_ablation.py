@@ -81,7 +81,8 @@ def test_the_main_runs_own_setting_trains_nothing(main_run, tmp_path):
     result = ab.run_variant(main_run, same, tmp_path)
     assert result["same_as_main"] and result["run_dir"] == str(main_run.root)
     assert not (tmp_path / same.name).exists()
-    assert main_run.metrics(f"expansion_{main_run.load_config().data.cam_split}").is_file()
+    cfg = main_run.load_config()
+    assert main_run.metrics(f"expansion_{cfg.ablation.split or cfg.data.cam_split}").is_file()
 
 
 def test_a_shrinkage_variant_shares_the_baseline_and_the_expansion_and_is_read_back(main_run, tmp_path):

@@ -65,6 +65,19 @@ def test_chapter_03_has_the_static_beta_grid(book):
     assert all(_images(c) == 1 for c in cells), "the static beta grid did not draw its figure"
 
 
+@pytest.mark.slow
+def test_chapter_07_has_the_alpha_slider_and_its_static_grid(book):
+    """The alpha slider steps through CAMs of trained runs; alpha_grid is its stand-in in the static book."""
+    _, executed = book
+    code = [c for c in executed["07_ablations.ipynb"].cells if c.cell_type == "code"]
+    slider = [c for c in code if "alpha_explorer(" in c.source]
+    grid = [c for c in code if "alpha_grid(" in c.source]
+    assert slider and grid, "chapter 07 no longer shows the alpha slider and its static grid"
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for c in slider for o in c.get("outputs", [])), "the alpha slider was not displayed"
+    assert all(_images(c) == 1 for c in grid), "the static alpha grid did not draw its figure"
+
+
 # ----------------------------------------------------------------------------- viz helpers
 
 

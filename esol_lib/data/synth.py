@@ -69,7 +69,7 @@ class SynthSpec:
     min_objects: int = 1
     max_objects: int = 3
     max_classes_per_image: int = 2
-    object_scale: tuple[float, float] = (0.25, 0.45)
+    object_scale: tuple[float, float] = (0.4, 0.65)
     part_fraction: float = 0.25
     void_border: int = 1
 
