@@ -119,6 +119,7 @@ class ShrinkageConfig:
     offsets: bool = True  # DT_s
     area_loss: bool = True
     area_map: str = "sigmoid"  # what P_k is: 'sigmoid' class maps or max-normalised 'cam'
+    area_classes: str = "all"  # Eq. (6) averages over 'all' C classes; 'present': the image's GT classes only
     gamma: float = 1.0
     mu: float = 1.0
     lr: float = 0.1

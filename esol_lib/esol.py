@@ -215,6 +215,7 @@ def shrink(run, *, progress: bool = True):
     def loss_fn(m: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         logits, cams = m(batch["image"].to(device), return_cams=True)
         return shrinkage_loss(logits, batch["label"].to(device), cams, gamma=sc.gamma, mu=sc.mu,
-                              use_area=sc.area_loss, area_map=sc.area_map)
+                              use_area=sc.area_loss, area_map=sc.area_map,
+                              area_classes=sc.area_classes)
 
     return _train_stage(run, "shrinkage", model, loss_fn, sc, cfg, loader, progress)

@@ -44,14 +44,32 @@ def area_maps(cams: torch.Tensor, kind: str = "sigmoid") -> torch.Tensor:
     raise ValueError(f"shrinkage.area_map must be 'sigmoid' or 'cam', got {kind!r}")
 
 
-def area_loss(maps: torch.Tensor) -> torch.Tensor:
-    """Eq. (6): ``L_area = 1/C Σ_c S_c`` with ``S_c = 1/(HW) Σ_{h,w} P_c(h, w)``, averaged over the batch."""
-    return maps.mean()
+def area_loss(maps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. (6): ``L_area = 1/C Σ_c S_c`` with ``S_c = 1/(HW) Σ_{h,w} P_c(h, w)``, averaged over the batch.
+
+    With ``labels`` (``(B, C)`` multi-hot), the mean runs over each image's ground-truth classes only
+    (``shrinkage.area_classes: present``) instead of all ``C`` classes.
+    """
+    if labels is None:
+        return maps.mean()
+    areas = maps.mean(dim=(-2, -1))  # (B, C): S_c per image
+    present = labels.to(areas.dtype)
+    return (areas * present).sum() / present.sum().clamp_min(1.0)
 
 
 def shrinkage_loss(logits: torch.Tensor, labels: torch.Tensor, cams: torch.Tensor, *, gamma: float = 1.0,
-                   mu: float = 1.0, use_area: bool = True, area_map: str = "sigmoid") -> tuple[torch.Tensor, dict]:
-    """Eq. (6): ``γ · L(ŷ, y) + μ · L_area``; returns the loss and its two terms for logging."""
+                   mu: float = 1.0, use_area: bool = True, area_map: str = "sigmoid",
+                   area_classes: str = "all") -> tuple[torch.Tensor, dict]:
+    """Eq. (6): ``γ · L(ŷ, y) + μ · L_area``; returns the loss and its two terms for logging.
+
+    ``area_classes``: ``'all'`` averages the area over all ``C`` classes, as Eq. (6) is written;
+    ``'present'`` over the image's ground-truth classes only (absent classes have no object to shrink).
+    """
+    if area_classes not in ("all", "present"):
+        raise ValueError(f"shrinkage.area_classes must be 'all' or 'present', got {area_classes!r}")
     cls = multilabel_loss(logits, labels)
-    area = area_loss(area_maps(cams, area_map)) if use_area else cls.new_zeros(())
+    if use_area:
+        area = area_loss(area_maps(cams, area_map), labels if area_classes == "present" else None)
+    else:
+        area = cls.new_zeros(())
     return gamma * cls + mu * area, {"cls": float(cls.detach()), "area": float(area.detach())}

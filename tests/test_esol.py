@@ -230,3 +230,15 @@ def test_one_expansion_checkpoint_serves_shrinkage_with_and_without_offsets(tmp_
     assert float(again.ss.offset_conv.weight.detach().abs().sum()) == 0.0  # left at its zero init
     with pytest.raises(RuntimeError, match="es.offset_conv"):  # anything else must still match
         load_stage_checkpoint(run, "expansion", ESOLModel(_baseline(), *_cfg(exp_offsets=False)))
+
+
+def test_area_loss_over_present_classes_by_hand():
+    maps = torch.zeros(2, 3, 2, 2)
+    maps[0, 0] = 1.0  # image 0: class 0 covers everything
+    maps[0, 1] = 0.5  # an absent class's map
+    maps[1, 2, 0, 0] = 1.0  # image 1: class 2 covers a quarter
+    labels = torch.tensor([[1.0, 0, 0], [0, 0, 1.0]])
+    torch.testing.assert_close(area_loss(maps), torch.tensor((4 + 2 + 1) / 24))  # Eq. (6): all C classes
+    torch.testing.assert_close(area_loss(maps, labels), torch.tensor((1.0 + 0.25) / 2))  # GT classes only
+    with pytest.raises(ValueError, match="area_classes"):
+        shrinkage_loss(torch.zeros(2, 3), labels, maps, area_classes="some")
