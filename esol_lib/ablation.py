@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 from esol_lib.errors import ConfigError, DivergenceError
 from esol_lib.run import RunDir, fork_run
 
-__all__ = ["Variant", "TABLE5", "LOSS_COMBINATIONS", "APPENDIX", "sweep", "score_stage", "run_variant",
+__all__ = ["Variant", "TABLE5", "LOSS_COMBINATIONS", "AREA_READINGS", "APPENDIX", "sweep", "score_stage", "run_variant",
            "run_variants", "variant_table", "paper_numbers", "DIVERGED", "PAPER_BASELINE_SEED", "PAPER_ESOL_SEED"]
 
 #: The ``metrics`` value stored for a variant whose training ran away.
@@ -91,6 +91,14 @@ PAPER_ESOL_SEED = 53.6
 LOSS_COMBINATIONS: tuple[Variant, ...] = (
     Variant("no-area", "L_cls only (no area loss)", ("shrinkage.area_loss=false",)),
     Variant("loss-area", "L_area only (γ = 0, μ = 1)", ("shrinkage.gamma=0.0",)),
+)
+
+#: What P_k of Eq. (6) is (the paper gives no formula; book, method page): the other readings next to
+#: the default (Eq. (2)'s max-normalised CAM over the image's ground-truth classes).
+AREA_READINGS: tuple[Variant, ...] = (
+    Variant("pk-sigmoid-all", "P_k = sigmoid of the class score, all C classes",
+            ("shrinkage.area_map=sigmoid", "shrinkage.area_classes=all")),
+    Variant("pk-cam-all", "P_k = max-normalised CAM, all C classes", ("shrinkage.area_classes=all",)),
 )
 
 #: Appendix A.1.1 (loss maximisation on a plain convolution, no offsets: paper 40.3 vs 48.4) and

@@ -118,8 +118,8 @@ class ShrinkageConfig:
 
     offsets: bool = True  # DT_s
     area_loss: bool = True
-    area_map: str = "sigmoid"  # what P_k is: 'sigmoid' class maps or max-normalised 'cam'
-    area_classes: str = "all"  # Eq. (6) averages over 'all' C classes; 'present': the image's GT classes only
+    area_map: str = "cam"  # what P_k is: the max-normalised CAM of Eq. (2) ('cam') or 'sigmoid' class maps
+    area_classes: str = "present"  # the image's GT classes ('present') or all C classes ('all', Eq. 6 as written)
     gamma: float = 1.0
     mu: float = 1.0
     lr: float = 0.1

@@ -28,7 +28,7 @@ def test_variant_checks_its_name_stage_and_overrides():
 
 def test_every_predefined_ablation_is_a_valid_config_change():
     values = config_to_dict(load_config("cpu"))
-    for v in ab.TABLE5 + ab.LOSS_COMBINATIONS + ab.APPENDIX:
+    for v in ab.TABLE5 + ab.LOSS_COMBINATIONS + ab.AREA_READINGS + ab.APPENDIX:
         changed = apply_overrides(values, list(v.overrides))
         assert changed != values, f"{v.name} changes nothing"
         load_config("cpu", list(v.overrides))  # every key exists and has the right type
