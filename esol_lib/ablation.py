@@ -20,19 +20,15 @@ Usage (chapter 07)::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from esol_lib.errors import ConfigError, DivergenceError
 from esol_lib.run import RunDir, fork_run
 
 __all__ = ["Variant", "TABLE5", "LOSS_COMBINATIONS", "AREA_READINGS", "APPENDIX", "sweep", "score_stage", "run_variant",
-           "run_variants", "variant_table", "paper_numbers", "DIVERGED", "PAPER_BASELINE_SEED", "PAPER_ESOL_SEED"]
-
-#: The ``metrics`` value stored for a variant whose training ran away.
-DIVERGED = "diverged"
-
+           "run_variants", "paper_numbers", "PAPER_BASELINE_SEED", "PAPER_ESOL_SEED"]
 
 @dataclass(frozen=True)
 class Variant:
@@ -197,11 +193,11 @@ def run_variant(main: RunDir, variant: Variant, root: str | Path, *, split: str 
 
 def _require_stage(run: RunDir, stage: str) -> None:
     from esol_lib.errors import StageError
+    from esol_lib.stages import STAGE_COMMAND
 
     if not run.checkpoint(stage).is_file():
-        command = {"expansion": "esol expand", "shrinkage": "esol shrink"}[stage]
-        raise StageError(f"the main run {run.root} has not finished stage {stage!r}; run `{command} --run "
-                         f"{run.root}` first")
+        raise StageError(f"the main run {run.root} has not finished stage {stage!r}; run "
+                         f"`{STAGE_COMMAND[stage]} --run {run.root}` first")
 
 
 def run_variants(main: RunDir, variants: Sequence[Variant], root: str | Path, *, split: str | None = None,
@@ -215,27 +211,6 @@ def run_variants(main: RunDir, variants: Sequence[Variant], root: str | Path, *,
         bar.set_postfix_str(v.name)
         out[v.name] = run_variant(main, v, root, split=split, progress=False)
     return out
-
-
-def variant_table(rows: Mapping[str, dict], paper: Mapping[str, float] | None = None,
-                  columns: Sequence[str] = ("miou", "precision", "recall", "f1")) -> str:
-    """A Markdown table of seed metrics (%), one row per result; a diverged run says so.
-
-    ``rows`` maps a row label to a metrics dict (``eval-cam``'s, or :func:`run_variant`'s);
-    ``paper`` maps the same labels to the paper's number (CAM seed mIoU, %) for a last column.
-    """
-    head = ["", *[c if c != "miou" else "mIoU" for c in columns]] + (["paper mIoU (VOC)"] if paper else [])
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for label, m in rows.items():
-        if "diverged" in m:
-            cells = [DIVERGED] * len(columns)
-        else:
-            cells = [f"{100 * m[c]:.1f}" if isinstance(m.get(c), (int, float)) else "–" for c in columns]
-        if paper:
-            value = paper.get(label)
-            cells.append("–" if value is None else f"{value:.1f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def paper_numbers(variants: Iterable[Variant]) -> dict[str, float]:

@@ -115,14 +115,23 @@ def plot_pr_curves(metrics: Mapping[str, dict]):
 
 
 def metrics_table(rows: Mapping[str, dict], columns: Sequence[str] = ("miou", "precision", "recall", "f1"),
-                  extra: Sequence[str] = ("threshold",)) -> str:
-    """A Markdown table (percentages) with one row per named metrics dict; missing values as '–'."""
-    head = ["", *[c if c != "miou" else "mIoU" for c in columns], *extra]
+                  extra: Sequence[str] = ("threshold",), paper: Mapping[str, float] | None = None) -> str:
+    """A Markdown table (percentages) with one row per named metrics dict; missing values as '–'.
+
+    A dict with a ``"diverged"`` entry (an ablation whose training ran away) says so in every
+    metric cell. With ``paper`` (row name → the paper's seed mIoU, %) a last column quotes it.
+    """
+    head = ["", *[c if c != "miou" else "mIoU" for c in columns], *extra] + (["paper mIoU (VOC)"] if paper else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in rows.items():
         cells = [name]
-        cells += [f"{100 * m[c]:.1f}" if m and m.get(c) is not None else "–" for c in columns]
-        cells += [f"{m[e]:.2f}" if m and isinstance(m.get(e), (int, float)) else "–" for e in extra]
+        if m and "diverged" in m:
+            cells += ["diverged"] * (len(columns) + len(extra))
+        else:
+            cells += [f"{100 * m[c]:.1f}" if m and m.get(c) is not None else "–" for c in columns]
+            cells += [f"{m[e]:.2f}" if m and isinstance(m.get(e), (int, float)) else "–" for e in extra]
+        if paper:
+            cells.append("–" if paper.get(name) is None else f"{paper[name]:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

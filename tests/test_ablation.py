@@ -43,12 +43,15 @@ def test_sweep_values_survive_yaml_as_numbers():
     assert variants[0].label == "α = 1e-05" and variants[0].stage == "expansion"
 
 
-def test_variant_table_marks_diverged_runs_and_quotes_the_paper():
+def test_metrics_table_marks_diverged_runs_and_quotes_the_paper():
+    from esol_lib import viz
+
     rows = {"a": {"miou": 0.5, "precision": 0.25, "recall": 1.0, "f1": 0.4}, "b": {"diverged": "ran away"}}
-    lines = ab.variant_table(rows, {"a": 48.4}).splitlines()
+    lines = viz.metrics_table(rows, extra=(), paper={"a": 48.4}).splitlines()
     assert lines[0] == "|  | mIoU | precision | recall | f1 | paper mIoU (VOC) |"
     assert lines[2] == "| a | 50.0 | 25.0 | 100.0 | 40.0 | 48.4 |"
     assert lines[3] == "| b | diverged | diverged | diverged | diverged | – |"
+    assert viz.metrics_table({"a": rows["a"]}).splitlines()[0] == "|  | mIoU | precision | recall | f1 | threshold |"
 
 
 @pytest.fixture(scope="module")
