@@ -206,6 +206,8 @@ class Config:
     profile: str = "voc12"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    # MiB of memory for the frozen backbone's features in the ESOL stages (esol_lib.feature_cache); 0: off
+    feature_cache_mb: float = 0.0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train_cam: TrainCamConfig = field(default_factory=TrainCamConfig)

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from esol_lib.errors import DivergenceError, StageError
+from esol_lib.feature_cache import FeatureCache, module_fingerprint, shared_feature_cache
 from esol_lib.losses import expansion_loss, feature_clip, shrinkage_loss
 from esol_lib.samplers import ExpansionSampler, ShrinkageSampler
 
@@ -62,8 +63,21 @@ class ESOLModel(nn.Module):
         self.backbone.eval()
         return self
 
+    def use_feature_cache(self, cache: "FeatureCache | None") -> "ESOLModel":
+        """Memoise the frozen backbone's features in ``cache`` (:mod:`esol_lib.feature_cache`); None: off."""
+        self.feature_cache = cache
+        self._fingerprint = module_fingerprint(self.backbone) if cache is not None else ""
+        return self
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features, detached: no gradient ever reaches the backbone (§4.1)."""
+        """Backbone features, detached: no gradient ever reaches the backbone (§4.1).
+
+        With a feature cache, an input seen before (the same batch in the other stage, the same
+        image in an ablation's CAMs) is not passed through the backbone again.
+        """
+        cache = getattr(self, "feature_cache", None)
+        if cache is not None and not self.backbone.training:
+            return cache.compute(lambda t: self.backbone(t)["out"], self._fingerprint, x)
         with torch.no_grad():
             return self.backbone(x)["out"]
 
@@ -127,7 +141,8 @@ def build_esol_model(cfg, num_classes: int, run=None, device: torch.device | str
     from esol_lib.stages import load_baseline
 
     baseline = load_baseline(run, cfg, num_classes, torch.device(device))
-    return ESOLModel(baseline, cfg.expansion, cfg.shrinkage).to(device)
+    model = ESOLModel(baseline, cfg.expansion, cfg.shrinkage).to(device)
+    return model.use_feature_cache(shared_feature_cache(cfg.feature_cache_mb))
 
 
 def load_stage_model(run, cfg, stage: str, num_classes: int, device: torch.device) -> ESOLModel:

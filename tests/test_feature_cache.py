@@ -1,0 +1,107 @@
+"""The backbone feature cache of the ESOL stages: exact values, content keys, a byte budget, and
+stage results identical with and without it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from esol_lib.esol import ESOLModel
+from esol_lib.feature_cache import FeatureCache, input_key, module_fingerprint
+from esol_lib.losses import expansion_loss
+from esol_lib.models import CAMClassifier, build_backbone
+from tests.test_esol import _cfg
+
+
+def _backbone_fn(calls: list):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def fn(x):
+        calls.append(1)
+        return conv(x)
+    return conv, fn
+
+
+def test_cache_returns_the_backbone_output_and_computes_each_input_once():
+    calls: list = []
+    conv, fn = _backbone_fn(calls)
+    cache = FeatureCache(max_mb=1)
+    fp = module_fingerprint(conv)
+    x = torch.randn(2, 3, 8, 8)
+    first = cache.compute(fn, fp, x)
+    again = cache.compute(fn, fp, x.clone())  # same content, another tensor: a hit
+    torch.testing.assert_close(first, conv(x).detach(), rtol=0, atol=0)
+    assert torch.equal(first, again) and len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
+    assert not first.requires_grad
+    cache.compute(fn, fp, x + 1e-3)  # other content: computed
+    assert len(calls) == 2
+
+
+def test_key_depends_on_weights_shape_and_every_value():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    fp = module_fingerprint(conv)
+    x = torch.zeros(1, 3, 4, 4)
+    y = x.clone()
+    y[0, 2, 3, 3] = 1e-7
+    assert input_key(fp, x) != input_key(fp, y)
+    assert input_key(fp, x) != input_key(fp, x.reshape(1, 3, 2, 8))
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] += 1.0  # a retrained backbone: every key changes
+    assert module_fingerprint(conv) != fp
+
+
+def test_budget_evicts_the_least_recently_used():
+    cache = FeatureCache(max_mb=3 * 4096 / 2**20)  # room for three 4 KiB tensors
+    t = {k: torch.full((1024,), float(k)) for k in range(4)}
+    for k in range(3):
+        cache.put(str(k), t[k])
+    assert cache.get("0") is not None  # 0 is now the most recently used
+    cache.put("3", t[3])
+    assert cache.get("1") is None and cache.get("0") is not None and len(cache) == 3
+    assert cache.bytes <= cache.max_bytes
+    cache.put("big", torch.zeros(10_000))  # larger than the whole budget: not stored
+    assert cache.get("big") is None
+    with pytest.raises(ValueError, match="feature_cache_mb"):
+        FeatureCache(-1)
+
+
+def test_features_cached_under_inference_mode_can_train_the_offsets():
+    """CAMs (inference mode) fill the cache; a later training step on the same input must work."""
+    torch.manual_seed(0)
+    base = CAMClassifier(build_backbone("small", [1, 2, 2, 1]), num_classes=3).eval()
+    cached = ESOLModel(copy.deepcopy(base), *_cfg(exp_clip=True)).use_feature_cache(FeatureCache(64))
+    plain = ESOLModel(copy.deepcopy(base), *_cfg(exp_clip=True))
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 0]]).float()
+    with torch.inference_mode():
+        cached.cam(x)
+    grads = []
+    for model in (cached, plain):
+        params = model.train().stage_parameters("expansion")
+        expansion_loss(model(x), y, alpha=1.0).backward()
+        grads.append([p.grad.clone() for p in params])
+    assert cached.feature_cache.hits == 1
+    for g_cached, g_plain in zip(*grads):
+        torch.testing.assert_close(g_cached, g_plain, rtol=0, atol=0)
+
+
+def test_expansion_and_shrinkage_stages_are_identical_with_and_without_the_cache(tmp_path, monkeypatch):
+    from esol_lib.config import load_config
+    from esol_lib.esol import expand, shrink
+    from esol_lib.feature_cache import shared_feature_cache
+    from esol_lib.stages import start_run, train_cam
+
+    monkeypatch.chdir(tmp_path)
+    states = {}
+    for mb in (0, 64):
+        cfg = load_config("smoke", [f"feature_cache_mb={mb}"])
+        run = start_run(tmp_path / f"run{mb}", cfg, data_root=None)
+        train_cam(run, progress=False)
+        expand(run, progress=False)
+        shrink(run, progress=False)
+        states[mb] = torch.load(run.checkpoint("shrinkage"), map_location="cpu")["model"]
+    assert shared_feature_cache(64).hits > 0  # shrinkage read the batches expansion cached
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[64][name], value, rtol=0, atol=0, msg=name)
