@@ -63,9 +63,11 @@ class ESOLModel(nn.Module):
         self.backbone.eval()
         return self
 
-    def use_feature_cache(self, cache: "FeatureCache | None") -> "ESOLModel":
-        """Memoise the frozen backbone's features in ``cache`` (:mod:`esol_lib.feature_cache`); None: off."""
+    def use_feature_cache(self, cache: "FeatureCache | None", directory=None) -> "ESOLModel":
+        """Memoise the frozen backbone's features in ``cache`` (:mod:`esol_lib.feature_cache`), and in
+        ``directory`` on disk when given; ``cache=None``: off."""
         self.feature_cache = cache
+        self.feature_dir = directory
         self._fingerprint = module_fingerprint(self.backbone) if cache is not None else ""
         return self
 
@@ -77,7 +79,7 @@ class ESOLModel(nn.Module):
         """
         cache = getattr(self, "feature_cache", None)
         if cache is not None and not self.backbone.training:
-            return cache.compute(lambda t: self.backbone(t)["out"], self._fingerprint, x)
+            return cache.compute(lambda t: self.backbone(t)["out"], self._fingerprint, x, self.feature_dir)
         with torch.no_grad():
             return self.backbone(x)["out"]
 
@@ -142,7 +144,8 @@ def build_esol_model(cfg, num_classes: int, run=None, device: torch.device | str
 
     baseline = load_baseline(run, cfg, num_classes, torch.device(device))
     model = ESOLModel(baseline, cfg.expansion, cfg.shrinkage).to(device)
-    return model.use_feature_cache(shared_feature_cache(cfg.feature_cache_mb))
+    cache = shared_feature_cache(cfg.feature_cache_mb)
+    return model.use_feature_cache(cache, run.feature_cache() if cache is not None and run is not None else None)
 
 
 def load_stage_model(run, cfg, stage: str, num_classes: int, device: torch.device) -> ESOLModel:

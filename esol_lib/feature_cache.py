@@ -10,15 +10,20 @@ step and 60 % off an ESOL stage's CAMs.
 The cache is keyed by *content*: a fingerprint of the backbone's weights and the bytes of the
 input batch. A cached value is therefore exactly what the backbone would return — nothing
 depends on batch order or on which run asked first — and a retrained baseline simply misses.
-It lives in memory, in one process, within a byte budget (least recently used first out), and is
-off by default (``feature_cache_mb: 0``): on a GPU with VOC-sized inputs, hashing inputs and
-holding ResNet features costs more than it saves. The CPU profiles switch it on.
+It lives in memory, in one process, within a byte budget (least recently used first out), and
+optionally on disk (``RUN/cache/features/``, one file per input batch) so that the next chapter's
+kernel — another process — finds what this one computed; ablation forks share their main run's
+folder. It is off by default (``feature_cache_mb: 0``): on a GPU with VOC-sized inputs, hashing
+inputs and holding ResNet features costs more than it saves. The CPU profiles switch it on; the
+disk folder of the ``cpu`` book holds about 2.5 GB and can be deleted at any time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -92,14 +97,26 @@ class FeatureCache:
         self._store.clear()
         self.bytes = 0
 
-    def compute(self, fn: Callable[[torch.Tensor], torch.Tensor], fingerprint: str, x: torch.Tensor) -> torch.Tensor:
+    def compute(self, fn: Callable[[torch.Tensor], torch.Tensor], fingerprint: str, x: torch.Tensor,
+                directory: str | Path | None = None) -> torch.Tensor:
         """``fn(x)``, from the cache when this input was seen before; the result never requires grad.
 
+        With ``directory``, a value missing from memory is looked up there, and a computed one is
+        written there (atomically: a killed process leaves no half-written file).
         Values are stored as ordinary tensors even when computed under ``torch.inference_mode``, so
         features cached while making CAMs can feed a training step (which saves them for backward).
         """
         key = input_key(fingerprint, x)
         hit = self.get(key)
+        path = Path(directory) / key[:2] / f"{key}.pt" if directory else None
+        if hit is None and path is not None and path.is_file():
+            try:
+                with torch.inference_mode(False):
+                    hit = torch.load(path, map_location=x.device, weights_only=True)
+            except Exception:  # unreadable (a full disk, a foreign file): recompute and overwrite
+                hit = None
+            else:
+                self.put(key, hit)
         if hit is not None:
             self.hits += 1
             return hit
@@ -109,6 +126,11 @@ class FeatureCache:
         with torch.inference_mode(False):
             out = out.detach().clone()
         self.put(key, out)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(out.cpu(), tmp)
+            os.replace(tmp, path)
         return out
 
 

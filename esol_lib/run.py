@@ -50,6 +50,11 @@ class RunDir:
     def pseudo_masks(self, stage: str) -> Path:
         return self.root / "pseudo_masks" / stage
 
+    def feature_cache(self) -> Path:
+        """``cache/features/``: backbone features memoised by content (:mod:`esol_lib.feature_cache`);
+        a forked run's ``cache`` links to its source's. Safe to delete."""
+        return self.root / "cache" / "features"
+
     def load_config(self) -> Config:
         """The run's resolved config; a missing one names the command that writes it."""
         if not self.config_path.is_file():
@@ -107,6 +112,7 @@ def fork_run(src: str | Path, dst: str | Path, overrides: Sequence[str] = (),
     source = RunDir(Path(src))
     cfg = config_from_dict(apply_overrides(config_to_dict(source.load_config()), list(overrides)))
     run = create_run(dst, cfg)
+    _share_cache(source, run)
     for stage in share:
         ckpt = source.checkpoint(stage)
         if not ckpt.is_file():
@@ -117,6 +123,18 @@ def fork_run(src: str | Path, dst: str | Path, overrides: Sequence[str] = (),
             for f in cams.iterdir():
                 _link_or_copy(f, run.cams(stage) / f.name)
     return run
+
+
+def _share_cache(source: RunDir, run: RunDir) -> None:
+    """Point ``run/cache`` at ``source/cache``: its entries are keyed by content, so sharing is always safe."""
+    link, target = run.root / "cache", (source.root / "cache").resolve()
+    if link.exists() or link.is_symlink():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        link.symlink_to(target, target_is_directory=True)
+    except OSError:  # no symlinks here: the fork keeps its own cache
+        pass
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -105,3 +105,27 @@ def test_expansion_and_shrinkage_stages_are_identical_with_and_without_the_cache
     assert shared_feature_cache(64).hits > 0  # shrinkage read the batches expansion cached
     for name, value in states[0].items():
         torch.testing.assert_close(states[64][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_disk_layer_serves_another_process_and_survives_a_torn_file(tmp_path):
+    calls: list = []
+    conv, fn = _backbone_fn(calls)
+    fp = module_fingerprint(conv)
+    x = torch.randn(2, 3, 8, 8)
+    first = FeatureCache(max_mb=1).compute(fn, fp, x, tmp_path)
+    files = list(tmp_path.rglob("*.pt"))
+    assert len(files) == 1 and not list(tmp_path.rglob("*.tmp"))
+    fresh = FeatureCache(max_mb=1)  # a new kernel: empty memory, same folder
+    assert torch.equal(fresh.compute(fn, fp, x, tmp_path), first) and len(calls) == 1 and fresh.hits == 1
+    files[0].write_bytes(b"not a tensor")  # a damaged entry is recomputed, not trusted
+    again = FeatureCache(max_mb=1).compute(fn, fp, x, tmp_path)
+    assert torch.equal(again, first) and len(calls) == 2
+
+
+def test_a_forked_run_shares_its_source_cache(tmp_path):
+    from esol_lib.config import load_config
+    from esol_lib.run import create_run, fork_run
+
+    main = create_run(tmp_path / "main", load_config("smoke"))
+    fork = fork_run(main.root, tmp_path / "main" / "ablations" / "a", ["expansion.beta=0.3"], share=())
+    assert fork.feature_cache().resolve() == main.feature_cache().resolve()
