@@ -104,12 +104,22 @@ def main() -> None:
         t = time.perf_counter()
         results[name] = run_benchmark(name, BENCHMARKS[name], args)
         print(f"{name}: {json.dumps(results[name])}  [{time.perf_counter() - t:.0f} s]", flush=True)
+        md = _write_summary(out, results, args.shrink_lr)  # after each benchmark: an interrupted run keeps them
+    print(md)
+
+
+def _write_summary(out: Path, results: dict, shrink_lrs) -> str:
     (out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
     md = ["## default settings", _table(results)]
-    for lr in args.shrink_lr:
+    for lr in shrink_lrs:
         md += [f"## shrinkage.lr={lr}", _table(results, f"shrinkage.lr={lr}")]
-    (out / "summary.md").write_text("\n\n".join(md) + "\n")
-    print("\n\n".join(md))
+    md += ["## seed mIoU of each stage (val, best threshold)",
+           "| benchmark | baseline | expansion | shrinkage |\n|---|---|---|---|\n" + "\n".join(
+               f"| {n} | " + " | ".join(f"{r['stages'][st]['miou']:.1f}" for st in ("baseline", "expansion", "shrinkage"))
+               + " |" for n, r in results.items())]
+    text = "\n\n".join(md) + "\n"
+    (out / "summary.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":
