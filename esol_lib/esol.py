@@ -54,6 +54,7 @@ class ESOLModel(nn.Module):
                                    train_regular=shrinkage.train_regular)
         self.clip = bool(expansion.clip)
         self.beta = float(expansion.beta)
+        self.use_feature_cache(None)
         for p in list(self.backbone.parameters()) + list(self.classifier.parameters()):
             p.requires_grad_(False)
 
@@ -77,7 +78,7 @@ class ESOLModel(nn.Module):
         With a feature cache, an input seen before (the same batch in the other stage, the same
         image in an ablation's CAMs) is not passed through the backbone again.
         """
-        cache = getattr(self, "feature_cache", None)
+        cache = self.feature_cache
         if cache is not None and not self.backbone.training:
             return cache.compute(lambda t: self.backbone(t)["out"], self._fingerprint, x, self.feature_dir)
         with torch.no_grad():
