@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from esol_lib.errors import DivergenceError, StageError
-from esol_lib.feature_cache import FeatureCache, module_fingerprint, shared_feature_cache
+from esol_lib.feature_cache import CachedBackbone, cached_backbone
 from esol_lib.losses import expansion_loss, feature_clip, shrinkage_loss
 from esol_lib.samplers import ExpansionSampler, ShrinkageSampler
 
@@ -64,12 +64,9 @@ class ESOLModel(nn.Module):
         self.backbone.eval()
         return self
 
-    def use_feature_cache(self, cache: "FeatureCache | None", directory=None) -> "ESOLModel":
-        """Memoise the frozen backbone's features in ``cache`` (:mod:`esol_lib.feature_cache`), and in
-        ``directory`` on disk when given; ``cache=None``: off."""
-        self.feature_cache = cache
-        self.feature_dir = directory
-        self._fingerprint = module_fingerprint(self.backbone) if cache is not None else ""
+    def use_feature_cache(self, cached: "CachedBackbone | None") -> "ESOLModel":
+        """Read the frozen backbone's features through ``cached`` (:mod:`esol_lib.feature_cache`); None: off."""
+        self.cached_features = cached
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,9 +75,8 @@ class ESOLModel(nn.Module):
         With a feature cache, an input seen before (the same batch in the other stage, the same
         image in an ablation's CAMs) is not passed through the backbone again.
         """
-        cache = self.feature_cache
-        if cache is not None and not self.backbone.training:
-            return cache.compute(lambda t: self.backbone(t)["out"], self._fingerprint, x, self.feature_dir)
+        if self.cached_features is not None and not self.backbone.training:
+            return self.cached_features(x)
         with torch.no_grad():
             return self.backbone(x)["out"]
 
@@ -145,8 +141,8 @@ def build_esol_model(cfg, num_classes: int, run=None, device: torch.device | str
 
     baseline = load_baseline(run, cfg, num_classes, torch.device(device))
     model = ESOLModel(baseline, cfg.expansion, cfg.shrinkage).to(device)
-    cache = shared_feature_cache(cfg.feature_cache_mb)
-    return model.use_feature_cache(cache, run.feature_cache() if cache is not None and run is not None else None)
+    return model.use_feature_cache(cached_backbone(model.backbone, cfg.feature_cache_mb,
+                                                   run.feature_cache() if run is not None else None))
 
 
 def load_stage_model(run, cfg, stage: str, num_classes: int, device: torch.device) -> ESOLModel:

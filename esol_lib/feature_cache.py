@@ -29,7 +29,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["FeatureCache", "module_fingerprint", "input_key", "shared_feature_cache"]
+__all__ = ["FeatureCache", "CachedBackbone", "cached_backbone", "module_fingerprint", "input_key",
+           "shared_feature_cache"]
 
 
 def module_fingerprint(module: nn.Module) -> str:
@@ -93,10 +94,6 @@ class FeatureCache:
         self._store[key] = value
         self.bytes += size
 
-    def clear(self) -> None:
-        self._store.clear()
-        self.bytes = 0
-
     def compute(self, fn: Callable[[torch.Tensor], torch.Tensor], fingerprint: str, x: torch.Tensor,
                 directory: str | Path | None = None) -> torch.Tensor:
         """``fn(x)``, from the cache when this input was seen before; the result never requires grad.
@@ -151,3 +148,20 @@ def shared_feature_cache(max_mb: float) -> Optional[FeatureCache]:
     else:
         _SHARED.max_bytes = max(_SHARED.max_bytes, int(max_mb * 2**20))
     return _SHARED
+
+
+class CachedBackbone:
+    """``backbone(x)["out"]`` through a :class:`FeatureCache` (and its disk folder, when given)."""
+
+    def __init__(self, backbone: nn.Module, cache: FeatureCache, directory: str | Path | None = None) -> None:
+        self.backbone, self.cache, self.directory = backbone, cache, directory
+        self.fingerprint = module_fingerprint(backbone)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cache.compute(lambda t: self.backbone(t)["out"], self.fingerprint, x, self.directory)
+
+
+def cached_backbone(backbone: nn.Module, max_mb: float, directory: str | Path | None = None) -> Optional[CachedBackbone]:
+    """``backbone`` behind the process-wide cache (config ``feature_cache_mb``); None when caching is off."""
+    cache = shared_feature_cache(max_mb)
+    return None if cache is None else CachedBackbone(backbone, cache, directory)

@@ -158,12 +158,11 @@ def stage_cam_fn(run: RunDir, cfg: Config, stage: str, num_classes: int,
     if device.type == "cpu":  # oneDNN's CPU convolutions are faster in NHWC: CAMs 15-25 % faster (equal up to rounding)
         model = model.to(memory_format=torch.channels_last)
     if stage == "baseline":
-        from esol_lib.feature_cache import module_fingerprint, shared_feature_cache
+        from esol_lib.feature_cache import cached_backbone
 
-        cache = shared_feature_cache(cfg.feature_cache_mb)
-        if cache is not None:  # the baseline's CAM pass fills the cache the ESOL stages' CAMs read
-            fingerprint, directory = module_fingerprint(model.backbone), run.feature_cache()
-            return lambda x: model.cam_from_head(model.head(cache.compute(model.features, fingerprint, x, directory)))
+        features = cached_backbone(model.backbone, cfg.feature_cache_mb, run.feature_cache())
+        if features is not None:  # the baseline's CAM pass fills the cache the ESOL stages' CAMs read
+            return lambda x: model.cam_from_head(model.head(features(x)))
     return model.cam
 
 

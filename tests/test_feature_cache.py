@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from esol_lib.esol import ESOLModel
-from esol_lib.feature_cache import FeatureCache, input_key, module_fingerprint
+from esol_lib.feature_cache import CachedBackbone, FeatureCache, input_key, module_fingerprint
 from esol_lib.losses import expansion_loss
 from esol_lib.models import CAMClassifier, build_backbone
 from tests.test_esol import _cfg
@@ -72,7 +72,9 @@ def test_features_cached_under_inference_mode_can_train_the_offsets():
     """CAMs (inference mode) fill the cache; a later training step on the same input must work."""
     torch.manual_seed(0)
     base = CAMClassifier(build_backbone("small", [1, 2, 2, 1]), num_classes=3).eval()
-    cached = ESOLModel(copy.deepcopy(base), *_cfg(exp_clip=True)).use_feature_cache(FeatureCache(64))
+    cache = FeatureCache(64)
+    cached = ESOLModel(copy.deepcopy(base), *_cfg(exp_clip=True))
+    cached.use_feature_cache(CachedBackbone(cached.backbone, cache))
     plain = ESOLModel(copy.deepcopy(base), *_cfg(exp_clip=True))
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 0]]).float()
     with torch.inference_mode():
@@ -82,7 +84,7 @@ def test_features_cached_under_inference_mode_can_train_the_offsets():
         params = model.train().stage_parameters("expansion")
         expansion_loss(model(x), y, alpha=1.0).backward()
         grads.append([p.grad.clone() for p in params])
-    assert cached.feature_cache.hits == 1
+    assert cache.hits == 1
     for g_cached, g_plain in zip(*grads):
         torch.testing.assert_close(g_cached, g_plain, rtol=0, atol=0)
 
@@ -129,3 +131,21 @@ def test_a_forked_run_shares_its_source_cache(tmp_path):
     main = create_run(tmp_path / "main", load_config("smoke"))
     fork = fork_run(main.root, tmp_path / "main" / "ablations" / "a", ["expansion.beta=0.3"], share=())
     assert fork.feature_cache().resolve() == main.feature_cache().resolve()
+
+
+def test_baseline_cams_through_the_cache_equal_the_plain_ones(tmp_path, monkeypatch):
+    """The baseline's CAM pass reads the backbone through the cache (it fills it for the ESOL stages)."""
+    from esol_lib.config import load_config
+    from esol_lib.stages import load_baseline, stage_cam_fn, start_run, train_cam
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("smoke", ["feature_cache_mb=64"])
+    run = start_run(tmp_path / "run", cfg, data_root=None)
+    train_cam(run, progress=False)
+    cam_fn = stage_cam_fn(run, cfg, "baseline", 3, torch.device("cpu"))
+    plain = load_baseline(run, cfg, 3, torch.device("cpu"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        first, again, ref = cam_fn(x), cam_fn(x), plain.cam(x)
+    torch.testing.assert_close(first, ref, rtol=1e-4, atol=1e-5)  # NHWC vs NCHW: equal up to rounding
+    assert torch.equal(first, again) and list(run.feature_cache().rglob("*.pt"))
