@@ -79,9 +79,11 @@ def _table(results: dict, key: str = "claims") -> str:
             "shrinkage_precision_gain_min", "final_miou_gain", "final_f1_gain"]
     lines = ["| benchmark | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
-        c = r.get(key, {})
-        lines.append(f"| {name} | " + " | ".join("diverged" if "diverged" in c else f"{c[k]:+.1f}" for k in cols) + " |")
-    seeds = [results[n][key] for n in results if n.startswith("seed") and "diverged" not in results[n].get(key, {})]
+        c = r.get(key)
+        cells = (["not run"] * len(cols) if c is None else ["diverged"] * len(cols) if "diverged" in c
+                 else [f"{c[k]:+.1f}" for k in cols])
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    seeds = [r[key] for n, r in results.items() if n.startswith("seed") and key in r and "diverged" not in r[key]]
     if len(seeds) > 1:
         cells = [f"{statistics.mean(s[k] for s in seeds):+.1f} ± {statistics.stdev(s[k] for s in seeds):.1f}"
                  for k in cols]
@@ -99,7 +101,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    previous = out / "summary.json"  # `--only` adds to the benchmarks measured before, it does not drop them
+    results = json.loads(previous.read_text()) if previous.is_file() else {}
     for name in args.only:
         t = time.perf_counter()
         results[name] = run_benchmark(name, BENCHMARKS[name], args)
