@@ -116,6 +116,21 @@ class ThresholdSweep:
         return out
 
 
+def sweep_at(metrics: dict, threshold: float) -> dict:
+    """The scores of ``metrics``' threshold sweep at ``threshold``: ``{threshold, miou, precision, recall, f1}``.
+
+    Compares stages at one common threshold. Each stage's headline scores sit at its own best
+    threshold, which moves from stage to stage (flatter maps peak higher), so they hide how the
+    maps changed; the sweep's entry at a shared threshold does not. ``threshold`` must be one of the
+    swept values (every stage of a run sweeps ``cam.thresholds``), else ValueError.
+    """
+    for entry in metrics["sweep"]:
+        if abs(entry["threshold"] - threshold) < 1e-9:
+            return dict(entry)
+    swept = ", ".join(f"{e['threshold']:g}" for e in metrics["sweep"])
+    raise ValueError(f"threshold {threshold:g} was not swept; the sweep has {swept}")
+
+
 def write_metrics(path: str | Path, metrics: dict) -> Path:
     """Write a metrics dict as JSON (atomically) and return its path."""
     path = Path(path)

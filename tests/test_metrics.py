@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from esol_lib.metrics import (ThresholdSweep, confusion_matrix, foreground_scores, read_metrics,
-                              summarize, write_metrics)
+                              summarize, sweep_at, write_metrics)
 
 
 def reference_miou(pairs, k):
@@ -85,3 +85,19 @@ def test_sweep_argmax_between_two_classes_and_image_without_classes():
     sweep.add_scores(gt, scores, keys=[1, 2])
     sweep.add_scores(np.array([[0, 0]]), np.zeros((0, 1, 2), np.float32), keys=[])
     assert np.array_equal(np.diag(sweep.confs[0]), [3, 1, 1])
+
+
+def test_sweep_at_gives_one_thresholds_scores_and_refuses_a_threshold_not_swept(tmp_path):
+    gt = np.array([[0, 0, 1, 1]])
+    sweep = ThresholdSweep([0.2, 0.5, 0.95], num_classes=2)
+    sweep.add_scores(gt, np.array([[[0.1, 0.3, 0.6, 0.9]]], dtype=np.float32), keys=[1])
+    res = sweep.result(["background", "a"])
+    low = sweep_at(res, 0.2)  # not the best threshold (0.5): fg predicted at 3 pixels, 2 of them right
+    assert low == res["sweep"][0]
+    assert low["recall"] == 1.0 and low["precision"] == pytest.approx(2 / 3)
+    low["recall"] = 0.0  # a copy: the metrics dict is left alone
+    assert res["sweep"][0]["recall"] == 1.0
+    stored = read_metrics(write_metrics(tmp_path / "m.json", res))  # after a JSON round trip
+    assert sweep_at(stored, 0.5)["miou"] == 1.0 and sweep_at(stored, 0.95)["recall"] == 0.0
+    with pytest.raises(ValueError, match="not swept"):
+        sweep_at(res, 0.3)
