@@ -174,6 +174,9 @@ class SegConfig:
     pretrained: Optional[str] = "imagenet"
     dilations: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
     lr: float = 2.5e-4
+    # ASPP [weights, biases] learning rate as multiples of lr. None: DeepLab-v2's [10, 20] on a
+    # pretrained backbone (only the head is new), [1, 1] on a backbone trained from scratch.
+    aspp_lr_mult: Optional[list[float]] = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 10

@@ -8,7 +8,8 @@ This is the paper's final step (§4.1, Table 3): "we train DeepLab-v2 with ResNe
 pseudo masks" and report mIoU on VOC val / COCO val. Settings are DeepLab-v2's (Chen et al.,
 TPAMI 2017) as used by IRN: random rescale in ``[0.5, 1.5]``, flip, 321×321 crops (masks padded
 with void), SGD with poly learning rate, backbone/ASPP-weight/ASPP-bias lr 1×/10×/20×, batch 10,
-multi-scale + flip test with the dense CRF.
+multi-scale + flip test with the dense CRF. A backbone trained from scratch (the CPU profiles) gets
+no ASPP multipliers (:func:`esol_lib.deeplab.aspp_lr_mult`).
 
 Which images are trained on: the pseudo masks are written by ``refine`` for the images it was
 asked to label. For VOC that is ``train_aug`` (``data.train_split``, 10,582 images, as IRN and the
@@ -155,7 +156,7 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     ``lr · (1 - t/T)^0.9`` for ``T = seg.max_steps`` steps of ``seg.batch_size`` crops. Returns the
     engine's :class:`~esol_lib.engine.StageResult`.
     """
-    from esol_lib.deeplab import build_deeplab, param_groups, seg_loss
+    from esol_lib.deeplab import aspp_lr_mult, build_deeplab, param_groups, seg_loss
     from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
     from esol_lib.engine import JsonlLogger, PolyLR, make_sgd, seed_everything, train_loop
     from esol_lib.stages import resolve_device
@@ -182,7 +183,8 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     JsonlLogger(run.log_path, enabled=info.is_main).log(stage=seg_stage_name(stage), event="data", split=split,
                                                         images=len(ids), pseudo_masks=str(mask_dir))
     model = build_deeplab(sc, num_classes).to(device)
-    optimizer = make_sgd(param_groups(model, sc.lr), sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay)
+    optimizer = make_sgd(param_groups(model, sc.lr, aspp_lr_mult(sc)), sc.lr, momentum=sc.momentum,
+                         weight_decay=sc.weight_decay)
     model = wrap_ddp(model, info)
     model.train()
 
