@@ -30,10 +30,11 @@ from tqdm.auto import tqdm
 def main() -> None:
     from esol_lib.cam import load_cam
     from esol_lib.data.transforms import AugmentedDataset, to_tensor
-    from esol_lib.engine import seed_everything
+    from esol_lib.engine import PolyLR, make_sgd, seed_everything
     from esol_lib.irn import BoundaryNet, affinity_loss, boundary_map, pseudo_mask
     from esol_lib.metrics import confusion_matrix, read_metrics, summarize
-    from esol_lib.refine import TRAIN_RADIUS_FACTOR, WEIGHT_DECAY, IRNTrainTransform, _labels_at, _setup
+    from esol_lib.refine import (MOMENTUM, TRAIN_RADIUS_FACTOR, WEIGHT_DECAY, IRNTrainTransform, _labels_at,
+                                 _setup)
     from esol_lib.run import RunDir
     from esol_lib.stages import load_baseline
 
@@ -60,8 +61,8 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(data, batch_size=ic.batch_size, shuffle=True, drop_last=True)
     steps = ic.max_steps or ic.epochs * len(loader)
     model = BoundaryNet(load_baseline(run, cfg, ds.num_classes, "cpu").backbone)
-    opt = torch.optim.SGD(model.trainable_parameters(), lr=ic.lr, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (1 - t / steps) ** 0.9)
+    opt = make_sgd(model.trainable_parameters(), ic.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    sched = PolyLR(opt, steps)  # esol refine's optimizer and schedule
     model.train()
     done, bar = 0, tqdm(total=steps, desc="oracle boundary branch", unit="step")
     while done < steps:

@@ -131,6 +131,16 @@ def sweep_at(metrics: dict, threshold: float) -> dict:
     raise ValueError(f"threshold {threshold:g} was not swept; the sweep has {swept}")
 
 
+def at_best_thresholds(stages: dict[str, dict]) -> dict[str, dict]:
+    """Every stage's sweep entry at every stage's best threshold: ``{'<stage>, t = 0.30': entry, ...}``.
+
+    The table chapters 02 and 04 use to compare stages at a shared threshold (:func:`sweep_at`),
+    ordered by threshold, then by the order of ``stages``.
+    """
+    common = sorted({m["threshold"] for m in stages.values()})
+    return {f"{st}, t = {t:.2f}": sweep_at(m, t) for t in common for st, m in stages.items()}
+
+
 def write_metrics(path: str | Path, metrics: dict) -> Path:
     """Write a metrics dict as JSON (atomically) and return its path."""
     path = Path(path)

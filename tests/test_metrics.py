@@ -101,3 +101,17 @@ def test_sweep_at_gives_one_thresholds_scores_and_refuses_a_threshold_not_swept(
     assert sweep_at(stored, 0.5)["miou"] == 1.0 and sweep_at(stored, 0.95)["recall"] == 0.0
     with pytest.raises(ValueError, match="not swept"):
         sweep_at(res, 0.3)
+
+
+def test_at_best_thresholds_puts_every_stage_at_every_stages_best_threshold():
+    from esol_lib.metrics import at_best_thresholds
+
+    def stage(best, scores):
+        sweep = [{"threshold": t, "miou": v, "precision": v, "recall": 1 - v, "f1": v} for t, v in scores]
+        return {"threshold": best, "sweep": sweep}
+
+    a = stage(0.3, [(0.1, 0.2), (0.3, 0.5)])
+    b = stage(0.1, [(0.1, 0.4), (0.3, 0.1)])
+    rows = at_best_thresholds({"a": a, "b": b})
+    assert list(rows) == ["a, t = 0.10", "b, t = 0.10", "a, t = 0.30", "b, t = 0.30"]
+    assert rows["a, t = 0.10"]["miou"] == 0.2 and rows["b, t = 0.30"]["recall"] == pytest.approx(0.9)
