@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from esol_lib.data.transforms import to_tensor
 from esol_lib.errors import StageError
 from esol_lib.metrics import ThresholdSweep, confusion_matrix
+from esol_lib.parallel import map_ordered
 
 __all__ = ["CamFn", "multiscale_cam", "compute_cams", "load_cam", "cams_to_label", "evaluate_cams",
            "cam_dir_signature", "seed_part_recall"]
@@ -162,30 +163,39 @@ def cams_to_label(cams: np.ndarray, keys: np.ndarray, threshold: float) -> np.nd
 
 def evaluate_cams(cam_dir: str | Path, dataset, thresholds: Sequence[float], *,
                   crf: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = None,
-                  progress: bool = True, desc: str = "eval", **meta) -> dict:
+                  progress: bool = True, desc: str = "eval", workers: int | None = None, **meta) -> dict:
     """Threshold sweep of the seeds in ``cam_dir`` against ``dataset``'s masks → DESIGN.md metrics dict.
 
     With ``crf(image, labels, n_labels) -> labels``, each threshold's seed is refined by DenseCRF
-    before scoring (only for the thresholds given, since a CRF per threshold and image is costly).
+    before scoring (only for the thresholds given, since a CRF per threshold and image is costly),
+    on ``workers`` processes (:func:`esol_lib.parallel.map_ordered`; None: every core). ``crf`` must
+    not use torch.
     """
     n = dataset.num_classes + 1
     names = ["background"] + list(dataset.classes)
     sweep = ThresholdSweep(thresholds, n)
-    for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress):
-        image_id = dataset.ids[i]
+    if crf is None:
+        for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress):
+            cams, keys = load_cam(cam_dir, dataset.ids[i])
+            sweep.add_scores(dataset[i]["mask"], cams, keys)
+        return sweep.result(names, **meta)
+
+    def crf_confusions(i: int) -> list[np.ndarray]:
         sample = dataset[i]
-        cams, keys = load_cam(cam_dir, image_id)
-        gt = sample["mask"]
-        if crf is None:
-            sweep.add_scores(gt, cams, keys)
-            continue
-        for j, t in enumerate(thresholds):
-            seed = cams_to_label(cams, keys, t)
+        cams, keys = load_cam(cam_dir, dataset.ids[i])
+        ids = np.concatenate([[0], keys])
+        out = []
+        for t in thresholds:
             # CRF over the image's classes only: relabel to 0..len(keys) and back.
-            local = np.searchsorted(np.concatenate([[0], keys]), seed)
-            refined = crf(sample["image"], local, len(keys) + 1)
-            pred = np.concatenate([[0], keys])[refined]
-            sweep.confs[j] += confusion_matrix(gt, pred, n)
+            local = np.searchsorted(ids, cams_to_label(cams, keys, t))
+            out.append(confusion_matrix(sample["mask"], ids[crf(sample["image"], local, len(keys) + 1)], n))
+        return out
+
+    # one CRF per image and threshold, on one core each: spread the images over the cores
+    for confs in tqdm(map_ordered(crf_confusions, range(len(dataset)), workers), total=len(dataset),
+                      desc=desc, unit="img", disable=not progress):
+        for j, conf in enumerate(confs):
+            sweep.confs[j] += conf
     return sweep.result(names, **meta)
 
 

@@ -46,6 +46,7 @@ from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample
 from esol_lib.errors import StageError
 from esol_lib.irn import BoundaryNet, affinity_loss, boundary_map, ir_labels, pseudo_mask
 from esol_lib.metrics import confusion_matrix, read_metrics, summarize, write_metrics
+from esol_lib.parallel import map_ordered
 from esol_lib.run import STAGES, RunDir
 
 __all__ = [
@@ -175,11 +176,17 @@ def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = No
     _prepare(out_dir, _ir_signature(run, cfg, stage))
     todo = _shard([i for i in ds.ids if not (out_dir / f"{i}.png").is_file()])
     kwargs = crf_kwargs(cfg)
-    for image_id in tqdm(todo, desc=f"IR labels {stage}/{split}", unit="img", disable=not progress):
-        cams, keys = load_cam(run.cams(stage), image_id)
+    cam_dir = run.cams(stage)
+
+    def one(image_id: str) -> None:  # two CRFs on one core: the images are spread over the cores
+        cams, keys = load_cam(cam_dir, image_id)
         label = ir_labels(load_image(ds.image_path(image_id)), cams, keys, cfg.irn.conf_fg_thres,
                           cfg.irn.conf_bg_thres, kwargs)
         save_label_png(out_dir / f"{image_id}.png", label)
+
+    for _ in tqdm(map_ordered(one, todo), total=len(todo), desc=f"IR labels {stage}/{split}", unit="img",
+                  disable=not progress):
+        pass
     barrier()
     return out_dir
 

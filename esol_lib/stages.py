@@ -18,7 +18,7 @@ import torch
 
 from esol_lib.cam import cam_dir_signature, compute_cams, evaluate_cams, seed_part_recall
 from esol_lib.config import Config
-from esol_lib.data import VOCSegmentation, resolve_data_root
+from esol_lib.data import VOCSegmentation, load_image, resolve_data_root
 from esol_lib.data.transforms import AugmentedDataset, TrainTransform
 from esol_lib.errors import StageError
 from esol_lib.metrics import read_metrics, write_metrics
@@ -122,13 +122,15 @@ class _LabelledOnly(torch.utils.data.Dataset):
 
     def __init__(self, base: VOCSegmentation) -> None:
         self.base = base
+        self.labels = base.labels()  # from the masks, read once and cached on disk: no mask decode per step
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, index: int) -> dict:
-        s = self.base[index]
-        return {"id": s["id"], "image": s["image"], "label": s["label"]}
+        image_id = self.base.ids[index]
+        return {"id": image_id, "image": load_image(self.base.image_path(image_id)),
+                "label": torch.from_numpy(self.labels[index].copy())}
 
 
 def load_baseline(run: RunDir, cfg: Config, num_classes: int, device: torch.device):

@@ -1,0 +1,80 @@
+"""Per-image CPU work on several processes gives what a plain loop gives, in the same order."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from esol_lib.cam import compute_cams, evaluate_cams
+from esol_lib.crf import crf_from_labels
+from esol_lib.data.synth import SynthSpec, generate_benchmark
+from esol_lib.data.voc import VOCSegmentation
+from esol_lib.parallel import cpu_workers, map_ordered
+
+
+def _square_and_pid(x):
+    return x * x, os.getpid()
+
+
+def test_results_come_back_in_input_order_from_other_processes():
+    out = list(map_ordered(_square_and_pid, list(range(23)), workers=2, chunksize=3))
+    assert [v for v, _ in out] == [x * x for x in range(23)]
+    assert any(pid != os.getpid() for _, pid in out)  # the work really left this process
+    serial = list(map_ordered(_square_and_pid, list(range(5)), workers=1))
+    assert {pid for _, pid in serial} == {os.getpid()}
+
+
+def test_a_closure_runs_without_pickling_and_errors_reach_the_caller():
+    offset = np.arange(3)  # captured, never pickled: the workers are forked with it
+    assert list(map_ordered(lambda i: int((offset + i).sum()), range(4), workers=2)) == [3, 6, 9, 12]
+
+    def fails(i):
+        if i == 2:
+            raise ValueError(f"bad item {i}")
+        return i
+
+    with pytest.raises(ValueError, match="bad item 2"):
+        list(map_ordered(fails, range(4), workers=2))
+    assert list(map_ordered(fails, [0, 1], workers=2)) == [0, 1]  # a failed pool leaves none behind
+
+
+def test_cpu_workers_splits_the_cores_among_ranks(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    alone = cpu_workers()
+    monkeypatch.setenv("WORLD_SIZE", str(alone * 4))
+    assert alone >= 1 and cpu_workers() == 1
+
+
+def test_crf_sweep_on_two_workers_equals_the_serial_one(tmp_path):
+    root = generate_benchmark(tmp_path / "d", SynthSpec(train=6, val=1, size=32, num_classes=3), progress=False)
+    ds = VOCSegmentation(root, "train")
+    gen = torch.Generator().manual_seed(0)
+
+    def noisy_oracle(x):  # the true masks, blurred by noise: a CRF has something to change
+        m = torch.from_numpy(noisy_oracle.mask.astype(np.int64))
+        maps = torch.stack([(m == k).float() for k in range(1, 4)])[None]
+        return (maps + 0.6 * torch.rand(maps.shape, generator=gen)).expand(x.shape[0], -1, -1, -1)
+
+    out = tmp_path / "cams"
+    for i in range(len(ds)):
+        noisy_oracle.mask = ds[i]["mask"]
+        compute_cams(noisy_oracle, _One(ds, i), out, mean=[0.5] * 3, std=[0.5] * 3, scales=[1.0], flip=False,
+                     signature="s", progress=False)
+    crf = lambda image, labels, n: crf_from_labels(image, labels, n)
+    serial = evaluate_cams(out, ds, [0.3, 0.5, 0.7], crf=crf, progress=False, workers=1)
+    pooled = evaluate_cams(out, ds, [0.3, 0.5, 0.7], crf=crf, progress=False, workers=2)
+    assert serial == pooled
+    plain = evaluate_cams(out, ds, [0.3, 0.5, 0.7], progress=False)
+    assert plain["sweep"] != serial["sweep"]  # the CRF did change the seeds
+
+
+class _One:
+    def __init__(self, ds, i):
+        self.ds, self.i, self.ids = ds, i, [ds.ids[i]]
+
+    def __getitem__(self, j):
+        return self.ds[self.i]
+
+    def image_path(self, image_id):
+        return self.ds.image_path(image_id)
