@@ -11,6 +11,7 @@ from esol_lib.crf import crf_from_labels
 from esol_lib.data.synth import SynthSpec, generate_benchmark
 from esol_lib.data.voc import VOCSegmentation
 from esol_lib.parallel import cpu_workers, map_ordered
+from tests.test_cam import _Subset
 
 
 def _square_and_pid(x):
@@ -59,7 +60,7 @@ def test_crf_sweep_on_two_workers_equals_the_serial_one(tmp_path):
     out = tmp_path / "cams"
     for i in range(len(ds)):
         noisy_oracle.mask = ds[i]["mask"]
-        compute_cams(noisy_oracle, _One(ds, i), out, mean=[0.5] * 3, std=[0.5] * 3, scales=[1.0], flip=False,
+        compute_cams(noisy_oracle, _Subset(ds, i), out, mean=[0.5] * 3, std=[0.5] * 3, scales=[1.0], flip=False,
                      signature="s", progress=False)
     crf = lambda image, labels, n: crf_from_labels(image, labels, n)
     serial = evaluate_cams(out, ds, [0.3, 0.5, 0.7], crf=crf, progress=False, workers=1)
@@ -68,13 +69,3 @@ def test_crf_sweep_on_two_workers_equals_the_serial_one(tmp_path):
     plain = evaluate_cams(out, ds, [0.3, 0.5, 0.7], progress=False)
     assert plain["sweep"] != serial["sweep"]  # the CRF did change the seeds
 
-
-class _One:
-    def __init__(self, ds, i):
-        self.ds, self.i, self.ids = ds, i, [ds.ids[i]]
-
-    def __getitem__(self, j):
-        return self.ds[self.i]
-
-    def image_path(self, image_id):
-        return self.ds.image_path(image_id)
