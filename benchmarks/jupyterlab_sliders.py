@@ -113,15 +113,12 @@ def check_chapter(driver, base: str, token: str, chapter: str, label: str, out: 
     shown = time.monotonic() - start
     before = _slider_png(driver, label)
     value_before = _slider_value(driver, label)
-    handles = [h for h in driver.find_elements(By.CSS_SELECTOR, ".widget-vbox .noUi-handle")]
-    handle = None
-    for h in handles:
-        box = h.find_element(By.XPATH, "./ancestor::div[contains(@class,'widget-vbox')][1]")
+    for handle in driver.find_elements(By.CSS_SELECTOR, ".widget-vbox .noUi-handle"):
+        box = handle.find_element(By.XPATH, "./ancestor::div[contains(@class,'widget-vbox')][1]")
         if box.find_element(By.CSS_SELECTOR, ".widget-label").text.strip() == label:
-            handle = h
-    if handle is None:
+            break
+    else:
         raise AssertionError(f"{chapter}: no draggable handle on the {label} slider")
-    box = handle.find_element(By.XPATH, "./ancestor::div[contains(@class,'widget-vbox')][1]")
     driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", box)
     driver.save_screenshot(str(out / f"{Path(chapter).stem}_before.png"))
     track = handle.find_element(By.XPATH, "./ancestor::div[contains(@class,'noUi-target')][1]")
