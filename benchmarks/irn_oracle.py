@@ -1,19 +1,35 @@
 """Is IRN limited by its boundary labels or by its machinery? (issue #5 diagnostic)
 
     python benchmarks/irn_oracle.py --run runs/book-cpu [--stage baseline] [--images 200]
+                                    [--boundary trained|drawn] [--bg-thres 0.1 0.25 0.4]
 
-Trains IRN's boundary branch (:class:`esol_lib.irn.BoundaryNet`, same backbone, loss, crops and
-step count as ``esol refine``) on the *ground-truth* masks of the CAM split instead of the IR labels
-made from CAMs, then makes pseudo masks from the stage's CAMs with that boundary map and scores them.
-This is an oracle — it reads masks no WSSS method may use — and only answers one question: if the
-boundary map were right, would the random walk turn these CAMs into better masks than the seeds?
-Compare its mIoU with ``metrics/mask-<stage>_<split>.json`` (IR-label boundaries) and
-``metrics/<stage>_<split>.json`` (the seeds). Needs a run whose ``esol refine`` finished.
+Two oracles — they read masks no WSSS method may use — that each answer one question:
 
-Measured on ``runs/book-cpu`` (baseline CAMs, first 200 train images): 43.0 mIoU with this script
-(IRN's poly schedule), against 37.3 for the IR-label masks and 52.8 for the seeds; a one-off probe
-with a constant learning rate reached 62.7, so the boundary branch is under-trained at this step
-count as well as misled by the IR labels.
+- ``--boundary trained`` (default): train IRN's boundary branch (:class:`esol_lib.irn.BoundaryNet`,
+  same backbone, loss, crops and step count as ``esol refine``) on the *ground-truth* masks of the
+  CAM split instead of the IR labels made from CAMs. If the boundary branch learned from right
+  labels, would the random walk turn these CAMs into better masks than the seeds?
+- ``--boundary drawn``: no network at all. The boundary map is drawn from the ground truth (1 on
+  every pixel within one pixel of a class edge or of the ignored outline, 0 elsewhere). This checks
+  the rest of the machinery — random walk, upsampling, background score — on a perfect boundary.
+
+Then the pseudo masks of the stage's CAMs are scored at each ``--bg-thres`` (default: the run's
+``irn.sem_seg_bg_thres``). Compare with ``metrics/mask-<stage>_<split>.json`` (IR-label boundaries)
+and ``metrics/<stage>_<split>.json`` (the seeds). Needs a run whose ``esol refine`` finished.
+
+Measured on ``runs/book-cpu`` (first 300 train images, background score 0.25 unless said;
+seeds on all images: baseline 52.8, ESOL 53.8):
+
+- ``drawn``: baseline CAMs 71.6 (73.8 at 0.5); ESOL CAMs 51.2, but 73.5 at 0.5: the clipped,
+  flatter ESOL CAMs keep more score outside the objects, so IRN's VOC background score is too low
+  for them. With a right boundary the walk lifts both far above their seeds.
+- ``trained`` (200 images): 43.0 with IRN's poly schedule; a one-off probe with a constant learning
+  rate reached 62.7. Against the IR-label masks' 37.3 / 35.9: the IR labels mislead the branch.
+  Their boundary maps ring the objects' discriminative part (the disc the CAM fires on), so the walk
+  stays inside it. None of these lifted the IR-label masks above the seeds (probes with
+  ``esol refine`` on copies of the run): 600 steps instead of 186 (baseline 38.1); IR labels without
+  their CRF, ``crf.iterations: 0`` (baseline 40.5); confidence thresholds scaled to each seed's
+  best threshold, 2× and 1/3× as IRN's 0.30 / 0.05 are of VOC's 0.15 (baseline 39.5, ESOL 34.6).
 """
 
 from __future__ import annotations
@@ -24,29 +40,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 
-def main() -> None:
-    from esol_lib.cam import load_cam
-    from esol_lib.data.transforms import AugmentedDataset, to_tensor
-    from esol_lib.engine import PolyLR, make_sgd, seed_everything
-    from esol_lib.irn import BoundaryNet, affinity_loss, boundary_map, pseudo_mask
-    from esol_lib.metrics import confusion_matrix, read_metrics, summarize
-    from esol_lib.refine import (MOMENTUM, TRAIN_RADIUS_FACTOR, WEIGHT_DECAY, IRNTrainTransform, _labels_at,
-                                 _setup)
-    from esol_lib.run import RunDir
+def drawn_boundary(mask: np.ndarray) -> torch.Tensor:
+    """A perfect boundary map ``(H, W)`` from a true mask: 1 within one pixel of a class edge or of 255."""
+    lab = torch.as_tensor(mask.astype(np.int64))[None, None].float()
+    edge = (lab == 255).float()
+    for dy, dx in ((0, 1), (1, 0)):  # a pixel whose right / lower neighbour has another label
+        diff = (lab[..., dy:, dx:] != lab[..., :lab.shape[-2] - dy, :lab.shape[-1] - dx]).float()
+        edge[..., dy:, dx:] = torch.maximum(edge[..., dy:, dx:], diff)
+    return F.max_pool2d(edge, 3, 1, 1)[0, 0]
+
+
+def train_on_ground_truth(run, cfg, ds):
+    """IRN's boundary branch trained as ``esol refine`` trains it, on the true masks instead of IR labels."""
+    from esol_lib.data.transforms import AugmentedDataset
+    from esol_lib.engine import PolyLR, make_sgd
+    from esol_lib.irn import BoundaryNet, affinity_loss
+    from esol_lib.refine import MOMENTUM, TRAIN_RADIUS_FACTOR, WEIGHT_DECAY, IRNTrainTransform, _labels_at
     from esol_lib.stages import load_baseline
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="a run folder whose `esol refine` finished")
-    parser.add_argument("--stage", default="baseline")
-    parser.add_argument("--images", type=int, default=200, help="images of the CAM split to score")
-    args = parser.parse_args()
-    run = RunDir(Path(args.run))
-    cfg, split, ds = _setup(run, args.stage, None)
     ic = cfg.irn
-    seed_everything(cfg.seed)
 
     class _GroundTruth(torch.utils.data.Dataset):  # the IR-label dataset's layout, filled with real masks
         def __len__(self) -> int:
@@ -80,19 +96,51 @@ def main() -> None:
             if done == steps:
                 break
     bar.close()
-    model.eval()
+    return model.eval(), steps
+
+
+def main() -> None:
+    from esol_lib.cam import load_cam
+    from esol_lib.data.transforms import to_tensor
+    from esol_lib.engine import seed_everything
+    from esol_lib.irn import boundary_map, pseudo_mask
+    from esol_lib.metrics import confusion_matrix, read_metrics, summarize
+    from esol_lib.refine import _setup
+    from esol_lib.run import RunDir
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a run folder whose `esol refine` finished")
+    parser.add_argument("--stage", default="baseline")
+    parser.add_argument("--images", type=int, default=200, help="images of the CAM split to score")
+    parser.add_argument("--boundary", choices=("trained", "drawn"), default="trained",
+                        help="trained: boundary branch trained on the true masks; drawn: the true edges")
+    parser.add_argument("--bg-thres", type=float, nargs="+", default=None,
+                        help="background scores of the pseudo masks (default: the run's irn.sem_seg_bg_thres)")
+    args = parser.parse_args()
+    run = RunDir(Path(args.run))
+    cfg, split, ds = _setup(run, args.stage, None)
+    ic = cfg.irn
+    seed_everything(cfg.seed)
+    row = {"stage": args.stage, "split": split, "boundary": args.boundary,
+           "images": int(min(args.images, len(ds)))}
+    model = None
+    if args.boundary == "trained":
+        model, row["steps"] = train_on_ground_truth(run, cfg, ds)
+    thresholds = args.bg_thres or [ic.sem_seg_bg_thres]
     n = ds.num_classes + 1
-    conf = np.zeros((n, n), np.int64)
-    for k in tqdm(range(min(args.images, len(ds))), desc="oracle pseudo masks", unit="img"):
+    conf = {t: np.zeros((n, n), np.int64) for t in thresholds}
+    for k in tqdm(range(row["images"]), desc=f"pseudo masks, {args.boundary} boundary", unit="img"):
         s = ds[k]
-        edge = boundary_map(model, to_tensor(s["image"], cfg.data.mean, cfg.data.std))
+        edge = (drawn_boundary(s["mask"]) if model is None
+                else boundary_map(model, to_tensor(s["image"], cfg.data.mean, cfg.data.std)))
         cams, keys = load_cam(run.cams(args.stage), s["id"])
-        mask = pseudo_mask(cams, keys, edge, radius=ic.radius, beta=ic.beta, exp_times=ic.exp_times,
-                           bg_thres=ic.sem_seg_bg_thres)
-        conf += confusion_matrix(s["mask"], mask, n)
-    oracle = summarize(conf, ["background", *ds.classes])
-    row = {"stage": args.stage, "split": split, "images": int(min(args.images, len(ds))), "steps": steps}
-    row["oracle_boundary_mask"] = {k: round(100 * oracle[k], 1) for k in ("miou", "precision", "recall")}
+        for t in thresholds:
+            mask = pseudo_mask(cams, keys, edge, radius=ic.radius, beta=ic.beta, exp_times=ic.exp_times,
+                               bg_thres=t)
+            conf[t] += confusion_matrix(s["mask"], mask, n)
+    for t in thresholds:
+        oracle = summarize(conf[t], ["background", *ds.classes])
+        row[f"oracle_mask@{t:g}"] = {k: round(100 * oracle[k], 1) for k in ("miou", "precision", "recall")}
     for name, key in (("seed", f"{args.stage}_{split}"), ("ir_label_mask", f"mask-{args.stage}_{split}")):
         path = run.metrics(key)
         if path.is_file():
