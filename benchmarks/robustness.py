@@ -54,8 +54,8 @@ def run_benchmark(name: str, overrides: list[str], args) -> dict:
         fn(run, progress=False)
         times[stage] = round(time.perf_counter() - t, 1)
     m = {st: ab.score_stage(run, st, cfg.data.val_split) for st in ("baseline", "expansion", "shrinkage")}
-    out = {"times_s": times, "stages": {st: {k: round(100 * v[k], 2) for k in ("miou", "precision", "recall", "f1")}
-                                         for st, v in m.items()}}
+    out = {"times_s": times, "stages": {st: {k: round(100 * v[k], 2) for k in ("miou", "precision", "recall", "f1", "ap")
+                                             if v.get(k) is not None} for st, v in m.items()}}
     out["claims"] = _claims(m["baseline"], m["expansion"], m["shrinkage"])
     for lr in args.shrink_lr:
         v = ab.run_variant(run, ab.Variant(f"shrink-lr{lr}", f"shrinkage lr {lr}", (f"shrinkage.lr={lr}",)),
@@ -71,22 +71,27 @@ def _claims(base: dict, exp: dict, shr: dict) -> dict:
     return {"expansion_recall_gain_mean": round(rec_mean, 2), "expansion_recall_gain_min": round(rec_min, 2),
             "shrinkage_precision_gain_mean": round(prec_mean, 2), "shrinkage_precision_gain_min": round(prec_min, 2),
             "final_miou_gain": round(100 * (shr["miou"] - base["miou"]), 2),
-            "final_f1_gain": round(100 * (shr["f1"] - base["f1"]), 2)}
+            "final_f1_gain": round(100 * (shr["f1"] - base["f1"]), 2),
+            # threshold-free: does the final map rank pixels better, or only sit at another threshold?
+            "final_ap_gain": (round(100 * (shr["ap"] - base["ap"]), 2)
+                              if shr.get("ap") is not None and base.get("ap") is not None else None)}
 
 
 def _table(results: dict, key: str = "claims") -> str:
     cols = ["expansion_recall_gain_mean", "expansion_recall_gain_min", "shrinkage_precision_gain_mean",
-            "shrinkage_precision_gain_min", "final_miou_gain", "final_f1_gain"]
+            "shrinkage_precision_gain_min", "final_miou_gain", "final_f1_gain", "final_ap_gain"]
     lines = ["| benchmark | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         c = r.get(key)
         cells = (["not run"] * len(cols) if c is None else ["diverged"] * len(cols) if "diverged" in c
-                 else [f"{c[k]:+.1f}" for k in cols])
+                 else [f"{c[k]:+.1f}" if c.get(k) is not None else "–" for k in cols])
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     seeds = [r[key] for n, r in results.items() if n.startswith("seed") and key in r and "diverged" not in r[key]]
     if len(seeds) > 1:
-        cells = [f"{statistics.mean(s[k] for s in seeds):+.1f} ± {statistics.stdev(s[k] for s in seeds):.1f}"
-                 for k in cols]
+        def spread(k: str) -> str:
+            v = [sd[k] for sd in seeds if sd.get(k) is not None]
+            return f"{statistics.mean(v):+.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else "–"
+        cells = [spread(k) for k in cols]
         lines.append("| seeds: mean ± sd | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -119,6 +124,11 @@ def _write_summary(out: Path, results: dict, shrink_lrs) -> str:
     md += ["## seed mIoU of each stage (val, best threshold)",
            "| benchmark | baseline | expansion | shrinkage |\n|---|---|---|---|\n" + "\n".join(
                f"| {n} | " + " | ".join(f"{r['stages'][st]['miou']:.1f}" for st in ("baseline", "expansion", "shrinkage"))
+               + " |" for n, r in results.items()),
+           "## localization AP of each stage (val, threshold-free; esol_lib.metrics.localization_ap)",
+           "| benchmark | baseline | expansion | shrinkage |\n|---|---|---|---|\n" + "\n".join(
+               f"| {n} | " + " | ".join(f"{r['stages'][st]['ap']:.1f}" if r["stages"][st].get("ap") is not None
+                                        else "–" for st in ("baseline", "expansion", "shrinkage"))
                + " |" for n, r in results.items())]
     text = "\n\n".join(md) + "\n"
     (out / "summary.md").write_text(text)

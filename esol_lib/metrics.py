@@ -1,5 +1,6 @@
 """Segmentation metrics: one confusion matrix per split, mIoU, foreground precision/recall/F1,
-and the background-threshold sweep that scores CAM seeds (the protocol of IRN and the paper).
+the background-threshold sweep that scores CAM seeds (the protocol of IRN and the paper), and a
+threshold-free localization AP of the maps themselves (:func:`localization_ap`).
 
 Label maps hold class indices: 0 = background, 1..C = foreground classes, 255 = void (ignored).
 """
@@ -14,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 IGNORE = 255
+AP_BINS = 1000  # score resolution of the localization AP's histograms (scores are in [0, 1])
 
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -69,18 +71,47 @@ def summarize(conf: np.ndarray, class_names: Sequence[str]) -> dict:
     return out
 
 
+def localization_ap(pos_hist: np.ndarray, neg_hist: np.ndarray) -> float | None:
+    """Average precision of a score ranking from score histograms (bin 0 lowest); None without positives.
+
+    ``pos_hist[b]`` / ``neg_hist[b]`` count positive / negative pixels whose score falls in bin ``b``.
+    Every bin edge is a threshold, walked from the highest score down;
+    ``AP = sum over thresholds of (recall gain) x (precision there)``. Pixels sharing a bin share a
+    threshold (ties).
+    """
+    pos = np.asarray(pos_hist, dtype=np.float64)[::-1].cumsum()
+    neg = np.asarray(neg_hist, dtype=np.float64)[::-1].cumsum()
+    if pos.size == 0 or pos[-1] == 0:
+        return None
+    precision = pos / np.maximum(pos + neg, 1.0)
+    recall_gain = np.diff(pos, prepend=0.0) / pos[-1]
+    return float((recall_gain * precision).sum())
+
+
 @dataclass
 class ThresholdSweep:
-    """Accumulates one confusion matrix per background threshold over a split (seed evaluation)."""
+    """Accumulates one confusion matrix per background threshold over a split (seed evaluation).
+
+    From the scores it also accumulates the histograms of the localization AP (:meth:`result`'s
+    ``ap``): every map of a class the image has, scored as a detector of that class's pixels against
+    all other labelled pixels, pooled over classes and images. A threshold picks one point of the
+    precision/recall curve; the AP summarises the whole curve, so it does not change when every map
+    is rescaled by the same increasing function (a flatter map that just needs a higher threshold)
+    and rises only when the maps *rank* pixels better.
+    """
 
     thresholds: Sequence[float]
     num_classes: int  # background included
     confs: np.ndarray = field(init=False)
+    pos_hist: np.ndarray = field(init=False)
+    neg_hist: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         if not len(self.thresholds):
             raise ValueError("the threshold sweep needs at least one threshold")
         self.confs = np.zeros((len(self.thresholds), self.num_classes, self.num_classes), dtype=np.int64)
+        self.pos_hist = np.zeros(AP_BINS + 1, dtype=np.int64)
+        self.neg_hist = np.zeros(AP_BINS + 1, dtype=np.int64)
 
     def add_scores(self, gt: np.ndarray, scores: np.ndarray, keys: Sequence[int]) -> None:
         """Add one image from its CAMs: ``scores`` ``(K_gt, H, W)`` in [0, 1] for class indices ``keys``
@@ -100,6 +131,13 @@ class ThresholdSweep:
         for i, t in enumerate(self.thresholds):
             pred = np.where(best > t, arg, 0)
             self.confs[i] += confusion_matrix(gt, pred, self.num_classes)
+        if len(keys):
+            gt = np.asarray(gt)
+            valid = np.broadcast_to(gt != IGNORE, scores.shape)
+            own = gt[None] == keys[:, None, None]
+            bins = np.clip((scores * AP_BINS).astype(np.int64), 0, AP_BINS)
+            self.pos_hist += np.bincount(bins[own & valid], minlength=AP_BINS + 1)
+            self.neg_hist += np.bincount(bins[~own & valid], minlength=AP_BINS + 1)
 
     def result(self, class_names: Sequence[str], **meta) -> dict:
         """The metrics dict of DESIGN.md: best-mIoU threshold's scores plus the whole sweep."""
@@ -112,6 +150,9 @@ class ThresholdSweep:
         out = dict(meta)
         out["threshold"] = float(self.thresholds[best])
         out.update(summarize(self.confs[best], class_names))
+        ap = localization_ap(self.pos_hist, self.neg_hist)
+        if ap is not None:  # only when scores were added (a CRF sweep adds labels)
+            out["ap"] = ap
         out["sweep"] = sweep
         return out
 

@@ -114,6 +114,9 @@ def plot_pr_curves(metrics: Mapping[str, dict]):
     return fig
 
 
+_COLUMN_NAMES = {"miou": "mIoU", "ap": "AP"}
+
+
 def metrics_table(rows: Mapping[str, dict], columns: Sequence[str] = ("miou", "precision", "recall", "f1"),
                   extra: Sequence[str] = ("threshold",), paper: Mapping[str, float] | None = None) -> str:
     """A Markdown table (percentages) with one row per named metrics dict; missing values as '–'.
@@ -121,7 +124,7 @@ def metrics_table(rows: Mapping[str, dict], columns: Sequence[str] = ("miou", "p
     A dict with a ``"diverged"`` entry (an ablation whose training ran away) says so in every
     metric cell. With ``paper`` (row name → the paper's seed mIoU, %) a last column quotes it.
     """
-    head = ["", *[c if c != "miou" else "mIoU" for c in columns], *extra] + (["paper mIoU (VOC)"] if paper else [])
+    head = ["", *[_COLUMN_NAMES.get(c, c) for c in columns], *extra] + (["paper mIoU (VOC)"] if paper else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in rows.items():
         cells = [name]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from esol_lib.metrics import (ThresholdSweep, confusion_matrix, foreground_scores, read_metrics,
-                              summarize, sweep_at, write_metrics)
+from esol_lib.metrics import (ThresholdSweep, confusion_matrix, foreground_scores, localization_ap,
+                              read_metrics, summarize, sweep_at, write_metrics)
 
 
 def reference_miou(pairs, k):
@@ -115,3 +115,32 @@ def test_at_best_thresholds_puts_every_stage_at_every_stages_best_threshold():
     rows = at_best_thresholds({"a": a, "b": b})
     assert list(rows) == ["a, t = 0.10", "b, t = 0.10", "a, t = 0.30", "b, t = 0.30"]
     assert rows["a, t = 0.10"]["miou"] == 0.2 and rows["b, t = 0.30"]["recall"] == pytest.approx(0.9)
+
+
+def test_localization_ap_by_hand_and_unchanged_by_an_increasing_rescaling():
+    # class 1's map ranks its pixels: 0.9 (pos), 0.5 (neg), 0.2 (pos), 0.1 (neg)
+    # AP = 1/2 · 1 (first positive, precision 1) + 1/2 · 2/3 (second, 2 of 3 above it)
+    gt = np.array([[1, 0, 1, 0, 255]])
+    scores = np.array([[[0.9, 0.5, 0.2, 0.1, 1.0]]], dtype=np.float32)  # the void pixel is ignored
+    sweep = ThresholdSweep([0.3], num_classes=2)
+    sweep.add_scores(gt, scores, keys=[1])
+    assert sweep.result(["background", "a"])["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    squared = ThresholdSweep([0.3], num_classes=2)  # same ranking, different threshold-picked scores
+    squared.add_scores(gt, scores ** 2, keys=[1])
+    assert squared.result(["background", "a"])["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert squared.result(["background", "a"])["miou"] != sweep.result(["background", "a"])["miou"]
+
+
+def test_localization_ap_scores_each_map_against_its_own_class_and_skips_absent_ones():
+    # two classes, each map scored on its own class's pixels (positives) against the image's other
+    # labelled pixels, another class's included (negatives); pooled, every positive ranks first
+    gt = np.array([[1, 1, 2, 0]])
+    scores = np.array([[[0.6, 0.6, 0.1, 0.0]], [[0.1, 0.1, 0.9, 0.0]]], dtype=np.float32)
+    sweep = ThresholdSweep([0.3], num_classes=3)
+    sweep.add_scores(gt, scores, keys=[1, 2])
+    sweep.add_scores(np.array([[0, 0]]), np.zeros((0, 1, 2), np.float32), keys=[])  # no map, no pixels
+    assert sweep.result(["background", "a", "b"])["ap"] == pytest.approx(1.0)
+    assert localization_ap(np.zeros(3), np.ones(3)) is None  # no positives: undefined
+    crf_only = ThresholdSweep([0.3], num_classes=2)  # a CRF sweep adds confusions, never scores
+    crf_only.confs[0] += confusion_matrix(np.array([[1, 0]]), np.array([[1, 0]]), 2)
+    assert "ap" not in crf_only.result(["background", "a"])
