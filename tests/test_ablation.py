@@ -52,6 +52,9 @@ def test_metrics_table_marks_diverged_runs_and_quotes_the_paper():
     assert lines[2] == "| a | 50.0 | 25.0 | 100.0 | 40.0 | 48.4 |"
     assert lines[3] == "| b | diverged | diverged | diverged | diverged | – |"
     assert viz.metrics_table({"a": rows["a"]}).splitlines()[0] == "|  | mIoU | precision | recall | f1 | threshold |"
+    with_ap = viz.metrics_table({"a": {**rows["a"], "ap": 0.625}, "c": rows["a"]}, columns=("miou", "ap"), extra=())
+    assert with_ap.splitlines()[0] == "|  | mIoU | AP |"
+    assert with_ap.splitlines()[2:] == ["| a | 50.0 | 62.5 |", "| c | 50.0 | – |"]  # an older metrics file: no AP
 
 
 @pytest.fixture(scope="module")
