@@ -104,7 +104,7 @@ def main() -> None:
     from esol_lib.cam import load_cam
     from esol_lib.data.transforms import to_tensor
     from esol_lib.engine import seed_everything
-    from esol_lib.irn import boundary_map, pseudo_mask
+    from esol_lib.irn import boundary_map, mask_from_scores, walked_scores
     from esol_lib.metrics import confusion_matrix, read_metrics, summarize
     from esol_lib.refine import _setup
     from esol_lib.run import RunDir
@@ -135,10 +135,9 @@ def main() -> None:
         edge = (drawn_boundary(s["mask"]) if model is None
                 else boundary_map(model, to_tensor(s["image"], cfg.data.mean, cfg.data.std)))
         cams, keys = load_cam(run.cams(args.stage), s["id"])
+        scores = walked_scores(cams, edge, radius=ic.radius, beta=ic.beta, exp_times=ic.exp_times)  # one walk
         for t in thresholds:
-            mask = pseudo_mask(cams, keys, edge, radius=ic.radius, beta=ic.beta, exp_times=ic.exp_times,
-                               bg_thres=t)
-            conf[t] += confusion_matrix(s["mask"], mask, n)
+            conf[t] += confusion_matrix(s["mask"], mask_from_scores(scores, keys, t), n)
     for t in thresholds:
         oracle = summarize(conf[t], ["background", *ds.classes])
         row[f"oracle_mask@{t:g}"] = {k: round(100 * oracle[k], 1) for k in ("miou", "precision", "recall")}

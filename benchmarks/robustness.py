@@ -116,20 +116,22 @@ def main() -> None:
     print(md)
 
 
+def _stage_table(results: dict, key: str) -> str:
+    """One row per benchmark: ``key`` of each stage's val seeds ('–' where a summary predates it)."""
+    stages = ("baseline", "expansion", "shrinkage")
+    rows = [f"| {n} | " + " | ".join(f"{r['stages'][st][key]:.1f}" if r["stages"][st].get(key) is not None
+                                     else "–" for st in stages) + " |" for n, r in results.items()]
+    return "\n".join(["| benchmark | baseline | expansion | shrinkage |", "|---|---|---|---|", *rows])
+
+
 def _write_summary(out: Path, results: dict, shrink_lrs) -> str:
     (out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
     md = ["## default settings", _table(results)]
     for lr in shrink_lrs:
         md += [f"## shrinkage.lr={lr}", _table(results, f"shrinkage.lr={lr}")]
-    md += ["## seed mIoU of each stage (val, best threshold)",
-           "| benchmark | baseline | expansion | shrinkage |\n|---|---|---|---|\n" + "\n".join(
-               f"| {n} | " + " | ".join(f"{r['stages'][st]['miou']:.1f}" for st in ("baseline", "expansion", "shrinkage"))
-               + " |" for n, r in results.items()),
+    md += ["## seed mIoU of each stage (val, best threshold)", _stage_table(results, "miou"),
            "## localization AP of each stage (val, threshold-free; esol_lib.metrics.localization_ap)",
-           "| benchmark | baseline | expansion | shrinkage |\n|---|---|---|---|\n" + "\n".join(
-               f"| {n} | " + " | ".join(f"{r['stages'][st]['ap']:.1f}" if r["stages"][st].get("ap") is not None
-                                        else "–" for st in ("baseline", "expansion", "shrinkage"))
-               + " |" for n, r in results.items())]
+           _stage_table(results, "ap")]
     text = "\n\n".join(md) + "\n"
     (out / "summary.md").write_text(text)
     return text

@@ -54,12 +54,14 @@ __all__ = [
     "affinity_pairs",
     "boundary_map",
     "ir_labels",
+    "mask_from_scores",
     "neighbourhood",
     "path_affinities",
     "path_points",
     "pseudo_mask",
     "random_walk",
     "transition_matrix",
+    "walked_scores",
 ]
 
 IGNORE = 255
@@ -419,29 +421,51 @@ def _upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
     return up[..., :size[0], :size[1]]
 
 
+def walked_scores(cams: np.ndarray | Tensor, boundary: Tensor, *, radius: int = 5, beta: float = 10.0,
+                  exp_times: int = 8) -> Tensor:
+    """The foreground scores of :func:`pseudo_mask` before its background cut → ``(K, H, W)`` in ``[0, 1]``.
+
+    ``cams`` are the image-resolution CAMs ``(K, H, W)``; ``boundary`` the image's boundary map
+    ``(h, w)`` (:func:`boundary_map`). Steps: CAMs to the boundary map's resolution,
+    :func:`random_walk`, bilinear upsampling to ``(H, W)``, division by the global maximum (over all
+    classes and pixels, as IRN). Several background scores can then be tried on one walk.
+    """
+    cams_t = torch.as_tensor(np.asarray(cams) if not isinstance(cams, Tensor) else cams,
+                             dtype=torch.float32, device=boundary.device)
+    if cams_t.ndim != 3:
+        raise ValueError(f"pseudo_mask: cams must be (K, H, W); got {tuple(cams_t.shape)}")
+    size = (cams_t.shape[1], cams_t.shape[2])
+    if cams_t.shape[0] == 0:
+        return cams_t
+    small = _to_resolution(cams_t, (boundary.shape[0], boundary.shape[1]))
+    rw = random_walk(small, boundary, radius=radius, beta=beta, exp_times=exp_times)
+    up = _upsample(rw, size)
+    return up / up.max().clamp_min(1e-12)
+
+
+def mask_from_scores(scores: Tensor, keys: Sequence[int], bg_thres: float = 0.25) -> np.ndarray:
+    """:func:`walked_scores` → pseudo mask ``(H, W)`` int64: a background channel of constant ``bg_thres``
+    (``sem_seg_bg_thres``) in front, arg-max, class ids ``keys`` (0 for background)."""
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if scores.ndim != 3 or scores.shape[0] != len(keys):
+        raise ValueError(f"mask_from_scores: scores must be (K, H, W) with K = len(keys); got "
+                         f"{tuple(scores.shape)} and {len(keys)} keys")
+    with_bg = F.pad(scores, (0, 0, 0, 0, 1, 0), value=bg_thres)
+    pred = with_bg.argmax(0).cpu().numpy()
+    return np.concatenate([[0], keys])[pred]
+
+
 def pseudo_mask(cams: np.ndarray | Tensor, keys: Sequence[int], boundary: Tensor, *, radius: int = 5,
                 beta: float = 10.0, exp_times: int = 8, bg_thres: float = 0.25) -> np.ndarray:
     """One image's pseudo mask ``(H, W)`` int64 (class ids, 0 background) — ``make_sem_seg_labels.py``.
 
     ``cams`` are the image-resolution CAMs ``(K, H, W)`` of classes ``keys``; ``boundary`` the image's
-    boundary map ``(h, w)`` (:func:`boundary_map`). Steps: CAMs to the boundary map's resolution,
-    :func:`random_walk`, bilinear upsampling to ``(H, W)``, division by the global maximum (over all
-    classes and pixels, as IRN), a background channel of constant ``bg_thres`` (``sem_seg_bg_thres``)
-    in front, arg-max, class ids.
+    boundary map ``(h, w)`` (:func:`boundary_map`): :func:`walked_scores` (walk, upsampling, global
+    max), then :func:`mask_from_scores` (constant ``bg_thres`` background, arg-max, class ids).
     """
-    cams_t = torch.as_tensor(np.asarray(cams) if not isinstance(cams, Tensor) else cams,
-                             dtype=torch.float32, device=boundary.device)
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-    if cams_t.ndim != 3 or cams_t.shape[0] != len(keys):
-        raise ValueError(f"pseudo_mask: cams must be (K, H, W) with K = len(keys); got {tuple(cams_t.shape)} "
+    if np.ndim(cams) != 3 or np.shape(cams)[0] != len(keys):  # checked before the walk, not after it
+        raise ValueError(f"pseudo_mask: cams must be (K, H, W) with K = len(keys); got {tuple(np.shape(cams))} "
                          f"and {len(keys)} keys")
-    size = (cams_t.shape[1], cams_t.shape[2])
-    if len(keys) == 0:
-        return np.zeros(size, np.int64)
-    small = _to_resolution(cams_t, (boundary.shape[0], boundary.shape[1]))
-    rw = random_walk(small, boundary, radius=radius, beta=beta, exp_times=exp_times)
-    up = _upsample(rw, size)
-    up = up / up.max().clamp_min(1e-12)
-    with_bg = F.pad(up, (0, 0, 0, 0, 1, 0), value=bg_thres)
-    pred = with_bg.argmax(0).cpu().numpy()
-    return np.concatenate([[0], keys])[pred]
+    scores = walked_scores(cams, boundary, radius=radius, beta=beta, exp_times=exp_times)
+    return mask_from_scores(scores, keys, bg_thres)

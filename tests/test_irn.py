@@ -12,7 +12,7 @@ from PIL import Image
 
 from esol_lib.irn import (
     BoundaryNet, affinity_labels, affinity_loss, affinity_pairs, boundary_map, ir_labels, neighbourhood,
-    path_affinities, path_points, pseudo_mask, random_walk, transition_matrix,
+    mask_from_scores, path_affinities, path_points, pseudo_mask, random_walk, transition_matrix, walked_scores,
 )
 from esol_lib.models import build_backbone
 
@@ -155,6 +155,23 @@ def test_pseudo_mask_on_a_toy_image():
     assert mask.dtype == np.int64 and set(np.unique(mask)) <= {0, 2}
     assert (mask[:, :10] == 2).all() and (mask[:, 10:] == 0).all()
     assert (pseudo_mask(np.zeros((0, 16, 16), np.float32), [], b) == 0).all()
+
+
+def test_one_walk_scored_at_several_background_scores_equals_pseudo_mask_at_each():
+    cams = np.zeros((2, 16, 16), np.float32)
+    cams[0, 4:8, 4:8] = 1.0
+    cams[1, 10:14, 12:15] = 0.6
+    b = torch.zeros(16, 16)
+    b[:, 10] = 1.0
+    scores = walked_scores(cams, b, radius=4, beta=10, exp_times=6)
+    assert scores.shape == (2, 16, 16) and float(scores.max()) == pytest.approx(1.0)
+    for bg in (0.05, 0.25, 0.5, 0.9):
+        assert np.array_equal(mask_from_scores(scores, [1, 3], bg),
+                              pseudo_mask(cams, [1, 3], b, radius=4, beta=10, exp_times=6, bg_thres=bg))
+    with pytest.raises(ValueError, match="len\\(keys\\)"):
+        mask_from_scores(scores, [1], 0.25)
+    with pytest.raises(ValueError, match="len\\(keys\\)"):
+        pseudo_mask(cams, [1], b)
 
 
 # ----------------------------------------------------------------------------- boundary network
