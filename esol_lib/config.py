@@ -155,6 +155,7 @@ class IRNConfig:
 
     conf_fg_thres: float = 0.30
     conf_bg_thres: float = 0.05
+    backbone: str = "pretrained"  # the boundary branch's frozen backbone: pretrained | random | classifier
     radius: int = 5
     batch_size: int = 32
     epochs: int = 3

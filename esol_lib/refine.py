@@ -9,13 +9,17 @@
 folder keeps a ``_meta.json`` with a signature of what produced it (the CAM folder's signature, the
 settings, the IRN checkpoint); a folder made from other inputs is emptied and made again, as
 :func:`esol_lib.cam.compute_cams` does for CAMs. The IRN checkpoint records the signature of the IR
-labels it was trained on and is retrained when they change.
+labels it was trained on and its ``irn.backbone``, and is retrained when either changes.
 
 Choices that differ from IRN's public setup (all documented where they are made):
 
-- **Backbone.** IRN's boundary branch sits on an ImageNet ResNet-50. Here it sits on the run's own
-  trained baseline classifier's backbone (``checkpoints/baseline.pt``), frozen: the one network
-  every profile has, and what works from scratch on CPU where no ImageNet weights exist.
+- **Backbone** (``irn.backbone``, :func:`irn_backbone`). IRN's boundary branch sits on a frozen
+  ImageNet ResNet-50 of its own, not on the CAM network: ``pretrained`` (the ``voc12``/``coco14``
+  default) does that with the weights of ``model.pretrained``. Profiles without ImageNet weights
+  choose between a frozen, seeded random initialisation of ``model.backbone`` (``random``, the
+  ``cpu`` and ``smoke`` default: class-agnostic features, as ImageNet's are for VOC's classes) and
+  the run's baseline classifier's backbone (``classifier``, ``checkpoints/baseline.pt``), whose
+  features are tuned to the very parts its CAMs fire on.
 - **Training images.** IRN trains on the IR labels of ``train_aug``; here on those of the split the
   CAMs were made for (``data.cam_split``), the images whose pseudo masks are scored.
 - **Radius.** IRN trains with pairs within radius 10 and walks with radius 5 (feature cells);
@@ -50,10 +54,12 @@ from esol_lib.parallel import map_ordered
 from esol_lib.run import STAGES, RunDir
 
 __all__ = [
-    "IRNTrainTransform", "crf_kwargs", "eval_pseudo_masks", "ir_label_dir", "irn_stage_name", "load_irn",
+    "IRNTrainTransform", "crf_kwargs", "eval_pseudo_masks", "ir_label_dir", "irn_backbone", "irn_stage_name",
+    "load_irn",
     "make_ir_labels", "make_pseudo_masks", "refine", "train_irn",
 ]
 
+IRN_BACKBONES = ("pretrained", "random", "classifier")  # irn.backbone
 TRAIN_RADIUS_FACTOR = 2  # IRN: radius 10 for training, 5 for the random walk
 SCALE_RANGE = (0.5, 1.5)  # IRN's random rescale of the training images
 MOMENTUM = 0.0  # IRN's effective momentum (see the module docstring)
@@ -242,50 +248,86 @@ def _labels_at(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(label[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
 
 
-def _drop_stale_checkpoints(run: RunDir, name: str, signature: str) -> None:
-    """Delete ``irn-<stage>`` checkpoints trained on other IR labels (they would be skipped otherwise)."""
+def _irn_inputs(run: RunDir, cfg: Config, stage: str) -> dict[str, str]:
+    """What an IRN checkpoint is trained from: the IR labels' signature and ``irn.backbone``."""
+    return {"ir_signature": _ir_signature(run, cfg, stage), "backbone": cfg.irn.backbone}
+
+
+def _trained_from(path: Path, inputs: dict[str, str]) -> bool:
+    extra = torch.load(path, map_location="cpu", weights_only=True).get("extra") or {}
+    return all(extra.get(key) == value for key, value in inputs.items())
+
+
+def _drop_stale_checkpoints(run: RunDir, name: str, inputs: dict[str, str]) -> None:
+    """Delete ``irn-<stage>`` checkpoints trained from other inputs (they would be skipped otherwise)."""
     from esol_lib.distributed import barrier, is_main_process
     from esol_lib.engine import partial_checkpoint_path
 
     if is_main_process():
         for path in (run.checkpoint(name), partial_checkpoint_path(run, name)):
-            if path.is_file():
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-                if (ckpt.get("extra") or {}).get("ir_signature") != signature:
-                    path.unlink()
+            if path.is_file() and not _trained_from(path, inputs):
+                path.unlink()
     barrier()
 
 
-def _irn_done(run: RunDir, stage: str, signature: str) -> bool:
+def _irn_done(run: RunDir, stage: str, inputs: dict[str, str]) -> bool:
     path = run.checkpoint(irn_stage_name(stage))
     if not path.is_file():
         return False
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return bool(ckpt.get("done")) and (ckpt.get("extra") or {}).get("ir_signature") == signature
+    return bool(torch.load(path, map_location="cpu", weights_only=True).get("done")) and _trained_from(path, inputs)
+
+
+def irn_backbone(run: RunDir, cfg: Config, num_classes: int, device: torch.device | str = "cpu"):
+    """The frozen backbone under IRN's boundary branch, as ``irn.backbone`` says (see the module docstring).
+
+    ``pretrained``: ``model.backbone`` with the weights of ``model.pretrained`` (IRN's ImageNet
+    ResNet-50); ``random``: ``model.backbone`` initialised from ``cfg.seed`` (the global random state
+    is left as it was); ``classifier``: the backbone of ``checkpoints/baseline.pt``.
+
+    Raises:
+        ConfigError: an unknown ``irn.backbone``, or ``pretrained`` without ``model.pretrained``.
+    """
+    from esol_lib.errors import ConfigError
+    from esol_lib.models import build_backbone
+    from esol_lib.stages import load_baseline
+
+    choice = cfg.irn.backbone
+    if choice not in IRN_BACKBONES:
+        raise ConfigError(f"irn.backbone: unknown choice {choice!r}; use one of {', '.join(IRN_BACKBONES)}")
+    if choice == "classifier":
+        return load_baseline(run, cfg, num_classes, device).backbone
+    if choice == "pretrained":
+        if not cfg.model.pretrained:
+            raise ConfigError("irn.backbone='pretrained' needs ImageNet weights in model.pretrained (IRN's setup), "
+                              "and model.pretrained is null; set it, or set irn.backbone to 'random' (a frozen "
+                              "random initialisation) or 'classifier' (the baseline classifier's backbone)")
+        return build_backbone(cfg.model.backbone, cfg.model.strides, pretrained=cfg.model.pretrained).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_backbone(cfg.model.backbone, cfg.model.strides, pretrained=None).to(device)
 
 
 def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     """Train IRN's boundary branch on ``stage``'s IR labels → ``checkpoints/irn-<stage>.pt``.
 
-    The backbone is the run's baseline classifier's (``checkpoints/baseline.pt``), frozen
-    (see the module docstring); the head is trained with IRN's affinity loss on random
+    The backbone is :func:`irn_backbone`'s, frozen (``irn.backbone``, see the module docstring); the head is trained with IRN's affinity loss on random
     ``irn.crop_size`` crops of the CAM split (rescale 0.5–1.5, flip) for ``irn.max_steps`` steps
     (else ``irn.epochs`` epochs), SGD at ``irn.lr`` with the poly schedule. Resumable; skipped
     when done. Returns the engine's :class:`~esol_lib.engine.StageResult`.
     """
     from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
     from esol_lib.engine import PolyLR, make_sgd, seed_everything, train_loop
-    from esol_lib.stages import load_baseline, resolve_device
+    from esol_lib.stages import resolve_device
 
     cfg, split, ds = _setup(run, stage, None)
     ic = cfg.irn
     label_dir = ir_label_dir(run, stage)
-    signature = _ir_signature(run, cfg, stage)
-    if not _complete(label_dir, ds.ids, signature):
+    inputs = _irn_inputs(run, cfg, stage)
+    if not _complete(label_dir, ds.ids, inputs["ir_signature"]):
         raise StageError(f"the IR labels of stage {stage!r} in {label_dir} are missing or were made from other "
                          f"CAMs; run `esol refine --run {run.root} --stage {stage}` (it makes them first)")
     name = irn_stage_name(stage)
-    _drop_stale_checkpoints(run, name, signature)
+    _drop_stale_checkpoints(run, name, inputs)
     seed_everything(cfg.seed)
     info = init_distributed()
     device = resolve_device(cfg)
@@ -297,8 +339,7 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
         raise StageError(f"split {split!r} has {len(ds)} images, fewer than one batch of {ic.batch_size}; "
                          "lower irn.batch_size")
     max_steps = ic.max_steps or ic.epochs * len(loader)
-    backbone = load_baseline(run, cfg, ds.num_classes, device).backbone
-    model = BoundaryNet(backbone).to(device)
+    model = BoundaryNet(irn_backbone(run, cfg, ds.num_classes, device)).to(device)
     optimizer = make_sgd(model.trainable_parameters(), ic.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     model.train()
     model = wrap_ddp(model, info)
@@ -311,7 +352,7 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
 
     return train_loop(name, model, optimizer, loss_fn, loader, max_steps, run,
                       scheduler=PolyLR(optimizer, max_steps), checkpoint_every=CHECKPOINT_EVERY, seed=cfg.seed,
-                      extra_state=lambda: {"ir_signature": signature, "radius": radius}, progress=progress)
+                      extra_state=lambda: {**inputs, "radius": radius}, progress=progress)
 
 
 def load_irn(run: RunDir, cfg: Config, stage: str, device: torch.device | str = "cpu") -> BoundaryNet:
@@ -411,7 +452,7 @@ def refine(run: RunDir, stage: str = "shrinkage", *, progress: bool = True) -> d
     cfg, split, ds = _setup(run, stage, None)
     if not _complete(ir_label_dir(run, stage), ds.ids, _ir_signature(run, cfg, stage)):
         make_ir_labels(run, stage, split, progress=progress)
-    if not _irn_done(run, stage, _ir_signature(run, cfg, stage)):
+    if not _irn_done(run, stage, _irn_inputs(run, cfg, stage)):
         train_irn(run, stage, progress=progress)
     mask_dir = run.pseudo_masks(stage)
     if not _complete(mask_dir, ds.ids, _mask_signature(run, cfg, stage)):

@@ -208,7 +208,7 @@ def test_boundary_net_odd_sizes():
 
 def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
     from esol_lib import stages
-    from esol_lib.config import load_config
+    from esol_lib.config import load_config, save_config
     from esol_lib.errors import StageError
     from esol_lib.refine import ir_label_dir, refine
 
@@ -241,3 +241,49 @@ def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
     mtime = path.stat().st_mtime_ns
     assert refine(run, "baseline", progress=False) == saved  # every step complete: nothing redone
     assert path.stat().st_mtime_ns == mtime
+
+    # another irn.backbone: the boundary branch is retrained on it, the pseudo masks are made again
+    assert torch.load(run.checkpoint("irn-baseline"), weights_only=True)["extra"]["backbone"] == cfg.irn.backbone
+    other = "classifier" if cfg.irn.backbone != "classifier" else "random"
+    cfg.irn.backbone = other
+    save_config(cfg, run.config_path)
+    refine(run, "baseline", progress=False)
+    assert torch.load(run.checkpoint("irn-baseline"), weights_only=True)["extra"]["backbone"] == other
+    assert path.stat().st_mtime_ns != mtime
+
+
+def test_irn_backbone_choices(tmp_path):
+    from esol_lib.config import load_config
+    from esol_lib.errors import ConfigError
+    from esol_lib.refine import irn_backbone
+    from esol_lib.run import RunDir
+
+    cfg = load_config("smoke", ["irn.backbone=random"])
+    run = RunDir(tmp_path / "run")  # no checkpoint: 'random' and 'pretrained' do not read the run
+    state = torch.random.get_rng_state()
+    first, second = (irn_backbone(run, cfg, 3).state_dict() for _ in range(2))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global random stream is left alone
+    assert all(torch.equal(first[k], second[k]) for k in first)  # seeded: the same network every time
+    cfg.seed += 1
+    other = irn_backbone(run, cfg, 3).state_dict()
+    assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
+
+    cfg.irn.backbone = "pretrained"  # IRN's setup needs weights the smoke profile does not have
+    with pytest.raises(ConfigError, match=r"irn.backbone='pretrained'.*model.pretrained"):
+        irn_backbone(run, cfg, 3)
+    cfg.irn.backbone = "imagenet"
+    with pytest.raises(ConfigError, match="irn.backbone: unknown choice 'imagenet'.*pretrained, random, classifier"):
+        irn_backbone(run, cfg, 3)
+
+
+def test_irn_backbone_pretrained_reads_model_pretrained(tmp_path):
+    from esol_lib.config import load_config
+    from esol_lib.refine import irn_backbone
+    from esol_lib.run import RunDir
+
+    weights = build_backbone("small", (1, 2, 2, 1))
+    path = tmp_path / "small.pth"
+    torch.save(weights.state_dict(), path)
+    cfg = load_config("smoke", ["irn.backbone=pretrained", f"model.pretrained={path}"])
+    got = irn_backbone(RunDir(tmp_path / "run"), cfg, 3).state_dict()
+    assert all(torch.equal(got[k], v) for k, v in weights.state_dict().items())
