@@ -50,6 +50,7 @@ from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample
 from esol_lib.errors import StageError
 from esol_lib.irn import BoundaryNet, affinity_loss, boundary_map, ir_labels, pseudo_mask
 from esol_lib.metrics import confusion_matrix, read_metrics, summarize, write_metrics
+from esol_lib.models.backbone import Backbone
 from esol_lib.parallel import map_ordered
 from esol_lib.run import STAGES, RunDir
 
@@ -253,9 +254,14 @@ def _irn_inputs(run: RunDir, cfg: Config, stage: str) -> dict[str, str]:
     return {"ir_signature": _ir_signature(run, cfg, stage), "backbone": cfg.irn.backbone}
 
 
-def _trained_from(path: Path, inputs: dict[str, str]) -> bool:
-    extra = torch.load(path, map_location="cpu", weights_only=True).get("extra") or {}
+def _trained_from(ckpt: dict, inputs: dict[str, str]) -> bool:
+    """Whether a loaded IRN checkpoint's recorded inputs equal ``inputs`` (:func:`_irn_inputs`)."""
+    extra = ckpt.get("extra") or {}
     return all(extra.get(key) == value for key, value in inputs.items())
+
+
+def _load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _drop_stale_checkpoints(run: RunDir, name: str, inputs: dict[str, str]) -> None:
@@ -265,7 +271,7 @@ def _drop_stale_checkpoints(run: RunDir, name: str, inputs: dict[str, str]) -> N
 
     if is_main_process():
         for path in (run.checkpoint(name), partial_checkpoint_path(run, name)):
-            if path.is_file() and not _trained_from(path, inputs):
+            if path.is_file() and not _trained_from(_load_checkpoint(path), inputs):
                 path.unlink()
     barrier()
 
@@ -274,10 +280,11 @@ def _irn_done(run: RunDir, stage: str, inputs: dict[str, str]) -> bool:
     path = run.checkpoint(irn_stage_name(stage))
     if not path.is_file():
         return False
-    return bool(torch.load(path, map_location="cpu", weights_only=True).get("done")) and _trained_from(path, inputs)
+    ckpt = _load_checkpoint(path)
+    return bool(ckpt.get("done")) and _trained_from(ckpt, inputs)
 
 
-def irn_backbone(run: RunDir, cfg: Config, num_classes: int, device: torch.device | str = "cpu"):
+def irn_backbone(run: RunDir, cfg: Config, num_classes: int, device: torch.device | str = "cpu") -> Backbone:
     """The frozen backbone under IRN's boundary branch, as ``irn.backbone`` says (see the module docstring).
 
     ``pretrained``: ``model.backbone`` with the weights of ``model.pretrained`` (IRN's ImageNet
@@ -310,10 +317,11 @@ def irn_backbone(run: RunDir, cfg: Config, num_classes: int, device: torch.devic
 def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     """Train IRN's boundary branch on ``stage``'s IR labels → ``checkpoints/irn-<stage>.pt``.
 
-    The backbone is :func:`irn_backbone`'s, frozen (``irn.backbone``, see the module docstring); the head is trained with IRN's affinity loss on random
-    ``irn.crop_size`` crops of the CAM split (rescale 0.5–1.5, flip) for ``irn.max_steps`` steps
-    (else ``irn.epochs`` epochs), SGD at ``irn.lr`` with the poly schedule. Resumable; skipped
-    when done. Returns the engine's :class:`~esol_lib.engine.StageResult`.
+    The backbone is :func:`irn_backbone`'s, frozen (``irn.backbone``, see the module docstring); the
+    head is trained with IRN's affinity loss on random ``irn.crop_size`` crops of the CAM split
+    (rescale 0.5–1.5, flip) for ``irn.max_steps`` steps (else ``irn.epochs`` epochs), SGD at
+    ``irn.lr`` with the poly schedule. Resumable; skipped when done. Returns the engine's
+    :class:`~esol_lib.engine.StageResult`.
     """
     from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
     from esol_lib.engine import PolyLR, make_sgd, seed_everything, train_loop
