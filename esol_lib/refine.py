@@ -284,6 +284,19 @@ def _irn_done(run: RunDir, stage: str, inputs: dict[str, str]) -> bool:
     return bool(ckpt.get("done")) and _trained_from(ckpt, inputs)
 
 
+def _check_irn_backbone(cfg: Config) -> None:
+    """Raise ConfigError for an unknown ``irn.backbone`` or ``pretrained`` without ``model.pretrained``."""
+    from esol_lib.errors import ConfigError
+
+    choice = cfg.irn.backbone
+    if choice not in IRN_BACKBONES:
+        raise ConfigError(f"irn.backbone: unknown choice {choice!r}; use one of {', '.join(IRN_BACKBONES)}")
+    if choice == "pretrained" and not cfg.model.pretrained:
+        raise ConfigError("irn.backbone='pretrained' needs ImageNet weights in model.pretrained (IRN's setup), "
+                          "and model.pretrained is null; set it, or set irn.backbone to 'random' (a frozen "
+                          "random initialisation) or 'classifier' (the baseline classifier's backbone)")
+
+
 def irn_backbone(run: RunDir, cfg: Config, num_classes: int, device: torch.device | str = "cpu") -> Backbone:
     """The frozen backbone under IRN's boundary branch, as ``irn.backbone`` says (see the module docstring).
 
@@ -294,24 +307,16 @@ def irn_backbone(run: RunDir, cfg: Config, num_classes: int, device: torch.devic
     Raises:
         ConfigError: an unknown ``irn.backbone``, or ``pretrained`` without ``model.pretrained``.
     """
-    from esol_lib.errors import ConfigError
     from esol_lib.models import build_backbone
     from esol_lib.stages import load_baseline
 
-    choice = cfg.irn.backbone
-    if choice not in IRN_BACKBONES:
-        raise ConfigError(f"irn.backbone: unknown choice {choice!r}; use one of {', '.join(IRN_BACKBONES)}")
-    if choice == "classifier":
+    _check_irn_backbone(cfg)
+    if cfg.irn.backbone == "classifier":
         return load_baseline(run, cfg, num_classes, device).backbone
-    if choice == "pretrained":
-        if not cfg.model.pretrained:
-            raise ConfigError("irn.backbone='pretrained' needs ImageNet weights in model.pretrained (IRN's setup), "
-                              "and model.pretrained is null; set it, or set irn.backbone to 'random' (a frozen "
-                              "random initialisation) or 'classifier' (the baseline classifier's backbone)")
-        return build_backbone(cfg.model.backbone, cfg.model.strides, pretrained=cfg.model.pretrained).to(device)
-    with torch.random.fork_rng(devices=[]):
+    weights = cfg.model.pretrained if cfg.irn.backbone == "pretrained" else None
+    with torch.random.fork_rng(devices=[]):  # 'random' is seeded; loaded weights overwrite the init anyway
         torch.manual_seed(cfg.seed)
-        return build_backbone(cfg.model.backbone, cfg.model.strides, pretrained=None).to(device)
+        return build_backbone(cfg.model.backbone, cfg.model.strides, pretrained=weights).to(device)
 
 
 def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
@@ -454,10 +459,12 @@ def refine(run: RunDir, stage: str = "shrinkage", *, progress: bool = True) -> d
     """IR labels → IRN → pseudo masks → their metrics, for ``stage``'s CAMs on ``data.cam_split``.
 
     Every step whose outputs are complete is skipped (all IR labels / pseudo masks present and made
-    from the current inputs; a done IRN checkpoint trained on the current IR labels; a metrics file
-    newer than the masks). Returns the mask metrics.
+    from the current inputs; a done IRN checkpoint trained on the current IR labels and
+    ``irn.backbone``; a metrics file newer than the masks). Returns the mask metrics. A bad
+    ``irn.backbone`` is reported before any work starts.
     """
     cfg, split, ds = _setup(run, stage, None)
+    _check_irn_backbone(cfg)
     if not _complete(ir_label_dir(run, stage), ds.ids, _ir_signature(run, cfg, stage)):
         make_ir_labels(run, stage, split, progress=progress)
     if not _irn_done(run, stage, _irn_inputs(run, cfg, stage)):

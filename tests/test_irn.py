@@ -209,7 +209,7 @@ def test_boundary_net_odd_sizes():
 def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
     from esol_lib import stages
     from esol_lib.config import load_config, save_config
-    from esol_lib.errors import StageError
+    from esol_lib.errors import ConfigError, StageError
     from esol_lib.refine import ir_label_dir, refine
 
     monkeypatch.chdir(tmp_path)  # start_run generates data/synth-smoke relative to the cwd
@@ -218,9 +218,17 @@ def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
     with pytest.raises(StageError, match="esol make-cam --run .* --stage baseline"):
         refine(run, "baseline", progress=False)
     stages.make_cam(run, "baseline", progress=False)
+    cfg = run.load_config()
+    good = cfg.irn.backbone
+    cfg.irn.backbone = "imagenet"  # a wrong irn.backbone is reported before the IR labels are made
+    save_config(cfg, run.config_path)
+    with pytest.raises(ConfigError, match="irn.backbone: unknown choice 'imagenet'"):
+        refine(run, "baseline", progress=False)
+    assert not list(ir_label_dir(run, "baseline").glob("*.png"))
+    cfg.irn.backbone = good
+    save_config(cfg, run.config_path)
     metrics = refine(run, "baseline", progress=False)
 
-    cfg = run.load_config()
     ids = stages._dataset(cfg, cfg.data.cam_split).ids
     k = len(stages._dataset(cfg, cfg.data.cam_split).classes)
     for folder in (ir_label_dir(run, "baseline"), run.pseudo_masks("baseline")):
