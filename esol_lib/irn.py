@@ -433,7 +433,7 @@ def walked_scores(cams: np.ndarray | Tensor, boundary: Tensor, *, radius: int = 
     cams_t = torch.as_tensor(np.asarray(cams) if not isinstance(cams, Tensor) else cams,
                              dtype=torch.float32, device=boundary.device)
     if cams_t.ndim != 3:
-        raise ValueError(f"pseudo_mask: cams must be (K, H, W); got {tuple(cams_t.shape)}")
+        raise ValueError(f"walked_scores: cams must be (K, H, W); got {tuple(cams_t.shape)}")
     size = (cams_t.shape[1], cams_t.shape[2])
     if cams_t.shape[0] == 0:
         return cams_t

@@ -172,6 +172,8 @@ def test_one_walk_scored_at_several_background_scores_equals_pseudo_mask_at_each
         mask_from_scores(scores, [1], 0.25)
     with pytest.raises(ValueError, match="len\\(keys\\)"):
         pseudo_mask(cams, [1], b)
+    with pytest.raises(ValueError, match="walked_scores: cams must be \\(K, H, W\\)"):
+        walked_scores(cams[0], b)
 
 
 # ----------------------------------------------------------------------------- boundary network
