@@ -6,9 +6,8 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 PROFILE ?= cpu
 RUN    ?= runs/$(PROFILE)
-DATA   ?= data/synth-$(PROFILE)
 
-.PHONY: venv test book pipeline synth clean
+.PHONY: venv test book pipeline clean
 
 venv: $(STAMP)
 
@@ -22,13 +21,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-synth: $(STAMP)
-	$(VENV)/bin/esol data synth --out $(DATA) --profile $(PROFILE)
+# Every stage of one profile; the profile's benchmark is generated into data/<generator>-<profile> first.
+pipeline: $(STAMP)
+	$(VENV)/bin/esol pipeline --config $(PROFILE) --run $(RUN)
 
-pipeline: synth
-	$(VENV)/bin/esol pipeline --config $(PROFILE) --data-root $(DATA) --run $(RUN)
-
-# The main job: execute every notebook with papermill on the generated benchmark, then build the book.
+# The main job: execute every notebook with papermill on the profile's benchmark, then build the book.
 book: $(STAMP)
 	$(VENV)/bin/esol book --profile $(PROFILE)
 

@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--num-classes", type=int, default=None)
     synth.add_argument("--profile", default=None,
                        help="take every unspecified field from this preset's data.synth (e.g. smoke)")
+    emoji = dsub.add_parser("emoji", help="write the emoji benchmark (OpenMoji art, 20 VOC classes) in VOC layout")
+    emoji.add_argument("--out", required=True, type=Path)
+    emoji.add_argument("--train", type=int, default=None, help="training images (default 1000)")
+    emoji.add_argument("--val", type=int, default=None, help="validation images (default 200)")
+    emoji.add_argument("--size", type=int, default=None, help="image side in pixels (default 128)")
+    emoji.add_argument("--seed", type=int, default=None)
+    emoji.add_argument("--profile", default=None,
+                       help="take every unspecified field from this preset's data.emoji (e.g. cpu)")
     coco = dsub.add_parser("coco", help="convert MS COCO 2014 annotations into VOC layout (pycocotools)")
     coco.add_argument("--coco-root", required=True, type=Path)
     coco.add_argument("--out", required=True, type=Path)
@@ -55,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     aug = dsub.add_parser("train-aug", help="build VOC's 10,582-image train_aug list from VOC + SBD")
     aug.add_argument("--voc-root", required=True, type=Path)
     aug.add_argument("--sbd-root", required=True, type=Path)
+
+    pre = sub.add_parser("pretrain", help="pretrain the proxy-ImageNet backbone on non-VOC OpenMoji glyphs")
+    pre.add_argument("--out", required=True, type=Path, help="the backbone state dict to write (.pth)")
+    pre.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe's)")
+    pre.add_argument("--seed", type=int, default=None)
 
     show = sub.add_parser("config", help="print the resolved config as YAML")
     _add_config_args(show)
@@ -111,6 +124,31 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     spec = dataclasses.replace(spec, **{k: v for k, v in fields.items() if v is not None})
     out = generate_benchmark(args.out, spec)
     print(f"benchmark written to {out}")
+    return 0
+
+
+def cmd_data_emoji(args: argparse.Namespace) -> int:
+    from esol_lib.config import load_config
+    from esol_lib.data import emoji_spec_from_config, generate_emoji_benchmark
+
+    base = load_config(args.profile).data.emoji if args.profile else None
+    spec = emoji_spec_from_config(base)
+    fields = {"train": args.train, "val": args.val, "size": args.size, "seed": args.seed}
+    spec = dataclasses.replace(spec, **{k: v for k, v in fields.items() if v is not None})
+    out = generate_emoji_benchmark(args.out, spec)
+    print(f"emoji benchmark written to {out}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from esol_lib.pretrain import PretrainRecipe, pretrain_backbone
+
+    fields = {"steps": args.steps, "seed": args.seed}
+    recipe = dataclasses.replace(PretrainRecipe(), **{k: v for k, v in fields.items() if v is not None})
+    card = pretrain_backbone(args.out, recipe)
+    print(f"backbone written to {args.out}: held-out top-1 {100 * card['heldout_top1']:.1f} %, "
+          f"top-5 {100 * card['heldout_top5']:.1f} % over {card['classes']} glyph classes "
+          f"({card['seconds']:.0f} s)")
     return 0
 
 
@@ -246,6 +284,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "config": cmd_config,
+    "pretrain": cmd_pretrain,
     "pipeline": cmd_pipeline,
     "train-cam": cmd_train_cam,
     "expand": cmd_expand,
@@ -259,6 +298,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 DATA_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "synth": cmd_data_synth,
+    "emoji": cmd_data_emoji,
     "coco": cmd_data_coco,
     "train-aug": cmd_data_train_aug,
 }

@@ -24,7 +24,7 @@ import yaml
 from esol_lib.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
-PRESETS = ("smoke", "cpu", "voc12", "coco14")
+PRESETS = ("smoke", "toy", "cpu", "voc12", "coco14")
 
 
 @dataclass
@@ -41,10 +41,23 @@ class SynthConfig:
 
 
 @dataclass
+class EmojiConfig:
+    """Spec of the emoji benchmark (``esol data emoji``); used when ``data.generator`` is ``emoji``."""
+
+    train: int = 1000
+    val: int = 200
+    size: int = 128
+    seed: int = 0
+    object_scale: list[float] = field(default_factory=lambda: [0.4, 0.9])
+    clutter: list[int] = field(default_factory=lambda: [2, 6])
+
+
+@dataclass
 class DataConfig:
     """Where the dataset lives and which splits each stage reads (VOC layout, DESIGN.md)."""
 
-    root: str = ""  # empty: the generated benchmark, written to data/synth-<profile>
+    root: str = ""  # empty: the generated benchmark (data.generator), written to data/<generator>-<profile>
+    generator: str = "synth"  # which benchmark an empty root generates: synth (toy) | emoji (OpenMoji, VOC classes)
     train_split: str = "train_aug"  # classifier / ESOL / IRN training
     cam_split: str = "train"  # seeds and pseudo masks are scored here (VOC's 1,464 train)
     val_split: str = "val"  # segmentation is scored here
@@ -52,6 +65,7 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     synth: SynthConfig = field(default_factory=SynthConfig)
+    emoji: EmojiConfig = field(default_factory=EmojiConfig)
 
 
 @dataclass

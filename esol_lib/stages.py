@@ -46,7 +46,7 @@ def notebook_run(profile: str, run_dir: str = "", data_root: str = "",
                  overrides: Sequence[str] = ()) -> tuple[RunDir, Config]:
     """The shared run folder a notebook works in, from its papermill parameters.
 
-    Paths default to the repository's ``runs/book-<profile>`` and ``data/synth-<profile>`` whether
+    Paths default to the repository's ``runs/book-<profile>`` and ``data/<generator>-<profile>`` whether
     the notebook runs from ``notebooks/`` (JupyterLab, papermill) or from the repository root.
     """
     from esol_lib.config import load_config

@@ -14,7 +14,7 @@ import numpy as np
 from esol_lib.data.palette import VOID, voc_palette
 
 __all__ = ["overlay", "colorize", "show_samples", "show_cams", "plot_sweeps", "plot_pr_curves", "metrics_table",
-           "draw_sampling_points", "show_feature_maps", "part_recall_bars", "cam_heat"]
+           "draw_sampling_points", "show_feature_maps", "part_recall_bars", "cam_heat", "glyph_table", "emoji_histograms", "show_images"]
 
 STAGE_COLORS = {"baseline": "#4c72b0", "expansion": "#dd8452", "shrinkage": "#55a868"}
 
@@ -331,3 +331,57 @@ def ablation_bars(rows: Mapping[str, dict], paper: Mapping[str, float] | None = 
 
 
 __all__ += ["sensitivity_plot", "ablation_bars"]
+
+
+def glyph_table(glyphs: Mapping[str, Sequence[int]], per_row: int = 12):
+    """The dataset card's class table: each VOC class (a row) with every OpenMoji glyph that draws it."""
+    from esol_lib.data.openmoji import glyph_sprite
+
+    names = list(glyphs)
+    cols = min(per_row, max(len(v) for v in glyphs.values()))
+    fig, axes = plt.subplots(len(names), cols + 1, figsize=(0.75 * (cols + 1) + 1.0, 0.62 * len(names)),
+                             gridspec_kw={"width_ratios": [2.2] + [1] * cols})
+    for r, name in enumerate(names):
+        axes[r, 0].text(1.0, 0.5, f"{r + 1} {name}", ha="right", va="center", fontsize=9)
+        for c in range(cols + 1):
+            axes[r, c].axis("off")
+        for c, cp in enumerate(glyphs[name][:cols]):
+            axes[r, c + 1].imshow(glyph_sprite(cp))
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, left=0.01, right=0.99, top=0.99, bottom=0.01)
+    return fig
+
+
+def emoji_histograms(stats: Mapping, split: str = "train"):
+    """Object size (visible area / image area), objects and classes per image, images per class."""
+    st = stats["splits"][split]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 2.6))
+    axes[0].hist(100 * np.asarray(st["object_area_fraction"]), bins=20, color="#4c72b0")
+    axes[0].set_xlabel("object area (% of the image)")
+    axes[0].set_ylabel("objects")
+    for ax, key, label in ((axes[1], "objects_per_image", "objects per image"),
+                           (axes[2], "classes_per_image", "classes per image")):
+        values, counts = np.unique(st[key], return_counts=True)
+        ax.bar(values, counts, color="#dd8452")
+        ax.set_xticks(values)
+        ax.set_xlabel(label)
+        ax.set_ylabel("images")
+    names = list(st["images_per_class"])
+    axes[3].bar(range(len(names)), [st["images_per_class"][n] for n in names], color="#55a868")
+    axes[3].set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    axes[3].set_ylabel("images")
+    fig.suptitle(f"the '{split}' split", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def show_images(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, cols: int = 8):
+    """A grid of images with optional small titles (e.g. the pretraining renders and their classes)."""
+    rows = (len(images) + cols - 1) // cols
+    fig, axes = _grid(rows, cols, 1.5)
+    for i, ax in enumerate(np.asarray(axes).reshape(-1)):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i])
+            if titles:
+                ax.set_title(titles[i], fontsize=6)
+    return fig

@@ -30,11 +30,31 @@ def test_coco14_inherits_voc12_and_changes_what_the_paper_changes():
     assert cfg.shrinkage.lr == 0.02 and cfg.shrinkage.max_steps == 51730
 
 
-def test_cpu_and_smoke_need_no_downloads():
-    for name in ("cpu", "smoke"):
+def test_cpu_toy_and_smoke_need_no_downloads():
+    for name in ("toy", "smoke"):
         cfg = load_config(name)
         assert cfg.model.pretrained is None and cfg.seg.pretrained is None
-        assert cfg.data.root == ""  # the generated benchmark
+        assert cfg.data.root == "" and cfg.data.generator == "synth"  # the toy benchmark
+    cfg = load_config("cpu")  # the emoji benchmark on the shipped proxy-ImageNet backbone
+    assert cfg.data.root == "" and cfg.data.generator == "emoji"
+    assert cfg.model.pretrained == cfg.seg.pretrained == "openmoji" and cfg.irn.backbone == "pretrained"
+
+
+def test_cpu_esol_settings_are_the_papers():
+    """§4.1: alpha (as chosen in §4.3.1), beta, gamma, mu, lrs; 10 epochs of the training split."""
+    cfg = load_config("cpu")
+    assert (cfg.expansion.alpha, cfg.expansion.lr, cfg.expansion.beta) == (0.01, 0.01, 0.15)
+    assert (cfg.shrinkage.gamma, cfg.shrinkage.mu, cfg.shrinkage.lr) == (1.0, 1.0, 0.1)
+    epochs = lambda steps, batch: steps * batch / cfg.data.emoji.train  # noqa: E731
+    assert epochs(cfg.expansion.max_steps, cfg.expansion.batch_size) == 10.0
+    assert epochs(cfg.shrinkage.max_steps, cfg.shrinkage.batch_size) == 10.0
+
+
+def test_unknown_generator_names_the_key(tmp_path):
+    from esol_lib.data import resolve_data_root
+
+    with pytest.raises(ConfigError, match="data.generator"):
+        resolve_data_root(load_config("cpu", ["data.generator=voc"]), synth_dir=tmp_path)
 
 
 def test_overrides_parse_yaml_values():

@@ -251,8 +251,9 @@ def test_aspp_lr_mult_is_deeplabs_on_a_pretrained_backbone_and_one_from_scratch(
     from esol_lib.errors import ConfigError
 
     assert aspp_lr_mult(load_config("voc12").seg) == (10.0, 20.0)
-    cpu = load_config("cpu").seg
+    cpu = load_config("toy").seg
     assert cpu.pretrained is None and aspp_lr_mult(cpu) == (1.0, 1.0)
+    assert aspp_lr_mult(load_config("cpu", ["seg.aspp_lr_mult=null"]).seg) == (10.0, 20.0)  # openmoji backbone
     assert aspp_lr_mult(load_config("cpu", ["seg.aspp_lr_mult=[10, 20]"]).seg) == (10.0, 20.0)
     groups = {g["name"]: g["lr"] for g in param_groups(_small_deeplab(), 0.01, aspp_lr_mult(cpu))}
     assert groups == pytest.approx({"backbone": 0.01, "aspp_weight": 0.01, "aspp_bias": 0.01})

@@ -5,16 +5,18 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from esol_lib.data.emoji import EmojiSpec, emoji_stats, generate_emoji_benchmark, render_emoji_sample
 from esol_lib.data.palette import VOID, save_label_png, voc_palette
 from esol_lib.data.synth import SynthSpec, benchmark_stats, generate_benchmark, load_part_mask, part_recall
 from esol_lib.data.voc import (
     VOC_CLASSES, VOCSegmentation, available_splits, labels_from_mask, load_image, load_mask, read_classes,
     read_split,
 )
-from esol_lib.errors import MissingDependencyError
+from esol_lib.errors import ConfigError, MissingDependencyError
 
 __all__ = [
-    "VOID", "VOC_CLASSES", "MissingDependencyError", "SynthSpec", "VOCSegmentation", "available_splits",
+    "VOID", "VOC_CLASSES", "EmojiSpec", "emoji_stats", "generate_emoji_benchmark", "render_emoji_sample",
+    "emoji_spec_from_config", "MissingDependencyError", "SynthSpec", "VOCSegmentation", "available_splits",
     "benchmark_stats", "generate_benchmark", "labels_from_mask", "load_image", "load_mask", "load_part_mask",
     "part_recall", "read_classes", "read_split", "resolve_data_root", "save_label_png",
     "synth_spec_from_config", "voc_palette",
@@ -30,18 +32,39 @@ def synth_spec_from_config(synth_cfg=None) -> SynthSpec:
     return SynthSpec(**values)
 
 
+def emoji_spec_from_config(emoji_cfg=None) -> EmojiSpec:
+    """The :class:`EmojiSpec` described by a config's ``data.emoji`` section (defaults when None)."""
+    if emoji_cfg is None:
+        return EmojiSpec()
+    values = dataclasses.asdict(emoji_cfg)
+    values["object_scale"] = tuple(values["object_scale"])
+    values["clutter"] = tuple(values["clutter"])
+    return EmojiSpec(**values)
+
+
+GENERATORS = ("synth", "emoji")
+
+
 def resolve_data_root(cfg, data_root: str | Path | None = None, *, generate: bool = True,
                       synth_dir: str | Path = "data") -> Path:
     """The dataset root a run uses: ``--data-root``, else ``data.root``, else the generated benchmark.
 
-    With neither set, the benchmark described by ``data.synth`` lives in ``<synth_dir>/synth-<profile>`` and
-    is generated there when missing (deterministic, so regenerating gives the same files).
+    With neither set, the benchmark of ``data.generator`` (``synth``: the toy one described by
+    ``data.synth``; ``emoji``: the OpenMoji one described by ``data.emoji``) lives in
+    ``<synth_dir>/<generator>-<profile>`` and is generated there when missing (deterministic, so
+    regenerating gives the same files).
     """
     if data_root:
         return Path(data_root)
     if cfg.data.root:
         return Path(cfg.data.root)
-    root = Path(synth_dir) / f"synth-{cfg.profile}"
+    generator = cfg.data.generator
+    if generator not in GENERATORS:
+        raise ConfigError(f"data.generator: unknown benchmark {generator!r}; choose one of {', '.join(GENERATORS)}")
+    root = Path(synth_dir) / f"{generator}-{cfg.profile}"
     if generate:
-        generate_benchmark(root, synth_spec_from_config(cfg.data.synth))
+        if generator == "emoji":
+            generate_emoji_benchmark(root, emoji_spec_from_config(cfg.data.emoji))
+        else:
+            generate_benchmark(root, synth_spec_from_config(cfg.data.synth))
     return root

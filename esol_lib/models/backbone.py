@@ -11,7 +11,8 @@ drops its down-sampling (no dilation, as in IRN). For ``small`` the first
 stride applies to the 3x3 stem and there is no max-pool.
 
 Nothing is ever downloaded: ``pretrained="imagenet"`` reads torchvision's local
-cache and raises :class:`~esol_lib.errors.WeightsNotFoundError` when it is empty.
+cache and raises :class:`~esol_lib.errors.WeightsNotFoundError` when it is empty;
+``pretrained="openmoji"`` reads the ``small`` backbone shipped in ``esol_lib/weights/``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ IMAGENET_FILES: dict[str, tuple[str, ...]] = {
     "resnet101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth"),
 }
 TORCHVISION_URL = "https://download.pytorch.org/models/{file}"
+
+# The proxy-ImageNet ``small`` backbone that ships with the package (``model.pretrained: openmoji``),
+# made by ``esol pretrain`` (esol_lib.pretrain) on OpenMoji glyphs of non-VOC classes.
+OPENMOJI_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "small-openmoji.pth"
 
 SMALL_STEM_CHANNELS = 32
 SMALL_STAGE_CHANNELS = (32, 64, 128, 128)
@@ -263,12 +268,21 @@ def _load_state_dict(module: nn.Module, path: Path, arch: str) -> None:
 
 
 def _load_small_weights(backbone: Backbone, pretrained: str) -> None:
-    """Load a saved ``small`` backbone state dict (there are no ImageNet weights for ``small``)."""
+    """Load a saved ``small`` backbone state dict; ``openmoji`` is the shipped proxy-ImageNet one."""
     if pretrained == "imagenet":
         raise ConfigError(
             "model.pretrained: there are no ImageNet weights for model.backbone='small'; "
-            "set model.pretrained=null or to the path of a saved small-backbone state dict"
+            "set model.pretrained=openmoji (the shipped proxy-ImageNet backbone), null, "
+            "or the path of a saved small-backbone state dict"
         )
+    if pretrained == "openmoji":
+        if not OPENMOJI_WEIGHTS.is_file():
+            raise WeightsNotFoundError(
+                f"model.pretrained='openmoji': the shipped backbone {OPENMOJI_WEIGHTS} is missing; "
+                f"recreate it with: esol pretrain --out {OPENMOJI_WEIGHTS}"
+            )
+        _load_state_dict(backbone, OPENMOJI_WEIGHTS, "small")
+        return
     _load_state_dict(backbone, _existing_path(pretrained), "small")
 
 

@@ -1,0 +1,131 @@
+"""The paper's claims on the emoji benchmark, over several generator seeds (issue 17).
+
+    python benchmarks/emoji_seeds.py [--seeds 0 1 2] [--out runs/emoji-seeds] [--run-for-seed 0=runs/book-cpu]
+                                     [--json book/results/emoji_seeds.json]
+
+For each generator seed S, the full ``esol pipeline`` of the ``cpu`` profile runs on its own
+benchmark (``data/emoji-cpu-seedS``, generated first) in ``OUT/seedS``: baseline, expansion and
+shrinkage seeds on train (± DenseCRF), IRN pseudo masks from the baseline and the shrinkage seeds,
+DeepLab-v2 trained on each and scored on val. Then every stage's seeds are also scored on val.
+``--run-for-seed S=RUN`` reads seed S from a run folder made elsewhere (the book's) instead.
+
+The metrics of every run are gathered, per stage and with mean and spread over the seeds, into
+one JSON file that chapter 08 renders beside the paper's numbers. Nothing here is typed in:
+re-running the script re-reads the run folders (finished stages are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("baseline", "expansion", "shrinkage")
+KEYS = ("miou", "precision", "recall", "f1", "ap")
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _pick(metrics: dict | None) -> dict | None:
+    if metrics is None:
+        return None
+    return {k: round(100 * metrics[k], 2) for k in KEYS if metrics.get(k) is not None} | {
+        "threshold": metrics.get("threshold")}
+
+
+def run_seed(seed: int, run_dir: Path, sets: list[str]) -> float:
+    """Run the whole pipeline of the cpu profile on generator seed ``seed``; return seconds spent."""
+    from esol_lib import ablation as ab
+    from esol_lib.config import load_config
+    from esol_lib.pipeline import run_pipeline
+    from esol_lib.stages import start_run
+
+    cfg = load_config("cpu", [f"profile=cpu-seed{seed}", f"data.emoji.seed={seed}", *sets])
+    start = time.perf_counter()
+    run = start_run(run_dir, cfg)  # generates data/emoji-cpu-seed<S> (resolve_data_root) when missing
+    run_pipeline(run, progress=False)
+    for stage in STAGES:  # the seeds on val too, for robustness across splits
+        ab.score_stage(run, stage, cfg.data.val_split)
+    return time.perf_counter() - start
+
+
+def collect(run_dir: Path) -> dict:
+    """Every stage's metrics of one finished run folder (percent, best-threshold)."""
+    from esol_lib.run import RunDir
+
+    run = RunDir(run_dir)
+    cfg = run.load_config()
+    m = lambda name: _pick(_read(run.metrics(name)))  # noqa: E731
+    train, val = cfg.data.cam_split, cfg.data.val_split
+    out: dict = {"seeds_train": {}, "seeds_val": {}, "crf_train": {}, "masks_train": {}, "seg_val": {}}
+    for st in STAGES:
+        out["seeds_train"][st] = m(f"{st}_{train}")
+        out["crf_train"][st] = m(f"{st}_crf_{train}")
+        out["seeds_val"][st] = m(f"{st}_{val}")
+    for st in ("baseline", "shrinkage"):
+        out["masks_train"][st] = m(f"mask-{st}_{train}")
+        out["seg_val"][st] = m(f"seg-{st}_{val}")
+    out["offsets"] = {}
+    log = run.root / "log.jsonl"
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if "offset" in rec and rec.get("stage") in ("expansion", "shrinkage"):
+                out["offsets"][rec["stage"]] = rec["offset"]  # mean |offset| in feature cells, last logged
+    return out
+
+
+def summarise(per_seed: dict[str, dict]) -> dict:
+    """Mean and population standard deviation over the seeds of every number of :func:`collect`."""
+    first = next(iter(per_seed.values()))
+    summary: dict = {}
+    for group, stages in first.items():
+        if group == "offsets":
+            continue
+        summary[group] = {}
+        for st in stages:
+            summary[group][st] = {}
+            for key in KEYS:
+                vals = [r[group][st][key] for r in per_seed.values()
+                        if r[group].get(st) and r[group][st].get(key) is not None]
+                if vals:
+                    summary[group][st][key] = {"mean": round(statistics.fmean(vals), 2),
+                                               "std": round(statistics.pstdev(vals), 2), "n": len(vals)}
+    return summary
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "emoji-seeds")
+    p.add_argument("--run-for-seed", action="append", default=[], metavar="S=RUN",
+                   help="read seed S from this finished run folder instead of running it")
+    p.add_argument("--json", type=Path, default=ROOT / "book" / "results" / "emoji_seeds.json")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--collect-only", action="store_true", help="only gather the metrics of finished runs")
+    args = p.parse_args()
+    given = {int(k): Path(v) for k, v in (s.split("=", 1) for s in args.run_for_seed)}
+    per_seed, seconds = {}, {}
+    for seed in args.seeds:
+        run_dir = given.get(seed, args.out / f"seed{seed}")
+        if seed not in given and not args.collect_only:
+            seconds[str(seed)] = round(run_seed(seed, run_dir, args.set), 1)
+            print(f"seed {seed}: {seconds[str(seed)]:.0f} s", flush=True)
+        per_seed[str(seed)] = collect(run_dir)
+    result = {"profile": "cpu", "benchmark": "emoji", "seeds": per_seed, "summary": summarise(per_seed),
+              "seconds": seconds, "command": "python benchmarks/emoji_seeds.py " + " ".join(
+                  f"--run-for-seed {k}={v.relative_to(ROOT) if v.is_relative_to(ROOT) else v}"
+                  for k, v in given.items())}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

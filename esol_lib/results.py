@@ -1,0 +1,115 @@
+"""The paper's claims over several generator seeds, as a table read from a results file.
+
+``benchmarks/emoji_seeds.py`` runs the whole pipeline of a profile on several generator seeds and
+writes one JSON file (per seed: every stage's best-threshold metrics, in percent). Chapter 08 turns
+that file into the table below with :func:`claims_table`; nothing in the table is typed in.
+
+Each claim compares two stages on each seed (the gain of ESOL's final seeds over the baseline, the
+gain of expansion's recall over the baseline's, ...), then reports the mean and spread of the
+per-seed gains and on how many seeds the claim held, beside the paper's number.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Claim", "CLAIMS", "load_seed_results", "claim_gains", "claims_table", "stage_table"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's claims: ``group[better][key]`` above ``group[worse][key]``, by ``paper`` points."""
+
+    label: str
+    group: str  # seeds_train | seeds_val | crf_train | masks_train | seg_val
+    key: str  # miou | precision | recall | f1 | ap
+    better: str
+    worse: str
+    paper: float | None  # the paper's gain in points (VOC), None where it reports none
+
+
+# The paper's gains on PASCAL VOC 2012: Table 1 ("IRN" and "ESOL (Ours)" rows; against the authors'
+# own baseline seed of 48.4, §4.1, the seed gain is +5.2), Table 3 (val) and Table 6 (train).
+CLAIMS: tuple[Claim, ...] = (
+    Claim("ESOL seeds − baseline seeds, mIoU (train)", "seeds_train", "miou", "shrinkage", "baseline", 53.6 - 48.4),
+    Claim("ESOL seeds − baseline seeds, F1 (train)", "seeds_train", "f1", "shrinkage", "baseline", 72.7 - 66.2),
+    Claim("ESOL seeds − baseline seeds, localization AP (train)", "seeds_train", "ap", "shrinkage", "baseline", None),
+    Claim("ESOL seeds − baseline seeds, mIoU (val)", "seeds_val", "miou", "shrinkage", "baseline", None),
+    Claim("expansion − baseline, recall (train)", "seeds_train", "recall", "expansion", "baseline", 90.9 - 66.4),
+    Claim("shrinkage − expansion, precision (train)", "seeds_train", "precision", "shrinkage", "expansion",
+          67.1 - 41.1),
+    Claim("ESOL − baseline, seeds + CRF, mIoU (train)", "crf_train", "miou", "shrinkage", "baseline", 61.4 - 53.7),
+    Claim("ESOL − baseline, IRN pseudo masks, mIoU (train)", "masks_train", "miou", "shrinkage", "baseline",
+          68.7 - 66.3),
+    Claim("ESOL − baseline, DeepLab-v2, mIoU (val)", "seg_val", "miou", "shrinkage", "baseline", 69.9 - 63.5),
+    Claim("baseline: IRN pseudo masks − seeds, mIoU (train)", "masks_train", "miou", "baseline", "baseline",
+          66.3 - 48.8),
+    Claim("ESOL: IRN pseudo masks − seeds, mIoU (train)", "masks_train", "miou", "shrinkage", "shrinkage",
+          68.7 - 53.6),
+)
+
+
+def load_seed_results(path: str | Path) -> dict:
+    """The JSON file ``benchmarks/emoji_seeds.py`` writes (``seeds``: per-seed metrics by group and stage)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _value(seed: dict, group: str, stage: str, key: str) -> float | None:
+    entry = seed.get(group, {}).get(stage)
+    return None if not entry else entry.get(key)
+
+
+def claim_gains(results: dict, claim: Claim) -> list[float]:
+    """The claim's gain on every seed that has both numbers (points).
+
+    A claim whose ``better`` and ``worse`` stage are the same (masks − seeds) compares the
+    ``group`` of that stage with its seeds on train.
+    """
+    gains = []
+    for seed in results["seeds"].values():
+        a = _value(seed, claim.group, claim.better, claim.key)
+        if claim.better == claim.worse:
+            b = _value(seed, "seeds_train", claim.worse, claim.key)
+        else:
+            b = _value(seed, claim.group, claim.worse, claim.key)
+        if a is not None and b is not None:
+            gains.append(a - b)
+    return gains
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "not run"
+    if len(values) == 1:
+        return f"{values[0]:+.1f}"
+    return f"{statistics.fmean(values):+.1f} ± {statistics.pstdev(values):.1f}"
+
+
+def claims_table(results: dict, claims: tuple[Claim, ...] = CLAIMS) -> str:
+    """A Markdown table: each claim, the paper's gain, this benchmark's mean ± spread and how often it held."""
+    rows = ["| claim | paper (VOC) | this benchmark: mean ± std over seeds | held on |", "|---|---|---|---|"]
+    for claim in claims:
+        gains = claim_gains(results, claim)
+        paper = "–" if claim.paper is None else f"{claim.paper:+.1f}"
+        held = f"{sum(g > 0 for g in gains)} of {len(gains)}" if gains else "–"
+        rows.append(f"| {claim.label} | {paper} | {_mean_std(gains)} | {held} |")
+    return "\n".join(rows)
+
+
+def stage_table(results: dict, group: str = "seeds_train",
+                keys: tuple[str, ...] = ("miou", "precision", "recall", "f1", "ap")) -> str:
+    """Per-stage mean ± std over the seeds of ``group``'s metrics (Markdown)."""
+    seeds = list(results["seeds"].values())
+    stages = [st for st in ("baseline", "expansion", "shrinkage") if any(s.get(group, {}).get(st) for s in seeds)]
+    rows = ["| stage | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for st in stages:
+        cells = []
+        for key in keys:
+            vals = [v for s in seeds if (v := _value(s, group, st, key)) is not None]
+            cells.append("–" if not vals else (f"{statistics.fmean(vals):.1f} ± {statistics.pstdev(vals):.1f}"
+                                                if len(vals) > 1 else f"{vals[0]:.1f}"))
+        rows.append(f"| {st} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,34 @@
+"""The seed-results table of chapter 08: per-seed gains, mean ± std, how often a claim held."""
+
+from esol_lib.results import CLAIMS, Claim, claim_gains, claims_table, stage_table
+
+
+def _seed(base, exp, shr, mask_b, mask_s):
+    st = lambda m: {"miou": m, "precision": m + 10, "recall": m + 5, "f1": m + 1, "ap": m + 2}  # noqa: E731
+    return {"seeds_train": {"baseline": st(base), "expansion": st(exp), "shrinkage": st(shr)},
+            "masks_train": {"baseline": {"miou": mask_b}, "shrinkage": {"miou": mask_s}},
+            "seg_val": {"baseline": None, "shrinkage": None}}
+
+
+RESULTS = {"seeds": {"0": _seed(50, 45, 54, 60, 63), "1": _seed(48, 47, 47, 58, 57)}}
+
+
+def test_gains_per_seed_and_self_comparison_against_seeds():
+    seeds = CLAIMS[0]
+    assert seeds.group == "seeds_train" and claim_gains(RESULTS, seeds) == [4, -1]
+    mask_gain = next(c for c in CLAIMS if c.label.startswith("baseline: IRN"))
+    assert claim_gains(RESULTS, mask_gain) == [10, 10]  # masks - the same stage's seeds
+
+
+def test_table_reports_mean_std_and_count_and_not_run():
+    table = claims_table(RESULTS)
+    assert "| ESOL seeds − baseline seeds, mIoU (train) | +5.2 | +1.5 ± 2.5 | 1 of 2 |" in table
+    assert "| ESOL − baseline, DeepLab-v2, mIoU (val) | +6.4 | not run | – |" in table
+    one = claims_table({"seeds": {"0": RESULTS["seeds"]["0"]}}, (Claim("x", "seeds_train", "miou", "shrinkage",
+                                                                        "baseline", None),))
+    assert "| x | – | +4.0 | 1 of 1 |" in one
+
+
+def test_stage_table():
+    table = stage_table(RESULTS)
+    assert "| baseline | 49.0 ± 1.0 | 59.0 ± 1.0 |" in table
