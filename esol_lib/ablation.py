@@ -28,6 +28,7 @@ from esol_lib.errors import ConfigError, DivergenceError
 from esol_lib.run import RunDir, fork_run
 
 __all__ = ["Variant", "TABLE5", "LOSS_COMBINATIONS", "AREA_READINGS", "APPENDIX", "sweep", "score_stage", "run_variant",
+           "reference_run",
            "run_variants", "paper_numbers", "PAPER_BASELINE_SEED", "PAPER_ESOL_SEED"]
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ def run_variant(main: RunDir, variant: Variant, root: str | Path, *, split: str 
     from esol_lib.config import apply_overrides, config_to_dict
     from esol_lib.esol import expand, shrink
 
+    main = reference_run(main, root, progress=progress)
     main_cfg = main.load_config()
     split = split or main_cfg.ablation.split or main_cfg.data.cam_split
     values = config_to_dict(main_cfg)
@@ -189,6 +191,27 @@ def run_variant(main: RunDir, variant: Variant, root: str | Path, *, split: str 
         return {"variant": variant.name, "run_dir": str(run.root), "diverged": str(err)}
     return {**score_stage(run, variant.stage, split, progress=progress), "variant": variant.name,
             "run_dir": str(run.root)}
+
+
+def reference_run(main: RunDir, root: str | Path, *, progress: bool = False) -> RunDir:
+    """The run every ablation is compared with: ``main`` itself, or with ``ablation.max_steps`` set,
+    ``root/reference``: ``main``'s config with both ESOL stages trained for that many steps (sharing
+    ``main``'s baseline). Variants then fork from the reference, so each one differs from it in its
+    own overrides only, at the same training length.
+    """
+    from esol_lib.esol import expand, shrink
+
+    steps = main.load_config().ablation.max_steps
+    if steps is None:
+        return main
+    if isinstance(steps, bool) or steps < 1:
+        raise ConfigError(f"ablation.max_steps: expected a positive number of steps or null, got {steps!r}")
+    ref = fork_run(main.root, Path(root) / "reference", (f"expansion.max_steps={steps}", f"shrinkage.max_steps={steps}"))
+    if not ref.checkpoint("expansion").is_file():
+        expand(ref, progress=progress)
+    if not ref.checkpoint("shrinkage").is_file():
+        shrink(ref, progress=progress)
+    return ref
 
 
 def _require_stage(run: RunDir, stage: str) -> None:

@@ -211,6 +211,9 @@ class AblationConfig:
     """
 
     split: Optional[str] = None  # where variants are scored; None: data.cam_split
+    # ESOL steps per stage of every ablation run; None: the main run's. When set, a 'reference' fork
+    # (the main config at this length) stands in for the main run, so variants compare at one budget.
+    max_steps: Optional[int] = None
     alphas: list[float] = field(default_factory=lambda: [0.001, 0.005, 0.01, 0.05, 0.1])  # Fig. 6(a)
     betas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.3, 0.5])  # Fig. 6(b)
     gammas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 5.0])  # Fig. 6(d)

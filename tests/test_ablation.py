@@ -147,3 +147,27 @@ def test_a_fork_with_another_beta_recomputes_the_shared_expansion_cams(main_run,
     fork = fork_run(main_run.root, tmp_path / "beta", ["expansion.beta=1.0"], share=("baseline", "expansion"))
     no_clip = ab.score_stage(fork, "expansion")
     assert no_clip["sweep"] != base["sweep"]
+
+
+def test_ablation_max_steps_compares_every_variant_with_a_reference_of_that_length(main_run, tmp_path):
+    """With ablation.max_steps, a 'reference' fork (the main config at that length) replaces the main
+    run: the main setting is read from it, and a shrinkage variant shares its expansion."""
+    from esol_lib.run import RunDir, fork_run
+
+    short = fork_run(main_run.root, tmp_path / "short-main", ["ablation.max_steps=1"],
+                     share=("baseline", "expansion", "shrinkage"))
+    root = tmp_path / "ablations"
+    ref = ab.reference_run(short, root)
+    assert ref.root == root / "reference"
+    assert ref.load_config().expansion.max_steps == ref.load_config().shrinkage.max_steps == 1
+    assert _log_stages(ref) == ["expansion", "shrinkage"]
+    assert ref.checkpoint("baseline").read_bytes() == main_run.checkpoint("baseline").read_bytes()
+    alpha = main_run.load_config().expansion.alpha
+    (same,) = ab.sweep("expansion.alpha", [alpha], stage="expansion")
+    assert ab.run_variant(short, same, root)["run_dir"] == str(ref.root)
+    ab.run_variant(short, ab.Variant("mu-half", "μ = 0.5", ("shrinkage.mu=0.5",)), root)
+    fork = RunDir(root / "mu-half")
+    assert fork.checkpoint("expansion").read_bytes() == ref.checkpoint("expansion").read_bytes()
+    assert fork.load_config().shrinkage.max_steps == 1
+    with pytest.raises(ConfigError, match="ablation.max_steps"):
+        ab.reference_run(fork_run(main_run.root, tmp_path / "bad", ["ablation.max_steps=0"]), tmp_path / "x")

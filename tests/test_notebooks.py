@@ -113,3 +113,36 @@ def test_file_table_reads_metrics_files_and_keeps_quoted_numbers(tmp_path):
     assert lines[2] == "| paper | 53.6 | 68.7 | – |"
     assert lines[3] == "| ours | 53.6 | not run | 25.0 |"
     assert "n/a" in viz.file_table({"r": {"c": Path(tmp_path / "none.json")}}, missing="n/a")
+
+
+EMOJI_TINY = """base: cpu
+profile: emoji-tiny
+train_cam: {batch_size: 4, epochs: 1, max_steps: 2, resize_long: [40, 56], crop_size: 48}
+cam: {scales: [1.0]}
+"""
+
+
+@pytest.mark.slow
+def test_chapters_00_and_01_show_the_emoji_benchmark_and_its_backbone(tmp_path):
+    """On the cpu profile's data and backbone (shrunk), chapter 00 draws the dataset card's figures
+    (samples, histograms, glyph table) and chapter 01 the pretraining card and renders."""
+    from esol_lib.data.emoji import EmojiSpec, generate_emoji_benchmark
+
+    data = generate_emoji_benchmark(tmp_path / "emoji", EmojiSpec(train=8, val=4, size=48), progress=False)
+    profile = tmp_path / "emoji-tiny.yaml"
+    profile.write_text(EMOJI_TINY)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in SINGLE_THREAD.items():
+            mp.setenv(key, value)
+        paths = execute_notebooks(str(profile), REPO_ROOT / "notebooks", tmp_path / "executed", tmp_path / "run",
+                                  data_root=str(data), only=["00", "01"], progress=False)
+    nbs = {p.name[:2]: nbformat.read(str(p), as_version=4) for p in paths}
+    for name, nb in nbs.items():
+        errors = [f"{o['ename']}: {o['evalue']}" for o in _outputs(nb) if o.get("output_type") == "error"]
+        assert not errors, f"chapter {name}: {errors}"
+    code00 = [c for c in nbs["00"].cells if c.cell_type == "code"]
+    assert any("emoji_histograms(" in c.source and _images(c) == 1 for c in code00)
+    assert any("glyph_table(" in c.source and _images(c) == 1 for c in code00)
+    pre = [c for c in nbs["01"].cells if c.cell_type == "code" and "render_glyph_set(" in c.source]
+    assert pre and _images(pre[0]) == 1
+    assert "held-out top-1" in json.dumps(pre[0].outputs)
