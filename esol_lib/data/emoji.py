@@ -30,9 +30,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from esol_lib.data.drawing import dilate, hsv_to_rgb, save_jpeg, smooth_noise, write_lines
 from esol_lib.data.openmoji import ATTRIBUTION, VOC_GLYPHS, glyph_sprite, other_glyphs
 from esol_lib.data.palette import VOID, save_label_png
-from esol_lib.data.synth import _dilate, _hsv_to_rgb, _save_jpeg, _smooth_noise, _write_list
 from esol_lib.errors import DatasetError
 
 __all__ = ["EmojiSpec", "EmojiSample", "VOC_CLASS_NAMES", "generate_emoji_benchmark", "render_emoji_sample",
@@ -122,8 +122,8 @@ def emoji_sample_id(split: str, index: int) -> str:
 def background_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A float RGB texture: a colour ramp with low-frequency tint, optional stripes and grain."""
     n = max(h, w)
-    base = _hsv_to_rgb(rng.random(), rng.uniform(0.05, 0.5), rng.uniform(0.3, 0.9))
-    tint = _smooth_noise(rng, n, int(rng.integers(2, 8)), 3)[:h, :w] - 0.5
+    base = hsv_to_rgb(rng.random(), rng.uniform(0.05, 0.5), rng.uniform(0.3, 0.9))
+    tint = smooth_noise(rng, n, int(rng.integers(2, 8)), 3)[:h, :w] - 0.5
     img = base[None, None, :] + rng.uniform(40, 120) * tint
     if rng.random() < 0.4:  # stripes or tiles, as floors, walls and fabrics
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -249,7 +249,7 @@ def render_emoji_sample(spec: EmojiSpec, index: int, split: str = "train") -> Em
         visible = owner == o_idx
         obj["pixels"] = int(visible.sum())
         if spec.void_border:  # VOC-style void ring just outside each object's outline
-            label[_dilate(visible, spec.void_border) & ~visible] = VOID
+            label[dilate(visible, spec.void_border) & ~visible] = VOID
     image = np.clip(img, 0, 255).astype(np.uint8)
     return EmojiSample(image=image, label=label, objects=objects)
 
@@ -308,13 +308,13 @@ def generate_emoji_benchmark(out: str | Path, spec: EmojiSpec | None = None, *, 
     for split, i in tqdm(todo, desc=f"emoji benchmark -> {out}", disable=not progress, unit="img"):
         name = emoji_sample_id(split, i)
         sample = render_emoji_sample(spec, i, split)
-        _save_jpeg(out / "JPEGImages" / f"{name}.jpg", sample.image)
+        save_jpeg(out / "JPEGImages" / f"{name}.jpg", sample.image)
         save_label_png(out / "SegmentationClass" / f"{name}.png", sample.label)
         records.append(json.dumps({"id": name, "objects": sample.objects}))
     for split in SPLITS:
-        _write_list(out / "ImageSets" / "Segmentation" / f"{split}.txt",
+        write_lines(out / "ImageSets" / "Segmentation" / f"{split}.txt",
                     [emoji_sample_id(split, i) for i in range(getattr(spec, split))])
-    _write_list(out / "objects.jsonl", records)
+    write_lines(out / "objects.jsonl", records)
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in spec.class_names), encoding="utf-8")
     (out / ATTRIBUTION_FILE).write_text(ATTRIBUTION + "\n", encoding="utf-8")
     tmp = spec_path.with_name(SPEC_FILE + ".tmp")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from esol_lib.data.drawing import write_lines
 from esol_lib.data.palette import save_label_png
 from esol_lib.data.voc import (
     IMAGE_DIR, SPLIT_DIR, MissingDependencyError, _listing, _missing_files, _unsafe_name, read_split,
@@ -62,12 +63,6 @@ def load_sbd_mask(path: Path) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-def _write_list(path: Path, ids: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-    tmp.replace(path)
-
-
 def make_train_aug(voc_root: str | Path, sbd_root: str | Path, out_name: str = "train_aug", *,
                    overwrite: bool = False) -> list[str]:
     """Build ``(SBD train ∪ SBD val ∪ VOC train) − VOC val`` and its masks; return the sorted ids.
@@ -111,5 +106,5 @@ def make_train_aug(voc_root: str | Path, sbd_root: str | Path, out_name: str = "
                 raise DatasetError(f"SBD mask {src} is missing; re-copy SBD's cls/ folder")
             save_label_png(dst, load_sbd_mask(src))
     (voc_root / SPLIT_DIR).mkdir(parents=True, exist_ok=True)
-    _write_list(voc_root / SPLIT_DIR / f"{out_name}.txt", ids)
+    write_lines(voc_root / SPLIT_DIR / f"{out_name}.txt", ids)
     return ids

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from esol_lib.data.drawing import dilate, hsv_to_rgb, save_jpeg, smooth_noise, write_lines
 from esol_lib.data.palette import VOID, save_label_png
 from esol_lib.errors import DatasetError
 
@@ -117,28 +118,13 @@ def sample_id(split: str, index: int) -> str:
 # ----------------------------------------------------------------------------------- drawing
 
 
-def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
-    rgb = Image.new("HSV", (1, 1), (int(h % 1.0 * 255), int(s * 255), int(v * 255))).convert("RGB")
-    return np.asarray(rgb, dtype=np.float32)[0, 0]
-
-
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
-    """Low-frequency noise in [0, 1]: a ``cells``-square grid upsampled bicubically to ``size``."""
-    grid = rng.random((cells, cells, channels)).astype(np.float32)
-    out = np.empty((size, size, channels), np.float32)
-    for c in range(channels):
-        img = Image.fromarray(grid[:, :, c], mode="F").resize((size, size), Image.BICUBIC)
-        out[:, :, c] = np.asarray(img)
-    return np.clip(out, 0.0, 1.0)
-
-
 def _background(rng: np.random.Generator, n: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """Textured, cluttered background: coloured smooth noise, fine grain and desaturated shapes."""
-    base = _hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.4), rng.uniform(0.35, 0.75))
-    tint = _smooth_noise(rng, n, int(rng.integers(3, 7)), 3) - 0.5
+    base = hsv_to_rgb(rng.random(), rng.uniform(0.1, 0.4), rng.uniform(0.35, 0.75))
+    tint = smooth_noise(rng, n, int(rng.integers(3, 7)), 3) - 0.5
     img = base[None, None, :] + 90.0 * tint + rng.normal(0.0, 10.0, (n, n, 3)).astype(np.float32)
     for _ in range(int(rng.integers(3, 8))):  # clutter: rectangles, rings and lines
-        colour = _hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.95))
+        colour = hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.95))
         cy, cx = rng.uniform(0, n, 2)
         r = rng.uniform(0.05, 0.2) * n
         kind = int(rng.integers(3))
@@ -157,23 +143,12 @@ def _background(rng: np.random.Generator, n: int, yy: np.ndarray, xx: np.ndarray
 
 def _body_texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     """The look shared by every class: tan stripes at a random angle and period."""
-    light = _hsv_to_rgb(0.09 + rng.uniform(-0.02, 0.02), rng.uniform(0.3, 0.45), rng.uniform(0.7, 0.85))
-    dark = _hsv_to_rgb(0.07 + rng.uniform(-0.02, 0.02), rng.uniform(0.4, 0.55), rng.uniform(0.4, 0.55))
+    light = hsv_to_rgb(0.09 + rng.uniform(-0.02, 0.02), rng.uniform(0.3, 0.45), rng.uniform(0.7, 0.85))
+    dark = hsv_to_rgb(0.07 + rng.uniform(-0.02, 0.02), rng.uniform(0.4, 0.55), rng.uniform(0.4, 0.55))
     theta = rng.uniform(0, np.pi)
     period = rng.uniform(3.0, 6.0)
     wave = 0.5 + 0.5 * np.sin(2 * np.pi * (yy * np.cos(theta) + xx * np.sin(theta)) / period)
     return dark[None, None] + wave[..., None] * (light - dark)[None, None]
-
-
-def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
-    """Binary dilation by a (2r+1)-square (no wrap-around at the image edge)."""
-    h, w = mask.shape
-    padded = np.pad(mask, r)
-    out = np.zeros_like(mask)
-    for dy in range(2 * r + 1):
-        for dx in range(2 * r + 1):
-            out |= padded[dy:dy + h, dx:dx + w]
-    return out
 
 
 def _place_objects(rng: np.random.Generator, spec: SynthSpec) -> list[dict]:
@@ -221,10 +196,10 @@ def render_sample(spec: SynthSpec, index: int, split: str = "train") -> SynthSam
         whole = body | part
         img[body] = _body_texture(rng, yy, xx)[body] * rng.uniform(0.9, 1.1)
         hue = _PART_HUES[k - 1] + rng.uniform(-0.02, 0.02)
-        colour = _hsv_to_rgb(hue, _PART_SAT[k - 1], _PART_VAL[k - 1] * rng.uniform(0.85, 1.0))
+        colour = hsv_to_rgb(hue, _PART_SAT[k - 1], _PART_VAL[k - 1] * rng.uniform(0.85, 1.0))
         img[part] = colour + rng.normal(0.0, 8.0, (int(part.sum()), 3))
         if spec.void_border:  # VOC-style void ring just outside the object's outline
-            label[_dilate(whole, spec.void_border) & ~whole] = VOID
+            label[dilate(whole, spec.void_border) & ~whole] = VOID
         label[whole] = k
         part_map[whole] = 0  # an object in front hides the parts behind it
         part_map[part] = k
@@ -244,19 +219,6 @@ def _spec_from_json(d: dict) -> SynthSpec | None:
         return SynthSpec(**values)
     except (KeyError, TypeError, DatasetError):
         return None
-
-
-def _write_list(path: Path, ids: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
-    tmp.replace(path)
-
-
-def _save_jpeg(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image).save(tmp, format="JPEG", quality=95, subsampling=0)
-    tmp.replace(path)
 
 
 def _ids(spec: SynthSpec) -> Iterator[tuple[str, int]]:
@@ -293,11 +255,11 @@ def generate_benchmark(out: str | Path, spec: SynthSpec | None = None, *, progre
     for split, i in tqdm(todo, desc=f"benchmark -> {out}", disable=not progress, unit="img"):
         name = sample_id(split, i)
         sample = render_sample(spec, i, split)
-        _save_jpeg(out / "JPEGImages" / f"{name}.jpg", sample.image)
+        save_jpeg(out / "JPEGImages" / f"{name}.jpg", sample.image)
         save_label_png(out / "SegmentationClass" / f"{name}.png", sample.label)
         save_label_png(out / PART_DIR / f"{name}.png", sample.part)
     for split in SPLITS:
-        _write_list(out / "ImageSets" / "Segmentation" / f"{split}.txt",
+        write_lines(out / "ImageSets" / "Segmentation" / f"{split}.txt",
                     [sample_id(split, i) for i in range(getattr(spec, split))])
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in spec.class_names), encoding="utf-8")
     tmp = spec_path.with_name(SPEC_FILE + ".tmp")
