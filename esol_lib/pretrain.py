@@ -40,7 +40,7 @@ from esol_lib.errors import ConfigError
 from esol_lib.models.backbone import OPENMOJI_WEIGHTS, Backbone, build_backbone
 
 __all__ = ["PretrainRecipe", "pretrain_backbone", "recipe_fingerprint", "SHIPPED_WEIGHTS",
-           "GlyphClassifier", "render_glyph_set"]
+           "GlyphClassifier", "render_glyph_set", "ensure_openmoji_weights"]
 
 SHIPPED_WEIGHTS = OPENMOJI_WEIGHTS
 
@@ -233,3 +233,16 @@ def pretrain_backbone(out: str | Path, recipe: PretrainRecipe | None = None, *, 
     tmp_card.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     tmp_card.replace(card_path)
     return card
+
+
+def ensure_openmoji_weights(cfg, *, progress: bool = True) -> None:
+    """Train the shipped backbone when a config asks for ``openmoji`` weights and the file is missing.
+
+    The weights ship with the package; a checkout without them (deleted, or stripped by a packager)
+    pays the pretraining once (about ten minutes on 2 cores) instead of failing.
+    """
+    wanted = cfg.model.pretrained == "openmoji" or cfg.seg.pretrained == "openmoji"
+    if wanted and not SHIPPED_WEIGHTS.is_file():
+        print(f"the proxy-ImageNet backbone {SHIPPED_WEIGHTS} is missing: training it once (esol pretrain)",
+              flush=True)
+        pretrain_backbone(SHIPPED_WEIGHTS, progress=progress)

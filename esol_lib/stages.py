@@ -22,6 +22,7 @@ from esol_lib.data import VOCSegmentation, load_image, resolve_data_root
 from esol_lib.data.transforms import AugmentedDataset, TrainTransform
 from esol_lib.errors import StageError
 from esol_lib.metrics import read_metrics, write_metrics
+from esol_lib.pretrain import ensure_openmoji_weights
 from esol_lib.run import STAGES, RunDir, create_run
 
 __all__ = ["notebook_run", "open_run", "start_run", "resolve_device", "train_cam", "make_cam", "eval_cam", "stage_cam_fn",
@@ -35,10 +36,12 @@ def start_run(run: str | Path, cfg: Config, data_root: str | Path | None = None)
     """Create (or re-open) a run folder for ``cfg`` with its dataset root resolved to an absolute path.
 
     The root is stored in the run's ``config.yaml`` so later stages (``--run RUN`` only) find it,
-    from any working directory (a notebook runs in ``notebooks/``).
+    from any working directory (a notebook runs in ``notebooks/``). A config that reads the shipped
+    ``openmoji`` backbone whose file is missing trains it first (:func:`ensure_openmoji_weights`).
     """
     root = resolve_data_root(cfg, data_root).resolve()
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
+    ensure_openmoji_weights(cfg)
     return create_run(run, cfg)
 
 

@@ -66,3 +66,17 @@ def test_missing_weights_file_names_it(tmp_path):
 
     with pytest.raises(WeightsNotFoundError, match="nope.pth"):
         build_backbone("small", [2, 2, 2, 1], str(tmp_path / "nope.pth"))
+
+
+def test_a_missing_shipped_backbone_is_trained_once_when_a_config_needs_it(tmp_path, monkeypatch):
+    import esol_lib.pretrain as pretrain
+
+    calls = []
+    target = tmp_path / "small-openmoji.pth"
+    monkeypatch.setattr(pretrain, "SHIPPED_WEIGHTS", target)
+    monkeypatch.setattr(pretrain, "pretrain_backbone", lambda out, **kw: calls.append(out) or out.write_bytes(b"x"))
+    pretrain.ensure_openmoji_weights(load_config("toy"))  # no openmoji weights asked for
+    assert calls == []
+    pretrain.ensure_openmoji_weights(load_config("cpu"))
+    pretrain.ensure_openmoji_weights(load_config("cpu"))
+    assert calls == [target]
