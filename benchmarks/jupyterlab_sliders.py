@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("sliders-check"), help="screenshots and result.json")
     ap.add_argument("--data-root", type=Path, default=None,
-                    help="the dataset the run folder was made from (default: data/synth-<profile>)")
+                    help="the dataset the run folder was made from (default: the run's data.root)")
     ap.add_argument("--venv", type=Path, default=ROOT / ".venv")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
@@ -167,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out / "notebooks"
     work.mkdir(exist_ok=True)
     run = args.run.resolve()
+    if args.data_root is None:
+        from esol_lib.run import RunDir
+
+        args.data_root = Path(RunDir(run).load_config().data.root)
     for chapter in CHAPTERS:
-        _prepare(args.venv, chapter, work, args.profile, run,
-                 (args.data_root or ROOT / "data" / f"synth-{args.profile}").resolve())
+        _prepare(args.venv, chapter, work, args.profile, run, args.data_root.resolve())
 
     port, token = _free_port(), "esol-slider-check"
     lab = subprocess.Popen([str(args.venv / "bin" / "jupyter"), "lab", "--no-browser", f"--port={port}",
