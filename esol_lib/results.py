@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Claim", "CLAIMS", "load_seed_results", "claim_gains", "claims_table", "stage_table"]
+__all__ = ["Claim", "CLAIMS", "load_seed_results", "claim_gains", "claims_table", "stage_table", "offsets_table"]
 
 
 @dataclass(frozen=True)
@@ -112,4 +112,15 @@ def stage_table(results: dict, group: str = "seeds_train",
             cells.append("–" if not vals else (f"{statistics.fmean(vals):.1f} ± {statistics.pstdev(vals):.1f}"
                                                 if len(vals) > 1 else f"{vals[0]:.1f}"))
         rows.append(f"| {st} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def offsets_table(results: dict) -> str:
+    """Mean |offset| (feature cells) of each ESOL sampler at the end of training, per seed (Markdown)."""
+    seeds = results["seeds"]
+    rows = ["| seed | expansion sampler | shrinkage sampler |", "|---|---|---|"]
+    for name, seed in seeds.items():
+        off = seed.get("offsets", {})
+        cell = lambda st: "–" if off.get(st) is None else f"{off[st]:.2f}"  # noqa: E731
+        rows.append(f"| {name} | {cell('expansion')} | {cell('shrinkage')} |")
     return "\n".join(rows)

@@ -32,3 +32,10 @@ def test_table_reports_mean_std_and_count_and_not_run():
 def test_stage_table():
     table = stage_table(RESULTS)
     assert "| baseline | 49.0 ± 1.0 | 59.0 ± 1.0 |" in table
+
+
+def test_offsets_table():
+    from esol_lib.results import offsets_table
+
+    table = offsets_table({"seeds": {"0": {"offsets": {"expansion": 0.07, "shrinkage": 3.8}}, "1": {}}})
+    assert "| 0 | 0.07 | 3.80 |" in table and "| 1 | – | – |" in table
