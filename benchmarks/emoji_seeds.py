@@ -38,7 +38,7 @@ def _pick(metrics: dict | None) -> dict | None:
         "threshold": metrics.get("threshold")}
 
 
-def run_seed(seed: int, run_dir: Path, sets: list[str]) -> float:
+def run_seed(seed: int, run_dir: Path, sets: list[str], segment: bool = True) -> float:
     """Run the whole pipeline of the cpu profile on generator seed ``seed``; return seconds spent."""
     from esol_lib import ablation as ab
     from esol_lib.config import load_config
@@ -48,7 +48,7 @@ def run_seed(seed: int, run_dir: Path, sets: list[str]) -> float:
     cfg = load_config("cpu", [f"profile=cpu-seed{seed}", f"data.emoji.seed={seed}", *sets])
     start = time.perf_counter()
     run = start_run(run_dir, cfg)  # generates data/emoji-cpu-seed<S> (resolve_data_root) when missing
-    run_pipeline(run, progress=False)
+    run_pipeline(run, progress=False, segment=segment)
     for stage in STAGES:  # the seeds on val too, for robustness across splits
         ab.score_stage(run, stage, cfg.data.val_split)
     return time.perf_counter() - start
@@ -108,13 +108,14 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=ROOT / "book" / "results" / "emoji_seeds.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--collect-only", action="store_true", help="only gather the metrics of finished runs")
+    p.add_argument("--no-segment", action="store_true", help="skip DeepLab (train-seg, eval-seg): the slowest stage")
     args = p.parse_args()
     given = {int(k): Path(v) for k, v in (s.split("=", 1) for s in args.run_for_seed)}
     per_seed, seconds = {}, {}
     for seed in args.seeds:
         run_dir = given.get(seed, args.out / f"seed{seed}")
         if seed not in given and not args.collect_only:
-            seconds[str(seed)] = round(run_seed(seed, run_dir, args.set), 1)
+            seconds[str(seed)] = round(run_seed(seed, run_dir, args.set, not args.no_segment), 1)
             print(f"seed {seed}: {seconds[str(seed)]:.0f} s", flush=True)
         per_seed[str(seed)] = collect(run_dir)
     result = {"profile": "cpu", "benchmark": "emoji", "seeds": per_seed, "summary": summarise(per_seed),
