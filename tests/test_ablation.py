@@ -64,7 +64,8 @@ def main_run(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(tmp)  # the smoke benchmark is generated under ./data
     try:
-        run = start_run(tmp / "main", load_config("smoke"), data_root=None)
+        # ablation.max_steps off: these tests check forks of the main run itself
+        run = start_run(tmp / "main", load_config("smoke", ["ablation.max_steps=null"]), data_root=None)
         train_cam(run, progress=False)
         expand(run, progress=False)
         shrink(run, progress=False)
