@@ -62,9 +62,14 @@ def collect(run_dir: Path) -> dict:
     cfg = run.load_config()
     m = lambda name: _pick(_read(run.metrics(name)))  # noqa: E731
     train, val = cfg.data.cam_split, cfg.data.val_split
-    out: dict = {"seeds_train": {}, "seeds_val": {}, "crf_train": {}, "masks_train": {}, "seg_val": {}}
+    out: dict = {"seeds_train": {}, "seeds_val": {}, "crf_train": {}, "masks_train": {}, "seg_val": {},
+                 "sweep_mean_train": {}}
     for st in STAGES:
         out["seeds_train"][st] = m(f"{st}_{train}")
+        seeds = _read(run.metrics(f"{st}_{train}"))
+        if seeds and seeds.get("sweep"):  # every threshold of the sweep counts, not only the best one
+            out["sweep_mean_train"][st] = {k: round(100 * statistics.fmean(p[k] for p in seeds["sweep"]), 2)
+                                           for k in ("precision", "recall", "miou")}
         out["crf_train"][st] = m(f"{st}_crf_{train}")
         out["seeds_val"][st] = m(f"{st}_{val}")
     for st in ("baseline", "shrinkage"):
