@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -124,9 +125,7 @@ def main() -> int:
             print(f"seed {seed}: {seconds[str(seed)]:.0f} s", flush=True)
         per_seed[str(seed)] = collect(run_dir)
     result = {"profile": "cpu", "benchmark": "emoji", "seeds": per_seed, "summary": summarise(per_seed),
-              "seconds": seconds, "command": "python benchmarks/emoji_seeds.py " + " ".join(
-                  f"--run-for-seed {k}={v.relative_to(ROOT) if v.is_relative_to(ROOT) else v}"
-                  for k, v in given.items())}
+              "seconds": seconds, "command": "python benchmarks/emoji_seeds.py " + " ".join(sys.argv[1:])}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.json}")
