@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from esol_lib.data.drawing import write_lines
 from esol_lib.data.palette import VOID, save_label_png
 from esol_lib.data.voc import IMAGE_DIR, SPLIT_DIR, MissingDependencyError, _unsafe_name
 from esol_lib.errors import DatasetError
@@ -115,13 +116,13 @@ def convert_coco(coco_root: str | Path, out: str | Path, splits: Sequence[str] =
             raise DatasetError(f"{split} has {len(names)} categories; a palette mask holds 1 to {VOID - 1}")
         if classes is None:
             classes = names
-            _write_lines(out / "classes.txt", classes)
+            write_lines(out / "classes.txt", classes)
         elif names != classes:
             raise DatasetError(f"the categories of {split} differ from those of {splits[0]}; "
                                "convert splits with the same category set")
         class_index = {c["id"]: k for k, c in enumerate(cats, start=1)}
         ids = _convert_split(coco, coco_root / split, out, class_index, limit, keep_empty, overwrite, split)
-        _write_lines(out / SPLIT_DIR / f"{split_list_name(split)}.txt", ids)
+        write_lines(out / SPLIT_DIR / f"{split_list_name(split)}.txt", ids)
 
 
 def _convert_split(coco, image_root: Path, out: Path, class_index: dict[int, int], limit: int | None,
@@ -146,9 +147,3 @@ def _convert_split(coco, image_root: Path, out: Path, class_index: dict[int, int
         ids.append(image_id)
     return ids
 
-
-def _write_lines(path: Path, lines: Sequence[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{x}\n" for x in lines), encoding="utf-8")
-    tmp.replace(path)

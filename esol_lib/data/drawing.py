@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["hsv_to_rgb", "smooth_noise", "dilate", "save_jpeg", "write_lines"]
+from esol_lib.errors import DatasetError
+
+__all__ = ["hsv_to_rgb", "smooth_noise", "dilate", "save_jpeg", "write_lines", "open_benchmark_folder"]
 
 
 def hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
@@ -50,3 +54,27 @@ def save_jpeg(path: Path, image: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp")
     Image.fromarray(image).save(tmp, format="JPEG", quality=95, subsampling=0)
     tmp.replace(path)
+
+
+def open_benchmark_folder(out: Path, spec: object, read_spec: Callable[[dict], object | None],
+                          subdirs: Sequence[str]) -> bool:
+    """Prepare ``out`` for a generator whose ``spec.json`` is written last; True if it is already complete.
+
+    A folder whose ``spec.json`` reads back (``read_spec``) as ``spec`` is complete; one with another
+    spec is refused, so two benchmarks never mix; one without it (an interrupted run) is completed.
+    """
+    spec_path = out / "spec.json"
+    if spec_path.is_file():
+        try:
+            existing = read_spec(json.loads(spec_path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError:
+            existing = None
+        if existing == spec:
+            return True
+        raise DatasetError(f"{out} already holds a benchmark with a different spec ({spec_path}); "
+                           f"write this one to another folder (--out) or delete {out}")
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} exists and is not a folder; pass --out a folder path")
+    for sub in subdirs:
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    return False

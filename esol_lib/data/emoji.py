@@ -30,7 +30,14 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from esol_lib.data.drawing import dilate, hsv_to_rgb, save_jpeg, smooth_noise, write_lines
+from esol_lib.data.drawing import (
+    dilate,
+    hsv_to_rgb,
+    open_benchmark_folder,
+    save_jpeg,
+    smooth_noise,
+    write_lines,
+)
 from esol_lib.data.openmoji import ATTRIBUTION, VOC_GLYPHS, glyph_sprite, other_glyphs
 from esol_lib.data.palette import VOID, save_label_png
 from esol_lib.errors import DatasetError
@@ -290,19 +297,8 @@ def generate_emoji_benchmark(out: str | Path, spec: EmojiSpec | None = None, *, 
     spec = spec or EmojiSpec()
     out = Path(out)
     spec_path = out / SPEC_FILE
-    if spec_path.is_file():
-        try:
-            existing = _spec_from_json(json.loads(spec_path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError:
-            existing = None
-        if existing == spec:
-            return out
-        raise DatasetError(f"{out} already holds a benchmark with a different spec ({spec_path}); "
-                           f"write this one to another folder (--out) or delete {out}")
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out} exists and is not a folder; pass --out a folder path")
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    if open_benchmark_folder(out, spec, _spec_from_json, ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")):
+        return out
     records = []
     todo = [(split, i) for split in SPLITS for i in range(getattr(spec, split))]
     for split, i in tqdm(todo, desc=f"emoji benchmark -> {out}", disable=not progress, unit="img"):

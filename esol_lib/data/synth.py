@@ -26,7 +26,14 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from esol_lib.data.drawing import dilate, hsv_to_rgb, save_jpeg, smooth_noise, write_lines
+from esol_lib.data.drawing import (
+    dilate,
+    hsv_to_rgb,
+    open_benchmark_folder,
+    save_jpeg,
+    smooth_noise,
+    write_lines,
+)
 from esol_lib.data.palette import VOID, save_label_png
 from esol_lib.errors import DatasetError
 
@@ -238,19 +245,8 @@ def generate_benchmark(out: str | Path, spec: SynthSpec | None = None, *, progre
     spec = spec or SynthSpec()
     out = Path(out)
     spec_path = out / SPEC_FILE
-    if spec_path.is_file():
-        try:
-            existing = _spec_from_json(json.loads(spec_path.read_text(encoding="utf-8")))
-        except json.JSONDecodeError:
-            existing = None
-        if existing == spec:
-            return out
-        raise DatasetError(f"{out} already holds a generated benchmark with a different spec "
-                           f"({spec_path}); write this one to another folder or delete {out}")
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out} exists and is not a folder; pass --out a folder path")
-    for sub in ("JPEGImages", "SegmentationClass", PART_DIR, "ImageSets/Segmentation"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    if open_benchmark_folder(out, spec, _spec_from_json, ("JPEGImages", "SegmentationClass", PART_DIR, "ImageSets/Segmentation")):
+        return out
     todo = list(_ids(spec))
     for split, i in tqdm(todo, desc=f"benchmark -> {out}", disable=not progress, unit="img"):
         name = sample_id(split, i)
