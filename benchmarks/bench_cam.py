@@ -36,8 +36,11 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-    model = build_classifier(dataclass_no_weights(cfg.model), cfg.data.synth.num_classes).to(device).eval()
-    size = args.size or (cfg.data.synth.size if not cfg.data.root else cfg.train_cam.crop_size)
+    emoji = cfg.data.generator == "emoji"
+    classes = 20 if emoji else cfg.data.synth.num_classes  # the emoji benchmark has VOC's 20 classes
+    model = build_classifier(dataclass_no_weights(cfg.model), classes).to(device).eval()
+    generated = (cfg.data.emoji if emoji else cfg.data.synth).size
+    size = args.size or (generated if not cfg.data.root else cfg.train_cam.crop_size)
     x = torch.randn(args.batch, 3, size, size, device=device)
     scales, flip = cfg.cam.scales, cfg.cam.flip
     batches = max(1, args.images // args.batch)

@@ -1,6 +1,6 @@
 """Do ESOL's claims hold beyond one generated dataset? (issue #4: seeds, classes, object sizes)
 
-    python benchmarks/robustness.py [--config cpu] [--out runs/robustness] [--set key=value ...]
+    python benchmarks/robustness.py [--config toy] [--out runs/robustness] [--set key=value ...]
 
 Runs the chain baseline -> expansion -> shrinkage of a profile on several generated benchmarks —
 three generator seeds, then more classes, then smaller objects — and scores every stage's seeds on
@@ -98,7 +98,7 @@ def _table(results: dict, key: str = "claims") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="cpu")
+    parser.add_argument("--config", default="toy", help="a profile on the toy benchmark (its data.synth is varied)")
     parser.add_argument("--out", default="runs/robustness")
     parser.add_argument("--only", nargs="*", default=list(BENCHMARKS), help="benchmarks to run")
     parser.add_argument("--shrink-lr", nargs="*", type=float, default=[], help="extra shrinkage-only forks")
