@@ -9,9 +9,9 @@ jitter (:func:`~esol_lib.data.emoji.render_glyph_on_texture`). A global-average-
 layer is the classifier head; it is dropped, and only the backbone is saved, as a state dict
 that ``model.pretrained`` reads exactly as it reads a ResNet's ImageNet file.
 
-The renders are as large, relative to the backbone's strides, as objects in the benchmark's
-scenes: the network is pretrained at the strides the CAM classifier runs at, so its features
-are scale-matched to how the classifier uses them.
+The network is pretrained at the strides the CAM classifier runs at (output stride 8). Its
+glyphs are 35–64 px long; the scenes' objects are 51–115 px, which ``train_cam``'s 0.75–1.5×
+rescaling brings within reach of that range — about the ImageNet-to-VOC scale gap.
 
 The recipe (:class:`PretrainRecipe`) fixes the result: the weights file is named after a hash of
 it and reused when it exists. The weights of the default recipe ship with the package
@@ -128,7 +128,7 @@ def _to_input(images: np.ndarray) -> torch.Tensor:
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a shift of up to 1/8 of the side (reflect padding), per batch half."""
+    """A random horizontal flip per image, and one shift of up to 1/8 of the side (reflect padding) per batch."""
     flip = torch.rand(x.shape[0], generator=gen) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     pad = x.shape[-1] // 8
