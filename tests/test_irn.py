@@ -93,6 +93,33 @@ def test_affinities_and_loss_on_a_clean_boundary():
     assert float(perfect) < 1e-3 < float(blurred)
 
 
+def _path_affinities_by_definition(boundary: torch.Tensor, radius: int) -> torch.Tensor:
+    """1 − max over each path's points, stacked and reduced: the definition, slow but plain."""
+    m, (h, w) = radius - 1, boundary.shape[-2:]
+    padded = torch.nn.functional.pad(boundary, (m, m, 0, m), value=1.0)
+    affs = [1.0 - torch.stack([padded[..., py:py + h, m + px:m + px + w] for py, px in path_points(o)]).max(0).values
+            for o in affinity_pairs(radius)]
+    return torch.stack(affs, boundary.ndim - 2)
+
+
+@pytest.mark.parametrize("shape, radius", [((3, 17, 13), 10), ((11, 9), 5), ((2, 6, 6), 3)])
+def test_path_affinities_and_their_gradient_match_the_definition(shape, radius):
+    torch.manual_seed(0)
+    b = torch.rand(shape, requires_grad=True)
+    ref = b.detach().clone().requires_grad_(True)
+    fast, slow = path_affinities(b, radius), _path_affinities_by_definition(ref, radius)
+    assert torch.equal(fast, slow)
+    weights = torch.randint(0, 5, fast.shape).float()  # integer weights: both gradient sums are exact
+    (fast * weights).sum().backward()
+    (slow * weights).sum().backward()
+    assert torch.equal(b.grad, ref.grad)  # the gradient reaches the same arg-max points
+
+
+def test_path_affinities_reject_scores_outside_0_1():
+    with pytest.raises(ValueError, match="boundary scores"):
+        path_affinities(torch.full((6, 6), -0.5), 3)
+
+
 # ----------------------------------------------------------------------------- random walk
 
 
