@@ -188,6 +188,9 @@ class SegConfig:
     backbone: str = "resnet101"
     pretrained: Optional[str] = "imagenet"
     dilations: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    # (stem, layer2, layer3, layer4) strides; None: DEEPLAB_LAYOUT's for the backbone (output stride 8
+    # for the ResNets). A pretrained backbone should run at the strides it was pretrained at.
+    strides: Optional[list[int]] = None
     lr: float = 2.5e-4
     # ASPP [weights, biases] learning rate as multiples of lr. None: DeepLab-v2's [10, 20] on a
     # pretrained backbone (only the head is new), [1, 1] on a backbone trained from scratch.

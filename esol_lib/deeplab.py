@@ -17,7 +17,10 @@ Output stride 8: for the ResNets ``layer3`` and ``layer4`` keep their resolution
 ResNet-101 (every block of ``res4`` / ``res5``). :func:`esol_lib.models.backbone.build_backbone`
 has no dilation option, so :func:`dilate_stage` converts the built stages in place (the weights are
 unchanged, only where the kernel samples). The CPU ``small`` backbone uses strides ``(1, 2, 2, 1)``
-(output stride 4 on its tiny images) and no dilation.
+(output stride 4 on the toy's tiny images) and no dilation. ``seg.strides`` overrides the layout: a
+pretrained backbone runs at the strides it was pretrained at (the ``cpu`` profile's OpenMoji ``small``
+net at ``(2, 2, 2, 1)``, output stride 8; at ``(1, 2, 2, 1)`` its stem would see a resolution it
+never saw in pretraining, at four times the cost).
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ def dilate_stage(stage: nn.Module, rate: int) -> None:
 
 def build_deeplab(seg_cfg: Any, num_classes: int, *, pretrained: Optional[str] = "config",
                   freeze_bn: Optional[bool] = None) -> DeepLabV2:
-    """DeepLab-v2 from a :class:`~esol_lib.config.SegConfig` (``backbone``, ``pretrained``, ``dilations``).
+    """DeepLab-v2 from a :class:`~esol_lib.config.SegConfig` (``backbone``, ``strides``, ``pretrained``,
+    ``dilations``).
 
     Args:
         seg_cfg: the ``seg`` section of the config.
@@ -147,10 +151,20 @@ def build_deeplab(seg_cfg: Any, num_classes: int, *, pretrained: Optional[str] =
     if freeze_bn is None:
         freeze_bn = bool(seg_cfg.pretrained)
     strides, rates = DEEPLAB_LAYOUT[name]
+    if seg_cfg.strides is not None:
+        if not _valid_strides(seg_cfg.strides):
+            raise ConfigError(f"seg.strides: expected 4 integers, each 1 or 2 (stem, layer2, layer3, layer4), "
+                              f"got {seg_cfg.strides!r}; or leave it unset for DeepLab-v2's output stride 8")
+        strides = tuple(int(s) for s in seg_cfg.strides)
     backbone = build_backbone(name, strides, weights, freeze_bn=freeze_bn, frozen_stages=0)
     for index, rate in rates.items():
         dilate_stage(backbone.stages[index], rate)
     return DeepLabV2(backbone, num_classes, seg_cfg.dilations)
+
+
+def _valid_strides(strides: Any) -> bool:
+    return (isinstance(strides, (list, tuple)) and len(strides) == 4
+            and all(isinstance(s, int) and not isinstance(s, bool) and s in (1, 2) for s in strides))
 
 
 def aspp_lr_mult(seg_cfg: Any) -> tuple[float, float]:

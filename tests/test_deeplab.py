@@ -15,7 +15,7 @@ from esol_lib.config import CRFConfig, SegConfig, load_config
 from esol_lib.deeplab import (
     ASPP, DeepLabV2, build_deeplab, crf_postprocess, param_groups, predict, seg_loss, upsample_logits,
 )
-from esol_lib.errors import StageError
+from esol_lib.errors import ConfigError, StageError
 from esol_lib.models.backbone import build_backbone
 from esol_lib.segmentation import eval_seg, prediction_dir, train_seg, training_split
 
@@ -60,6 +60,22 @@ def test_deeplab_output_stride_and_dilated_resnet():
     net.eval()
     with torch.inference_mode():
         assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 21, 8, 8)  # output stride 8
+
+
+def test_seg_strides_override_the_layout_and_bad_ones_name_the_key():
+    net = build_deeplab(SegConfig(backbone="small", pretrained=None, strides=[2, 2, 2, 1], dilations=[1]), 3)
+    net.eval()
+    with torch.inference_mode():
+        assert net(torch.zeros(1, 3, 128, 128)).shape == (1, 3, 16, 16)  # output stride 8, as the cpu profile
+    for bad in ([2, 2, 1], [3, 2, 2, 1], "2221"):
+        with pytest.raises(ConfigError, match=r"seg\.strides"):
+            build_deeplab(SegConfig(backbone="small", pretrained=None, strides=bad), 3)
+
+
+def test_cpu_profile_runs_deeplab_at_the_strides_its_backbone_was_pretrained_at():
+    cfg = load_config("cpu")
+    assert cfg.seg.pretrained == cfg.model.pretrained == "openmoji"
+    assert cfg.seg.strides == cfg.model.strides == [2, 2, 2, 1]
 
 
 def test_param_groups_use_deeplab_lr_multipliers():
