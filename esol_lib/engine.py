@@ -49,6 +49,7 @@ from esol_lib.errors import ConfigError, DivergenceError, EsolError, StageError
 from esol_lib.run import RunDir
 
 __all__ = [
+    "DeadOutputGuard",
     "JsonlLogger",
     "PolyLR",
     "StageResult",
@@ -181,6 +182,37 @@ class JsonlLogger:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()
+
+
+class DeadOutputGuard:
+    """Stops a stage whose network has died: every image of a batch gets the same outputs.
+
+    A learning rate too high for the network can kill every ReLU before the pooling layer in a few
+    dozen steps (IRN's lr 0.1 did so to the ``small`` backbone by step 40). The features are then
+    all zero, every image gets the classifier's bias as its scores, the multi-label loss sits at
+    ``ln 2`` and the NaN check never fires; the CAMs of such a network are all zero. Call
+    :meth:`check` with each batch's outputs; after ``patience`` batches in a row whose outputs are
+    equal across the batch it raises :class:`DivergenceError` naming ``lr_key``.
+    """
+
+    def __init__(self, stage: str, lr_key: str, patience: int = 20) -> None:
+        self.stage, self.lr_key, self.patience = stage, lr_key, patience
+        self.dead_batches = 0
+        self.batches = 0
+
+    def check(self, outputs: torch.Tensor) -> None:
+        self.batches += 1
+        out = outputs.detach()
+        if out.shape[0] < 2 or bool((out != out[:1]).any()):
+            self.dead_batches = 0
+            return
+        self.dead_batches += 1
+        if self.dead_batches >= self.patience:
+            raise DivergenceError(
+                f"stage '{self.stage}' died by batch {self.batches}: the last {self.patience} batches gave every "
+                f"image the same outputs (every feature zero: dead ReLUs; the loss stays flat). Nothing was "
+                f"overwritten, but the partial checkpoint holds the dead network: delete it, lower "
+                f"{self.lr_key} (`--set {self.lr_key}=...`) and run the command again.")
 
 
 @dataclass

@@ -88,7 +88,7 @@ def _dataset(cfg: Config, split: str, **kwargs) -> VOCSegmentation:
 def train_cam(run: RunDir, *, progress: bool = True):
     """Train the baseline classifier (§3.1, Eq. (1)) → ``checkpoints/baseline.pt``. Resumes if interrupted."""
     from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
-    from esol_lib.engine import PolyLR, make_sgd, seed_everything, train_loop
+    from esol_lib.engine import DeadOutputGuard, PolyLR, make_sgd, seed_everything, train_loop
     from esol_lib.models import build_classifier, multilabel_loss
 
     cfg = run.load_config()
@@ -112,8 +112,12 @@ def train_cam(run: RunDir, *, progress: bool = True):
     model = wrap_ddp(model, info)
     model.train()
 
+    dead = DeadOutputGuard("baseline", "train_cam.lr")
+
     def loss_fn(m: torch.nn.Module, batch: dict) -> torch.Tensor:
-        return multilabel_loss(m(batch["image"].to(device)), batch["label"].to(device))
+        logits = m(batch["image"].to(device))
+        dead.check(logits)
+        return multilabel_loss(logits, batch["label"].to(device))
 
     return train_loop("baseline", model, optimizer, loss_fn, loader, max_steps, run,
                       scheduler=PolyLR(optimizer, max_steps), checkpoint_every=tc.checkpoint_every,

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from esol_lib.distributed import SeededSampler, make_loader
 from esol_lib.engine import (
+    DeadOutputGuard,
     JsonlLogger,
     PolyLR,
     atomic_save,
@@ -323,3 +324,17 @@ def test_load_stage_checkpoint(tmp_path):
     assert ckpt["done"] and ckpt["step"] == 3
     for k, v in model.state_dict().items():
         assert torch.equal(v, other.state_dict()[k])
+
+
+def test_dead_output_guard_stops_a_network_that_gives_every_image_the_same_scores():
+    guard = DeadOutputGuard("baseline", "train_cam.lr", patience=3)
+    alive = torch.randn(4, 20)
+    for _ in range(5):
+        guard.check(alive)
+        guard.check(torch.zeros(4, 20))  # a dead batch between live ones resets nothing for long
+    guard.check(torch.zeros(1, 20))  # one image: nothing to compare
+    dead = torch.full((4, 20), -0.3)
+    guard.check(dead)
+    guard.check(dead)
+    with pytest.raises(DivergenceError, match=r"'baseline' died.*train_cam\.lr"):
+        guard.check(dead)
