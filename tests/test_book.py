@@ -1,12 +1,16 @@
 """The book machinery: the toc, stripping, papermill execution and an offline jupyter-book build."""
 
+import json
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
-from esol_lib.book import CHAPTERS, REPO_ROOT, _toc_files, build_book, check_stripped, execute_notebooks, strip_outputs
+from esol_lib.book import (
+    CHAPTERS, REPO_ROOT, TIMING_FILE, _toc_files, build_book, build_time_page, check_stripped, execute_notebooks,
+    strip_outputs,
+)
 from esol_lib.errors import StageError
 
 PARAMS = 'profile = "cpu"\nrun_dir = ""\ndata_root = ""'
@@ -111,6 +115,22 @@ def test_execute_notebooks_injects_the_parameters(executed):
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
 
 
+def test_execute_notebooks_writes_each_chapters_time_and_the_page_shows_it(executed):
+    root, paths = executed
+    timing = json.loads((root / "executed" / TIMING_FILE).read_text())
+    assert list(timing["chapters"]) == [p.name for p in paths]
+    assert all(sec > 0 for sec in timing["chapters"].values())
+    assert timing["total_seconds"] == pytest.approx(sum(timing["chapters"].values()), abs=0.2)
+    assert timing["profile"] == "smoke" and timing["cores"] >= 1 and not timing["complete"]  # 2 of 9 chapters
+    page = build_time_page(timing)
+    assert page.startswith("# Build time")
+    assert f"| {Path(CHAPTERS[0]).stem} | {timing['chapters'][CHAPTERS[0]] / 60:.1f} |" in page
+    assert "not the book's time" in page  # a partial build says so
+    full = build_time_page({"profile": "cpu", "cores": 2, "complete": True,
+                            "chapters": {c: 120.0 for c in CHAPTERS}, "total_seconds": 1080.0})
+    assert "| **all chapters** | **18.0** |" in full and "not the book's time" not in full
+
+
 def test_execute_notebooks_stops_at_a_failing_notebook(executed, tmp_path):
     root, _ = executed
     nb_dir = tmp_path / "notebooks"
@@ -163,6 +183,7 @@ def test_build_book_offline(executed, tmp_path):
     (site / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
 
     out = tmp_path / "out"
+    (exec_dir / TIMING_FILE).write_text(json.dumps({"profile": "smoke", "chapters": {paths[0].name: 6.0}}))
     index = build_book(exec_dir, out, root=site, timeout=85)
     assert index == out / "_build" / "html" / "index.html" and index.is_file()
     html = out / "_build" / "html"
@@ -171,6 +192,7 @@ def test_build_book_offline(executed, tmp_path):
     assert (html / "book" / "bibliography.html").is_file()
     assert "Expansion and shrinkage of localization" in (html / "book" / "bibliography.html").read_text()
     assert not (html / "notebooks" / "08_reproduction.html").exists()
+    assert "| 00_problem_and_data | 0.1 |" in (out / "src" / "book" / "build_time.md").read_text()
 
 
 def test_build_book_reports_jupyter_book_failure(tmp_path):
