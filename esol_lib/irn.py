@@ -256,11 +256,11 @@ def affinity_loss(boundary: Tensor, label: Tensor, radius: int, eps: float = 1e-
         raise ValueError(f"affinity_loss: boundary {tuple(boundary.shape)} and label {tuple(label.shape)} differ")
     aff = path_affinities(boundary, radius)
     bg_pos, fg_pos, neg = (m.to(aff.dtype) for m in affinity_labels(label, radius))
-    pos_term = -torch.log(aff + eps)
-    neg_term = -torch.log(1.0 + eps - aff)
-    bg = (pos_term * bg_pos).sum() / (bg_pos.sum() + eps)
-    fg = (pos_term * fg_pos).sum() / (fg_pos.sum() + eps)
-    ng = (neg_term * neg).sum() / (neg.sum() + eps)
+    log_pos = torch.log(aff + eps)  # the minus signs go on the sums: two fewer passes over (B, P, h, w)
+    log_neg = torch.log(1.0 + eps - aff)
+    bg = -(log_pos * bg_pos).sum() / (bg_pos.sum() + eps)
+    fg = -(log_pos * fg_pos).sum() / (fg_pos.sum() + eps)
+    ng = -(log_neg * neg).sum() / (neg.sum() + eps)
     loss = (bg / 2 + fg / 2 + ng) / 2
     return loss, {"bg_pos": float(bg.detach()), "fg_pos": float(fg.detach()), "neg": float(ng.detach())}
 
