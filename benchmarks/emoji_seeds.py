@@ -1,12 +1,14 @@
 """The paper's claims on the emoji benchmark, over several generator seeds (issue 17).
 
     python benchmarks/emoji_seeds.py [--seeds 0 1 2] [--out runs/emoji-seeds] [--run-for-seed 0=runs/book-cpu]
-                                     [--json book/results/emoji_seeds.json]
+                                     [--table5] [--json book/results/emoji_seeds.json]
 
 For each generator seed S, the full ``esol pipeline`` of the ``cpu`` profile runs on its own
 benchmark (``data/emoji-cpu-seedS``, generated first) in ``OUT/seedS``: baseline, expansion and
 shrinkage seeds on train (± DenseCRF), IRN pseudo masks from the baseline and the shrinkage seeds,
 DeepLab-v2 trained on each and scored on val. Then every stage's seeds are also scored on val.
+``--table5`` adds chapter 07's Table 5 variants on each seed (forked runs under ``OUT/seedS/ablations``,
+trained for ``ablation.max_steps`` beside a reference fork of the same length, scored on val).
 ``--run-for-seed S=RUN`` reads seed S from a run folder made elsewhere (the book's) instead.
 
 The metrics of every run are gathered, per stage and with mean and spread over the seeds, into
@@ -76,6 +78,7 @@ def collect(run_dir: Path) -> dict:
     for st in ("baseline", "shrinkage"):
         out["masks_train"][st] = m(f"mask-{st}_{train}")
         out["seg_val"][st] = m(f"seg-{st}_{val}")
+    out["table5_val"] = _table5(run)
     out["offsets"] = {}
     log = run.root / "log.jsonl"
     if log.is_file():
@@ -86,12 +89,41 @@ def collect(run_dir: Path) -> dict:
     return out
 
 
+def _table5(run) -> dict:
+    """Table 5's variants and their reference (full ESOL at ``ablation.max_steps``), each as scored by
+    chapter 07 (``ablation.split``) in ``RUN/ablations/<name>``; empty when they were not run."""
+    from esol_lib import ablation as ab
+
+    cfg = run.load_config()
+    split = cfg.ablation.split or cfg.data.cam_split
+    root = run.root / "ablations"
+    out = {}
+    for name in ("reference", *(v.name for v in ab.TABLE5)):
+        metrics = _pick(_read(root / name / "metrics" / f"shrinkage_{split}.json"))
+        if metrics is not None:
+            out[name] = metrics
+    if out:
+        out["_meta"] = {"split": split, "max_steps": cfg.ablation.max_steps}
+    return out
+
+
+def run_table5(run_dir: Path) -> float:
+    """Chapter 07's Table 5 variants on one finished run folder (``ablation.*`` of its config); seconds spent."""
+    from esol_lib import ablation as ab
+    from esol_lib.run import RunDir
+
+    start = time.perf_counter()
+    run = RunDir(run_dir)
+    ab.run_variants(run, ab.TABLE5, run.root / "ablations", progress=True)
+    return time.perf_counter() - start
+
+
 def summarise(per_seed: dict[str, dict]) -> dict:
     """Mean and population standard deviation over the seeds of every number of :func:`collect`."""
     first = next(iter(per_seed.values()))
     summary: dict = {}
     for group, stages in first.items():
-        if group == "offsets":
+        if group in ("offsets", "table5_val"):
             continue
         summary[group] = {}
         for st in stages:
@@ -115,6 +147,8 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--collect-only", action="store_true", help="only gather the metrics of finished runs")
     p.add_argument("--no-segment", action="store_true", help="skip DeepLab (train-seg, eval-seg): the slowest stage")
+    p.add_argument("--table5", action="store_true",
+                   help="also train and score Table 5's variants on each seed, as chapter 07 does (ablation.*)")
     args = p.parse_args()
     given = {int(k): Path(v) for k, v in (s.split("=", 1) for s in args.run_for_seed)}
     per_seed, seconds = {}, {}
@@ -123,6 +157,9 @@ def main() -> int:
         if seed not in given and not args.collect_only:
             seconds[str(seed)] = round(run_seed(seed, run_dir, args.set, not args.no_segment), 1)
             print(f"seed {seed}: {seconds[str(seed)]:.0f} s", flush=True)
+        if args.table5 and not args.collect_only:
+            seconds[f"{seed}-table5"] = round(run_table5(run_dir), 1)
+            print(f"seed {seed} Table 5: {seconds[f'{seed}-table5']:.0f} s", flush=True)
         per_seed[str(seed)] = collect(run_dir)
     result = {"profile": "cpu", "benchmark": "emoji", "seeds": per_seed, "summary": summarise(per_seed),
               "seconds": seconds, "command": "python benchmarks/emoji_seeds.py " + " ".join(sys.argv[1:])}

@@ -16,7 +16,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Claim", "CLAIMS", "load_seed_results", "claim_gains", "claims_table", "stage_table", "offsets_table"]
+__all__ = ["Claim", "CLAIMS", "load_seed_results", "claim_gains", "claims_table", "stage_table", "offsets_table",
+           "table5_table"]
 
 
 @dataclass(frozen=True)
@@ -128,3 +129,43 @@ def offsets_table(results: dict) -> str:
         cell = lambda st: "–" if off.get(st) is None else f"{off[st]:.2f}"  # noqa: E731
         rows.append(f"| {name} | {cell('expansion')} | {cell('shrinkage')} |")
     return "\n".join(rows)
+
+
+def table5_table(results: dict) -> str:
+    """Table 5 over the seeds (Markdown): each variant's val mIoU and its drop from full ESOL trained as long.
+
+    Reads ``table5_val`` of every seed (``benchmarks/emoji_seeds.py --table5``): the variants of
+    :data:`esol_lib.ablation.TABLE5` and their ``reference`` (the main config at ``ablation.max_steps``).
+    The paper's drop is its row minus its full ESOL (53.6, VOC train). "Held on" counts the seeds where
+    removing the component lowered the mIoU, as the paper's table says it does.
+    """
+    from esol_lib.ablation import PAPER_ESOL_SEED, TABLE5
+
+    seeds = [s.get("table5_val") or {} for s in results["seeds"].values()]
+    seeds = [s for s in seeds if "reference" in s]
+    if not seeds:
+        return "Table 5 was not run on the seeds (`benchmarks/emoji_seeds.py --table5`)."
+    meta = seeds[0].get("_meta", {})
+    ref = [s["reference"]["miou"] for s in seeds]
+    rows = [f"Scored on {meta.get('split', '?')}, every variant and the reference trained for "
+            f"{meta.get('max_steps', '?')} steps per ESOL stage; {len(seeds)} seed(s).", "",
+            "| variant | paper mIoU (VOC) | paper: variant − ESOL | mIoU, mean ± std | variant − ESOL, mean ± std "
+            "| held on |", "|---|---|---|---|---|---|",
+            f"| Expansion + Shrinkage (reference) | {PAPER_ESOL_SEED:.1f} | – | {_spread(ref)} | – | – |"]
+    for v in TABLE5:
+        pairs = [(s[v.name]["miou"], s["reference"]["miou"]) for s in seeds if v.name in s]
+        drops = [a - b for a, b in pairs]
+        paper = "–" if v.paper is None else f"{v.paper:.1f}"
+        paper_drop = "–" if v.paper is None else f"{v.paper - PAPER_ESOL_SEED:+.1f}"
+        held = f"{sum(d < 0 for d in drops)} of {len(drops)}" if drops else "–"
+        rows.append(f"| {v.label} | {paper} | {paper_drop} | {_spread([a for a, _ in pairs])} | "
+                    f"{_mean_std(drops)} | {held} |")
+    return "\n".join(rows)
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}"

@@ -39,3 +39,20 @@ def test_offsets_table():
 
     table = offsets_table({"seeds": {"0": {"offsets": {"expansion": 0.07, "shrinkage": 3.8}}, "1": {}}})
     assert "| 0 | 0.07 | 3.80 |" in table and "| 1 | – | – |" in table
+
+
+def test_table5_table_reports_each_variants_drop_from_the_reference_and_how_often_it_held():
+    from esol_lib.ablation import TABLE5
+    from esol_lib.results import table5_table
+
+    first, second = TABLE5[0], TABLE5[1]
+    seeds = {"0": {"table5_val": {"_meta": {"split": "val", "max_steps": 156}, "reference": {"miou": 42.0},
+                                  first.name: {"miou": 40.0}, second.name: {"miou": 43.0}}},
+             "1": {"table5_val": {"reference": {"miou": 44.0}, first.name: {"miou": 41.0}}},
+             "2": {}}  # a seed without Table 5 is left out
+    table = table5_table({"seeds": seeds})
+    assert "trained for 156 steps per ESOL stage; 2 seed(s)" in table
+    assert "| Expansion + Shrinkage (reference) | 53.6 | – | 43.0 ± 1.0 | – | – |" in table
+    assert f"| {first.label} | {first.paper:.1f} | {first.paper - 53.6:+.1f} | 40.5 ± 0.5 | -2.5 ± 0.5 | 2 of 2 |" in table
+    assert f"| {second.label} | {second.paper:.1f} | {second.paper - 53.6:+.1f} | 43.0 | +1.0 | 0 of 1 |" in table
+    assert "not run" in table5_table({"seeds": {"0": {}}})
