@@ -161,8 +161,13 @@ def main() -> int:
             seconds[f"{seed}-table5"] = round(run_table5(run_dir), 1)
             print(f"seed {seed} Table 5: {seconds[f'{seed}-table5']:.0f} s", flush=True)
         per_seed[str(seed)] = collect(run_dir)
+    command = "python benchmarks/emoji_seeds.py " + " ".join(sys.argv[1:])
+    previous = _read(args.json) or {}
+    history = previous.get("history") or ([{"command": previous["command"], "seconds": previous.get("seconds", {})}]
+                                          if previous.get("command") else [])
+    history.append({"command": command, "seconds": seconds})  # what each invocation ran, and its time
     result = {"profile": "cpu", "benchmark": "emoji", "seeds": per_seed, "summary": summarise(per_seed),
-              "seconds": seconds, "command": "python benchmarks/emoji_seeds.py " + " ".join(sys.argv[1:])}
+              "history": history}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.json}")

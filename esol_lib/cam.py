@@ -107,7 +107,10 @@ def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[
     todo = [i for i, image_id in enumerate(dataset.ids) if not _cam_path(out_dir, image_id).is_file()]
     if not todo and meta_path.is_file():
         return out_dir  # complete: leave the folder (and its timestamp) untouched
-    meta_path.write_text(json.dumps({"signature": signature, "scales": list(scales), "flip": flip}) + "\n")
+    if not meta_path.is_file():  # a new folder (or one just emptied for another signature)
+        # Its time stamp is when these CAMs' model changed: metrics newer than it are current. Adding
+        # another split's CAMs under the same signature leaves it alone, so they stay current.
+        meta_path.write_text(json.dumps({"signature": signature, "scales": list(scales), "flip": flip}) + "\n")
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
     with torch.inference_mode():
         for group in _size_batches(dataset, todo, batch_size):

@@ -1,5 +1,7 @@
 """CAM inference (Eq. 2): hand computations on tiny inputs, flip and scale merging, storage, evaluation."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +81,22 @@ def test_compute_store_and_evaluate_round_trip(tmp_path):
     assert metrics["miou"] == pytest.approx(1.0) and metrics["stage"] == "oracle"
     with pytest.raises(StageError, match="make-cam"):
         load_cam(out, "missing_id")
+
+
+def test_adding_another_splits_cams_keeps_the_folders_time_stamp(tmp_path):
+    """Metrics are current when newer than ``_meta.json``; val CAMs added later must not make train's stale."""
+    root = generate_benchmark(tmp_path / "d", SynthSpec(train=2, val=1, size=32, num_classes=3), progress=False)
+    ds = VOCSegmentation(root, "train")
+    out = tmp_path / "cams"
+    ones = lambda x: torch.ones(x.shape[0], 3, 8, 8)  # noqa: E731
+    kwargs = dict(mean=[0.5] * 3, std=[0.5] * 3, scales=[1.0], flip=False, progress=False)
+    compute_cams(ones, _Subset(ds, 0), out, signature="s", **kwargs)
+    meta = out / "_meta.json"
+    stamp = meta.stat().st_mtime_ns
+    compute_cams(ones, _Subset(ds, 1), out, signature="s", **kwargs)  # same model, another image
+    assert meta.stat().st_mtime_ns == stamp and len(list(out.glob("*.npz"))) == 2
+    compute_cams(ones, _Subset(ds, 1), out, signature="t", **kwargs)  # another model: folder redone
+    assert json.loads(meta.read_text())["signature"] == "t" and len(list(out.glob("*.npz"))) == 1
 
 
 class _Subset:
