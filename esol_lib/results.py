@@ -85,12 +85,14 @@ def claim_gains(results: dict, claim: Claim) -> list[float]:
     return gains
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], *, signed: bool = True, empty: str = "not run") -> str:
+    """``mean ± std`` of ``values`` (one value alone; ``empty`` for none); gains are ``signed``."""
+    sign = "+" if signed else ""
     if not values:
-        return "not run"
+        return empty
     if len(values) == 1:
-        return f"{values[0]:+.1f}"
-    return f"{statistics.fmean(values):+.1f} ± {statistics.pstdev(values):.1f}"
+        return f"{values[0]:{sign}.1f}"
+    return f"{statistics.fmean(values):{sign}.1f} ± {statistics.pstdev(values):.1f}"
 
 
 def claims_table(results: dict, claims: tuple[Claim, ...] = CLAIMS) -> str:
@@ -114,8 +116,7 @@ def stage_table(results: dict, group: str = "seeds_train",
         cells = []
         for key in keys:
             vals = [v for s in seeds if (v := _value(s, group, st, key)) is not None]
-            cells.append("–" if not vals else (f"{statistics.fmean(vals):.1f} ± {statistics.pstdev(vals):.1f}"
-                                                if len(vals) > 1 else f"{vals[0]:.1f}"))
+            cells.append(_mean_std(vals, signed=False, empty="–"))
         rows.append(f"| {st} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -151,21 +152,15 @@ def table5_table(results: dict) -> str:
             f"{meta.get('max_steps', '?')} steps per ESOL stage; {len(seeds)} seed(s).", "",
             "| variant | paper mIoU (VOC) | paper: variant − ESOL | mIoU, mean ± std | variant − ESOL, mean ± std "
             "| held on |", "|---|---|---|---|---|---|",
-            f"| Expansion + Shrinkage (reference) | {PAPER_ESOL_SEED:.1f} | – | {_spread(ref)} | – | – |"]
+            f"| Expansion + Shrinkage (reference) | {PAPER_ESOL_SEED:.1f} | – | {_mean_std(ref, signed=False, empty='–')} "
+            "| – | – |"]
     for v in TABLE5:
         pairs = [(s[v.name]["miou"], s["reference"]["miou"]) for s in seeds if v.name in s]
         drops = [a - b for a, b in pairs]
         paper = "–" if v.paper is None else f"{v.paper:.1f}"
         paper_drop = "–" if v.paper is None else f"{v.paper - PAPER_ESOL_SEED:+.1f}"
         held = f"{sum(d < 0 for d in drops)} of {len(drops)}" if drops else "–"
-        rows.append(f"| {v.label} | {paper} | {paper_drop} | {_spread([a for a, _ in pairs])} | "
-                    f"{_mean_std(drops)} | {held} |")
+        miou = _mean_std([a for a, _ in pairs], signed=False, empty="–")
+        rows.append(f"| {v.label} | {paper} | {paper_drop} | {miou} | {_mean_std(drops)} | {held} |")
     return "\n".join(rows)
 
-
-def _spread(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.fmean(values):.1f} ± {statistics.pstdev(values):.1f}"

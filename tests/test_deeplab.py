@@ -16,7 +16,6 @@ from esol_lib.deeplab import (
     ASPP, DeepLabV2, build_deeplab, crf_postprocess, param_groups, predict, seg_loss, upsample_logits,
 )
 from esol_lib.errors import ConfigError, StageError
-from esol_lib.models.backbone import build_backbone
 from esol_lib.segmentation import eval_seg, prediction_dir, train_seg, training_split
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -107,8 +107,7 @@ def test_feature_clip_matches_eq7_by_hand():
 
 def test_area_loss_matches_eq6_by_hand():
     cams = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]], [[10.0, -10.0], [10.0, -10.0]]]])  # (1, 2, 2, 2)
-    s = torch.sigmoid(torch.tensor(10.0))
-    # S_1 = 0.5 (sigmoid(0)); S_2 = (2 s + 2 (1 - s)) / 4 = 0.5 → L_area = (0.5 + 0.5) / 2
+    # S_1 = 0.5 (sigmoid(0)); with s = sigmoid(10), S_2 = (2 s + 2 (1 - s)) / 4 = 0.5 → L_area = (0.5 + 0.5) / 2
     torch.testing.assert_close(area_loss(area_maps(cams, "sigmoid")), torch.tensor(0.5))
     # max-normalised CAMs: class 1 is all zero; class 2 → [1, 0, 1, 0] / (1 + eps) → S_2 ≈ 0.5 → L ≈ 0.25
     torch.testing.assert_close(area_loss(area_maps(cams, "cam")), torch.tensor(0.25), atol=1e-5, rtol=0)
