@@ -122,8 +122,9 @@ def check_chapter(driver, base: str, token: str, chapter: str, label: str, out: 
     driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", box)
     driver.save_screenshot(str(out / f"{Path(chapter).stem}_before.png"))
     track = handle.find_element(By.XPATH, "./ancestor::div[contains(@class,'noUi-target')][1]")
-    # drag the handle a third of the track to the right (left if it already sits on the right)
-    shift = track.size["width"] // 3
+    # drag the handle two thirds of the track to the right (left if it already sits on the right): far
+    # enough that a selection slider of two values (the smoke profile's α) snaps to the other one
+    shift = 2 * track.size["width"] // 3
     if handle.location["x"] - track.location["x"] > track.size["width"] / 2:
         shift = -shift
     moved = time.monotonic()

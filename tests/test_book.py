@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from esol_lib.book import (
-    CHAPTERS, REPO_ROOT, TIMING_FILE, _toc_files, build_book, build_time_page, check_stripped, execute_notebooks,
-    strip_outputs,
+    CHAPTERS, REPO_ROOT, TIMING_FILE, WIDGET_PLACEHOLDER, _toc_files, build_book, build_time_page, check_published,
+    check_stripped, execute_notebooks, machine_paths, publishable_notebook, strip_outputs,
 )
 from esol_lib.errors import StageError
 
@@ -159,7 +159,67 @@ def test_unknown_chapter_is_an_error(tmp_path):
                           progress=False)
 
 
-# ----------------------------------------------------------------------------- (d) building
+# ----------------------------------------------------------------------------- (d) publishing
+
+
+def test_machine_paths_write_the_repository_relative_and_others_by_name(tmp_path):
+    repo, run = tmp_path / "repo", tmp_path / "elsewhere" / "book-cpu"
+    paths = machine_paths(run, repo / "data" / "emoji-cpu", None, root=repo)
+    assert paths[str(run.resolve())] == "<book-cpu>"
+    assert paths[str(repo.resolve())] == ""
+    assert str((repo / "data" / "emoji-cpu").resolve()) not in paths  # inside the repository: made relative
+    assert "/usr" not in paths and "/" not in paths
+    assert list(paths) == sorted(paths, key=len, reverse=True)  # the most specific path is rewritten first
+
+
+def test_publishable_notebook_hides_parameters_rewrites_paths_and_replaces_widgets(tmp_path):
+    repo, run = tmp_path / "repo", tmp_path / "runs-elsewhere" / "r1"
+    nb = _notebook(f'print("{repo.resolve()}/runs/book-cpu | {run.resolve()}/checkpoints")')
+    nb.cells.insert(2, nbformat.v4.new_code_cell(f'run_dir = "{run.resolve()}"',
+                                                 metadata={"tags": ["injected-parameters"]}))
+    nb.cells[3].outputs = [nbformat.v4.new_output("stream", text=f"{repo.resolve()}/runs/book-cpu | {run.resolve()}\n")]
+    nb.cells.append(nbformat.v4.new_code_cell("widgets.beta_explorer(probe)", outputs=[nbformat.v4.new_output(
+        "display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "abc"},
+                              "text/plain": "interactive(children=(FloatSlider(...)))"})]))
+    nb.cells[-1].outputs.append(nbformat.v4.new_output(  # a tqdm bar: a box around a FloatProgress
+        "display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "bar"},
+                              "text/plain": "shrinkage:   0%|          | 0/3"}))
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {
+        "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_p", "IPY_MODEL_h"]}},
+        "p": {"model_name": "FloatProgressModel", "state": {}}, "h": {"model_name": "HTMLModel", "state": {}},
+        "abc": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_h"]}}}}}
+    nb.metadata["papermill"] = {"parameters": {"run_dir": str(run.resolve())},
+                                "output_path": f"{repo.resolve()}/_build/executed/x.ipynb"}
+
+    out = publishable_notebook(nb, machine_paths(run, root=repo))
+    tags = [c.metadata.get("tags", []) for c in out.cells]
+    assert "remove-cell" in tags[1] and "remove-cell" in tags[2]  # the defaults and the injected values
+    assert not any("remove-cell" in t for t in tags[3:])
+    text = json.dumps(out)
+    assert str(repo.resolve()) not in text and str(run.resolve()) not in text
+    assert out.cells[3].outputs[0]["text"] == "runs/book-cpu | <r1>\n"
+    assert out.cells[2].source == 'run_dir = "<r1>"'
+    assert out.metadata["papermill"]["output_path"] == "_build/executed/x.ipynb"
+    assert "widgets" not in out.metadata
+    assert [o["data"] for o in out.cells[-1].outputs] == [{"text/plain": WIDGET_PLACEHOLDER}]  # bar left out
+    nbformat.validate(nbformat.from_dict(out))
+
+
+def test_check_published_finds_remote_assets_and_machine_paths(tmp_path):
+    (tmp_path / "a.html").write_text('<a href="https://arxiv.org/abs/2205.00000">the paper</a>'
+                                     '<script src="_static/mathjax/tex-chtml.js"></script>')
+    assert check_published(tmp_path, ["/home/me/esol"]) == []  # links and local scripts are fine
+    (tmp_path / "b.html").write_text('<script defer src="https://cdn.jsdelivr.net/npm/mathjax@3/tex.js"></script>')
+    (tmp_path / "c.css").write_text("@font-face { src: url('//fonts.example.org/x.woff2') }")
+    (tmp_path / "d.html").write_text('<link rel="stylesheet" href="http://example.org/s.css">')
+    (tmp_path / "_sources").mkdir()
+    (tmp_path / "_sources" / "e.ipynb").write_text('{"text": "/home/me/esol/runs/book-cpu"}')
+    problems = check_published(tmp_path, ["/home/me/esol", "/"])
+    assert [p.split(":")[0] for p in problems] == ["_sources/e.ipynb", "b.html", "c.css", "d.html"]
+    assert "cdn.jsdelivr.net" in problems[1] and "/home/me/esol" in problems[0]
+
+
+# ----------------------------------------------------------------------------- (e) building
 
 
 @pytest.mark.slow
@@ -193,6 +253,10 @@ def test_build_book_offline(executed, tmp_path):
     assert "Expansion and shrinkage of localization" in (html / "book" / "bibliography.html").read_text()
     assert not (html / "notebooks" / "08_reproduction.html").exists()
     assert "| 00_problem_and_data | 0.1 |" in (out / "src" / "book" / "build_time.md").read_text()
+    assert 'src="../_static/mathjax/tex-chtml.js"' in chapter and (html / "_static/mathjax/tex-chtml.js").is_file()
+    assert "a^2 + b^2 = c^2" in chapter  # the equation, for the build's own MathJax to typeset
+    assert str((executed[0] / "run").resolve()) not in chapter and "injected-parameters" not in chapter
+    assert "run_dir=&lt;run&gt;" in chapter  # the run folder outside the repository, by its name
 
 
 def test_build_book_reports_jupyter_book_failure(tmp_path):

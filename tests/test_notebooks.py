@@ -7,7 +7,9 @@ Also: the two figure/table helpers of :mod:`esol_lib.viz` that chapters 05, 06 a
 
 from __future__ import annotations
 
+import html as html_lib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from esol_lib.book import CHAPTERS, REPO_ROOT, execute_notebooks
+from esol_lib.book import CHAPTERS, REPO_ROOT, WIDGET_PLACEHOLDER, build_book, check_published, execute_notebooks
 
 # One thread per kernel: the smoke tensors are tiny, and OpenMP threads that spin-wait for a busy core
 # make the IRN random walk (hundreds of small sparse products) up to 100x slower on a shared machine.
@@ -33,7 +35,7 @@ def book(tmp_path_factory):
             mp.setenv(key, value)
         paths = execute_notebooks("smoke", REPO_ROOT / "notebooks", root / "executed", root / "run", progress=False)
     print(f"\n{len(paths)} chapters executed on the smoke profile in {time.perf_counter() - start:.1f} s")
-    return missing, {p.name: nbformat.read(str(p), as_version=4) for p in paths}
+    return missing, {p.name: nbformat.read(str(p), as_version=4) for p in paths}, root
 
 
 def _outputs(nb: nbformat.NotebookNode) -> list[dict]:
@@ -47,7 +49,7 @@ def _images(cell: nbformat.NotebookNode) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_chapter_executes_and_draws_a_figure(book, chapter):
-    missing, executed = book
+    missing, executed, _ = book
     assert chapter not in missing, f"notebooks/{chapter} does not exist; every chapter of the book must"
     nb = executed[chapter]
     errors = [f"{o['ename']}: {o['evalue']}" for o in _outputs(nb) if o.get("output_type") == "error"]
@@ -58,7 +60,7 @@ def test_chapter_executes_and_draws_a_figure(book, chapter):
 @pytest.mark.slow
 def test_chapter_03_has_the_static_beta_grid(book):
     """The widget does not render in the static book; `widgets.beta_grid` is its published stand-in."""
-    _, executed = book
+    _, executed, _ = book
     cells = [c for c in executed["03_feature_clipping.ipynb"].cells
              if c.cell_type == "code" and "beta_grid(" in c.source]
     assert cells, "chapter 03 no longer calls widgets.beta_grid"
@@ -68,7 +70,7 @@ def test_chapter_03_has_the_static_beta_grid(book):
 @pytest.mark.slow
 def test_chapter_07_has_the_alpha_slider_and_its_static_grid(book):
     """The alpha slider steps through CAMs of trained runs; alpha_grid is its stand-in in the static book."""
-    _, executed = book
+    _, executed, _ = book
     code = [c for c in executed["07_ablations.ipynb"].cells if c.cell_type == "code"]
     slider = [c for c in code if "alpha_explorer(" in c.source]
     grid = [c for c in code if "alpha_grid(" in c.source]
@@ -76,6 +78,30 @@ def test_chapter_07_has_the_alpha_slider_and_its_static_grid(book):
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
                for c in slider for o in c.get("outputs", [])), "the alpha slider was not displayed"
     assert all(_images(c) == 1 for c in grid), "the static alpha grid did not draw its figure"
+
+
+@pytest.mark.slow
+def test_the_built_smoke_book_reads_offline(book):
+    """The whole smoke book, built: no page loads a remote script, stylesheet or font (equations render
+    from the build's own MathJax), none names this machine's folders, none shows a parameters cell."""
+    _, executed, root = book
+    index = build_book(root / "executed", root / "site")  # raises if check_published finds anything
+    html = index.parent
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    forbidden = [str(REPO_ROOT), str(root), str(Path.home())]
+    for chapter in executed:
+        page = (html / "notebooks" / chapter).with_suffix(".html").read_text(encoding="utf-8")
+        if "<script" in page and "mathjax" in " ".join(re.findall(r"<script[^>]*>", page)).lower():
+            assert 'src="../_static/mathjax/tex-chtml.js"' in page, f"{chapter}: MathJax not served by the build"
+        assert "http" not in " ".join(re.findall(r"<script[^>]*>", page)), f"{chapter}: a remote script"
+        assert not [p for p in forbidden if p in page], f"{chapter}: a machine path is published"
+        assert "# Parameters (papermill" not in page and 'profile = &quot;smoke&quot;' not in page, (
+            f"{chapter}: a parameters cell is on the page")
+    assert check_published(html, forbidden) == []
+    assert "tex-chtml.js" in (html / "notebooks" / "04_shrinkage.html").read_text(encoding="utf-8")  # Eq. (6)
+    slider_page = (html / "notebooks" / "07_ablations.html").read_text(encoding="utf-8")
+    assert html_lib.escape(WIDGET_PLACEHOLDER) in slider_page or WIDGET_PLACEHOLDER in slider_page
+    assert "alpha_explorer" in slider_page  # the code stays: the reader sees what to run in JupyterLab
 
 
 # ----------------------------------------------------------------------------- viz helpers
