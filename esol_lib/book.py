@@ -378,9 +378,7 @@ def build_book(executed_dir: Path, out: Path, root: Path = REPO_ROOT, *, config:
         raise StageError(f"book: jupyter-book finished but {index} does not exist; see {out / 'jupyter-book.log'}")
     forbidden = {str(root), str(out), str(executed_dir), str(Path.home()), sys.prefix}
     for f in sorted(executed_dir.glob("*.ipynb")) if executed_dir.is_dir() else ():
-        params = (json.loads(f.read_text(encoding="utf-8")).get("metadata", {}).get("papermill") or {}).get(
-            "parameters") or {}
-        forbidden.update(str(Path(v).resolve()) for k, v in params.items() if k in ("run_dir", "data_root") and v)
+        forbidden.update(_executed_paths(json.loads(f.read_text(encoding="utf-8")).get("metadata", {})))
     (out / "check_published.txt").unlink(missing_ok=True)
     problems = check_published(index.parent, forbidden)
     if problems:
@@ -512,13 +510,23 @@ def _is_progress_bar(model_id: str | None, state: dict, text: str | list) -> boo
     return bool(_TQDM_TEXT.match("".join(text)))
 
 
+def _executed_paths(metadata: dict) -> list[str]:
+    """The folders an executed notebook's papermill metadata names: its run folder and dataset, and
+    the repository it was executed from (normally the one building the book)."""
+    pm = metadata.get("papermill") or {}
+    params = pm.get("parameters") or {}
+    paths = [str(Path(params[k]).resolve()) for k in ("run_dir", "data_root") if params.get(k)]
+    if pm.get("input_path"):
+        paths.append(str(Path(pm["input_path"]).resolve().parent.parent))  # <repo>/notebooks/<chapter>
+    return paths
+
+
 def _publish_notebook(src: Path, dst: Path, extra_paths: Sequence[str] = ()) -> None:
     """Copy the executed notebook ``src`` to the book source ``dst`` as :func:`publishable_notebook`."""
     import nbformat
 
     nb = nbformat.read(str(src), as_version=4)
-    params = (nb.metadata.get("papermill") or {}).get("parameters") or {}
-    paths = machine_paths(params.get("run_dir"), params.get("data_root"), *extra_paths)
+    paths = machine_paths(*_executed_paths(nb.metadata), *extra_paths)
     nbformat.write(publishable_notebook(nb, paths), str(dst))
 
 
