@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from esol_lib.atomic import atomic_write_text
 from esol_lib.errors import ConfigError, DivergenceError
 from esol_lib.run import RunDir, fork_run
 
@@ -187,7 +188,7 @@ def run_variant(main: RunDir, variant: Variant, root: str | Path, *, split: str 
         if variant.stage == "shrinkage" and not run.checkpoint("shrinkage").is_file():
             shrink(run, progress=progress)
     except DivergenceError as err:
-        marker.write_text(str(err))
+        atomic_write_text(marker, str(err))
         return {"variant": variant.name, "run_dir": str(run.root), "diverged": str(err)}
     return {**score_stage(run, variant.stage, split, progress=progress), "variant": variant.name,
             "run_dir": str(run.root)}

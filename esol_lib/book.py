@@ -33,7 +33,7 @@ from esol_lib.errors import StageError
 
 __all__ = ["CHAPTERS", "REPO_ROOT", "TIMING_FILE", "execute_notebooks", "build_book", "make_book", "strip_outputs",
            "check_stripped", "jupyter_book_command", "build_time_page", "publishable_notebook", "machine_paths",
-           "check_published"]
+           "check_published", "claim_build_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ CHAPTERS: list[str] = [
 TIMING_FILE = "timing.json"
 #: The book page :func:`build_book` generates from it (the committed file is only a placeholder).
 BUILD_TIME_PAGE = "build_time.md"
+#: Beside the executed chapters: where a chapter runs, and where a failed one is kept (neither is published).
+RUNNING_DIR, FAILED_DIR = ".running", "failed"
+#: The file that marks a build folder as made by ``esol book``; only such a folder is cleaned.
+OWNER_FILE = ".esol-book"
+_OWN_ENTRIES = {"src", "executed", "_build", "jupyter-book.log", "check_published.txt", OWNER_FILE}
 
 # Cell / notebook metadata that execution adds and that should not be committed.
 _EXEC_CELL_METADATA = ("execution", "papermill", "ExecuteTime", "collapsed", "scrolled")
@@ -204,25 +209,40 @@ def _notebook_language(path: Path) -> str | None:
 
 def _execute_one(pm, PapermillExecutionError, src: Path, dst: Path, params: dict, kernel: str,
                  timeout_per_cell: int | None) -> Path:
+    """Execute ``src`` into ``dst``'s folder's ``.running/``; only a chapter that ran to its end is
+    moved to ``dst`` (what the book publishes). A failed one goes to ``failed/`` for reading, an
+    interrupted one stays in ``.running/``: neither can be published by a later build."""
     name = src.name
+    running, failed = dst.parent / RUNNING_DIR / name, dst.parent / FAILED_DIR / name
     log.info("book: executing %s -> %s", src, dst)
     if dst.exists():
         dst.unlink()  # never leave a stale copy that looks executed
+    running.parent.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name=kernel,
+        pm.execute_notebook(str(src), str(running), parameters=params, kernel_name=kernel,
                             language=None if _notebook_language(src) else "python",
                             cwd=str(src.parent), progress_bar=False, execution_timeout=timeout_per_cell)
     except PapermillExecutionError as e:
+        _move(running, failed)
         raise StageError(
             f"book: notebook {name} failed in cell {e.cell_index} of the executed copy (In [{e.exec_count}], "
             f"first line: {_first_line(e.source)!r}): {e.ename}: {e.evalue}. The partially executed "
-            f"copy, with the traceback under that cell, is {dst}; fix {src} and run again "
+            f"copy, with the traceback under that cell, is {failed}; fix {src} and run again "
             f"(only={name!r} reruns just this chapter)") from e
     except Exception as e:  # kernel died, timeout, missing kernel, bad notebook JSON, ...
+        _move(running, failed)
         raise StageError(
             f"book: notebook {name} could not be executed: {type(e).__name__}: {e}. "
-            f"Partially executed copy (if any): {dst}") from e
+            f"Partially executed copy (if any): {failed}") from e
+    os.replace(running, dst)
+    failed.unlink(missing_ok=True)
     return dst
+
+
+def _move(src: Path, dst: Path) -> None:
+    if src.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
 
 
 # ----------------------------------------------------------------------------- building
@@ -302,14 +322,17 @@ def _prune_toc(toc: dict, src: Path) -> tuple[dict, list[str]]:
 
 
 def build_book(executed_dir: Path, out: Path, root: Path = REPO_ROOT, *, config: Path | None = None,
-               toc: Path | None = None, timeout: int | None = None) -> Path:
+               toc: Path | None = None, timeout: int | None = None, expect: dict | None = None) -> Path:
     """Assemble a Jupyter Book 1.x source folder ``out/src`` and build its HTML; returns ``index.html``.
 
     ``out/src`` gets ``_config.yml`` and ``_toc.yml`` (from ``root``, or the paths ``config`` /
     ``toc``), ``root/book/*.md|*.bib|*.png`` into ``src/book/`` and the executed notebooks of
     ``executed_dir`` into ``src/notebooks/`` — the repository's own layout, so the same toc works
     in both places. Toc entries whose file is missing (chapters not written yet) are dropped from
-    the copied toc with a warning. Then ``jupyter-book build out/src --path-output out`` runs
+    the copied toc with a warning, and so are executed chapters whose papermill parameters differ
+    from ``expect`` (``{"profile": ..., "run_dir": ...}``: a chapter left by a build for another
+    profile or run folder). ``out`` must be empty or made by ``esol book``
+    (:func:`claim_build_folder`). Then ``jupyter-book build out/src --path-output out`` runs
     offline; the HTML is ``out/_build/html``.
 
     Raises:
@@ -328,6 +351,7 @@ def build_book(executed_dir: Path, out: Path, root: Path = REPO_ROOT, *, config:
             raise StageError(f"book: {f} is missing; the book needs _config.yml and _toc.yml "
                              f"(Jupyter Book 1.x) at the repository root")
 
+    claim_build_folder(out)
     src = out / "src"
     if src.exists():
         shutil.rmtree(src)
@@ -341,6 +365,10 @@ def build_book(executed_dir: Path, out: Path, root: Path = REPO_ROOT, *, config:
                 shutil.copy2(f, src / "book" / f.name)
     if executed_dir.is_dir():
         for f in sorted(executed_dir.glob("*.ipynb")):
+            why = _not_this_build(f, expect)
+            if why:
+                log.warning("book: leaving out %s: %s", f.name, why)
+                continue
             _publish_notebook(f, src / "notebooks" / f.name, extra_paths=(str(out), str(executed_dir)))
         timing = executed_dir / TIMING_FILE
         if timing.is_file():
@@ -617,6 +645,7 @@ def make_book(profile: str, out: Path = Path("_build"), run_dir: Path | None = N
     source to ``out/src/``, the HTML to ``out/_build/html/``.
     """
     out = Path(out).resolve()
+    claim_build_folder(out)  # before anything is executed or deleted
     run_dir = Path(run_dir).resolve() if run_dir else REPO_ROOT / "runs" / f"book-{profile}"
     run_dir.mkdir(parents=True, exist_ok=True)
     executed_dir = out / "executed"
@@ -624,4 +653,43 @@ def make_book(profile: str, out: Path = Path("_build"), run_dir: Path | None = N
         shutil.rmtree(executed_dir)  # a full build never publishes a stale chapter
     execute_notebooks(profile, REPO_ROOT / "notebooks", executed_dir, run_dir, data_root=data_root,
                       only=only, progress=progress)
-    return build_book(executed_dir, out, REPO_ROOT)
+    return build_book(executed_dir, out, REPO_ROOT, expect={"profile": profile, "run_dir": str(run_dir)})
+
+
+def claim_build_folder(out: Path) -> None:
+    """Make sure ``out`` is a folder ``esol book`` may clean (it deletes ``out/src`` and
+    ``out/executed``): new, empty, marked by :data:`OWNER_FILE`, or holding only what a build
+    writes (a build folder from before the marker). Then mark it.
+
+    Raises:
+        StageError: ``out`` holds anything else (``--out`` pointed at a project folder).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StageError(f"book: --out {out} is a file; give a folder for the build")
+    if out.is_dir() and not (out / OWNER_FILE).is_file():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_ENTRIES)
+        if foreign:
+            raise StageError(f"book: --out {out} is not empty and was not made by `esol book` (it holds "
+                             f"{', '.join(foreign[:5])}); the build deletes its src/ and executed/, so give "
+                             f"a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OWNER_FILE).write_text("made by `esol book`; it may delete src/ and executed/ here\n", encoding="utf-8")
+
+
+def _not_this_build(executed: Path, expect: dict | None) -> str | None:
+    """Why the executed chapter ``executed`` does not belong in a build for ``expect``; None if it does."""
+    if not expect:
+        return None
+    try:
+        params = (json.loads(executed.read_text(encoding="utf-8")).get("metadata", {}).get("papermill") or {}).get(
+            "parameters") or {}
+    except (OSError, json.JSONDecodeError) as e:
+        return f"unreadable ({e})"
+    for key, want in expect.items():
+        have = params.get(key)
+        if key == "run_dir" and have:
+            have, want = str(Path(have).resolve()), str(Path(want).resolve())
+        if have != want:
+            return f"executed with {key}={have!r}, this build's is {want!r}; rerun it with --only"
+    return None

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from esol_lib.atomic import atomic_path, atomic_write_text, read_json
 from esol_lib.data.transforms import to_tensor
 from esol_lib.errors import StageError
 from esol_lib.metrics import ThresholdSweep, confusion_matrix
@@ -68,13 +69,44 @@ def multiscale_cam(cam_fn: CamFn, images: torch.Tensor, scales: Sequence[float] 
     return total / (peak + eps)
 
 
+def file_digest(path: str | Path) -> str:
+    """The content hash (BLAKE2b) of one file: a copy, a touch or a restore from backup keeps it."""
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cam_dir_signature(checkpoint: Path | None, scales: Sequence[float], flip: bool, extra: str = "") -> str:
-    """A fingerprint of what produced a CAM folder (checkpoint bytes' size/mtime, scales, flip)."""
+    """A fingerprint of the model side of a CAM folder: the checkpoint's bytes, scales, flip, ``extra``."""
     h = hashlib.sha1(json.dumps({"scales": list(scales), "flip": flip, "extra": extra}).encode())
     if checkpoint is not None and Path(checkpoint).is_file():
-        st = Path(checkpoint).stat()
-        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(file_digest(checkpoint).encode())
     return h.hexdigest()
+
+
+def data_fingerprint(dataset) -> str:
+    """A fingerprint of the data side of a split's CAMs and scores: the class list, the id list and
+    the bytes of every image and mask of the split (content, not time stamps).
+
+    Another dataset generated with the same ids (``esol data emoji --seed 1``), an edited mask or a
+    re-encoded image all change it; the split's CAMs are then recomputed and its scores redone.
+    """
+    h = hashlib.blake2b(digest_size=20)
+    h.update(json.dumps([list(getattr(dataset, "classes", [])), list(dataset.ids)]).encode())
+    for image_id in dataset.ids:
+        h.update(file_digest(dataset.image_path(image_id)).encode())
+        has_mask = getattr(dataset, "has_mask", None)
+        if has_mask is None or has_mask(image_id):
+            h.update(file_digest(dataset.mask_path(image_id)).encode())
+    return h.hexdigest()
+
+
+def data_record(out_dir: Path, split: str) -> Path:
+    """``cams/<stage>/_data_<split>.json``: the :func:`data_fingerprint` of the split whose CAMs the
+    folder holds. Kept apart from ``_meta.json``, whose time stamp says when the model changed."""
+    return Path(out_dir) / f"_data_{split}.json"
 
 
 def _cam_path(out_dir: Path, image_id: str) -> Path:
@@ -82,35 +114,42 @@ def _cam_path(out_dir: Path, image_id: str) -> Path:
 
 
 def _save_cam(path: Path, cams: np.ndarray, keys: np.ndarray) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, cams=cams.astype(np.float16), keys=keys.astype(np.int64))
-    tmp.replace(path)
+    with atomic_path(path, suffix=".npz") as tmp:  # np.savez appends .npz to any other name
+        np.savez(tmp, cams=cams.astype(np.float16), keys=keys.astype(np.int64))
 
 
 def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[float], std: Sequence[float],
                  scales: Sequence[float], flip: bool = True, batch_size: int = 8, signature: str = "",
-                 device: torch.device | str = "cpu", progress: bool = True, desc: str = "CAMs") -> Path:
+                 device: torch.device | str = "cpu", progress: bool = True, desc: str = "CAMs",
+                 data_signature: str | None = None) -> Path:
     """Write ``out_dir/<id>.npz`` (``cams``: float16 ``(K_gt, H, W)``, ``keys``: 1-based class ids) per image.
 
     Only the ground-truth classes of each image are stored (the paper's and IRN's protocol).
     Images already written under the same ``signature`` are skipped, so an interrupted run resumes;
     a folder with another signature (a retrained model, other scales) is emptied first.
-    Images of equal size are batched.
+    With ``data_signature`` (:func:`data_fingerprint` of ``dataset``, a split), CAMs of that split
+    made from other data are recomputed (:func:`data_record`). Images of equal size are batched.
     """
     out_dir = Path(out_dir)
     meta_path = out_dir / _META
     if out_dir.is_dir():
-        old = json.loads(meta_path.read_text()).get("signature") if meta_path.is_file() else None
+        old = (read_json(meta_path) or {}).get("signature")
         if old != signature:
             shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if data_signature is not None:  # this split's data changed (or was never recorded): its CAMs are stale
+        record = data_record(out_dir, dataset.split)
+        if (read_json(record) or {}).get("data") != data_signature:
+            for image_id in dataset.ids:
+                _cam_path(out_dir, image_id).unlink(missing_ok=True)
+            atomic_write_text(record, json.dumps({"data": data_signature}) + "\n")
     todo = [i for i, image_id in enumerate(dataset.ids) if not _cam_path(out_dir, image_id).is_file()]
-    if not todo and meta_path.is_file():
+    if not todo and read_json(meta_path) is not None:
         return out_dir  # complete: leave the folder (and its timestamp) untouched
-    if not meta_path.is_file():  # a new folder (or one just emptied for another signature)
+    if read_json(meta_path) is None:  # a new folder (or one just emptied for another signature)
         # Its time stamp is when these CAMs' model changed: metrics newer than it are current. Adding
         # another split's CAMs under the same signature leaves it alone, so they stay current.
-        meta_path.write_text(json.dumps({"signature": signature, "scales": list(scales), "flip": flip}) + "\n")
+        atomic_write_text(meta_path, json.dumps({"signature": signature, "scales": list(scales), "flip": flip}) + "\n")
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
     with torch.inference_mode():
         for group in _size_batches(dataset, todo, batch_size):

@@ -311,6 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         handler = COMMANDS.get(args.command, cmd_pending)
     try:
+        from esol_lib import run as run_folder
+
+        run_folder.COMMAND = " ".join(["esol", *(argv if argv is not None else sys.argv[1:])])
+        if getattr(args, "run", None) is not None and args.command != "book":  # the book's kernels lock it
+            with run_folder.run_lock(args.run):
+                return handler(args)
         return handler(args)
     except EsolError as err:
         print(f"esol {args.command}: error: {err}", file=sys.stderr)

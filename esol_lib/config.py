@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from esol_lib.atomic import atomic_write_text
 from esol_lib.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
@@ -408,6 +409,4 @@ def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -38,6 +38,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
+from esol_lib.atomic import atomic_path
 from esol_lib.distributed import (
     all_gather_object,
     all_reduce_mean,
@@ -134,18 +135,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
     A reader sees the old file or the new one, never a half-written one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _json_value(value: Any) -> Any:
@@ -624,8 +618,19 @@ def load_stage_checkpoint(run_dir: RunDir, stage: str, model: nn.Module, *, hint
     if not path.is_file():
         todo = hint or f"run the '{stage}' stage first"
         raise StageError(f"{path} not found: stage '{stage}' has not finished; {todo}")
-    ckpt = _load(path)
+    try:
+        ckpt = _load(path)
+    except Exception as e:  # truncated, or not a checkpoint at all
+        raise StageError(f"{path} is unreadable ({type(e).__name__}: {str(e)[:120]}); delete it and "
+                         f"{hint or 'run that stage again'}") from None
     if "model" not in ckpt:
         raise StageError(f"{path} holds no model weights; delete it and {hint or 'run that stage again'}")
-    _load_weights(model, ckpt["model"], optional)
+    try:
+        _load_weights(model, ckpt["model"], optional)
+    except RuntimeError as e:  # size mismatch / missing keys: another dataset's classes or another model
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line),
+                     str(e).splitlines()[0] if str(e) else "")
+        raise StageError(f"{path} does not fit the model this run's config builds ({first[:160]}): the run's "
+                         f"data (its classes) or model settings changed since it was trained; use a new --run "
+                         f"folder for the new data") from None
     return ckpt

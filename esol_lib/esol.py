@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from esol_lib.errors import DivergenceError, StageError
 from esol_lib.feature_cache import CachedBackbone, cached_backbone
 from esol_lib.losses import expansion_loss, feature_clip, shrinkage_loss
+from esol_lib.run import holds_run_lock
 from esol_lib.samplers import ExpansionSampler, ShrinkageSampler
 
 __all__ = ["ESOLModel", "OffsetGuard", "build_esol_model", "expand", "shrink", "load_stage_model"]
@@ -193,6 +194,7 @@ def _train_stage(run, stage: str, model: ESOLModel, loss_fn, stage_cfg, cfg, loa
                       progress=progress, optional=UNTRAINED_IN_EXPANSION if stage == "expansion" else ())
 
 
+@holds_run_lock
 def expand(run, *, progress: bool = True):
     """Expansion stage (§3.2): ES's offsets learn by maximising Eq. (1), Eq. (5) → ``checkpoints/expansion.pt``."""
     from esol_lib.engine import seed_everything
@@ -213,6 +215,7 @@ def expand(run, *, progress: bool = True):
     return _train_stage(run, "expansion", model, loss_fn, cfg.expansion, cfg, loader, progress)
 
 
+@holds_run_lock
 def shrink(run, *, progress: bool = True):
     """Shrinkage stage (§3.3): SS's offsets learn with Eq. (6) → ``checkpoints/shrinkage.pt``."""
     from esol_lib.engine import load_stage_checkpoint, seed_everything

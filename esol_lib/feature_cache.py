@@ -21,13 +21,17 @@ disk folder of the ``cpu`` book holds about 2.5 GB and can be deleted at any tim
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+
+from esol_lib.atomic import atomic_path
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FeatureCache", "CachedBackbone", "cached_backbone", "module_fingerprint", "input_key",
            "shared_feature_cache"]
@@ -124,10 +128,11 @@ class FeatureCache:
             out = out.detach().clone()
         self.put(key, out)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(out.cpu(), tmp)
-            os.replace(tmp, path)
+            try:  # the cache is optional: a failed write (a full disk) costs a warning, not the stage
+                with atomic_path(path) as tmp:
+                    torch.save(out.cpu(), tmp)
+            except (OSError, RuntimeError) as e:
+                log.warning("feature cache: could not write %s (%s); going on without caching it", path, e)
         return out
 
 

@@ -14,6 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from esol_lib.atomic import atomic_write_text
+
 IGNORE = 255
 AP_BINS = 1000  # score resolution of the localization AP's histograms (scores are in [0, 1])
 
@@ -186,9 +188,7 @@ def write_metrics(path: str | Path, metrics: dict) -> Path:
     """Write a metrics dict as JSON (atomically) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=False) + "\n")
     return path
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from esol_lib.run import RunDir
+from esol_lib.run import RunDir, holds_run_lock
 
 __all__ = ["PipelineStep", "pipeline_steps", "run_pipeline"]
 
@@ -75,6 +75,7 @@ def pipeline_steps(run: RunDir, *, progress: bool = True, crf: bool = True,
     return steps
 
 
+@holds_run_lock
 def run_pipeline(run: RunDir, *, progress: bool = True, crf: bool = True, refine: bool = True,
                  segment: bool = True, log: Callable[[str], None] = print) -> dict[str, float]:
     """Run every step not yet complete; returns seconds per step (0 for skipped ones)."""

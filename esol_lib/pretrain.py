@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from esol_lib.atomic import atomic_path, atomic_write_text
 from esol_lib.data.emoji import render_glyph_on_texture
 from esol_lib.data.openmoji import other_glyphs
 from esol_lib.errors import ConfigError
@@ -226,12 +227,9 @@ def pretrain_backbone(out: str | Path, recipe: PretrainRecipe | None = None, *, 
         "seconds": round(time.time() - start, 1),
         "threads": torch.get_num_threads(),
     }
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(backbone.state_dict(), tmp)
-    tmp.replace(out)
-    tmp_card = card_path.with_name(card_path.name + ".tmp")
-    tmp_card.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    tmp_card.replace(card_path)
+    with atomic_path(out) as tmp:
+        torch.save(backbone.state_dict(), tmp)
+    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     return card
 
 

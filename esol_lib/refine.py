@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from esol_lib.cam import load_cam
+from esol_lib.atomic import atomic_write_text, read_json
+from esol_lib.cam import file_digest, load_cam
 from esol_lib.config import Config
 from esol_lib.data import VOCSegmentation, load_image, load_mask, save_label_png
 from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
@@ -52,7 +53,7 @@ from esol_lib.irn import BoundaryNet, affinity_loss, boundary_map, ir_labels, ps
 from esol_lib.metrics import confusion_matrix, read_metrics, summarize, write_metrics
 from esol_lib.models.backbone import Backbone
 from esol_lib.parallel import map_ordered
-from esol_lib.run import STAGES, RunDir
+from esol_lib.run import STAGES, RunDir, holds_run_lock
 
 __all__ = [
     "IRNTrainTransform", "crf_kwargs", "eval_pseudo_masks", "ir_label_dir", "irn_backbone", "irn_stage_name",
@@ -95,13 +96,14 @@ def _hash(obj: Any) -> str:
 
 
 def _cam_signature(run: RunDir, stage: str) -> str:
-    meta = run.cams(stage) / _META
-    return json.loads(meta.read_text()).get("signature", "") if meta.is_file() else ""
+    """The CAM folder's model signature and the data records of its splits: new data redoes the labels."""
+    folder = run.cams(stage)
+    data = sorted((p.name, (read_json(p) or {}).get("data")) for p in folder.glob("_data_*.json"))
+    return (read_json(folder / _META) or {}).get("signature", "") + (_hash(data) if data else "")
 
 
 def _file_signature(path: Path) -> str:
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return file_digest(path)
 
 
 def _ir_signature(run: RunDir, cfg: Config, stage: str) -> str:
@@ -117,8 +119,7 @@ def _mask_signature(run: RunDir, cfg: Config, stage: str) -> str:
 
 
 def _folder_signature(out_dir: Path) -> str | None:
-    meta = out_dir / _META
-    return json.loads(meta.read_text()).get("signature") if meta.is_file() else None
+    return (read_json(out_dir / _META) or {}).get("signature")
 
 
 def _prepare(out_dir: Path, signature: str) -> None:
@@ -129,7 +130,7 @@ def _prepare(out_dir: Path, signature: str) -> None:
         if out_dir.is_dir() and _folder_signature(out_dir) != signature:
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / _META).write_text(json.dumps({"signature": signature}) + "\n")
+        atomic_write_text(out_dir / _META, json.dumps({"signature": signature}) + "\n")
     barrier()
 
 
@@ -168,6 +169,7 @@ def _read_label(path: Path) -> np.ndarray:
 # ----------------------------------------------------------------------------- 1. IR labels
 
 
+@holds_run_lock
 def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = None, *,
                    progress: bool = True) -> Path:
     """IRN's inter-pixel relation labels of ``stage``'s CAMs → ``ir_labels/<stage>/<id>.png``.
@@ -319,6 +321,7 @@ def irn_backbone(run: RunDir, cfg: Config, num_classes: int, device: torch.devic
         return build_backbone(cfg.model.backbone, cfg.model.strides, pretrained=weights).to(device)
 
 
+@holds_run_lock
 def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     """Train IRN's boundary branch on ``stage``'s IR labels → ``checkpoints/irn-<stage>.pt``.
 
@@ -382,6 +385,7 @@ def load_irn(run: RunDir, cfg: Config, stage: str, device: torch.device | str = 
 # ----------------------------------------------------------------------------- 3. pseudo masks
 
 
+@holds_run_lock
 def make_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None = None, *,
                       progress: bool = True) -> Path:
     """IRN pseudo masks of ``stage``'s CAMs → ``pseudo_masks/<stage>/<id>.png`` (VOC palette, class ids).
@@ -414,6 +418,7 @@ def make_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None =
 # ----------------------------------------------------------------------------- 4. evaluation
 
 
+@holds_run_lock
 def eval_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None = None) -> dict:
     """Score ``stage``'s pseudo masks on ``split`` → ``metrics/mask-<stage>_<split>.json``.
 
@@ -455,6 +460,7 @@ def eval_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None =
 # ----------------------------------------------------------------------------- all four
 
 
+@holds_run_lock
 def refine(run: RunDir, stage: str = "shrinkage", *, progress: bool = True) -> dict:
     """IR labels → IRN → pseudo masks → their metrics, for ``stage``'s CAMs on ``data.cam_split``.
 

@@ -2,26 +2,128 @@
 
 ```
 RUN/config.yaml                 the resolved config, written first
-RUN/checkpoints/<stage>.pt      atomic; resumable
+RUN/checkpoints/<stage>.pt      resumable
 RUN/cams/<stage>/<id>.npz       high-res CAMs of the GT classes
+RUN/cams/<stage>/_meta.json     the model's signature (content hash of the checkpoint, CAM settings)
+RUN/cams/<stage>/_data_<split>.json   the split's data fingerprint (ids, image and mask bytes)
 RUN/metrics/<stage>_<split>.json
 RUN/pseudo_masks/<stage>/<id>.png
 RUN/log.jsonl
+RUN/.lock, RUN/.lock.holder     held by the one process that writes (run_lock)
 ```
+
+Every file is written atomically under a temp name of its own (:mod:`esol_lib.atomic`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
+import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import yaml
 
+from esol_lib.atomic import atomic_path, atomic_write_text, read_json
 from esol_lib.config import Config, config_from_dict, config_to_dict, save_config
 from esol_lib.errors import ConfigError, StageError
 
 STAGES = ("baseline", "expansion", "shrinkage")
+LOCK_FILE = ".lock"
+HOLDER_FILE = ".lock.holder"
+
+
+class RunBusyError(StageError):
+    """Another process is writing to the run folder."""
+
+
+# This process's locks: {run folder: [FileLock, depth]}. A stage called inside another (the pipeline
+# calls train_cam) re-enters its own lock instead of waiting for itself.
+_HELD: dict[str, list] = {}
+_F = TypeVar("_F", bound=Callable)
+
+
+#: What this process is, for the message a second writer gets; the command line sets it (``esol ...``).
+COMMAND: str | None = None
+
+
+def _this_command() -> str:
+    if COMMAND:
+        return COMMAND[:300]
+    argv = [os.path.basename(sys.argv[0])] + sys.argv[1:] if sys.argv and sys.argv[0] else ["python"]
+    return " ".join(argv)[:300]
+
+
+@contextlib.contextmanager
+def run_lock(root: str | Path, command: str | None = None, *, create: bool = False) -> Iterator[None]:
+    """Hold run folder ``root``'s lock: one writing process at a time.
+
+    A second process stops at once with :class:`RunBusyError`, naming the holder's command and
+    pid, instead of training into the same folder (two ``train-cam`` would both report success
+    and keep one of them) or racing on the same files. The lock is the operating system's
+    (``filelock``: ``flock`` on POSIX), so a killed holder releases it; ``.lock.holder`` only
+    describes the holder for that message. Re-entrant within a process. Under ``torchrun`` only
+    rank 0 takes it (the other ranks write nothing of their own). A folder that does not exist is
+    created only with ``create`` (:func:`create_run`); otherwise there is nothing to lock yet and
+    the stage reports the missing run itself.
+    """
+    if os.environ.get("RANK", "0") != "0" or not (create or Path(root).is_dir()):
+        yield
+        return
+    import filelock
+
+    root = Path(root).resolve()
+    key = str(root)
+    held = _HELD.get(key)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(root / LOCK_FILE), timeout=0)
+        lock.acquire()
+    except filelock.Timeout:
+        info = read_json(root / HOLDER_FILE) or {}
+        since = time.strftime("%H:%M:%S", time.localtime(info["since"])) if info.get("since") else "?"
+        raise RunBusyError(
+            f"run folder {root} is in use by `{info.get('command', 'another process')}` (pid "
+            f"{info.get('pid', '?')}, since {since}); wait for it to finish, or use another --run folder"
+        ) from None
+    except OSError as e:
+        raise StageError(f"cannot lock run folder {root} ({e.strerror or e}); every command writes to its "
+                         f"run folder: make it writable, or copy it and pass the copy as --run") from None
+    _HELD[key] = [lock, 1]
+    try:
+        try:
+            atomic_write_text(root / HOLDER_FILE, json.dumps({"pid": os.getpid(), "since": time.time(),
+                                                              "command": command or _this_command()}) + "\n")
+        except OSError:
+            pass  # the description is optional; the lock is what counts
+        yield
+    finally:
+        del _HELD[key]
+        lock.release()
+
+
+def holds_run_lock(fn: _F) -> _F:
+    """Decorate a stage function whose first argument is the :class:`RunDir` it writes: the call
+    holds :func:`run_lock` (see there), from the command line and from a notebook alike."""
+
+    @functools.wraps(fn)
+    def wrapper(run, *args, **kwargs):
+        with run_lock(run.root if isinstance(run, RunDir) else run):
+            return fn(run, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -72,6 +174,11 @@ def create_run(root: str | Path, cfg: Config) -> RunDir:
     results of two settings in one folder), naming the keys that differ.
     """
     run = RunDir(Path(root))
+    with run_lock(run.root, create=True):
+        return _open_or_start(run, cfg)
+
+
+def _open_or_start(run: RunDir, cfg: Config) -> RunDir:
     if run.config_path.is_file():
         old = config_to_dict(run.load_config())
         new = config_to_dict(cfg)
@@ -138,13 +245,16 @@ def _share_cache(source: RunDir, run: RunDir) -> None:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (copy where links are impossible), through a temp name: a copy
+    cut short never sits at ``dst``, where a later fork would take it for a finished file."""
     import os
     import shutil
 
     if dst.exists():
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    with atomic_path(dst) as tmp:
+        tmp.unlink()  # os.link needs a free name
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)

@@ -34,7 +34,7 @@ from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample
 from esol_lib.data.voc import load_image, load_mask
 from esol_lib.errors import ConfigError, DatasetError, StageError
 from esol_lib.metrics import confusion_matrix, summarize, write_metrics
-from esol_lib.run import STAGES, RunDir
+from esol_lib.run import STAGES, RunDir, holds_run_lock
 
 __all__ = [
     "PseudoMaskDataset",
@@ -149,6 +149,7 @@ def training_split(cfg: Config, mask_dir: Path, *, hint: str = "run `esol refine
 # --------------------------------------------------------------------------------------- train
 
 
+@holds_run_lock
 def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     """Train DeepLab-v2 on ``pseudo_masks/<stage>/`` → ``checkpoints/seg-<stage>.pt``; resumes if interrupted.
 
@@ -210,6 +211,7 @@ def load_seg_model(run: RunDir, cfg: Config, stage: str, num_classes: int, devic
     return model.to(device).eval()
 
 
+@holds_run_lock
 def eval_seg(run: RunDir, stage: str = "shrinkage", split: str | None = None, *, progress: bool = True,
              save_predictions: bool = True) -> dict:
     """Score DeepLab-v2 of ``stage`` on ``split`` (default ``data.val_split``) → ``metrics/seg-<stage>_<split>.json``.

@@ -16,14 +16,15 @@ from typing import Callable, Sequence
 
 import torch
 
-from esol_lib.cam import cam_dir_signature, compute_cams, evaluate_cams, seed_part_recall
+from esol_lib.atomic import read_json
+from esol_lib.cam import cam_dir_signature, compute_cams, data_fingerprint, data_record, evaluate_cams, seed_part_recall
 from esol_lib.config import Config
 from esol_lib.data import VOCSegmentation, load_image, resolve_data_root
 from esol_lib.data.transforms import AugmentedDataset, TrainTransform
 from esol_lib.errors import StageError
 from esol_lib.metrics import read_metrics, write_metrics
 from esol_lib.pretrain import ensure_openmoji_weights
-from esol_lib.run import STAGES, RunDir, create_run
+from esol_lib.run import STAGES, RunDir, create_run, holds_run_lock
 
 __all__ = ["notebook_run", "open_run", "start_run", "resolve_device", "train_cam", "make_cam", "eval_cam", "stage_cam_fn",
            "part_localization"]
@@ -85,6 +86,7 @@ def _dataset(cfg: Config, split: str, **kwargs) -> VOCSegmentation:
 # --------------------------------------------------------------------------------- baseline
 
 
+@holds_run_lock
 def train_cam(run: RunDir, *, progress: bool = True):
     """Train the baseline classifier (§3.1, Eq. (1)) → ``checkpoints/baseline.pt``. Resumes if interrupted."""
     from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
@@ -175,6 +177,7 @@ def stage_cam_fn(run: RunDir, cfg: Config, stage: str, num_classes: int,
     return model.cam
 
 
+@holds_run_lock
 def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, progress: bool = True) -> Path:
     """Multi-scale CAMs (Eq. (2)) of ``stage``'s model on ``split`` → ``cams/<stage>/<id>.npz``."""
     cfg = run.load_config()
@@ -183,9 +186,13 @@ def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
     ds = _dataset(cfg, split)
     cam_fn = stage_cam_fn(run, cfg, stage, ds.num_classes, device)
     signature = cam_dir_signature(run.checkpoint(stage), cfg.cam.scales, cfg.cam.flip, extra=_cam_settings(cfg, stage))
+    data = data_fingerprint(ds)
+    if (read_json(data_record(run.cams(stage), split)) or {}).get("data") != data:
+        for name in (f"{stage}_{split}", f"{stage}_crf_{split}"):  # scores of CAMs about to be redone
+            run.metrics(name).unlink(missing_ok=True)
     return compute_cams(cam_fn, ds, run.cams(stage), mean=cfg.data.mean, std=cfg.data.std, scales=cfg.cam.scales,
                         flip=cfg.cam.flip, signature=signature, device=device, progress=progress,
-                        desc=f"CAMs {stage}/{split}")
+                        desc=f"CAMs {stage}/{split}", data_signature=data)
 
 
 def _cam_settings(cfg: Config, stage: str) -> str:
@@ -206,8 +213,13 @@ def _require_cams(run: RunDir, stage: str, ds: VOCSegmentation, split: str) -> N
         raise StageError(f"{len(missing)} CAM file(s) of stage {stage!r} on split {split!r} are missing in "
                          f"{cam_dir} (e.g. {missing[0]}); run `esol make-cam --run {run.root} --stage {stage} "
                          f"--split {split}` first")
+    if (read_json(data_record(cam_dir, split)) or {}).get("data") != data_fingerprint(ds):
+        raise StageError(f"the CAMs in {cam_dir} were made from other data than split {split!r} of {ds.root} "
+                         f"holds now (its ids, images or masks changed); run `esol make-cam --run {run.root} "
+                         f"--stage {stage} --split {split}` to redo them")
 
 
+@holds_run_lock
 def eval_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, crf: bool = False,
              progress: bool = True) -> dict:
     """Threshold sweep of ``stage``'s seeds on ``split`` → ``metrics/<stage>[_crf]_<split>.json``.

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from esol_lib.book import (
-    CHAPTERS, REPO_ROOT, TIMING_FILE, WIDGET_PLACEHOLDER, _toc_files, build_book, build_time_page, check_published,
-    check_stripped, execute_notebooks, machine_paths, publishable_notebook, strip_outputs,
+    CHAPTERS, OWNER_FILE, REPO_ROOT, TIMING_FILE, WIDGET_PLACEHOLDER, _not_this_build, _toc_files, build_book,
+    build_time_page, check_published, check_stripped, claim_build_folder, execute_notebooks, machine_paths,
+    make_book, publishable_notebook, strip_outputs,
 )
 from esol_lib.errors import StageError
 
@@ -144,8 +145,11 @@ def test_execute_notebooks_stops_at_a_failing_notebook(executed, tmp_path):
     msg = str(err.value)
     assert CHAPTERS[1] in msg and "boom" in msg and "ValueError" in msg
     assert 'raise ValueError("boom")' in msg  # the failing cell's first line
-    assert str(out / CHAPTERS[1]) in msg and (out / CHAPTERS[1]).is_file()  # the partial copy
+    partial = out / "failed" / CHAPTERS[1]
+    assert str(partial) in msg and partial.is_file()  # the partial copy, kept for reading ...
+    assert not (out / CHAPTERS[1]).exists()  # ... where no build publishes it
     assert not (out / CHAPTERS[3]).exists()  # stopped at the first failure
+    assert (out / CHAPTERS[0]).is_file() and not list((out / ".running").iterdir())
 
 
 def test_execute_notebooks_without_any_notebook_is_an_error(tmp_path):
@@ -157,6 +161,46 @@ def test_unknown_chapter_is_an_error(tmp_path):
     with pytest.raises(StageError, match="unknown chapter"):
         execute_notebooks("smoke", tmp_path, tmp_path / "out", tmp_path / "run", only=["99_nope"],
                           progress=False)
+
+
+def test_book_refuses_an_out_folder_it_did_not_make_and_deletes_nothing(tmp_path):
+    """`esol book --out proj` used to delete proj/src and proj/executed unconditionally (issue 18, item 2)."""
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "src" / "important.py").write_text("x")
+    (proj / "executed").mkdir()
+    (proj / "executed" / "keep.txt").write_text("y")
+    (proj / "README.md").write_text("mine")
+    with pytest.raises(StageError, match=r"--out .*proj is not empty and was not made by `esol book`.*README.md"):
+        make_book("smoke", out=proj, only=["00"], progress=False)
+    assert (proj / "src" / "important.py").read_text() == "x" and (proj / "executed" / "keep.txt").is_file()
+    assert not (proj / OWNER_FILE).exists()
+
+
+def test_claim_build_folder_accepts_new_empty_marked_and_earlier_build_folders(tmp_path):
+    claim_build_folder(tmp_path / "new")
+    assert (tmp_path / "new" / OWNER_FILE).is_file()
+    claim_build_folder(tmp_path / "new")  # marked: fine again
+    old = tmp_path / "old"  # a build folder from before the marker
+    for d in ("src", "executed", "_build"):
+        (old / d).mkdir(parents=True)
+    claim_build_folder(old)
+    assert (old / OWNER_FILE).is_file()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StageError, match="is a file"):
+        claim_build_folder(tmp_path / "file")
+
+
+def test_a_chapter_executed_for_another_profile_or_run_folder_is_not_published(executed, tmp_path):
+    """`esol book --only 01` used to publish a 00 lying in executed/ from another build (item 3)."""
+    root, paths = executed
+    run = str((root / "run").resolve())
+    assert _not_this_build(paths[0], {"profile": "smoke", "run_dir": run}) is None
+    assert "profile='smoke'" in _not_this_build(paths[0], {"profile": "cpu", "run_dir": run})
+    assert "run_dir" in _not_this_build(paths[0], {"profile": "smoke", "run_dir": str(tmp_path)})
+    broken = tmp_path / "x.ipynb"
+    broken.write_text("{")
+    assert "unreadable" in _not_this_build(broken, {"profile": "smoke"})
 
 
 # ----------------------------------------------------------------------------- (d) publishing

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from esol_lib.atomic import atomic_path, atomic_write_text
 from esol_lib.errors import DatasetError
 
 __all__ = ["hsv_to_rgb", "smooth_noise", "dilate", "save_jpeg", "write_lines", "open_benchmark_folder"]
@@ -44,16 +45,13 @@ def dilate(mask: np.ndarray, r: int) -> np.ndarray:
 def write_lines(path: Path, lines: list[str]) -> None:
     """Write one item per line, atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{i}\n" for i in lines), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(f"{i}\n" for i in lines))
 
 
 def save_jpeg(path: Path, image: np.ndarray) -> None:
     """Write an RGB uint8 image as JPEG quality 95 without chroma subsampling, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image).save(tmp, format="JPEG", quality=95, subsampling=0)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="JPEG", quality=95, subsampling=0)
 
 
 def open_benchmark_folder(out: Path, spec: object, read_spec: Callable[[dict], object | None],

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from esol_lib.atomic import atomic_write_text
 from esol_lib.data.drawing import (
     dilate,
     hsv_to_rgb,
@@ -313,9 +314,7 @@ def generate_emoji_benchmark(out: str | Path, spec: EmojiSpec | None = None, *, 
     write_lines(out / "objects.jsonl", records)
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in spec.class_names), encoding="utf-8")
     (out / ATTRIBUTION_FILE).write_text(ATTRIBUTION + "\n", encoding="utf-8")
-    tmp = spec_path.with_name(SPEC_FILE + ".tmp")
-    tmp.write_text(json.dumps(spec.to_json(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(spec_path)
+    atomic_write_text(spec_path, json.dumps(spec.to_json(), indent=2) + "\n")
     return out
 
 

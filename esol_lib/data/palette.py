@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from esol_lib.atomic import atomic_path
+
 VOID = 255
 
 
@@ -39,6 +41,5 @@ def save_label_png(path: str | Path, label: np.ndarray) -> None:
     img.putpalette(voc_palette().reshape(-1).tolist())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")

@@ -1,0 +1,75 @@
+"""Writes that are all-or-nothing, with temp names no two writers share.
+
+Every file of a run folder, a dataset or a book is written to a temp file in the same folder and
+renamed over its final name (``os.replace`` is atomic on POSIX and Windows), so a reader, a rerun
+after a kill, or a second process never sees half a file. The temp name carries the process id
+and a random part (``.<name>.<pid>.<random>.tmp``): two processes writing the same file each
+write their own temp and the last rename wins whole. A failed write removes its temp.
+
+A small JSON file that is unreadable (truncated by a full disk or a kill before these rules
+existed) is treated by :func:`read_json` as absent: the signatures it holds only decide whether
+to recompute, so recomputing is the safe answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "read_json"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a fresh temp path beside ``path``; on a clean exit rename it to ``path``.
+
+    ``suffix`` is appended to the temp name for writers that insist on an extension
+    (``np.savez`` adds ``.npz`` to any other name). On an exception the temp file is removed and
+    ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see the module docstring)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    """The JSON object in ``path``; ``None`` when it is missing or unreadable (logged, not raised)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        log.warning("%s is unreadable (%s); treating it as missing, so what it describes is recomputed", path, e)
+        return None
+    return data if isinstance(data, dict) else None
