@@ -13,6 +13,8 @@ Where the paper is ambiguous (see ``DESIGN.md``), the choice is a field here.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -278,6 +280,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
         return float(value)
@@ -294,6 +298,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
         return value
     raise ConfigError(f"config key '{key}': unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 def _build(cls: type, values: dict, prefix: str = "") -> Any:
@@ -313,10 +320,99 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
 
 
 def config_from_dict(values: dict) -> Config:
-    """Build a :class:`Config` from a nested dict; unknown keys and wrong types raise ConfigError."""
+    """Build a :class:`Config` from a nested dict; unknown keys, wrong types and values out of
+    range (:func:`check_ranges`) raise ConfigError, before anything is trained or written."""
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping, got {type(values).__name__}")
-    return _build(Config, values)
+    cfg = _build(Config, values)
+    check_ranges(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------- ranges
+
+_POSITIVE_INT = ("batch_size", "crop_size", "epochs", "max_steps", "checkpoint_every", "radius", "exp_times",
+                 "iterations", "train", "val", "size", "num_classes", "extra_kernel", "extra_channels")
+_NON_NEGATIVE_INT = ("num_workers", "frozen_stages", "seed")
+_POSITIVE_FLOAT = ("lr", "alpha", "new_layer_lr_mult", "bilateral_sxy", "bilateral_srgb", "gauss_sxy")
+_NON_NEGATIVE_FLOAT = ("weight_decay", "gamma", "mu", "feature_cache_mb", "max_offset", "gauss_compat", "bilateral_compat")
+_UNIT_OPEN = ("gt_prob",)  # in (0, 1]
+_FRACTION = ("momentum",)  # in [0, 1)
+_PROBABILITY = ("conf_fg_thres", "conf_bg_thres", "sem_seg_bg_thres", "part_fraction")  # in [0, 1]
+_CHOICES = {
+    "data.generator": ("synth", "emoji"),
+    "model.backbone": ("resnet50", "resnet101", "small"),
+    "seg.backbone": ("resnet50", "resnet101", "small"),
+    "irn.backbone": ("pretrained", "random", "classifier"),
+    "shrinkage.area_map": ("cam", "sigmoid"),
+    "shrinkage.area_classes": ("present", "all"),
+}
+
+
+def _leaves(obj: Any, prefix: str = ""):
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, f"{key}.")
+        else:
+            yield key, f.name, value
+
+
+def check_ranges(cfg: Config) -> None:
+    """Refuse a value that would fail minutes into a stage, or silently do nothing.
+
+    Sizes, steps and counts are positive (``max_steps: 0`` does not mean "unset": write ``null``);
+    learning rates and the loss-maximisation weight α are positive (α = 0 would make expansion a
+    no-op stage); the clipping ceiling β of Eq. (7) lies in (0, 1] (the maps it clips are
+    max-normalised); probabilities and thresholds in [0, 1]; lists of scales are non-empty and
+    positive; names come from their documented choices.
+
+    Raises:
+        ConfigError: naming the first offending key, its value and the allowed range.
+    """
+    def bad(key: str, value: Any, want: str) -> ConfigError:
+        return ConfigError(f"config key '{key}': {value!r} is out of range; expected {want}")
+
+    for key, name, value in _leaves(cfg):
+        if value is None:
+            continue
+        if key == "expansion.beta":
+            if not 0 < value <= 1:
+                raise bad(key, value, "a clipping ceiling in (0, 1] (Eq. 7 clips max-normalised maps)")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise bad(key, value, "a finite number")
+        if name in _POSITIVE_INT and isinstance(value, int) and value <= 0:
+            hint = " (write null for 'unset')" if name == "max_steps" else ""
+            raise bad(key, value, f"a positive integer{hint}")
+        if name in _NON_NEGATIVE_INT and value < 0:
+            raise bad(key, value, "an integer >= 0")
+        if name in _POSITIVE_FLOAT and isinstance(value, (int, float)) and value <= 0:
+            raise bad(key, value, "a number > 0" + (" (alpha = 0 makes expansion a no-op)" if name == "alpha" else ""))
+        if name in _NON_NEGATIVE_FLOAT and isinstance(value, (int, float)) and value < 0:
+            raise bad(key, value, "a number >= 0")
+        if name in _UNIT_OPEN and not 0 < value <= 1:
+            raise bad(key, value, "a number in (0, 1]")
+        if name in _FRACTION and not 0 <= value < 1:
+            raise bad(key, value, "a number in [0, 1)")
+        if name in _PROBABILITY and not 0 <= value <= 1:
+            raise bad(key, value, "a number in [0, 1]")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise bad(key, value, "one of " + ", ".join(_CHOICES[key]))
+    for key, values in (("cam.scales", cfg.cam.scales), ("seg.test_scales", cfg.seg.test_scales),
+                        ("cam.thresholds", cfg.cam.thresholds)):
+        if not values:
+            raise bad(key, values, "a non-empty list")
+        if any(not (v > 0 and math.isfinite(v)) for v in values):
+            raise bad(key, values, "positive numbers")
+    if any(v >= 1 for v in cfg.cam.thresholds):
+        raise bad("cam.thresholds", cfg.cam.thresholds, "thresholds in (0, 1) (CAMs are max-normalised)")
+    for key, pair in (("train_cam.resize_long", cfg.train_cam.resize_long), ("seg.scale_range", cfg.seg.scale_range)):
+        if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
+            raise bad(key, pair, "[low, high] with 0 < low <= high")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise bad("device", cfg.device, "auto, cpu or cuda (torchrun picks each rank's GPU)")
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -324,11 +420,21 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml_mapping(path: Path, *, empty_ok: bool = True, fix: str = "fix it") -> dict:
+    """The mapping in YAML file ``path``; every way it can be unreadable is one ConfigError naming
+    the file and ``fix`` (an empty file is ``{}`` only with ``empty_ok``)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start}); {fix}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        raise ConfigError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]}...); {fix}") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read ({err.strerror or err}); {fix}") from None
+    if data is None and not empty_ok:
+        raise ConfigError(f"config file {path} is empty; {fix}")
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {path} holds a {type(data).__name__}, not a mapping of keys; {fix}")
     return data or {}
 
 
@@ -378,7 +484,7 @@ def _resolve_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """Read a YAML config, merged over its ``base:`` preset (recursively)."""
     if path in seen:
         raise ConfigError(f"config file {path}: 'base' presets form a cycle")
-    values = _read_yaml(path)
+    values = read_yaml_mapping(path)
     base = values.pop("base", None)
     if base is None:
         return values

@@ -628,9 +628,9 @@ def load_stage_checkpoint(run_dir: RunDir, stage: str, model: nn.Module, *, hint
     try:
         _load_weights(model, ckpt["model"], optional)
     except RuntimeError as e:  # size mismatch / missing keys: another dataset's classes or another model
-        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line),
-                     str(e).splitlines()[0] if str(e) else "")
-        raise StageError(f"{path} does not fit the model this run's config builds ({first[:160]}): the run's "
+        what = "; ".join(line.strip() for line in str(e).splitlines()
+                         if line.strip().startswith(("size mismatch", "Missing key", "Unexpected key")))
+        raise StageError(f"{path} does not fit the model this run's config builds ({(what or str(e))[:400]}): the run's "
                          f"data (its classes) or model settings changed since it was trained; use a new --run "
                          f"folder for the new data") from None
     return ckpt

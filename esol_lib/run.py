@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
-import yaml
 
 from esol_lib.atomic import atomic_path, atomic_write_text, read_json
-from esol_lib.config import Config, config_from_dict, config_to_dict, save_config
+from esol_lib.config import Config, read_yaml_mapping, config_from_dict, config_to_dict, save_config
 from esol_lib.errors import ConfigError, StageError
 
 STAGES = ("baseline", "expansion", "shrinkage")
@@ -164,7 +163,9 @@ class RunDir:
                 f"{self.config_path} not found: start the run with "
                 f"`esol train-cam --config cpu --run {self.root}` (or `esol pipeline`) first"
             )
-        return config_from_dict(yaml.safe_load(self.config_path.read_text()) or {})
+        fix = ("it is written when the run starts: restore it, or start over in a new --run folder "
+               "(this one's results were made with the config it held)")
+        return config_from_dict(read_yaml_mapping(self.config_path, empty_ok=False, fix=fix))
 
 
 def create_run(root: str | Path, cfg: Config) -> RunDir:

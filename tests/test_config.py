@@ -1,5 +1,7 @@
 """Configs: presets load, overrides apply, unknown keys and wrong types name the key."""
 
+import re
+
 import pytest
 
 from esol_lib.config import PRESETS, config_to_dict, load_config, save_config
@@ -131,3 +133,35 @@ def test_overrides_never_modify_the_dict_they_patch():
     patched = apply_overrides(values, ["expansion.clip=false"])
     assert patched["expansion"]["clip"] is False
     assert values["expansion"]["clip"] is True
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train_cam.lr=-1", "train_cam.lr"), ("train_cam.batch_size=0", "train_cam.batch_size"),
+    ("expansion.max_steps=-5", "expansion.max_steps"), ("expansion.max_steps=0", "expansion.max_steps"),
+    ("train_cam.crop_size=0", "train_cam.crop_size"), ("data.num_workers=-1", "data.num_workers"),
+    ("expansion.beta=0", "expansion.beta"), ("expansion.beta=1.5", "expansion.beta"),
+    ("cam.scales=[]", "cam.scales"), ("shrinkage.area_map=foo", "shrinkage.area_map"),
+    ("device=tpu", "device"), ("expansion.alpha=0", "expansion.alpha"), ("seg.lr=.nan", "seg.lr"),
+    ("cam.thresholds=[0.5,1.5]", "cam.thresholds"), ("irn.conf_fg_thres=2", "irn.conf_fg_thres"),
+])
+def test_values_out_of_range_are_refused_before_anything_runs(override, key):
+    """They used to end in raw tracebacks, some minutes into training (issue 18, item 5)."""
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': .* out of range; expected"):
+        load_config("smoke", [override])
+
+
+def test_a_number_in_exponent_notation_is_a_number():
+    assert load_config("smoke", ["expansion.lr=1e-3"]).expansion.lr == pytest.approx(1e-3)  # YAML 1.1: a string
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"", "is empty"), (b"seed: [1, 2\n", "not valid YAML"), (b"- 1\n- 2\n", "holds a list, not a mapping"),
+    (b"profile: caf\xe9\n", "not UTF-8"),
+])
+def test_a_damaged_run_config_is_one_clear_error(tmp_path, content, says):
+    from esol_lib.run import RunDir
+
+    run = RunDir(tmp_path)
+    run.config_path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(run.config_path))} .*{says}.*new --run"):
+        run.load_config()
