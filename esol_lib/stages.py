@@ -41,9 +41,26 @@ def start_run(run: str | Path, cfg: Config, data_root: str | Path | None = None)
     ``openmoji`` backbone whose file is missing trains it first (:func:`ensure_openmoji_weights`).
     """
     root = resolve_data_root(cfg, data_root).resolve()
+    _check_splits(cfg, root)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
     ensure_openmoji_weights(cfg)
     return create_run(run, cfg)
+
+
+def _check_splits(cfg: Config, root: Path) -> None:
+    """Every split the pipeline will read exists, checked before the run folder is written (a missing
+    ``val`` used to surface at ``eval-seg``, after every training stage)."""
+    from esol_lib.data.voc import SPLIT_DIR, available_splits
+
+    if not root.is_dir():
+        return  # VOCSegmentation names the missing root, with the fix
+    have = available_splits(root)
+    d = cfg.data
+    for key, split in (("data.train_split", d.train_split), ("data.cam_split", d.cam_split),
+                       ("data.val_split", d.val_split)):
+        if split not in have:
+            raise StageError(f"{key} is {split!r}, but {root / SPLIT_DIR} has no {split}.txt (it has: "
+                             f"{', '.join(have) or 'no split lists'}); write that list or pass --set {key}=<split>")
 
 
 def notebook_run(profile: str, run_dir: str = "", data_root: str = "",

@@ -304,3 +304,15 @@ def test_cams_and_scores_follow_the_data_not_only_the_model(tmp_path):
     repoint(run, d4)
     with pytest.raises(StageError, match="does not fit the model .*new --run"):
         make_cam(run, progress=False)
+
+
+def test_a_missing_split_is_found_before_the_run_folder_is_written(tmp_path):
+    """A missing val split used to surface at eval-seg, after every training stage (issue 18, item 9)."""
+    from esol_lib.config import load_config
+    from esol_lib.stages import start_run
+
+    data = generate_benchmark(tmp_path / "d", SynthSpec(train=4, val=2, size=32, num_classes=3), progress=False)
+    (data / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    with pytest.raises(StageError, match=r"data.val_split is 'val', but .* has no val.txt .*--set data.val_split"):
+        start_run(tmp_path / "run", load_config("smoke"), data)
+    assert not (tmp_path / "run" / "config.yaml").exists()
