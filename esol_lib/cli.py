@@ -315,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_folder.COMMAND = " ".join(["esol", *(argv if argv is not None else sys.argv[1:])])
         if getattr(args, "run", None) is not None and args.command != "book":  # the book's kernels lock it
-            with run_folder.run_lock(args.run):
+            # held from before the run's config is written to the end: a second command cannot slip in between
+            with run_folder.run_lock(args.run, create=args.command in ("train-cam", "pipeline")):
                 return handler(args)
         return handler(args)
     except EsolError as err:

@@ -341,9 +341,13 @@ def _diverged_message(stage: str, step: int, loss: float, partial: Path) -> str:
         kept = f"the last good checkpoint is kept: {partial} (step {kept_step}); rerunning resumes from it"
     else:
         kept = f"the last good checkpoint is kept (none written yet for this stage: {partial})"
+    section = {"baseline": "train_cam"}.get(stage) or ("irn" if stage.startswith("irn") else
+                                                       "seg" if stage.startswith("seg") else stage)
+    run_dir = partial.parent.parent
     return (
         f"stage '{stage}' diverged at step {step}: loss is {loss}. Nothing was overwritten; {kept}. "
-        "Lower the learning rate of this stage (e.g. `--set <stage>.lr=...`) and run the command again."
+        f"A run folder keeps the config it started with, so lower the learning rate ({section}.lr) in a new one: "
+        f"`esol pipeline --config {run_dir / 'config.yaml'} --set {section}.lr=<smaller> --run <new folder>`."
     )
 
 

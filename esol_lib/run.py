@@ -172,18 +172,41 @@ def create_run(root: str | Path, cfg: Config) -> RunDir:
     """Open run folder ``root`` for ``cfg``; write ``config.yaml`` first.
 
     Re-opening a run with the same config resumes it. A different config is refused (it would mix
-    results of two settings in one folder), naming the keys that differ.
+    results of two settings in one folder), naming the keys that differ, once any stage has
+    written into the folder; before that (a typo in ``--data-root`` or ``--set`` caught by the
+    first stage) the corrected config replaces the old one.
     """
     run = RunDir(Path(root))
     with run_lock(run.root, create=True):
         return _open_or_start(run, cfg)
 
 
+#: What a stage leaves in a run folder; while none of it exists, the config has not been used yet.
+_OUTPUTS = ("checkpoints", "cams", "metrics", "ir_labels", "pseudo_masks", "predictions", "ablations", "log.jsonl")
+
+
+def _started(run: RunDir) -> bool:
+    """Whether any stage has written into ``run`` (even a partial checkpoint)."""
+    for name in _OUTPUTS:
+        p = run.root / name
+        if p.is_file() or (p.is_dir() and any(p.iterdir())):
+            return True
+    return False
+
+
 def _open_or_start(run: RunDir, cfg: Config) -> RunDir:
     if run.config_path.is_file():
-        old = config_to_dict(run.load_config())
+        try:
+            old = config_to_dict(run.load_config())
+        except ConfigError:
+            if _started(run):
+                raise
+            old = None  # a config that never got used (written by an older version, or damaged): replace it
         new = config_to_dict(cfg)
-        diff = _diff(old, new)
+        diff = _diff(old, new) if old is not None else ["(unreadable)"]
+        if diff and not _started(run):
+            save_config(cfg, run.config_path)  # nothing was made with the old one: take the corrected config
+            return run
         if diff:
             raise ConfigError(
                 f"run folder {run.root} was started with another config (differs in: {', '.join(diff)}); "

@@ -41,8 +41,12 @@ def test_create_run_writes_config_first_and_refuses_another_config(tmp_path):
     assert run.config_path.is_file()
     assert RunDir(tmp_path / "run").load_config() == cfg
     create_run(tmp_path / "run", cfg)  # same config: resume
+    fixed = load_config("smoke", ["expansion.alpha=0.3"])
+    create_run(tmp_path / "run", fixed)  # nothing was made with the first one yet: the correction is taken
+    assert RunDir(tmp_path / "run").load_config() == fixed
+    (tmp_path / "run" / "log.jsonl").write_text("{}\n")  # a stage has started
     with pytest.raises(ConfigError, match="expansion.alpha"):
-        create_run(tmp_path / "run", load_config("smoke", ["expansion.alpha=0.3"]))
+        create_run(tmp_path / "run", cfg)
 
 
 def _tree_digest(root):

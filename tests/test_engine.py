@@ -261,6 +261,7 @@ def test_nan_loss_raises_divergence_and_keeps_the_last_checkpoint(tmp_path):
     msg = str(err.value)
     assert "expansion" in msg and "step 5" in msg
     assert str(partial) in msg and "last good checkpoint" in msg and "learning rate" in msg
+    assert "--set expansion.lr=" in msg and "--run <new folder>" in msg  # a command that works as written
     assert partial.read_bytes() == seen["before"]
     assert torch.load(partial, weights_only=True)["step"] == 4
     assert not rd.checkpoint("expansion").exists()
