@@ -218,9 +218,10 @@ def cmd_make_cam(args: argparse.Namespace) -> int:
 def cmd_eval_cam(args: argparse.Namespace) -> int:
     from esol_lib.stages import eval_cam, open_run
 
-    run, _ = open_run(args.run)
-    m = eval_cam(run, args.stage, args.split, crf=args.crf)
-    name = f"{args.stage}{'_crf' if args.crf else ''}_{args.split}"
+    run, cfg = open_run(args.run)
+    split = args.split or cfg.data.cam_split
+    m = eval_cam(run, args.stage, split, crf=args.crf)
+    name = f"{args.stage}{'_crf' if args.crf else ''}_{split}"
     print(f"{name}: mIoU {100 * m['miou']:.1f} at threshold {m['threshold']:.2f} "
           f"(precision {100 * m['precision']:.1f}, recall {100 * m['recall']:.1f}, F1 {100 * m['f1']:.1f}) "
           f"-> {run.metrics(name)}")

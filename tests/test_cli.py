@@ -73,3 +73,17 @@ def test_pipeline_generates_the_benchmark_and_opens_the_run(tmp_path, monkeypatc
     assert main(["pipeline", "--config", "smoke", "--run", "runs/s"]) == 0
     assert (tmp_path / "data" / "synth-smoke" / "ImageSets" / "Segmentation" / "train.txt").is_file()
     assert (tmp_path / "runs" / "s" / "config.yaml").is_file()
+
+
+def test_eval_cam_prints_the_metrics_file_it_wrote(tmp_path, capsys):
+    """Without --split it printed 'baseline_None' and a path that does not exist."""
+    from esol_lib.data.synth import SynthSpec, generate_benchmark
+
+    data = generate_benchmark(tmp_path / "d", SynthSpec(train=6, val=2, size=32, num_classes=3), progress=False)
+    run = tmp_path / "run"
+    assert main(["train-cam", "--config", "smoke", "--data-root", str(data), "--run", str(run)]) == 0
+    assert main(["make-cam", "--run", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval-cam", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("baseline_train: mIoU") and out.rstrip().endswith(str(run / "metrics" / "baseline_train.json"))
