@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "read_json"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "link_or_copy", "read_json"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Hard-link ``src`` to ``dst``, or copy it where links are impossible (across file systems),
+    through a temp name: a copy cut short never sits at ``dst``, where a later call would take it
+    for a finished file. An existing ``dst`` is left alone."""
+    import shutil
+
+    dst = Path(dst)
+    if dst.exists():
+        return
+    with atomic_path(dst) as tmp:
+        tmp.unlink()  # os.link needs a free name
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
 
 
 def read_json(path: str | os.PathLike) -> dict | None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
 
-from esol_lib.atomic import atomic_path, atomic_write_text, read_json
+from esol_lib.atomic import atomic_write_text, link_or_copy, read_json
 from esol_lib.config import Config, read_yaml_mapping, config_from_dict, config_to_dict, save_config
 from esol_lib.errors import ConfigError, StageError
 
@@ -269,16 +269,4 @@ def _share_cache(source: RunDir, run: RunDir) -> None:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (copy where links are impossible), through a temp name: a copy
-    cut short never sits at ``dst``, where a later fork would take it for a finished file."""
-    import os
-    import shutil
-
-    if dst.exists():
-        return
-    with atomic_path(dst) as tmp:
-        tmp.unlink()  # os.link needs a free name
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copy2(src, tmp)
+    link_or_copy(src, dst)  # a fork's shared checkpoints and CAMs: a later fork skips what exists

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from esol_lib.atomic import atomic_path
+from esol_lib.atomic import link_or_copy
 from esol_lib.data.drawing import write_lines
 from esol_lib.data.palette import VOID, save_label_png
 from esol_lib.data.voc import IMAGE_DIR, SPLIT_DIR, MissingDependencyError, _unsafe_name
@@ -75,12 +73,7 @@ def _place_image(src: Path, dst: Path) -> None:
         return
     if not src.is_file():
         raise DatasetError(f"COCO image {src} is missing; re-copy the split's image folder")
-    with atomic_path(dst) as tmp:
-        tmp.unlink()  # os.link needs a free name
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
+    link_or_copy(src, dst)
 
 
 def _categories(coco) -> list[dict]:
