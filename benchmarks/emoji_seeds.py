@@ -114,7 +114,11 @@ def run_table5(run_dir: Path) -> float:
 
     start = time.perf_counter()
     run = RunDir(run_dir)
-    ab.run_variants(run, ab.TABLE5, run.root / "ablations", progress=True)
+    root = run.root / "ablations"
+    ab.run_variants(run, ab.TABLE5, root, progress=True)
+    ref = ab.reference_run(run, root)  # the row the variants differ from: full ESOL at ablation.max_steps
+    if ref != run:
+        ab.score_stage(ref, "shrinkage")
     return time.perf_counter() - start
 
 
