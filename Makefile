@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 PROFILE ?= cpu
 RUN    ?= runs/$(PROFILE)
 
-.PHONY: venv test book pipeline clean
+.PHONY: venv test test-fast book pipeline clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The developer loop: every test not marked slow (no notebook execution, no multi-process runs).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # Every stage of one profile; the profile's benchmark is generated into data/<generator>-<profile> first.
 pipeline: $(STAMP)

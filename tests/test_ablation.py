@@ -124,6 +124,7 @@ def test_a_runaway_variant_is_a_result_not_a_crash(main_run, tmp_path):
     assert ab.run_variant(main_run, variant, tmp_path)["diverged"] == result["diverged"]  # not trained again
 
 
+@pytest.mark.slow
 def test_every_row_of_table5_and_the_appendix_trains_and_scores(main_run, tmp_path):
     results = ab.run_variants(main_run, ab.TABLE5 + ab.LOSS_COMBINATIONS + ab.APPENDIX, tmp_path, progress=False)
     assert set(results) == {v.name for v in ab.TABLE5 + ab.LOSS_COMBINATIONS + ab.APPENDIX}

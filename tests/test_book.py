@@ -303,6 +303,7 @@ def test_build_book_offline(executed, tmp_path):
     assert "run_dir=&lt;run&gt;" in chapter  # the run folder outside the repository, by its name
 
 
+@pytest.mark.slow
 def test_build_book_reports_jupyter_book_failure(tmp_path):
     site = tmp_path / "site"
     (site / "book").mkdir(parents=True)

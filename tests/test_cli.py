@@ -68,6 +68,7 @@ def test_data_synth_twice_gives_byte_identical_files(tmp_path):
     assert len(ds) == 5 and ds[0]["label"].sum() >= 1
 
 
+@pytest.mark.slow
 def test_pipeline_generates_the_benchmark_and_opens_the_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["pipeline", "--config", "smoke", "--run", "runs/s"]) == 0

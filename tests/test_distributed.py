@@ -93,6 +93,7 @@ def _spawn(tmp: Path, timeout: float = 50.0) -> None:
 
 
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="gloo backend unavailable")
+@pytest.mark.slow
 def test_two_process_ddp_stays_in_sync_and_only_rank0_writes(tmp_path):
     _spawn(tmp_path)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

@@ -235,6 +235,7 @@ def test_boundary_net_odd_sizes():
 # ----------------------------------------------------------------------------- refine end to end
 
 
+@pytest.mark.slow
 def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
     from esol_lib import stages
     from esol_lib.config import load_config, save_config

@@ -8,6 +8,7 @@ from esol_lib.pipeline import REFINED_STAGES, pipeline_steps, run_pipeline
 from esol_lib.stages import start_run
 
 
+@pytest.mark.slow
 def test_pipeline_resumes_after_an_interrupt_mid_stage(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the smoke benchmark is generated under ./data
     run = start_run(tmp_path / "run", load_config("smoke"), data_root=None)

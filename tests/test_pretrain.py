@@ -25,6 +25,7 @@ def test_renders_are_deterministic_and_streams_differ():
     assert ya.tolist() == [0, 0, 1, 1]
 
 
+@pytest.mark.slow
 def test_pretrain_writes_a_backbone_that_model_pretrained_loads(tmp_path):
     out = tmp_path / "bb.pth"
     card = pretrain_backbone(out, TINY, progress=False)
