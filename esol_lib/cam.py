@@ -95,10 +95,10 @@ def data_fingerprint(dataset) -> str:
     """
     h = hashlib.blake2b(digest_size=20)
     h.update(json.dumps([list(getattr(dataset, "classes", [])), list(dataset.ids)]).encode())
+    has_mask = getattr(dataset, "has_mask", lambda image_id: True)
     for image_id in dataset.ids:
         h.update(file_digest(dataset.image_path(image_id)).encode())
-        has_mask = getattr(dataset, "has_mask", None)
-        if has_mask is None or has_mask(image_id):
+        if has_mask(image_id):
             h.update(file_digest(dataset.mask_path(image_id)).encode())
     return h.hexdigest()
 
@@ -144,9 +144,10 @@ def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[
                 _cam_path(out_dir, image_id).unlink(missing_ok=True)
             atomic_write_text(record, json.dumps({"data": data_signature}) + "\n")
     todo = [i for i, image_id in enumerate(dataset.ids) if not _cam_path(out_dir, image_id).is_file()]
-    if not todo and read_json(meta_path) is not None:
+    have_meta = read_json(meta_path) is not None
+    if not todo and have_meta:
         return out_dir  # complete: leave the folder (and its timestamp) untouched
-    if read_json(meta_path) is None:  # a new folder (or one just emptied for another signature)
+    if not have_meta:  # a new folder (or one just emptied for another signature)
         # Its time stamp is when these CAMs' model changed: metrics newer than it are current. Adding
         # another split's CAMs under the same signature leaves it alone, so they stay current.
         atomic_write_text(meta_path, json.dumps({"signature": signature, "scales": list(scales), "flip": flip}) + "\n")
