@@ -41,9 +41,9 @@ class RunBusyError(StageError):
     """Another process is writing to the run folder."""
 
 
-# This process's locks: {run folder: [FileLock, depth]}. A stage called inside another (the pipeline
-# calls train_cam) re-enters its own lock instead of waiting for itself.
-_HELD: dict[str, list] = {}
+# The run folders whose lock this process holds. A stage called inside another (the pipeline calls
+# train_cam) re-enters its own lock instead of waiting for itself.
+_HELD: set[str] = set()
 _F = TypeVar("_F", bound=Callable)
 
 
@@ -78,13 +78,8 @@ def run_lock(root: str | Path, command: str | None = None, *, create: bool = Fal
 
     root = Path(root).resolve()
     key = str(root)
-    held = _HELD.get(key)
-    if held is not None:
-        held[1] += 1
-        try:
-            yield
-        finally:
-            held[1] -= 1
+    if key in _HELD:
+        yield
         return
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -100,7 +95,7 @@ def run_lock(root: str | Path, command: str | None = None, *, create: bool = Fal
     except OSError as e:
         raise StageError(f"cannot lock run folder {root} ({e.strerror or e}); every command writes to its "
                          f"run folder: make it writable, or copy it and pass the copy as --run") from None
-    _HELD[key] = [lock, 1]
+    _HELD.add(key)
     try:
         try:
             atomic_write_text(root / HOLDER_FILE, json.dumps({"pid": os.getpid(), "since": time.time(),
@@ -109,7 +104,7 @@ def run_lock(root: str | Path, command: str | None = None, *, create: bool = Fal
             pass  # the description is optional; the lock is what counts
         yield
     finally:
-        del _HELD[key]
+        _HELD.discard(key)
         lock.release()
 
 
@@ -248,11 +243,11 @@ def fork_run(src: str | Path, dst: str | Path, overrides: Sequence[str] = (),
         ckpt = source.checkpoint(stage)
         if not ckpt.is_file():
             raise StageError(f"cannot share stage {stage!r}: {ckpt} is missing; finish it in {source.root} first")
-        _link_or_copy(ckpt, run.checkpoint(stage))
+        link_or_copy(ckpt, run.checkpoint(stage))
         cams = source.cams(stage)
         if cams.is_dir():
             for f in cams.iterdir():
-                _link_or_copy(f, run.cams(stage) / f.name)
+                link_or_copy(f, run.cams(stage) / f.name)
     return run
 
 
@@ -266,7 +261,3 @@ def _share_cache(source: RunDir, run: RunDir) -> None:
         link.symlink_to(target, target_is_directory=True)
     except OSError:  # no symlinks here: the fork keeps its own cache
         pass
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    link_or_copy(src, dst)  # a fork's shared checkpoints and CAMs: a later fork skips what exists

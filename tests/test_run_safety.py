@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from esol_lib import run as run_mod
-from esol_lib.atomic import atomic_path, atomic_write_text, read_json
+from esol_lib.atomic import atomic_path, atomic_write_text, link_or_copy, read_json
 from esol_lib.cam import compute_cams
 from esol_lib.data import VOCSegmentation
 from esol_lib.data.synth import SynthSpec, generate_benchmark
@@ -184,10 +184,10 @@ def test_a_copy_cut_short_never_sits_at_the_destination(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "link", no_link)
     monkeypatch.setattr(shutil, "copy2", half_copy)
     with pytest.raises(OSError):
-        run_mod._link_or_copy(src, dst)
+        link_or_copy(src, dst)
     assert not dst.exists() and list(dst.parent.iterdir()) == []
     monkeypatch.undo()
-    run_mod._link_or_copy(src, dst)
+    link_or_copy(src, dst)
     assert dst.read_bytes() == src.read_bytes()
 
 
