@@ -129,26 +129,16 @@ def _yaml_number(value: float) -> str:
     return np.format_float_positional(float(value), trim="0")
 
 
-def _metrics_current(run: RunDir, stage: str, split: str) -> Optional[dict]:
-    """The metrics file of ``stage`` on ``split``, if it is newer than the checkpoint it scores."""
-    path, ckpt = run.metrics(f"{stage}_{split}"), run.checkpoint(stage)
-    if path.is_file() and ckpt.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
-        return json.loads(path.read_text())
-    return None
-
-
 def score_stage(run: RunDir, stage: str, split: str | None = None, *, progress: bool = False) -> dict:
     """Seed metrics of a finished ``stage`` of ``run`` on ``split`` (default: ``ablation.split``, else
-    ``data.cam_split``): CAMs and threshold sweep, computed once, then read back from the metrics file."""
-    from esol_lib.stages import eval_cam, make_cam
+    ``data.cam_split``): CAMs and threshold sweep, computed once, then read back from the metrics
+    file while it scores the CAMs as they are (:func:`esol_lib.stages.current_cam_metrics`)."""
+    from esol_lib.stages import current_cam_metrics, eval_cam, make_cam
 
     cfg = run.load_config()
     split = split or cfg.ablation.split or cfg.data.cam_split
-    done = _metrics_current(run, stage, split)
-    if done is None:
-        make_cam(run, stage, split, progress=progress)
-        done = eval_cam(run, stage, split, progress=progress)
-    return done
+    make_cam(run, stage, split, progress=progress)  # a no-op while the CAMs fit the checkpoint and data
+    return current_cam_metrics(run, stage, split) or eval_cam(run, stage, split, progress=progress)
 
 
 def run_variant(main: RunDir, variant: Variant, root: str | Path, *, split: str | None = None,

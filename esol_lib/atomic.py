@@ -14,16 +14,22 @@ to recompute, so recomputing is the safe answer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "link_or_copy", "read_json"]
+__all__ = ["atomic_path", "atomic_save", "atomic_write_text", "atomic_write_bytes", "link_or_copy", "read_json"]
 
 log = logging.getLogger(__name__)
+
+#: A temp file of :func:`atomic_path`: ``.<name>.<pid>.<random>.tmp[<suffix>]``; group 1 is the pid.
+TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp[^/]*$")
 
 
 @contextlib.contextmanager
@@ -42,9 +48,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, str(tmp), tmp):
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e  # name the real file
         raise
 
 
@@ -62,12 +70,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically, through an open file.
+
+    Through a file object, not the temp's name: ``torch.save`` names the zip archive's root folder
+    after the file it is given, so saving to the (random) temp name would make two saves of the same
+    object differ in their bytes, and every signature that hashes the file would differ too.
+    """
+    import torch
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            try:
+                torch.save(obj, f)
+            except RuntimeError as e:  # torch reports a failed write (a full disk) as a RuntimeError
+                full = shutil.disk_usage(tmp.parent).free < (1 << 20)
+                raise OSError(errno.ENOSPC if full else errno.EIO, f"could not write ({e})", str(path)) from e
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Hard-link ``src`` to ``dst``, or copy it where links are impossible (across file systems),
     through a temp name: a copy cut short never sits at ``dst``, where a later call would take it
     for a finished file. An existing ``dst`` is left alone."""
-    import shutil
-
     dst = Path(dst)
     if dst.exists():
         return

@@ -32,6 +32,7 @@ from esol_lib.data.transforms import to_tensor
 from esol_lib.errors import StageError
 from esol_lib.metrics import ThresholdSweep, confusion_matrix
 from esol_lib.parallel import map_ordered
+from esol_lib.run import drop_damaged, record_sizes
 
 __all__ = ["CamFn", "multiscale_cam", "compute_cams", "load_cam", "cams_to_label", "evaluate_cams",
            "cam_dir_signature", "seed_part_recall"]
@@ -128,7 +129,8 @@ def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[
     Images already written under the same ``signature`` are skipped, so an interrupted run resumes;
     a folder with another signature (a retrained model, other scales) is emptied first.
     With ``data_signature`` (:func:`data_fingerprint` of ``dataset``, a split), CAMs of that split
-    made from other data are recomputed (:func:`data_record`). Images of equal size are batched.
+    made from other data are recomputed (:func:`data_record`). Images of equal size are batched, in
+    batches cut from the whole split, so a resumed folder holds the bytes an uninterrupted run writes.
     """
     out_dir = Path(out_dir)
     meta_path = out_dir / _META
@@ -143,6 +145,7 @@ def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[
             for image_id in dataset.ids:
                 _cam_path(out_dir, image_id).unlink(missing_ok=True)
             atomic_write_text(record, json.dumps({"data": data_signature}) + "\n")
+    drop_damaged(out_dir)
     todo = [i for i, image_id in enumerate(dataset.ids) if not _cam_path(out_dir, image_id).is_file()]
     have_meta = read_json(meta_path) is not None
     if not todo and have_meta:
@@ -152,16 +155,23 @@ def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[
         # another split's CAMs under the same signature leaves it alone, so they stay current.
         atomic_write_text(meta_path, json.dumps({"signature": signature, "scales": list(scales), "flip": flip}) + "\n")
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
+    missing = set(todo)
     with torch.inference_mode():
-        for group in _size_batches(dataset, todo, batch_size):
+        # Batches are cut from the whole split, not from what is missing: a batch's numbers depend
+        # (in the last bits) on which images share it, so a resumed run must batch as a whole run did.
+        for group in _size_batches(dataset, range(len(dataset.ids)), batch_size):
+            if missing.isdisjoint(group):
+                continue
             samples = [dataset[i] for i in group]
             images = torch.stack([to_tensor(s["image"], mean, std) for s in samples]).to(device)
             cams = multiscale_cam(cam_fn, images, scales, flip).float().cpu().numpy()
-            for s, cam in zip(samples, cams):
-                keys = np.nonzero(s["label"].numpy() > 0.5)[0]
-                _save_cam(_cam_path(out_dir, s["id"]), cam[keys], keys + 1)
-            bar.update(len(group))
+            for i, s, cam in zip(group, samples, cams):
+                if i in missing:
+                    keys = np.nonzero(s["label"].numpy() > 0.5)[0]
+                    _save_cam(_cam_path(out_dir, s["id"]), cam[keys], keys + 1)
+            bar.update(len(missing.intersection(group)))
     bar.close()
+    record_sizes(out_dir, [_cam_path(out_dir, image_id).name for image_id in dataset.ids])
     return out_dir
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -305,6 +306,19 @@ DATA_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def os_error_message(err: OSError) -> str | None:
+    """One line for the file-system faults a user can fix (a full disk, a read-only folder); None
+    for the others, which keep their traceback."""
+    where = f" {err.filename}" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device writing{where}: free some space (or use a --run / --out "
+                "folder on a larger disk) and run the same command again; finished files are kept")
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write{where} ({err.strerror}): make it writable, or copy the folder and pass "
+                "the copy; finished files are kept")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "data":
@@ -322,6 +336,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except EsolError as err:
         print(f"esol {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        message = os_error_message(err)
+        if message is None:
+            raise
+        print(f"esol {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"esol {args.command}: interrupted; finished work is kept, run the same command to resume",

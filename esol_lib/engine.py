@@ -38,7 +38,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from esol_lib.atomic import atomic_path
+from esol_lib.atomic import atomic_save
 from esol_lib.distributed import (
     all_gather_object,
     all_reduce_mean,
@@ -130,18 +130,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj)`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    A reader sees the old file or the new one, never a half-written one.
-    """
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-
 def _json_value(value: Any) -> Any:
     """Tensors and numpy scalars as Python numbers; non-finite floats as strings."""
     if isinstance(value, torch.Tensor):
@@ -230,8 +218,19 @@ def partial_checkpoint_path(run_dir: RunDir, stage: str) -> Path:
     return run_dir.checkpoint(stage).with_suffix(".partial.pt")
 
 
-def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: Path, fix: str = "run the same command again: the stage that wrote it retrains") -> dict:
+    """``torch.load`` of a checkpoint (``weights_only``); an unreadable one (cut short, or not a
+    checkpoint) is one :class:`StageError` naming the file and ``fix``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise StageError(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                         f"delete it and {fix}") from None
+
+
+_load = load_checkpoint
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -622,11 +621,7 @@ def load_stage_checkpoint(run_dir: RunDir, stage: str, model: nn.Module, *, hint
     if not path.is_file():
         todo = hint or f"run the '{stage}' stage first"
         raise StageError(f"{path} not found: stage '{stage}' has not finished; {todo}")
-    try:
-        ckpt = _load(path)
-    except Exception as e:  # truncated, or not a checkpoint at all
-        raise StageError(f"{path} is unreadable ({type(e).__name__}: {str(e)[:120]}); delete it and "
-                         f"{hint or 'run that stage again'}") from None
+    ckpt = load_checkpoint(path, hint or "run that stage again")
     if "model" not in ckpt:
         raise StageError(f"{path} holds no model weights; delete it and {hint or 'run that stage again'}")
     try:

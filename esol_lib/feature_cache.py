@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from esol_lib.atomic import atomic_path
+from esol_lib.atomic import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ class FeatureCache:
         self.put(key, out)
         if path is not None:
             try:  # the cache is optional: a failed write (a full disk) costs a warning, not the stage
-                with atomic_path(path) as tmp:
-                    torch.save(out.cpu(), tmp)
+                atomic_save(out.cpu(), path)
             except (OSError, RuntimeError) as e:
                 log.warning("feature cache: could not write %s (%s); going on without caching it", path, e)
         return out

@@ -212,7 +212,9 @@ def path_affinities(boundary: Tensor, radius: int) -> Tensor:
     gradient per path point (2,134 of them at IRN's training radius 10). Ties between equal values
     go to the later pixel in memory order (``torch.max`` takes the first point of the path); the
     affinities are the same, and only a gradient split between exactly equal unsaturated scores
-    can differ.
+    can differ. The gather is ``Tensor.gather``, whose CPU backward sums in a fixed order;
+    indexing (``flat[index]``) accumulates its backward in parallel threads, which made two runs'
+    IRN checkpoints differ in their last bits.
     """
     if boundary.ndim not in (2, 3):
         raise ValueError(f"path_affinities: boundary must be (h, w) or (B, h, w), got {tuple(boundary.shape)}")
@@ -236,7 +238,7 @@ def path_affinities(boundary: Tensor, radius: int) -> Tensor:
             for py, px in rest:
                 torch.maximum(out, key[..., py:py + h, m + px:m + px + w], out=out)
         index = (best & 0xFFFFFFFF).reshape(-1)
-    aff = 1.0 - flat[index].view(best.shape)
+    aff = 1.0 - flat.gather(0, index).view(best.shape)  # gather: its CPU backward is deterministic, indexing's is not
     return aff.movedim(0, boundary.ndim - 2)
 
 

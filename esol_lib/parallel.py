@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator, Sequence, TypeVar
+
+from esol_lib.errors import StageError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,6 +37,26 @@ def cpu_workers() -> int:
     return max(1, cores // max(world, 1))
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: a worker ends when the process that forked it does.
+
+    Without this, a parent killed with SIGKILL (a user, the OOM killer) leaves its workers blocked
+    forever on the task queue, still holding every file the parent had open: the run folder's lock
+    (``flock`` belongs to the open file, which they share) and the pipes a caller waits on.
+    ``PR_SET_PDEATHSIG`` is Linux's; elsewhere this does nothing.
+    """
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
+
+
 def _run(index: int):
     fn, items = _TASK  # type: ignore[misc]
     return fn(items[index])
@@ -43,7 +67,8 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int | None = 
     """``fn(item)`` for each item, in order; on ``workers`` forked processes when there are more than one.
 
     ``workers`` None: :func:`cpu_workers`. Falls back to a plain loop with one worker, with fewer
-    than two items, or where ``fork`` is unavailable. An exception in ``fn`` is raised here.
+    than two items, or where ``fork`` is unavailable. An exception in ``fn`` is raised here; a
+    worker that dies is a :class:`StageError`.
     """
     global _TASK
     workers = cpu_workers() if workers is None else workers
@@ -54,8 +79,15 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int | None = 
     if _TASK is not None:
         raise RuntimeError("map_ordered is not re-entrant: one pool at a time")
     _TASK = (fn, items)
+    # concurrent.futures, not multiprocessing.Pool: a worker that dies (SIGKILL, the OOM killer)
+    # breaks the pool with an error here, where Pool would wait forever for its lost task.
+    pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=mp.get_context("fork"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
     try:
-        with mp.get_context("fork").Pool(min(workers, len(items))) as pool:
-            yield from pool.imap(_run, range(len(items)), chunksize=chunksize)
+        yield from pool.map(_run, range(len(items)), chunksize=chunksize)
+    except BrokenProcessPool:
+        raise StageError("a worker process died (killed, or out of memory?); what was finished is kept: "
+                         "run the same command again to go on") from None
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         _TASK = None

@@ -23,16 +23,6 @@ class PipelineStep:
     done: Callable[[], bool] = field(default=lambda: False)
 
 
-def _metrics_current(run: RunDir, name: str, stage: str) -> bool:
-    path, meta = run.metrics(name), run.cams(stage) / "_meta.json"
-    return path.is_file() and meta.is_file() and path.stat().st_mtime >= meta.stat().st_mtime
-
-
-def _newer(run: RunDir, metrics: str, source) -> bool:
-    path = run.metrics(metrics)
-    return path.is_file() and source.is_file() and path.stat().st_mtime >= source.stat().st_mtime
-
-
 REFINED_STAGES = ("baseline", "shrinkage")  # Table 1 / Table 3: plain CAM vs ESOL
 
 
@@ -46,8 +36,8 @@ def pipeline_steps(run: RunDir, *, progress: bool = True, crf: bool = True,
     """
     from esol_lib.esol import expand, shrink
     from esol_lib.refine import refine as refine_stage
-    from esol_lib.segmentation import eval_seg, seg_stage_name, train_seg
-    from esol_lib.stages import eval_cam, make_cam, train_cam
+    from esol_lib.segmentation import current_seg_metrics, eval_seg, train_seg
+    from esol_lib.stages import current_cam_metrics, eval_cam, make_cam, train_cam
 
     cfg = run.load_config()
     split = cfg.data.cam_split
@@ -57,21 +47,20 @@ def pipeline_steps(run: RunDir, *, progress: bool = True, crf: bool = True,
         steps.append(PipelineStep(f"train {stage}", lambda t=trainer: t(run, progress=progress)))
         steps.append(PipelineStep(f"make-cam {stage}", lambda s=stage: make_cam(run, s, split, progress=progress)))
         steps.append(PipelineStep(f"eval-cam {stage}", lambda s=stage: eval_cam(run, s, split, progress=progress),
-                                  lambda s=stage: _metrics_current(run, f"{s}_{split}", s)))
+                                  lambda s=stage: current_cam_metrics(run, s, split) is not None))
         if crf:
             steps.append(PipelineStep(
                 f"eval-cam --crf {stage}", lambda s=stage: eval_cam(run, s, split, crf=True, progress=progress),
-                lambda s=stage: _metrics_current(run, f"{s}_crf_{split}", s)))
+                lambda s=stage: current_cam_metrics(run, s, split, crf=True) is not None))
     if refine:
         for stage in REFINED_STAGES:
             steps.append(PipelineStep(f"refine {stage}", lambda s=stage: refine_stage(run, s, progress=progress)))
     if refine and segment:
         for stage in REFINED_STAGES:
-            name = seg_stage_name(stage)
             steps.append(PipelineStep(f"train-seg {stage}", lambda s=stage: train_seg(run, s, progress=progress)))
             steps.append(PipelineStep(
                 f"eval-seg {stage}", lambda s=stage: eval_seg(run, s, progress=progress),
-                lambda n=name: _newer(run, f"{n}_{cfg.data.val_split}", run.checkpoint(n))))
+                lambda s=stage: current_seg_metrics(run, s, cfg.data.val_split) is not None))
     return steps
 
 

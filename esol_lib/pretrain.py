@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from esol_lib.atomic import atomic_path, atomic_write_text
+from esol_lib.atomic import atomic_save, atomic_write_text
 from esol_lib.data.emoji import render_glyph_on_texture
 from esol_lib.data.openmoji import other_glyphs
 from esol_lib.errors import ConfigError
@@ -227,8 +227,7 @@ def pretrain_backbone(out: str | Path, recipe: PretrainRecipe | None = None, *, 
         "seconds": round(time.time() - start, 1),
         "threads": torch.get_num_threads(),
     }
-    with atomic_path(out) as tmp:
-        torch.save(backbone.state_dict(), tmp)
+    atomic_save(backbone.state_dict(), out)
     atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     return card
 

@@ -48,12 +48,13 @@ from esol_lib.cam import file_digest, load_cam
 from esol_lib.config import Config
 from esol_lib.data import VOCSegmentation, load_image, load_mask, save_label_png
 from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
+from esol_lib.engine import load_checkpoint
 from esol_lib.errors import StageError
 from esol_lib.irn import BoundaryNet, affinity_loss, boundary_map, ir_labels, pseudo_mask
-from esol_lib.metrics import confusion_matrix, read_metrics, summarize, write_metrics
+from esol_lib.metrics import confusion_matrix, summarize, write_metrics
 from esol_lib.models.backbone import Backbone
 from esol_lib.parallel import map_ordered
-from esol_lib.run import STAGES, RunDir, holds_run_lock
+from esol_lib.run import STAGES, RunDir, current_metrics, drop_damaged, holds_run_lock, record_sizes, signature_of
 
 __all__ = [
     "IRNTrainTransform", "crf_kwargs", "eval_pseudo_masks", "ir_label_dir", "irn_backbone", "irn_stage_name",
@@ -118,6 +119,12 @@ def _mask_signature(run: RunDir, cfg: Config, stage: str) -> str:
                   "bg": cfg.irn.sem_seg_bg_thres})
 
 
+def _mask_metrics_inputs(run: RunDir, cfg: Config, stage: str, ds) -> str:
+    """What the mask metrics score: the pseudo masks' signature and the split's ids (the masks'
+    signature covers the CAMs, whose own signature covers the split's data)."""
+    return signature_of({"masks": _mask_signature(run, cfg, stage), "ids": list(ds.ids)})
+
+
 def _folder_signature(out_dir: Path) -> str | None:
     return (read_json(out_dir / _META) or {}).get("signature")
 
@@ -135,9 +142,17 @@ def _prepare(out_dir: Path, signature: str) -> None:
 
 
 def _complete(out_dir: Path, ids: Sequence[str], signature: str) -> bool:
-    """Every ``<id>.png`` exists and the folder was made from the current inputs."""
-    return (_folder_signature(out_dir) == signature
+    """Every ``<id>.png`` exists, undamaged (damaged ones are deleted: :func:`esol_lib.run.drop_damaged`),
+    and the folder was made from the current inputs."""
+    return (_folder_signature(out_dir) == signature and not drop_damaged(out_dir)
             and all((out_dir / f"{i}.png").is_file() for i in ids))
+
+
+def _record_pngs(out_dir: Path, ids: Sequence[str]) -> None:
+    from esol_lib.distributed import is_main_process
+
+    if is_main_process():
+        record_sizes(out_dir, [f"{i}.png" for i in ids])
 
 
 def _shard(items: list[str]) -> list[str]:
@@ -183,6 +198,7 @@ def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = No
     cfg, split, ds = _setup(run, stage, split)
     out_dir = ir_label_dir(run, stage)
     _prepare(out_dir, _ir_signature(run, cfg, stage))
+    drop_damaged(out_dir)
     todo = _shard([i for i in ds.ids if not (out_dir / f"{i}.png").is_file()])
     kwargs = crf_kwargs(cfg)
     cam_dir = run.cams(stage)
@@ -197,6 +213,7 @@ def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = No
                   disable=not progress):
         pass
     barrier()
+    _record_pngs(out_dir, ds.ids)
     return out_dir
 
 
@@ -262,8 +279,6 @@ def _trained_from(ckpt: dict, inputs: dict[str, str]) -> bool:
     return all(extra.get(key) == value for key, value in inputs.items())
 
 
-def _load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _drop_stale_checkpoints(run: RunDir, name: str, inputs: dict[str, str]) -> None:
@@ -273,7 +288,7 @@ def _drop_stale_checkpoints(run: RunDir, name: str, inputs: dict[str, str]) -> N
 
     if is_main_process():
         for path in (run.checkpoint(name), partial_checkpoint_path(run, name)):
-            if path.is_file() and not _trained_from(_load_checkpoint(path), inputs):
+            if path.is_file() and not _trained_from(load_checkpoint(path), inputs):
                 path.unlink()
     barrier()
 
@@ -282,7 +297,7 @@ def _irn_done(run: RunDir, stage: str, inputs: dict[str, str]) -> bool:
     path = run.checkpoint(irn_stage_name(stage))
     if not path.is_file():
         return False
-    ckpt = _load_checkpoint(path)
+    ckpt = load_checkpoint(path)
     return bool(ckpt.get("done")) and _trained_from(ckpt, inputs)
 
 
@@ -403,6 +418,7 @@ def make_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None =
     model = load_irn(run, cfg, stage, device)
     out_dir = run.pseudo_masks(stage)
     _prepare(out_dir, _mask_signature(run, cfg, stage))
+    drop_damaged(out_dir)
     todo = _shard([i for i in ds.ids if not (out_dir / f"{i}.png").is_file()])
     for image_id in tqdm(todo, desc=f"pseudo masks {stage}/{split}", unit="img", disable=not progress):
         image = to_tensor(load_image(ds.image_path(image_id)), cfg.data.mean, cfg.data.std).to(device)
@@ -412,6 +428,7 @@ def make_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None =
                            bg_thres=ic.sem_seg_bg_thres)
         save_label_png(out_dir / f"{image_id}.png", mask)
     barrier()
+    _record_pngs(out_dir, ds.ids)
     return out_dir
 
 
@@ -452,6 +469,7 @@ def eval_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None =
     metrics["irn"] = {"radius": ic.radius, "beta": ic.beta, "exp_times": ic.exp_times,
                       "sem_seg_bg_thres": ic.sem_seg_bg_thres, "conf_fg_thres": ic.conf_fg_thres,
                       "conf_bg_thres": ic.conf_bg_thres}
+    metrics["inputs"] = _mask_metrics_inputs(run, cfg, stage, ds)
     if is_main_process():
         write_metrics(run.metrics(f"mask-{stage}_{split}"), metrics)
     return metrics
@@ -478,7 +496,5 @@ def refine(run: RunDir, stage: str = "shrinkage", *, progress: bool = True) -> d
     mask_dir = run.pseudo_masks(stage)
     if not _complete(mask_dir, ds.ids, _mask_signature(run, cfg, stage)):
         make_pseudo_masks(run, stage, split, progress=progress)
-    path = run.metrics(f"mask-{stage}_{split}")
-    if path.is_file() and path.stat().st_mtime_ns >= (mask_dir / _META).stat().st_mtime_ns:
-        return read_metrics(path)
-    return eval_pseudo_masks(run, stage, split)
+    current = current_metrics(run.metrics(f"mask-{stage}_{split}"), _mask_metrics_inputs(run, cfg, stage, ds))
+    return current if current is not None else eval_pseudo_masks(run, stage, split)

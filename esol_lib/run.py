@@ -6,13 +6,22 @@ RUN/checkpoints/<stage>.pt      resumable
 RUN/cams/<stage>/<id>.npz       high-res CAMs of the GT classes
 RUN/cams/<stage>/_meta.json     the model's signature (content hash of the checkpoint, CAM settings)
 RUN/cams/<stage>/_data_<split>.json   the split's data fingerprint (ids, image and mask bytes)
-RUN/metrics/<stage>_<split>.json
+RUN/cams/<stage>/_sizes.json    the byte size of every finished file (also in ir_labels/, pseudo_masks/, ...)
+RUN/metrics/<stage>_<split>.json   with ``inputs``: the signature of what it scored
 RUN/pseudo_masks/<stage>/<id>.png
 RUN/log.jsonl
 RUN/.lock, RUN/.lock.holder     held by the one process that writes (run_lock)
 ```
 
-Every file is written atomically under a temp name of its own (:mod:`esol_lib.atomic`).
+Every file is written atomically under a temp name of its own (:mod:`esol_lib.atomic`). Whether
+an output is current is decided here, by content, never by time stamps (a ``cp -r`` of a run
+folder keeps it current):
+
+- a folder of per-image files is current when its ``_meta.json`` signature equals its inputs'
+  and every file is there; a file whose size differs from ``_sizes.json`` is damaged and redone
+  (:func:`drop_damaged`);
+- a metrics file is current when it reads back and its ``inputs`` equal the signature of what it
+  would score now (:func:`current_metrics`).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence, TypeVar
 
 
-from esol_lib.atomic import atomic_write_text, link_or_copy, read_json
+from esol_lib.atomic import TEMP_NAME, atomic_write_text, link_or_copy, read_json
 from esol_lib.config import Config, read_yaml_mapping, config_from_dict, config_to_dict, save_config
 from esol_lib.errors import ConfigError, StageError
 
@@ -97,6 +106,7 @@ def run_lock(root: str | Path, command: str | None = None, *, create: bool = Fal
                          f"run folder: make it writable, or copy it and pass the copy as --run") from None
     _HELD.add(key)
     try:
+        sweep_dead_temps(root)
         try:
             atomic_write_text(root / HOLDER_FILE, json.dumps({"pid": os.getpid(), "since": time.time(),
                                                               "command": command or _this_command()}) + "\n")
@@ -106,6 +116,33 @@ def run_lock(root: str | Path, command: str | None = None, *, create: bool = Fal
     finally:
         _HELD.discard(key)
         lock.release()
+
+
+def sweep_dead_temps(root: Path) -> list[Path]:
+    """Remove the temp files (:func:`esol_lib.atomic.atomic_path`) that a killed writer left under
+    ``root``; return them. A temp names its writer's pid: only those of processes no longer alive
+    go (a forked run's shared ``cache`` may hold a live writer's). Symlinks are not followed."""
+    removed = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            m = TEMP_NAME.match(name)
+            if m is None or _alive(int(m.group(1))):
+                continue
+            path = Path(dirpath) / name
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def holds_run_lock(fn: _F) -> _F:
@@ -118,6 +155,59 @@ def holds_run_lock(fn: _F) -> _F:
             return fn(run, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+SIZES_FILE = "_sizes.json"
+
+
+def signature_of(parts: dict) -> str:
+    """A content signature of ``parts`` (JSON-serialisable settings and other signatures)."""
+    import hashlib
+
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=20).hexdigest()
+
+
+def current_metrics(path: str | Path, inputs: str) -> dict | None:
+    """The metrics in ``path`` if they read back and were computed from ``inputs``; else None (recompute)."""
+    metrics = read_json(path)
+    return metrics if metrics is not None and metrics.get("inputs") == inputs else None
+
+
+def record_sizes(folder: str | Path, names: Sequence[str]) -> None:
+    """Add the byte sizes of ``folder``'s finished files ``names`` to its ``_sizes.json``."""
+    folder = Path(folder)
+    sizes = read_json(folder / SIZES_FILE) or {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            sizes[name] = (folder / name).stat().st_size
+    atomic_write_text(folder / SIZES_FILE, json.dumps(sizes, sort_keys=True) + "\n")
+
+
+def drop_damaged(folder: str | Path) -> list[str]:
+    """Delete the files of ``folder`` whose size differs from what :func:`record_sizes` recorded
+    (cut short by a full disk, a copy or an editor); return their names. Every file it covers is
+    derived, so the stage that writes it redoes exactly those. One ``stat`` per file."""
+    import logging
+
+    folder = Path(folder)
+    sizes = read_json(folder / SIZES_FILE)
+    if not sizes:
+        return []
+    damaged = []
+    for name, size in sizes.items():
+        path = folder / name
+        try:
+            if path.stat().st_size != size:
+                path.unlink()
+                damaged.append(name)
+        except FileNotFoundError:
+            continue
+    if damaged:
+        logging.getLogger(__name__).warning("%s: %d damaged file(s) deleted to be redone (e.g. %s)",
+                                            folder, len(damaged), damaged[0])
+        atomic_write_text(folder / SIZES_FILE, json.dumps(
+            {k: v for k, v in sizes.items() if k not in damaged}, sort_keys=True) + "\n")
+    return damaged
 
 
 @dataclass(frozen=True)
@@ -204,8 +294,8 @@ def _open_or_start(run: RunDir, cfg: Config) -> RunDir:
             return run
         if diff:
             raise ConfigError(
-                f"run folder {run.root} was started with another config (differs in: {', '.join(diff)}); "
-                "use a new --run folder, or delete this one to start over"
+                f"run folder {run.root} was started with another config ({run.config_path.name} differs in: "
+                f"{', '.join(diff)}); use a new --run folder, or delete this one to start over"
             )
         return run
     run.root.mkdir(parents=True, exist_ok=True)

@@ -34,11 +34,12 @@ from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample
 from esol_lib.data.voc import load_image, load_mask
 from esol_lib.errors import ConfigError, DatasetError, StageError
 from esol_lib.metrics import confusion_matrix, summarize, write_metrics
-from esol_lib.run import STAGES, RunDir, holds_run_lock
+from esol_lib.run import STAGES, RunDir, current_metrics, drop_damaged, holds_run_lock, record_sizes, signature_of
 
 __all__ = [
     "PseudoMaskDataset",
     "SegTrainTransform",
+    "current_seg_metrics",
     "eval_seg",
     "prediction_dir",
     "seg_stage_name",
@@ -211,6 +212,36 @@ def load_seg_model(run: RunDir, cfg: Config, stage: str, num_classes: int, devic
     return model.to(device).eval()
 
 
+def seg_metrics_inputs(run: RunDir, stage: str, split: str) -> str:
+    """The signature of what :func:`eval_seg` scores: the DeepLab checkpoint's bytes, the split's data
+    and the test-time settings (stored as the metrics file's ``inputs``)."""
+    from esol_lib.cam import data_fingerprint, file_digest
+    from esol_lib.config import config_to_dict
+
+    cfg = run.load_config()
+    ckpt = run.checkpoint(seg_stage_name(stage))
+    return signature_of({
+        "checkpoint": file_digest(ckpt) if ckpt.is_file() else None,
+        "data": data_fingerprint(VOCSegmentation(cfg.data.root, split)),
+        "test_scales": [float(x) for x in cfg.seg.test_scales],
+        "crf": config_to_dict(cfg)["crf"] if cfg.seg.crf else None,
+    })
+
+
+def current_seg_metrics(run: RunDir, stage: str, split: str) -> dict | None:
+    """``metrics/seg-<stage>_<split>.json`` if it scores the current model on the current data and the
+    predictions it wrote are all there, undamaged; else None."""
+    metrics = current_metrics(run.metrics(f"{seg_stage_name(stage)}_{split}"), seg_metrics_inputs(run, stage, split))
+    if metrics is None:
+        return None
+    if metrics.get("predictions"):
+        out_dir = prediction_dir(run, stage)
+        ids = read_split(run.load_config().data.root, split)
+        if drop_damaged(out_dir) or not all((out_dir / f"{i}.png").is_file() for i in ids):
+            return None
+    return metrics
+
+
 @holds_run_lock
 def eval_seg(run: RunDir, stage: str = "shrinkage", split: str | None = None, *, progress: bool = True,
              save_predictions: bool = True) -> dict:
@@ -244,5 +275,9 @@ def eval_seg(run: RunDir, stage: str = "shrinkage", split: str | None = None, *,
     metrics = {"stage": stage, "split": split}
     metrics.update(summarize(conf, ["background"] + list(ds.classes)))
     metrics.update({"crf": bool(sc.crf), "test_scales": [float(s) for s in sc.test_scales], "num_images": len(ds)})
+    if save_predictions:
+        record_sizes(out_dir, [f"{i}.png" for i in ds.ids])
+    metrics["predictions"] = bool(save_predictions)
+    metrics["inputs"] = seg_metrics_inputs(run, stage, split)
     write_metrics(run.metrics(f"{seg_stage_name(stage)}_{split}"), metrics)
     return metrics

@@ -24,10 +24,10 @@ from esol_lib.data.transforms import AugmentedDataset, TrainTransform
 from esol_lib.errors import StageError
 from esol_lib.metrics import read_metrics, write_metrics
 from esol_lib.pretrain import ensure_openmoji_weights
-from esol_lib.run import STAGES, RunDir, create_run, holds_run_lock
+from esol_lib.run import STAGES, RunDir, create_run, current_metrics, holds_run_lock, signature_of
 
 __all__ = ["notebook_run", "open_run", "start_run", "resolve_device", "train_cam", "make_cam", "eval_cam", "stage_cam_fn",
-           "part_localization"]
+           "part_localization", "cam_metrics_inputs", "current_cam_metrics"]
 
 # What produces each stage's checkpoint, for error messages.
 STAGE_COMMAND = {"baseline": "esol train-cam", "expansion": "esol expand", "shrinkage": "esol shrink"}
@@ -203,10 +203,7 @@ def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
     ds = _dataset(cfg, split)
     cam_fn = stage_cam_fn(run, cfg, stage, ds.num_classes, device)
     signature = cam_dir_signature(run.checkpoint(stage), cfg.cam.scales, cfg.cam.flip, extra=_cam_settings(cfg, stage))
-    data = data_fingerprint(ds)
-    if (read_json(data_record(run.cams(stage), split)) or {}).get("data") != data:
-        for name in (f"{stage}_{split}", f"{stage}_crf_{split}"):  # scores of CAMs about to be redone
-            run.metrics(name).unlink(missing_ok=True)
+    data = data_fingerprint(ds)  # CAMs of other data are redone; their scores then no longer match (cam_metrics_inputs)
     return compute_cams(cam_fn, ds, run.cams(stage), mean=cfg.data.mean, std=cfg.data.std, scales=cfg.cam.scales,
                         flip=cfg.cam.flip, signature=signature, device=device, progress=progress,
                         desc=f"CAMs {stage}/{split}", data_signature=data)
@@ -236,6 +233,29 @@ def _require_cams(run: RunDir, stage: str, ds: VOCSegmentation, split: str) -> N
                          f"--stage {stage} --split {split}` to redo them")
 
 
+def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -> str:
+    """The signature of what ``eval_cam`` scores: the CAM folder's model signature, the split's data
+    fingerprint, the thresholds and (with ``crf``) the CRF settings. Stored in the metrics file as
+    ``inputs``; the file is current while they match (:func:`esol_lib.run.current_metrics`)."""
+    from esol_lib.config import config_to_dict
+
+    cfg = run.load_config()
+    folder = run.cams(stage)
+    return signature_of({
+        "cams": (read_json(folder / "_meta.json") or {}).get("signature"),
+        "data": (read_json(data_record(folder, split)) or {}).get("data"),
+        "thresholds": [float(t) for t in cfg.cam.thresholds],
+        "crf": config_to_dict(cfg)["crf"] if crf else None,
+        "parts": (Path(cfg.data.root) / "SegmentationPart").is_dir(),
+    })
+
+
+def current_cam_metrics(run: RunDir, stage: str, split: str, crf: bool = False) -> dict | None:
+    """``metrics/<stage>[_crf]_<split>.json`` if it scores ``stage``'s CAMs as they are now, else None."""
+    name = f"{stage}_crf_{split}" if crf else f"{stage}_{split}"
+    return current_metrics(run.metrics(name), cam_metrics_inputs(run, stage, split, crf))
+
+
 @holds_run_lock
 def eval_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, crf: bool = False,
              progress: bool = True) -> dict:
@@ -254,8 +274,7 @@ def eval_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
     if crf:
         from esol_lib.crf import crf_from_labels
 
-        plain_path = run.metrics(name)
-        plain = read_metrics(plain_path) if plain_path.is_file() else eval_cam(run, stage, split, progress=progress)
+        plain = current_cam_metrics(run, stage, split) or eval_cam(run, stage, split, progress=progress)
         i = min(range(len(thresholds)), key=lambda j: abs(thresholds[j] - plain["threshold"]))
         thresholds = thresholds[max(0, i - 2): i + 3]
         c = cfg.crf
@@ -271,6 +290,7 @@ def eval_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
                             desc=f"eval {name}", stage=stage, split=split, with_crf=crf)
     if (Path(cfg.data.root) / "SegmentationPart").is_dir():
         metrics["part_localization"] = seed_part_recall(run.cams(stage), ds, cfg.data.root, metrics["threshold"])
+    metrics["inputs"] = cam_metrics_inputs(run, stage, split, crf)
     write_metrics(run.metrics(name), metrics)
     return metrics
 

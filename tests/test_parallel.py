@@ -10,6 +10,7 @@ from esol_lib.cam import compute_cams, evaluate_cams
 from esol_lib.crf import crf_from_labels
 from esol_lib.data.synth import SynthSpec, generate_benchmark
 from esol_lib.data.voc import VOCSegmentation
+from esol_lib.errors import StageError
 from esol_lib.parallel import cpu_workers, map_ordered
 from tests.test_cam import _Subset
 
@@ -69,3 +70,49 @@ def test_crf_sweep_on_two_workers_equals_the_serial_one(tmp_path):
     plain = evaluate_cams(out, ds, [0.3, 0.5, 0.7], progress=False)
     assert plain["sweep"] != serial["sweep"]  # the CRF did change the seeds
 
+
+
+def _dies_on_three(i):
+    if i == 3:
+        os.kill(os.getpid(), 9)  # what the OOM killer does to a worker
+    return i
+
+
+def test_a_killed_worker_is_one_clear_error_not_a_hang():
+    with pytest.raises(StageError, match="worker process died"):
+        list(map_ordered(_dies_on_three, list(range(8)), workers=2, chunksize=1))
+    assert list(map_ordered(_square_and_pid, [2, 3], workers=2))[0][0] == 4  # the next pool works
+
+
+def test_workers_die_with_a_killed_parent(tmp_path):
+    """A parent killed with SIGKILL must not leave workers behind, holding its files (the run lock)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+    from pathlib import Path
+
+    pids = tmp_path / "pids"
+    code = textwrap.dedent(f"""
+        import os, time
+        from esol_lib.parallel import map_ordered
+        def slow(i):
+            open({str(pids)!r}, "a").write(f"{{os.getpid()}}\\n")
+            time.sleep(60)
+        list(map_ordered(slow, list(range(4)), workers=2, chunksize=1))
+    """)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
+    deadline = time.monotonic() + 30
+    while len(pids.read_text().split()) < 2 if pids.exists() else True:
+        assert time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    workers = [int(p) for p in pids.read_text().split()]
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
+              for p in workers):
+        assert time.monotonic() < deadline, f"workers {workers} outlived their parent"
+        time.sleep(0.05)
