@@ -200,6 +200,9 @@ def test_mask_size_must_match_image(root: Path):
     save_label_png(root / "SegmentationClass" / "000123.png", np.zeros((H + 1, W), np.uint8))
     with pytest.raises(DatasetError, match=r"000123\.png is 8x7 but image .*000123\.jpg is 8x6"):
         VOCSegmentation(root, "train")[1]
+    # train-cam reads only the image-level labels: the mismatch is caught there, before training
+    with pytest.raises(DatasetError, match=r"000123\.png is 8x7 but image .*000123\.jpg is 8x6.*re-export"):
+        VOCSegmentation(root, "train").labels()
 
 
 @pytest.mark.parametrize("bad", ["../secret", "/etc/passwd", "a\\b", "sub/2007_000032"])

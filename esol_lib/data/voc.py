@@ -133,6 +133,17 @@ def _open(path: Path, what: str) -> Image.Image:
     return img
 
 
+def _open_header(path: Path, what: str) -> Image.Image:
+    """Open an image file reading only its header (its size); a bad file is a :class:`DatasetError`."""
+    if not path.is_file():
+        raise DatasetError(f"{what} {path} is missing; re-copy it or remove its id from the split list")
+    try:
+        return Image.open(path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DatasetError(f"{what} {path} is corrupt or truncated ({exc}); "
+                           "re-copy it or remove its id from the split list") from exc
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as an ``(H, W, 3)`` uint8 RGB array; a bad file raises :class:`DatasetError`."""
     with _open(Path(path), "image") as img:
@@ -286,15 +297,23 @@ class VOCSegmentation(torch.utils.data.Dataset):
         sample: dict = {"id": image_id, "image": image}
         if self.has_mask(image_id):
             mask = load_mask(self.mask_path(image_id), self.num_classes)
-            if mask.shape != image.shape[:2]:
-                raise DatasetError(f"mask {self.mask_path(image_id)} is {mask.shape[1]}x{mask.shape[0]} "
-                                   f"but image {self.image_path(image_id)} is {image.shape[1]}x"
-                                   f"{image.shape[0]}; the two must have the same size")
+            self._check_size(image_id, mask, image.shape[:2])
             sample["mask"] = mask
             sample["label"] = torch.from_numpy(labels_from_mask(mask, self.num_classes))
         if self.transform is not None:
             sample = self.transform(sample)
         return sample
+
+    def _check_size(self, image_id: str, mask: np.ndarray, image_hw: tuple[int, ...] | None = None) -> None:
+        """A mask must cover its image pixel for pixel (checked while the labels are read, so before
+        any training, and on every sample read). ``image_hw`` None: read from the image's header."""
+        if image_hw is None:
+            with _open_header(self.image_path(image_id), "image") as img:
+                image_hw = (img.height, img.width)
+        if tuple(mask.shape) != tuple(image_hw):
+            raise DatasetError(f"mask {self.mask_path(image_id)} is {mask.shape[1]}x{mask.shape[0]} "
+                               f"but image {self.image_path(image_id)} is {image_hw[1]}x{image_hw[0]}; "
+                               "the two must have the same size: re-export the mask at the image's size")
 
     # -- image-level labels, cached on disk ----------------------------------------------------
 
@@ -355,8 +374,9 @@ class VOCSegmentation(torch.utils.data.Dataset):
             labels = np.zeros((len(self.ids), self.num_classes), np.float32)
             for row, image_id in enumerate(tqdm(self.ids, desc=f"image labels ({self.split})",
                                                 unit="mask", leave=False)):
-                labels[row] = labels_from_mask(load_mask(self.mask_path(image_id), self.num_classes),
-                                               self.num_classes)
+                mask = load_mask(self.mask_path(image_id), self.num_classes)
+                self._check_size(image_id, mask)
+                labels[row] = labels_from_mask(mask, self.num_classes)
             self._write_cache(path, labels, signature)
         self._labels = labels
         return labels
