@@ -24,6 +24,12 @@ PENDING: dict[str, str] = {
 STAGE_CHOICES = ("baseline", "expansion", "shrinkage")
 
 
+def _add_run_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a setting of this run (e.g. expansion.alpha=0.02): what depended on the old "
+                        "value moves to RUN/superseded/ and is redone; keys of the baseline are refused")
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="cpu", help="preset (smoke, cpu, voc12, coco14) or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -81,12 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
                        ("shrink", "Shrinkage stage: offsets learned with the area loss")):
         p = sub.add_parser(name, help=what)
         p.add_argument("--run", required=True, type=Path)
+        _add_run_set(p)
     for name, what in (("make-cam", "multi-scale CAMs (Eq. 2) of a stage's model"),
                        ("eval-cam", "threshold sweep of a stage's CAM seeds -> metrics JSON")):
         p = sub.add_parser(name, help=what)
         p.add_argument("--run", required=True, type=Path)
         p.add_argument("--stage", choices=STAGE_CHOICES, default="baseline")
         p.add_argument("--split", default=None, help="split to use (default: the config's data.cam_split)")
+        _add_run_set(p)
         if name == "eval-cam":
             p.add_argument("--crf", action="store_true", help="DenseCRF on the seeds")
     for name, what in (("refine", "DenseCRF + IRN: a stage's CAMs -> pseudo masks"),
@@ -95,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=what)
         p.add_argument("--run", required=True, type=Path)
         p.add_argument("--stage", choices=STAGE_CHOICES, default="shrinkage")
+        _add_run_set(p)
         if name == "eval-seg":
             p.add_argument("--split", default="val")
     p = sub.add_parser("pipeline", help="every stage in order, resumable")
@@ -191,7 +200,7 @@ def cmd_expand(args: argparse.Namespace) -> int:
     from esol_lib.esol import expand
     from esol_lib.stages import open_run
 
-    run, _ = open_run(args.run)
+    run, _ = open_run(args.run, args.overrides)
     result = expand(run)
     print(f"expansion model: {run.checkpoint('expansion')} ({result.steps} steps)")
     return 0
@@ -201,7 +210,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     from esol_lib.esol import shrink
     from esol_lib.stages import open_run
 
-    run, _ = open_run(args.run)
+    run, _ = open_run(args.run, args.overrides)
     result = shrink(run)
     print(f"shrinkage model: {run.checkpoint('shrinkage')} ({result.steps} steps)")
     return 0
@@ -210,7 +219,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
 def cmd_make_cam(args: argparse.Namespace) -> int:
     from esol_lib.stages import make_cam, open_run
 
-    run, _ = open_run(args.run)
+    run, _ = open_run(args.run, args.overrides)
     out = make_cam(run, args.stage, args.split)
     print(f"CAMs of stage {args.stage} on split {args.split}: {out}")
     return 0
@@ -219,7 +228,7 @@ def cmd_make_cam(args: argparse.Namespace) -> int:
 def cmd_eval_cam(args: argparse.Namespace) -> int:
     from esol_lib.stages import eval_cam, open_run
 
-    run, cfg = open_run(args.run)
+    run, cfg = open_run(args.run, args.overrides)
     split = args.split or cfg.data.cam_split
     m = eval_cam(run, args.stage, split, crf=args.crf)
     name = f"{args.stage}{'_crf' if args.crf else ''}_{split}"
@@ -242,7 +251,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
     from esol_lib.stages import open_run
 
-    m = refine(open_run(args.run)[0], args.stage)
+    m = refine(open_run(args.run, args.overrides)[0], args.stage)
     print(f"pseudo masks of {args.stage} on {m['split']}: mIoU {100 * m['miou']:.1f}  precision "
           f"{100 * m['precision']:.1f}  recall {100 * m['recall']:.1f}")
     return 0
@@ -253,7 +262,7 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
 
     from esol_lib.stages import open_run
 
-    result = train_seg(open_run(args.run)[0], args.stage)
+    result = train_seg(open_run(args.run, args.overrides)[0], args.stage)
     print(f"DeepLab-v2 on {args.stage} pseudo masks: {result}")
     return 0
 
@@ -263,7 +272,7 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
 
     from esol_lib.stages import open_run
 
-    m = eval_seg(open_run(args.run)[0], args.stage, args.split)
+    m = eval_seg(open_run(args.run, args.overrides)[0], args.stage, args.split)
     print(f"DeepLab-v2 ({args.stage} pseudo masks) on {m['split']}: mIoU {100 * m['miou']:.1f}")
     return 0
 

@@ -256,10 +256,10 @@ class RunDir:
 def create_run(root: str | Path, cfg: Config) -> RunDir:
     """Open run folder ``root`` for ``cfg``; write ``config.yaml`` first.
 
-    Re-opening a run with the same config resumes it. A different config is refused (it would mix
-    results of two settings in one folder), naming the keys that differ, once any stage has
-    written into the folder; before that (a typo in ``--data-root`` or ``--set`` caught by the
-    first stage) the corrected config replaces the old one.
+    Re-opening a run with the same config resumes it. Before any stage has written into the folder
+    (a typo in ``--data-root`` or ``--set`` caught by the first stage) a corrected config replaces
+    the old one. After that, a change to a later stage's settings moves what depended on the old
+    value aside (:func:`supersede`) and the stages redo it; a change to the baseline's is refused.
     """
     run = RunDir(Path(root))
     with run_lock(run.root, create=True):
@@ -267,7 +267,7 @@ def create_run(root: str | Path, cfg: Config) -> RunDir:
 
 
 #: What a stage leaves in a run folder; while none of it exists, the config has not been used yet.
-_OUTPUTS = ("checkpoints", "cams", "metrics", "ir_labels", "pseudo_masks", "predictions", "ablations", "log.jsonl")
+_OUTPUTS = ("checkpoints", "cams", "metrics", "ir_labels", "pseudo_masks", "seg_predictions", "ablations", "log.jsonl")
 
 
 def _started(run: RunDir) -> bool:
@@ -293,14 +293,111 @@ def _open_or_start(run: RunDir, cfg: Config) -> RunDir:
             save_config(cfg, run.config_path)  # nothing was made with the old one: take the corrected config
             return run
         if diff:
-            raise ConfigError(
-                f"run folder {run.root} was started with another config ({run.config_path.name} differs in: "
-                f"{', '.join(diff)}); use a new --run folder, or delete this one to start over"
-            )
+            supersede(run, diff)  # or a ConfigError saying why not
+            save_config(cfg, run.config_path)
         return run
     run.root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config_path)
     return run
+
+
+# ------------------------------------------------------------------ changing a later stage's setting
+
+#: Config sections (and the top-level ``seed``) that shape the baseline, which every other stage
+#: starts from: changing them means a new run folder.
+BASELINE_SECTIONS = ("seed", "data", "model", "train_cam")
+#: Keys that change no result (where and how fast it runs).
+NEUTRAL_KEYS = ("device", "profile", "feature_cache_mb", "data.num_workers")
+#: What each CAM stage's checkpoint is trained from, besides the baseline's keys.
+_STAGE_SECTIONS = {"baseline": set(), "expansion": {"expansion"}, "shrinkage": {"expansion", "shrinkage"}}
+
+
+def _key_tags(key: str) -> set[str]:
+    """What a changed config key invalidates, as tags that :func:`_output_tags` matches."""
+    section = key.split(".", 1)[0]
+    if key == "cam.thresholds":
+        return {"seed-scores"}
+    if key.startswith("crf.seg_") or key in ("seg.test_scales", "seg.crf"):
+        return {"seg-scores"}
+    return {section}
+
+
+def _output_tags(rel: str) -> set[str] | None:
+    """The tags an output of the run folder (path relative to it, first two parts) depends on;
+    None for files that are not results (config, log, lock, cache, superseded/)."""
+    parts = rel.split("/")
+    top, name = parts[0], (parts[1] if len(parts) > 1 else "")
+    if top == "ablations":
+        return {"ablation"} | set().union(*_STAGE_SECTIONS.values()) | {"cam"}
+    if top == "checkpoints":
+        stem = name.split(".", 1)[0]
+        kind, _, stage = stem.partition("-")
+        if stem in _STAGE_SECTIONS:
+            return set(_STAGE_SECTIONS[stem])
+        later = {"irn": {"cam", "crf", "irn"}, "seg": {"cam", "crf", "irn", "seg"}}.get(kind)
+        return set(_STAGE_SECTIONS.get(stage, set())) | later if later is not None else None
+    folders = {"cams": {"cam"}, "ir_labels": {"cam", "crf", "irn"}, "pseudo_masks": {"cam", "crf", "irn"},
+               "seg_predictions": {"cam", "crf", "irn", "seg", "seg-scores"}}
+    if top in folders:
+        return set(_STAGE_SECTIONS.get(name, set())) | folders[top]
+    if top == "metrics":
+        stem = name[:-len(".json")] if name.endswith(".json") else name
+        kind, _, rest = stem.partition("-") if stem.startswith(("mask-", "seg-")) else ("", "", stem)
+        stage = rest.split("_", 1)[0]
+        tags = set(_STAGE_SECTIONS.get(stage, set())) | {"cam"}
+        if kind == "mask":
+            return tags | {"crf", "irn"}
+        if kind == "seg":
+            return tags | {"crf", "irn", "seg", "seg-scores"}
+        return tags | {"seed-scores"} | ({"crf"} if "_crf_" in stem else set())
+    return None
+
+
+def supersede(run: RunDir, changed: Sequence[str]) -> list[Path]:
+    """Make way for a changed setting of a later stage in a started run: move every output that
+    depends on one of the ``changed`` keys into ``RUN/superseded/<time>/`` (same relative paths;
+    nothing is deleted), so the stages redo exactly those. Keys that shape the baseline are
+    refused with a :class:`ConfigError` that says why and what to do instead.
+
+    Granularity: a config section (``expansion.*`` → the expansion and shrinkage checkpoints and
+    everything made from them), refined for keys that only change scores (``cam.thresholds``,
+    ``seg.test_scales``, ``seg.crf``, ``crf.seg_*``).
+    """
+    import logging
+
+    changed = [k for k in changed if k not in NEUTRAL_KEYS]
+    blocked = [k for k in changed if k.split(".", 1)[0] in BASELINE_SECTIONS]
+    if blocked:
+        raise ConfigError(
+            f"run folder {run.root} was started with another config ({run.config_path.name} differs in: "
+            f"{', '.join(blocked)}); those keys shape the baseline, which every other stage starts from, so "
+            f"nothing here could be kept: use a new --run folder (`esol pipeline --config {run.config_path} "
+            f"--set KEY=VALUE --run <new folder>`)"
+        )
+    tags = set().union(*(_key_tags(k) for k in changed)) if changed else set()
+    moved: list[Path] = []
+    if not tags:
+        return moved
+    dest = run.root / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+    for top in ("checkpoints", "cams", "ir_labels", "pseudo_masks", "seg_predictions", "metrics", "ablations"):
+        folder = run.root / top
+        if not folder.is_dir():
+            continue
+        entries = [folder] if top == "ablations" else sorted(folder.iterdir())
+        for entry in entries:
+            rel = entry.relative_to(run.root).as_posix()
+            needs = _output_tags(rel if top != "ablations" else "ablations")
+            if needs is None or not (needs & tags):
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(entry, target)
+            moved.append(target)
+    if moved:
+        logging.getLogger(__name__).warning(
+            "%s: %s changed; %d output(s) made with the old value moved to %s, to be redone",
+            run.root, ", ".join(changed), len(moved), dest)
+    return moved
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:

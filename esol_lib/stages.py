@@ -81,10 +81,21 @@ def notebook_run(profile: str, run_dir: str = "", data_root: str = "",
     return run, run.load_config()
 
 
-def open_run(run: str | Path) -> tuple[RunDir, Config]:
-    """An existing run folder and its config (a missing config names the command that starts a run)."""
+def open_run(run: str | Path, overrides: Sequence[str] = ()) -> tuple[RunDir, Config]:
+    """An existing run folder and its config (a missing config names the command that starts a run).
+
+    ``overrides`` (``key=value``) change the run's config first: what depended on the old values is
+    moved aside to be redone, and a key that shapes the baseline is refused
+    (:func:`esol_lib.run.supersede`).
+    """
     rd = RunDir(Path(run))
-    return rd, rd.load_config()
+    cfg = rd.load_config()
+    if overrides:
+        from esol_lib.config import apply_overrides, config_from_dict, config_to_dict
+
+        cfg = config_from_dict(apply_overrides(config_to_dict(cfg), list(overrides)))
+        create_run(rd.root, cfg)
+    return rd, cfg
 
 
 def resolve_device(cfg: Config) -> torch.device:

@@ -35,7 +35,7 @@ def test_stage_commands_on_a_missing_run_name_the_fix(command, capsys, tmp_path)
     assert not (tmp_path / "run").exists()  # nothing is created
 
 
-def test_create_run_writes_config_first_and_refuses_another_config(tmp_path):
+def test_create_run_writes_config_first_and_refuses_a_baseline_change(tmp_path):
     cfg = load_config("smoke")
     run = create_run(tmp_path / "run", cfg)
     assert run.config_path.is_file()
@@ -45,8 +45,11 @@ def test_create_run_writes_config_first_and_refuses_another_config(tmp_path):
     create_run(tmp_path / "run", fixed)  # nothing was made with the first one yet: the correction is taken
     assert RunDir(tmp_path / "run").load_config() == fixed
     (tmp_path / "run" / "log.jsonl").write_text("{}\n")  # a stage has started
-    with pytest.raises(ConfigError, match="expansion.alpha"):
-        create_run(tmp_path / "run", cfg)
+    with pytest.raises(ConfigError, match="train_cam.lr.*shape the baseline"):
+        create_run(tmp_path / "run", load_config("smoke", ["expansion.alpha=0.3", "train_cam.lr=0.123"]))
+    assert RunDir(tmp_path / "run").load_config() == fixed  # refused: the config stays
+    create_run(tmp_path / "run", cfg)  # a later stage's key changes in place (test_faults checks what moves)
+    assert RunDir(tmp_path / "run").load_config() == cfg
 
 
 def _tree_digest(root):

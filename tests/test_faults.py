@@ -257,3 +257,45 @@ def test_a_full_disk_is_one_error_line_and_the_rerun_after_freeing_space_is_bit_
     proc = esol(*pipeline_args(data, run), cwd=base)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert differences(digest(run), ref_digest) == []
+
+
+def test_a_later_stage_setting_changes_in_place_and_exactly_its_dependents_are_redone(workspace, tmp_path):
+    """``esol expand --run RUN --set expansion.alpha=…`` on a finished run: the baseline's outputs
+    stay byte for byte, the ESOL stages' move to ``superseded/``, and the pipeline then ends where a
+    fresh run with that value ends."""
+    base, data, ref, ref_digest, _ = workspace
+    run = tmp_path / "run"
+    shutil.copytree(ref, run, symlinks=True)
+    proc = esol("expand", "--run", str(run), "--set", "expansion.alpha=0.03", cwd=base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "superseded" in proc.stderr
+    now = {k: v for k, v in digest(run).items() if not k.startswith("superseded/")}
+    kept = [k for k in ref_digest if now.get(k) == ref_digest[k]]
+    assert "checkpoints/baseline.pt" in kept and "metrics/baseline_crf_train.json" in kept
+    assert "checkpoints/irn-baseline.pt" in kept and "metrics/seg-baseline_val.json" in kept
+    superseded = next((run / "superseded").iterdir())
+    for gone in ("checkpoints/expansion.pt", "checkpoints/shrinkage.pt", "metrics/expansion_train.json",
+                 "metrics/mask-shrinkage_train.json", "checkpoints/seg-shrinkage.pt", "cams/shrinkage/_meta.json",
+                 "pseudo_masks/shrinkage/_meta.json"):
+        assert gone not in now or gone == "checkpoints/expansion.pt", gone  # expand has just retrained it
+        assert (superseded / gone).is_file(), gone  # moved, not deleted
+    assert esol(*pipeline_args(data, run), "--set", "expansion.alpha=0.03", cwd=base).returncode == 0
+    fresh = tmp_path / "fresh"
+    assert esol(*pipeline_args(data, fresh), "--set", "expansion.alpha=0.03", cwd=base).returncode == 0
+    ours = {k: v for k, v in digest(run).items() if not k.startswith("superseded/")}
+    assert differences(ours, digest(fresh)) == []
+
+
+def test_a_baseline_setting_or_a_score_only_setting(workspace, tmp_path):
+    base, data, ref, ref_digest, _ = workspace
+    run = tmp_path / "run"
+    shutil.copytree(ref, run, symlinks=True)
+    proc = esol("shrink", "--run", str(run), "--set", "train_cam.lr=0.123", cwd=base)
+    lines = error_lines(proc)
+    assert proc.returncode == 2 and len(lines) == 1 and "train_cam.lr" in lines[0] and "new --run" in lines[0]
+    assert differences(digest(run), ref_digest) == []  # refused before anything moved
+    proc = esol("eval-cam", "--run", str(run), "--set", "cam.thresholds=[0.1,0.2,0.3]", cwd=base)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    moved = {p.relative_to(next((run / "superseded").iterdir())).as_posix()
+             for p in (run / "superseded").rglob("*") if p.is_file()}
+    assert moved and all(m.startswith("metrics/") and not m.startswith(("metrics/mask-", "metrics/seg-")) for m in moved)
