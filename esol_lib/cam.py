@@ -148,8 +148,9 @@ def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[
     drop_damaged(out_dir)
     todo = [i for i, image_id in enumerate(dataset.ids) if not _cam_path(out_dir, image_id).is_file()]
     have_meta = read_json(meta_path) is not None
-    if not todo and have_meta:
-        return out_dir  # complete: leave the folder (and its timestamp) untouched
+    if not todo and have_meta:  # complete: leave the folder untouched (but for a size record a kill cut off)
+        record_sizes(out_dir, [_cam_path(out_dir, image_id).name for image_id in dataset.ids])
+        return out_dir
     if not have_meta:  # a new folder (or one just emptied for another signature)
         # Its time stamp is when these CAMs' model changed: metrics newer than it are current. Adding
         # another split's CAMs under the same signature leaves it alone, so they stay current.

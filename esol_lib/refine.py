@@ -144,8 +144,11 @@ def _prepare(out_dir: Path, signature: str) -> None:
 def _complete(out_dir: Path, ids: Sequence[str], signature: str) -> bool:
     """Every ``<id>.png`` exists, undamaged (damaged ones are deleted: :func:`esol_lib.run.drop_damaged`),
     and the folder was made from the current inputs."""
-    return (_folder_signature(out_dir) == signature and not drop_damaged(out_dir)
-            and all((out_dir / f"{i}.png").is_file() for i in ids))
+    complete = (_folder_signature(out_dir) == signature and not drop_damaged(out_dir)
+                and all((out_dir / f"{i}.png").is_file() for i in ids))
+    if complete:
+        _record_pngs(out_dir, ids)  # a no-op unless a kill came between the last file and its record
+    return complete
 
 
 def _record_pngs(out_dir: Path, ids: Sequence[str]) -> None:

@@ -174,13 +174,16 @@ def current_metrics(path: str | Path, inputs: str) -> dict | None:
 
 
 def record_sizes(folder: str | Path, names: Sequence[str]) -> None:
-    """Add the byte sizes of ``folder``'s finished files ``names`` to its ``_sizes.json``."""
+    """Add the byte sizes of ``folder``'s finished files ``names`` to its ``_sizes.json`` (called
+    again on a complete folder, it fills in what a kill between the last file and the record left out)."""
     folder = Path(folder)
-    sizes = read_json(folder / SIZES_FILE) or {}
+    old = read_json(folder / SIZES_FILE) or {}
+    sizes = dict(old)
     for name in names:
         with contextlib.suppress(OSError):
             sizes[name] = (folder / name).stat().st_size
-    atomic_write_text(folder / SIZES_FILE, json.dumps(sizes, sort_keys=True) + "\n")
+    if sizes != old or not (folder / SIZES_FILE).is_file():  # written only when it changes
+        atomic_write_text(folder / SIZES_FILE, json.dumps(sizes, sort_keys=True) + "\n")
 
 
 def drop_damaged(folder: str | Path) -> list[str]:
