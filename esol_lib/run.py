@@ -106,12 +106,12 @@ def run_lock(root: str | Path, command: str | None = None, *, create: bool = Fal
                          f"run folder: make it writable, or copy it and pass the copy as --run") from None
     _HELD.add(key)
     try:
-        sweep_dead_temps(root)
-        try:
+        try:  # first: a second writer's message names this holder
             atomic_write_text(root / HOLDER_FILE, json.dumps({"pid": os.getpid(), "since": time.time(),
                                                               "command": command or _this_command()}) + "\n")
         except OSError:
             pass  # the description is optional; the lock is what counts
+        sweep_dead_temps(root)
         yield
     finally:
         _HELD.discard(key)
