@@ -230,8 +230,6 @@ def load_checkpoint(path: Path, fix: str = "run the same command again: the stag
                          f"delete it and {fix}") from None
 
 
-_load = load_checkpoint
-
 
 # --------------------------------------------------------------------------- RNG states
 
@@ -336,7 +334,7 @@ def _restore_extra(extra_state: Any, saved: Any) -> None:
 
 def _diverged_message(stage: str, step: int, loss: float, partial: Path) -> str:
     if partial.is_file():
-        kept_step = _load(partial).get("step", "?")
+        kept_step = load_checkpoint(partial).get("step", "?")
         kept = f"the last good checkpoint is kept: {partial} (step {kept_step}); rerunning resumes from it"
     else:
         kept = f"the last good checkpoint is kept (none written yet for this stage: {partial})"
@@ -355,7 +353,7 @@ def _check_done(run_dir: RunDir, stage: str, model: nn.Module, optional: Sequenc
     final = run_dir.checkpoint(stage)
     if not final.is_file():
         return None
-    ckpt = _load(final)
+    ckpt = load_checkpoint(final)
     if not ckpt.get("done"):
         return None
     _load_weights(model, ckpt["model"], optional)
@@ -390,7 +388,7 @@ def _resume(
     extra_state: Any,
 ) -> tuple[_Position, list | None]:
     """Load a partial checkpoint into the training objects; return its position and RNG states."""
-    ckpt = _load(partial)
+    ckpt = load_checkpoint(partial)
     if ckpt.get("max_steps") != max_steps:
         raise StageError(
             f"{partial} was written by a run of stage '{stage}' with max_steps={ckpt.get('max_steps')}, "
