@@ -95,7 +95,7 @@ def run_lock(root: str | Path, command: str | None = None, *, create: bool = Fal
         lock = filelock.FileLock(str(root / LOCK_FILE), timeout=0)
         lock.acquire()
     except filelock.Timeout:
-        info = read_json(root / HOLDER_FILE) or {}
+        info = current_holder(root)
         since = time.strftime("%H:%M:%S", time.localtime(info["since"])) if info.get("since") else "?"
         raise RunBusyError(
             f"run folder {root} is in use by `{info.get('command', 'another process')}` (pid "
@@ -115,7 +115,21 @@ def run_lock(root: str | Path, command: str | None = None, *, create: bool = Fal
         yield
     finally:
         _HELD.discard(key)
+        with contextlib.suppress(OSError):  # a holder file left behind would describe the wrong process
+            (root / HOLDER_FILE).unlink()
         lock.release()
+
+
+def current_holder(root: Path, wait: float = 2.0) -> dict:
+    """The live holder's description, for the busy message. The holder writes it just after taking
+    the lock, so a second writer may look in between and find none, or a killed holder's: wait up
+    to ``wait`` seconds for one whose pid is alive, then give what there is."""
+    deadline = time.monotonic() + wait
+    while True:
+        info = read_json(root / HOLDER_FILE) or {}
+        if isinstance(info.get("pid"), int) and _alive(info["pid"]) or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
 
 
 def sweep_dead_temps(root: Path) -> list[Path]:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +63,24 @@ def test_a_second_writer_stops_naming_the_holder_and_a_killed_holder_frees_the_f
         proc.wait()
     with run_lock(run):  # free again
         assert json.loads((run / HOLDER_FILE).read_text())["pid"] == os.getpid()
+    assert not (run / HOLDER_FILE).exists()  # a finished holder leaves no description of itself
+
+
+def test_the_busy_message_waits_for_the_new_holder_instead_of_naming_a_dead_one(tmp_path):
+    """The holder describes itself just after taking the lock; a second writer looking in between
+    used to name the previous (dead) holder's command (a CI failure, 1 run in ~10)."""
+    (tmp_path / HOLDER_FILE).write_text(json.dumps({"pid": 2 ** 22 + 1, "command": "esol train-cam"}))
+
+    def describe_later():
+        time.sleep(0.3)
+        atomic_write_text(tmp_path / HOLDER_FILE, json.dumps({"pid": os.getpid(), "command": "esol make-cam"}))
+
+    thread = threading.Thread(target=describe_later)
+    thread.start()
+    assert run_mod.current_holder(tmp_path, wait=10)["command"] == "esol make-cam"
+    thread.join()
+    (tmp_path / HOLDER_FILE).write_text(json.dumps({"pid": 2 ** 22 + 1, "command": "esol train-cam"}))
+    assert run_mod.current_holder(tmp_path, wait=0.1)["command"] == "esol train-cam"  # all there is
 
 
 def test_stage_functions_take_the_lock_and_reenter_it(tmp_path):
