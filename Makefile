@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 PROFILE ?= cpu
 RUN    ?= runs/$(PROFILE)
 
-.PHONY: venv test test-fast book pipeline clean
+.PHONY: venv test test-fast book pipeline compare clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ pipeline: $(STAMP)
 # The main job: execute every notebook with papermill on the profile's benchmark, then build the book.
 book: $(STAMP)
 	$(VENV)/bin/esol book --profile $(PROFILE)
+
+# esol beside grad-cam, torchvision, a dense random walk and a one-process CRF (book/results/compare.json).
+compare: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/compare.py
 
 clean:
 	rm -rf runs _build build

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from esol_lib.errors import StageError
+from esol_lib.performance import load_comparisons, performance_page
+from esol_lib.run import stage_times
 
 __all__ = ["CHAPTERS", "REPO_ROOT", "TIMING_FILE", "execute_notebooks", "build_book", "make_book", "strip_outputs",
            "check_stripped", "jupyter_book_command", "build_time_page", "publishable_notebook", "machine_paths",
@@ -56,6 +58,8 @@ CHAPTERS: list[str] = [
 TIMING_FILE = "timing.json"
 #: The book page :func:`build_book` generates from it (the committed file is only a placeholder).
 BUILD_TIME_PAGE = "build_time.md"
+PERFORMANCE_PAGE = "performance.md"  # generated from book/results/compare.json (benchmarks/compare.py)
+COMPARE_FILE = "compare.json"
 #: Beside the executed chapters: where a chapter runs, and where a failed one is kept (neither is published).
 RUNNING_DIR, FAILED_DIR = ".running", "failed"
 #: The file that marks a build folder as made by ``esol book``; only such a folder is cleaned.
@@ -131,28 +135,34 @@ def execute_notebooks(profile: str, notebooks_dir: Path, out_dir: Path, run_dir:
     }
     executed: list[Path] = []
     seconds: dict[str, float] = {}
+    stages: dict[str, dict[str, float]] = {}
     started = time.time()
     bar = tqdm(present, desc=f"notebooks ({profile})", unit="nb", disable=not progress)
     try:
         for name in bar:
             bar.set_postfix_str(name)
-            t0 = time.perf_counter()
+            t0, wall0 = time.perf_counter(), time.time()
             executed.append(_execute_one(pm, PapermillExecutionError, notebooks_dir / name, out_dir / name,
                                          params, kernel, timeout_per_cell))
             seconds[name] = round(time.perf_counter() - t0, 1)
+            stages[name] = {k: round(v, 1) for k, v in stage_times(params["run_dir"], wall0, time.time()).items()}
     finally:
         bar.close()
-        _write_timing(out_dir / TIMING_FILE, profile, seconds, started, complete=len(seconds) == len(CHAPTERS))
+        _write_timing(out_dir / TIMING_FILE, profile, seconds, started, complete=len(seconds) == len(CHAPTERS),
+                      stages=stages)
     return executed
 
 
-def _write_timing(path: Path, profile: str, seconds: dict[str, float], started: float, complete: bool) -> None:
-    """The chapters' execution seconds and the machine they ran on, for :func:`build_time_page`."""
+def _write_timing(path: Path, profile: str, seconds: dict[str, float], started: float, complete: bool,
+                  stages: dict[str, dict[str, float]] | None = None) -> None:
+    """The chapters' execution seconds (and per chapter the seconds of each stage it ran, from the
+    run folder's ``stage_time`` records) and the machine they ran on, for :func:`build_time_page`."""
     import platform
 
     from esol_lib.parallel import cpu_workers
 
     record = {"profile": profile, "chapters": seconds, "total_seconds": round(sum(seconds.values()), 1),
+              "stages": stages or {},
               "complete": complete, "cores": cpu_workers(), "machine": platform.machine(),
               "python": platform.python_version(),
               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
@@ -189,6 +199,20 @@ def build_time_page(timing: dict) -> str:
         lines.append(f"| {Path(name).stem} | {sec / 60:.1f} |")
     lines.append(f"| **all chapters** | **{total / 60:.1f}** |")
     lines.append("")
+    stages = timing.get("stages") or {}
+    if any(stages.values()):
+        lines += ["Where each chapter's time went: the stages it ran (seconds of the outermost stage calls, "
+                  "from the run folder's `stage_time` records in `log.jsonl`; a stage whose outputs were already "
+                  "current takes milliseconds and is not listed); everything else is figures, tables and reading files.", "",
+                  "| chapter | stage | minutes | share of the chapter |", "|---|---|---:|---:|"]
+        for name, sec in chapters.items():
+            per = {k: v for k, v in (stages.get(name) or {}).items() if v >= 1.0}
+            rest = sec - sum(per.values())
+            for stage, s in sorted(per.items(), key=lambda kv: -kv[1]):
+                lines.append(f"| {Path(name).stem} | {stage} | {s / 60:.1f} | {100 * s / max(sec, 1e-9):.0f} % |")
+            lines.append(f"| {Path(name).stem} | *everything else* | {max(rest, 0) / 60:.1f} | "
+                         f"{100 * max(rest, 0) / max(sec, 1e-9):.0f} % |")
+        lines.append("")
     if not timing.get("complete", False):
         lines += ["This build executed only the chapters above, so the total is not the book's time.", ""]
     lines += ["`make book` also installs the environment on a fresh clone and renders the HTML "
@@ -374,6 +398,10 @@ def build_book(executed_dir: Path, out: Path, root: Path = REPO_ROOT, *, config:
         if timing.is_file():
             (src / "book" / BUILD_TIME_PAGE).write_text(build_time_page(json.loads(timing.read_text("utf-8"))),
                                                        encoding="utf-8")
+    comparisons = root / "book" / "results" / COMPARE_FILE
+    if comparisons.is_file():
+        (src / "book" / PERFORMANCE_PAGE).write_text(performance_page(load_comparisons(comparisons)),
+                                                     encoding="utf-8")
 
     toc_data = yaml.safe_load(toc.read_text(encoding="utf-8")) or {}
     if "root" not in toc_data or not _source_exists(src, toc_data["root"]):

@@ -34,7 +34,7 @@ from esol_lib.metrics import ThresholdSweep, confusion_matrix
 from esol_lib.parallel import map_ordered
 from esol_lib.run import drop_damaged, record_sizes
 
-__all__ = ["CamFn", "multiscale_cam", "compute_cams", "load_cam", "cams_to_label", "evaluate_cams",
+__all__ = ["CamFn", "multiscale_cam", "compute_cams", "cam_batch_size", "load_cam", "cams_to_label", "evaluate_cams",
            "cam_dir_signature", "seed_part_recall"]
 
 CamFn = Callable[[torch.Tensor], torch.Tensor]
@@ -120,7 +120,7 @@ def _save_cam(path: Path, cams: np.ndarray, keys: np.ndarray) -> None:
 
 
 def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[float], std: Sequence[float],
-                 scales: Sequence[float], flip: bool = True, batch_size: int = 8, signature: str = "",
+                 scales: Sequence[float], flip: bool = True, batch_size: int | None = None, signature: str = "",
                  device: torch.device | str = "cpu", progress: bool = True, desc: str = "CAMs",
                  data_signature: str | None = None) -> Path:
     """Write ``out_dir/<id>.npz`` (``cams``: float16 ``(K_gt, H, W)``, ``keys``: 1-based class ids) per image.
@@ -129,9 +129,11 @@ def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[
     Images already written under the same ``signature`` are skipped, so an interrupted run resumes;
     a folder with another signature (a retrained model, other scales) is emptied first.
     With ``data_signature`` (:func:`data_fingerprint` of ``dataset``, a split), CAMs of that split
-    made from other data are recomputed (:func:`data_record`). Images of equal size are batched, in
-    batches cut from the whole split, so a resumed folder holds the bytes an uninterrupted run writes.
+    made from other data are recomputed (:func:`data_record`). Images of equal size are batched
+    (``batch_size`` None: :func:`cam_batch_size` of ``device``), in batches cut from the whole split,
+    so a resumed folder holds the bytes an uninterrupted run writes.
     """
+    batch_size = cam_batch_size(device) if batch_size is None else batch_size
     out_dir = Path(out_dir)
     meta_path = out_dir / _META
     if out_dir.is_dir():
@@ -174,6 +176,16 @@ def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[
     bar.close()
     record_sizes(out_dir, [_cam_path(out_dir, image_id).name for image_id in dataset.ids])
     return out_dir
+
+
+def cam_batch_size(device: torch.device | str) -> int:
+    """Images per forward pass of :func:`compute_cams`: 8 on a GPU, 1 (2 with the flip) on a CPU.
+
+    On a CPU a batch of 8 (16 with the flips) at scale 2.0 runs out of the caches: the same passes
+    take about twice as long as one image at a time (``benchmarks/compare.py``, the book's
+    Performance page). A GPU needs the batch to fill it.
+    """
+    return 8 if torch.device(device).type == "cuda" else 1
 
 
 def _size_batches(dataset, indices: Sequence[int], batch_size: int) -> Iterable[list[int]]:

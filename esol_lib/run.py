@@ -165,10 +165,65 @@ def holds_run_lock(fn: _F) -> _F:
 
     @functools.wraps(fn)
     def wrapper(run, *args, **kwargs):
-        with run_lock(run.root if isinstance(run, RunDir) else run):
-            return fn(run, *args, **kwargs)
+        global _STAGE_DEPTH
+        root = run.root if isinstance(run, RunDir) else Path(run)
+        with run_lock(root):
+            depth, _STAGE_DEPTH = _STAGE_DEPTH, _STAGE_DEPTH + 1
+            start, ok = time.perf_counter(), False
+            try:
+                out = fn(run, *args, **kwargs)
+                ok = True
+                return out
+            finally:
+                _STAGE_DEPTH = depth
+                log_stage_time(root, fn.__name__, time.perf_counter() - start, depth, ok)
 
     return wrapper  # type: ignore[return-value]
+
+
+# How many stage calls enclose the running one in this process: 0 for a call from a notebook or the
+# command line, 1 for train_cam inside run_pipeline. The book's build-time page sums depth 0 only.
+_STAGE_DEPTH = 0
+
+#: ``event`` of the ``log.jsonl`` records :func:`log_stage_time` writes.
+STAGE_TIME_EVENT = "stage_time"
+
+
+def log_stage_time(root: Path, stage: str, seconds: float, depth: int, ok: bool) -> None:
+    """Append one ``{"event": "stage_time", ...}`` line to ``root/log.jsonl``: where the time of a
+    chapter or a pipeline went. A stage that returns at once (its outputs current) logs its few
+    milliseconds too. A folder that cannot be written is left alone (the stage has reported that)."""
+    record = {"event": STAGE_TIME_EVENT, "stage": stage, "seconds": round(seconds, 3), "depth": depth, "ok": ok,
+              "time": round(time.time(), 3)}
+    with contextlib.suppress(OSError):
+        if root.is_dir():
+            with open(root / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def stage_times(root: str | Path, since: float = 0.0, until: float = float("inf")) -> dict[str, float]:
+    """Seconds per stage of the outermost stage calls that ended in ``[since, until]`` (unix time),
+    summed over ``root/log.jsonl`` and the logs of the run folders below it (chapter 07's forks,
+    named ``ablation <stage>``)."""
+    root = Path(root)
+    totals: dict[str, float] = {}
+    for log_file in sorted(root.rglob("log.jsonl")):
+        prefix = "ablation " if "ablations" in log_file.relative_to(root).parts else ""
+        try:
+            lines = log_file.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if STAGE_TIME_EVENT not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if rec.get("event") == STAGE_TIME_EVENT and rec.get("depth") == 0 and since <= rec.get("time", 0) <= until:
+                name = prefix + str(rec.get("stage"))
+                totals[name] = totals.get(name, 0.0) + float(rec.get("seconds", 0.0))
+    return totals
 
 
 SIZES_FILE = "_sizes.json"

@@ -130,6 +130,19 @@ def test_execute_notebooks_writes_each_chapters_time_and_the_page_shows_it(execu
     full = build_time_page({"profile": "cpu", "cores": 2, "complete": True,
                             "chapters": {c: 120.0 for c in CHAPTERS}, "total_seconds": 1080.0})
     assert "| **all chapters** | **18.0** |" in full and "not the book's time" not in full
+    assert "Where each chapter's time went" not in full  # no stage records: no stage table
+
+
+def test_the_build_time_page_shows_each_chapters_stages_and_the_rest():
+    timing = {"profile": "cpu", "cores": 2, "complete": False, "chapters": {CHAPTERS[5]: 600.0},
+              "total_seconds": 600.0,
+              "stages": {CHAPTERS[5]: {"refine": 420.0, "eval_cam": 120.0, "train_cam": 0.01}}}
+    page = build_time_page(timing)
+    stem = Path(CHAPTERS[5]).stem
+    assert f"| {stem} | refine | 7.0 | 70 % |" in page and f"| {stem} | eval_cam | 2.0 | 20 % |" in page
+    assert f"| {stem} | *everything else* | 1.0 | 10 % |" in page
+    assert "train_cam" not in page  # current outputs: milliseconds, not listed
+    assert page.index("| refine |") < page.index("| eval_cam |")  # largest first
 
 
 def test_execute_notebooks_stops_at_a_failing_notebook(executed, tmp_path):

@@ -83,6 +83,39 @@ def test_the_busy_message_waits_for_the_new_holder_instead_of_naming_a_dead_one(
     assert run_mod.current_holder(tmp_path, wait=0.1)["command"] == "esol train-cam"  # all there is
 
 
+def test_stage_calls_log_their_time_and_only_the_outermost_count(tmp_path):
+    run = run_mod.RunDir(tmp_path / "run")
+    run.root.mkdir()
+    fork = run_mod.RunDir(run.root / "ablations" / "a")
+    fork.root.mkdir(parents=True)
+
+    @holds_run_lock
+    def inner(r):
+        time.sleep(0.05)
+
+    @holds_run_lock
+    def outer(r):
+        inner(r)
+        inner(fork)  # a fork's stage inside a stage of the main run: depth 1, not counted twice
+
+    outer(run)
+    inner(fork)
+    records = [json.loads(line) for line in (run.root / "log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["depth"], r["ok"]) for r in records] == [("inner", 1, True), ("outer", 0, True)]
+    times = run_mod.stage_times(run.root)
+    assert set(times) == {"outer", "ablation inner"}
+    assert times["outer"] >= 0.1 and 0.05 <= times["ablation inner"] < times["outer"]
+    assert run_mod.stage_times(run.root, since=time.time() + 1) == {}  # a window after the calls
+
+    @holds_run_lock
+    def failing(r):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        failing(run)
+    assert json.loads((run.root / "log.jsonl").read_text().splitlines()[-1])["ok"] is False
+
+
 def test_stage_functions_take_the_lock_and_reenter_it(tmp_path):
     run = run_mod.RunDir(tmp_path / "run")
     run.root.mkdir()
