@@ -228,14 +228,15 @@ def cams_to_label(cams: np.ndarray, keys: np.ndarray, threshold: float) -> np.nd
 
 
 def evaluate_cams(cam_dir: str | Path, dataset, thresholds: Sequence[float], *,
-                  crf: Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None = None,
+                  crf: Callable[[np.ndarray, list[np.ndarray], int], list[np.ndarray]] | None = None,
                   progress: bool = True, desc: str = "eval", workers: int | None = None, **meta) -> dict:
     """Threshold sweep of the seeds in ``cam_dir`` against ``dataset``'s masks → DESIGN.md metrics dict.
 
-    With ``crf(image, labels, n_labels) -> labels``, each threshold's seed is refined by DenseCRF
-    before scoring (only for the thresholds given, since a CRF per threshold and image is costly),
-    on ``workers`` processes (:func:`esol_lib.parallel.map_ordered`; None: every core). ``crf`` must
-    not use torch.
+    With ``crf(image, labellings, n_labels) -> labellings`` (:func:`esol_lib.crf.crf_from_labelings`:
+    one image's seeds at every threshold in one call, so its pairwise lattices are built once), each
+    threshold's seed is refined by DenseCRF before scoring (only for the thresholds given, since a
+    CRF per threshold and image is costly), on ``workers`` processes
+    (:func:`esol_lib.parallel.map_ordered`; None: every core). ``crf`` must not use torch.
     """
     n = dataset.num_classes + 1
     names = ["background"] + list(dataset.classes)
@@ -250,12 +251,10 @@ def evaluate_cams(cam_dir: str | Path, dataset, thresholds: Sequence[float], *,
         sample = dataset[i]
         cams, keys = load_cam(cam_dir, dataset.ids[i])
         ids = np.concatenate([[0], keys])
-        out = []
-        for t in thresholds:
-            # CRF over the image's classes only: relabel to 0..len(keys) and back.
-            local = np.searchsorted(ids, cams_to_label(cams, keys, t))
-            out.append(confusion_matrix(sample["mask"], ids[crf(sample["image"], local, len(keys) + 1)], n))
-        return out
+        # CRF over the image's classes only: relabel to 0..len(keys) and back.
+        local = [np.searchsorted(ids, cams_to_label(cams, keys, t)) for t in thresholds]
+        return [confusion_matrix(sample["mask"], ids[refined], n)
+                for refined in crf(sample["image"], local, len(keys) + 1)]
 
     # one CRF per image and threshold, on one core each: spread the images over the cores
     for confs in tqdm(map_ordered(crf_confusions, range(len(dataset)), workers), total=len(dataset),

@@ -89,7 +89,7 @@ def ir_labels(image: np.ndarray, cams: np.ndarray, keys: Sequence[int], conf_fg:
     i.e. the class where the high-threshold seed says foreground, 0 where the low-threshold seed
     says background too, 255 (ignored) in between.
     """
-    from esol_lib.crf import crf_from_labels
+    from esol_lib.crf import crf_from_labelings
 
     cams = np.asarray(cams, dtype=np.float32)
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
@@ -103,12 +103,12 @@ def ir_labels(image: np.ndarray, cams: np.ndarray, keys: Sequence[int], conf_fg:
     padded_keys = np.concatenate([[0], keys])
     kwargs = dict(crf_kwargs or {})
 
-    def confident(bg_score: float) -> np.ndarray:
-        seed = np.pad(cams, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=bg_score).argmax(0)
-        return padded_keys[crf_from_labels(image, seed, len(padded_keys), **kwargs)]
+    def seed(bg_score: float) -> np.ndarray:
+        return np.pad(cams, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=bg_score).argmax(0)
 
-    fg_conf = confident(conf_fg)
-    bg_conf = confident(conf_bg)
+    # both seeds through one CRF object: the image's pairwise lattices are built once
+    fg_crf, bg_crf = crf_from_labelings(image, [seed(conf_fg), seed(conf_bg)], len(padded_keys), **kwargs)
+    fg_conf, bg_conf = padded_keys[fg_crf], padded_keys[bg_crf]
     conf = fg_conf.copy()
     conf[fg_conf == 0] = IGNORE
     conf[bg_conf + fg_conf == 0] = 0

@@ -283,15 +283,15 @@ def eval_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
     crf_fn = None
     name = f"{stage}_{split}"
     if crf:
-        from esol_lib.crf import crf_from_labels
+        from esol_lib.crf import crf_from_labelings
 
         plain = current_cam_metrics(run, stage, split) or eval_cam(run, stage, split, progress=progress)
         i = min(range(len(thresholds)), key=lambda j: abs(thresholds[j] - plain["threshold"]))
         thresholds = thresholds[max(0, i - 2): i + 3]
         c = cfg.crf
 
-        def crf_fn(image, labels, n):
-            return crf_from_labels(image, labels, n, gt_prob=c.gt_prob, iterations=c.iterations,
+        def crf_fn(image, labellings, n):
+            return crf_from_labelings(image, labellings, n, gt_prob=c.gt_prob, iterations=c.iterations,
                                    gauss_sxy=c.gauss_sxy, gauss_compat=c.gauss_compat,
                                    bilateral_sxy=c.bilateral_sxy, bilateral_srgb=c.bilateral_srgb,
                                    bilateral_compat=c.bilateral_compat)

@@ -63,7 +63,7 @@ def test_crf_sweep_on_two_workers_equals_the_serial_one(tmp_path):
         noisy_oracle.mask = ds[i]["mask"]
         compute_cams(noisy_oracle, _Subset(ds, i), out, mean=[0.5] * 3, std=[0.5] * 3, scales=[1.0], flip=False,
                      signature="s", progress=False)
-    crf = lambda image, labels, n: crf_from_labels(image, labels, n)
+    crf = lambda image, labellings, n: [crf_from_labels(image, labels, n) for labels in labellings]
     serial = evaluate_cams(out, ds, [0.3, 0.5, 0.7], crf=crf, progress=False, workers=1)
     pooled = evaluate_cams(out, ds, [0.3, 0.5, 0.7], crf=crf, progress=False, workers=2)
     assert serial == pooled
