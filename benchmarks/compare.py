@@ -48,11 +48,12 @@ from esol_lib.crf import crf_from_labels
 from esol_lib.irn import random_walk, transition_matrix
 from esol_lib.models import build_backbone, build_classifier
 from esol_lib.parallel import cpu_workers, map_ordered
-from esol_lib.performance import COMPARISONS, markdown_table
+from esol_lib.performance import COMPARISONS, markdown_table, performance_page
 from esol_lib.samplers import deform_conv2d_sampled
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "book" / "results" / "compare.json"
+PAGE = ROOT / "book" / "performance.md"  # esol book regenerates it from DEFAULT_OUT as well
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -475,6 +476,8 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, args.out)
+    if args.out.resolve() == DEFAULT_OUT.resolve():  # the committed page, so the README's link shows the numbers
+        PAGE.write_text(performance_page(record), encoding="utf-8")
     print(f"{len(args.only)} comparison(s) in {time.perf_counter() - start:.0f} s; written to {args.out}",
           file=sys.stderr)
     return record

@@ -203,7 +203,8 @@ def build_time_page(timing: dict) -> str:
     if any(stages.values()):
         lines += ["Where each chapter's time went: the stages it ran (seconds of the outermost stage calls, "
                   "from the run folder's `stage_time` records in `log.jsonl`; a stage whose outputs were already "
-                  "current takes milliseconds and is not listed); everything else is figures, tables and reading files.", "",
+                  "current takes milliseconds and is not listed); everything else is figures, tables, reading files and "
+                  "work outside the stage functions.", "",
                   "| chapter | stage | minutes | share of the chapter |", "|---|---|---:|---:|"]
         for name, sec in chapters.items():
             per = {k: v for k, v in (stages.get(name) or {}).items() if v >= 1.0}

@@ -129,7 +129,7 @@ class FeatureCache:
         self.put(key, out)
         if path is not None:
             try:  # the cache is optional: a failed write (a full disk) costs a warning, not the stage
-                atomic_save(out.cpu(), path)
+                atomic_save(out.cpu(), path, durable=False)  # a memo, checked when read: no fsync
             except (OSError, RuntimeError) as e:
                 log.warning("feature cache: could not write %s (%s); going on without caching it", path, e)
         return out

@@ -33,12 +33,15 @@ CAM_FLOOR_TARGET = 1.2
 WHY_SLOWER = {
     "crf": "Forking the worker processes and sending each result back costs a fixed few tens of milliseconds; "
            "on a handful of small images that is more than the CRFs themselves. The pool pays off once the "
-           "work per call exceeds it, as at the stages' sizes (hundreds of images).",
-    "walk": "On a small map the dense matrix is a few MiB and one dense matrix product is faster than the "
-            "sparse one's 256 steps. The sparse walk is kept because its memory grows as N, not N², "
-            "and it is the only one that runs at the sizes of real images.",
-    "sampler": "torchvision's kernel wins where the sampled tensor (channels × 9 × the map) no longer fits "
-               "the caches; the stages keep grid_sample on the CPU only where it is the faster.",
+           "work per call exceeds it, as at the stages' sizes (hundreds of images); a pool started once per "
+           "run instead of once per call would remove the fixed cost.",
+    "walk": "On a map of a few hundred pixels the dense matrix is under a MiB and its eight squarings cost "
+            "about what the sparse walk's 256 small steps cost (the two are within timing noise). From a "
+            "32 × 32 map up the sparse walk is faster, its memory grows as N, not N², and it is the only "
+            "one that runs at the sizes of real images: nothing to gain from a dense path.",
+    "sampler": "grid_sample materialises the nine sampled maps (9 × channels × the map), so it needs nine "
+               "times the input's memory; torchvision's kernel loops over them instead. Where the nine maps "
+               "are too large the loop wins; on the GPU esol uses torchvision's kernel.",
     "suite": "",
     "cam": "The IRN-style loop and esol do the same forward passes; a ratio a little above 1 is timing noise "
            "between two equal-cost runs.",

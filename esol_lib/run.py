@@ -195,6 +195,8 @@ def log_stage_time(root: Path, stage: str, seconds: float, depth: int, ok: bool)
     milliseconds too. A folder that cannot be written is left alone (the stage has reported that)."""
     record = {"event": STAGE_TIME_EVENT, "stage": stage, "seconds": round(seconds, 3), "depth": depth, "ok": ok,
               "time": round(time.time(), 3)}
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all (as with the lock)
+        return
     with contextlib.suppress(OSError):
         if root.is_dir():
             with open(root / "log.jsonl", "a", encoding="utf-8") as f:

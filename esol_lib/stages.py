@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from esol_lib.atomic import read_json
-from esol_lib.cam import cam_dir_signature, compute_cams, data_fingerprint, data_record, evaluate_cams, seed_part_recall
+from esol_lib.cam import cam_batch_size, cam_dir_signature, compute_cams, data_fingerprint, data_record, evaluate_cams, seed_part_recall
 from esol_lib.config import Config
 from esol_lib.data import VOCSegmentation, load_image, resolve_data_root
 from esol_lib.data.transforms import AugmentedDataset, TrainTransform
@@ -217,7 +217,8 @@ def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
     data = data_fingerprint(ds)  # CAMs of other data are redone; their scores then no longer match (cam_metrics_inputs)
     return compute_cams(cam_fn, ds, run.cams(stage), mean=cfg.data.mean, std=cfg.data.std, scales=cfg.cam.scales,
                         flip=cfg.cam.flip, signature=signature, device=device, progress=progress,
-                        desc=f"CAMs {stage}/{split}", data_signature=data)
+                        desc=f"CAMs {stage}/{split}", data_signature=data,
+                        batch_size=cam_batch_size(device, feature_cache=cfg.feature_cache_mb > 0))
 
 
 def _cam_settings(cfg: Config, stage: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from esol_lib.performance import COMPARISONS, markdown_table, performance_page, slower_rows
+from esol_lib.performance import COMPARISONS, load_comparisons, markdown_table, performance_page, slower_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,3 +78,11 @@ def test_compare_script_runs_every_comparison_and_the_page_reads_its_json(tmp_pa
     assert all(r.get("agree") for r in record["cpu"]["walk"]["rows"])  # dense and sparse walks agree
     page = performance_page(record)
     assert "a `--quick` run" in page and "Not measured" not in page
+
+
+def test_the_committed_page_is_the_one_the_committed_measurements_give():
+    """README links book/performance.md: it must be what benchmarks/compare.py wrote from the JSON."""
+    record = load_comparisons(ROOT / "book" / "results" / "compare.json")
+    assert record, "book/results/compare.json is missing: run python benchmarks/compare.py"
+    page = (ROOT / "book" / "performance.md").read_text(encoding="utf-8")
+    assert page == performance_page(record), "book/performance.md is stale: run python benchmarks/compare.py"
