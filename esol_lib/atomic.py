@@ -77,7 +77,7 @@ def atomic_save(obj: Any, path: str | os.PathLike, *, durable: bool = True) -> N
     after the file it is given, so saving to the (random) temp name would make two saves of the same
     object differ in their bytes, and every signature that hashes the file would differ too.
     ``durable=False`` skips the ``fsync``: for a memo that is checked when read (the feature cache),
-    where a file lost to a power cut costs a recomputation, and thousands of syncs cost minutes.
+    where a file lost to a power cut costs a recomputation, and a sync per entry is wasted time.
     """
     import torch
 
