@@ -16,10 +16,13 @@ Comparisons (each is one Markdown table on stdout and one entry of the JSON file
              ``exp_times`` times), time and peak memory, up to where the dense one no longer fits.
 ``crf``      DenseCRF (pydensecrf) per image, one process against esol's worker pool.
 
+``suite``    (only when asked: ``--only suite``) ``make test``'s command, timed, with each test file's
+             share, beside the last ``make book``'s chapters and stages (``_build/executed/timing.json``).
+
 Weights and images are random: speed does not depend on them. Each case runs in a fresh Python
-process, so its peak resident memory is its own. ``make test`` and ``make book`` are timed by ``esol book`` (the
-book's build-time page) and ``--suite`` here, not by this script's CPU set. The book's performance
-page is generated from the JSON file (:func:`esol_lib.performance.performance_page`).
+process, so its peak resident memory is its own. Written to ``book/results/compare.json`` (entries
+of other comparisons and devices are kept) and, from it, ``book/performance.md``, the book's
+Performance page (:func:`esol_lib.performance.performance_page`; ``esol book`` regenerates it).
 """
 
 from __future__ import annotations
