@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from esol_lib.cam import cams_to_label, compute_cams, evaluate_cams, load_cam, multiscale_cam
+from esol_lib.cam import cam_batch_size, cams_to_label, compute_cams, evaluate_cams, load_cam, multiscale_cam
 from esol_lib.data.synth import SynthSpec, generate_benchmark
 from esol_lib.data.voc import VOCSegmentation
 from esol_lib.errors import StageError
@@ -110,3 +110,9 @@ class _Subset:
 
     def image_path(self, image_id):
         return self.ds.image_path(image_id)
+
+
+def test_cam_batches_are_single_images_only_on_a_cpu_without_the_feature_cache():
+    assert cam_batch_size("cpu") == 1  # 8 images (16 with flips) at scale 2.0 outgrow the CPU's caches
+    assert cam_batch_size("cpu", feature_cache=True) == 8  # one cache entry per batch: fewer, larger entries
+    assert cam_batch_size("cuda") == 8 and cam_batch_size("cuda", feature_cache=True) == 8
