@@ -58,8 +58,12 @@ def _per_s(n: int, seconds: float | None) -> str:
     return "–" if not seconds else f"{n / seconds:,.1f}"
 
 
+def _num(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def _ms(seconds: float | None) -> str:
-    return "–" if seconds is None else f"{1000 * seconds:,.0f}"
+    return _num(None if seconds is None else 1000 * seconds, ",.0f")
 
 
 def _header(cols: list[str], right: int) -> list[str]:
@@ -120,12 +124,10 @@ def _walk_table(result: dict) -> list[str]:
                      "dense peak MiB", "esol / dense", "dense"], 6)
     for r in result["rows"]:
         dense = r.get("dense_note") or ("same result" if r.get("agree") else "results differ")
-        lines.append(f"| {r['side']}² ({r['image_px']}) | {r['N']:,} | "
-                     f"{'–' if r.get('sparse_s') is None else format(r['sparse_s'], ',.2f')} | "
-                     f"{'–' if r.get('sparse_peak_mib') is None else format(r['sparse_peak_mib'], ',.0f')} | "
-                     f"{'–' if r.get('dense_s') is None else format(r['dense_s'], ',.2f')} | "
-                     f"{'–' if r.get('dense_peak_mib') is None else format(r['dense_peak_mib'], ',.0f')} | "
-                     f"{_ratio(r.get('sparse_s'), r.get('dense_s'))} | {dense} |")
+        lines.append(f"| {r['side']}² ({r['image_px']}) | {r['N']:,} | {_num(r.get('sparse_s'), ',.2f')} | "
+                     f"{_num(r.get('sparse_peak_mib'), ',.0f')} | {_num(r.get('dense_s'), ',.2f')} | "
+                     f"{_num(r.get('dense_peak_mib'), ',.0f')} | {_ratio(r.get('sparse_s'), r.get('dense_s'))} | "
+                     f"{dense} |")
     return lines + ["", f"Radius {result['radius']}, β {result['beta']}, {2 ** result['exp_times']} steps "
                         f"(exp_times {result['exp_times']}), 3 classes. The dense walk squares the N × N matrix "
                         f"{result['exp_times']} times (IRN's code); peak memory is the resident set the case "
