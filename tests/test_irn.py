@@ -115,6 +115,45 @@ def test_path_affinities_and_their_gradient_match_the_definition(shape, radius):
     assert torch.equal(b.grad, ref.grad)  # the gradient reaches the same arg-max points
 
 
+def _affinity_loss_by_definition(boundary: torch.Tensor, label: torch.Tensor, radius: int, eps: float = 1e-5):
+    """IRN's loss from the stacked affinities and pair labels: every pair of every pixel at once."""
+    aff = path_affinities(boundary, radius)
+    bg_pos, fg_pos, neg = (m.to(aff.dtype) for m in affinity_labels(label, radius))
+    bg = -(torch.log(aff + eps) * bg_pos).sum() / (bg_pos.sum() + eps)
+    fg = -(torch.log(aff + eps) * fg_pos).sum() / (fg_pos.sum() + eps)
+    ng = -(torch.log(1.0 + eps - aff) * neg).sum() / (neg.sum() + eps)
+    parts = {"bg_pos": float(bg.detach()), "fg_pos": float(fg.detach()), "neg": float(ng.detach())}
+    return (bg / 2 + fg / 2 + ng) / 2, parts
+
+
+@pytest.mark.parametrize("shape, radius", [((4, 24, 20), 10), ((2, 9, 11), 5), ((1, 6, 6), 3)])
+def test_fused_affinity_loss_and_gradient_match_the_stacked_definition(shape, radius):
+    torch.manual_seed(0)
+    base = torch.rand(shape)
+    base[0, :2] = 1.0  # saturated boundaries: ties between equal path points
+    label = torch.randint(0, 3, shape)
+    label[:, -3:] = 255
+    label[0, 0, :4] = 255
+    fused_b = base.clone().requires_grad_(True)
+    fused, parts = affinity_loss(fused_b, label, radius)
+    fused.backward()
+    truth_b = base.double().requires_grad_(True)  # the definition in float64: the reference for both
+    truth, truth_parts = _affinity_loss_by_definition(truth_b, label, radius)
+    truth.backward()
+    assert fused.dtype == torch.float32 and fused_b.grad.dtype == torch.float32
+    assert fused.item() == pytest.approx(truth.item(), rel=1e-6)
+    assert parts == pytest.approx(truth_parts, rel=1e-6)
+    assert torch.allclose(fused_b.grad.double(), truth_b.grad, rtol=1e-5, atol=1e-6 * float(truth_b.grad.abs().max()))
+    assert torch.equal(fused_b.grad != 0, truth_b.grad != 0)  # the same arg-max points receive the gradient
+
+
+def test_affinity_loss_rejects_scores_outside_0_1_and_other_shapes():
+    with pytest.raises(ValueError, match="boundary scores"):
+        affinity_loss(torch.full((1, 6, 6), -0.5), torch.zeros(1, 6, 6, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match=r"\(B, h, w\)"):
+        affinity_loss(torch.rand(6, 6), torch.zeros(6, 6, dtype=torch.long), 3)
+
+
 def test_path_affinities_reject_scores_outside_0_1():
     with pytest.raises(ValueError, match="boundary scores"):
         path_affinities(torch.full((6, 6), -0.5), 3)
