@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 PROFILE ?= cpu
 RUN    ?= runs/$(PROFILE)
 
-.PHONY: venv test test-fast book pipeline compare clean
+.PHONY: venv test test-fast lint format strip book pipeline compare clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,21 @@ test: $(STAMP)
 # The developer loop: every test not marked slow (no notebook execution, no multi-process runs).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# What CI checks before the tests: lint, formatting, and chapters committed without outputs.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/nbstripout --keep-id --verify notebooks/*.ipynb
+
+# Fix what lint can: sort imports, modernise, format the code, strip the chapters' outputs.
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
+
+strip: $(STAMP)
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
 # Every stage of one profile; the profile's benchmark is generated into data/<generator>-<profile> first.
 pipeline: $(STAMP)

@@ -50,6 +50,7 @@ def main() -> None:
             torch.cuda.synchronize()
 
     with torch.inference_mode():
+
         def full():
             for _ in range(batches):
                 multiscale_cam(model.cam, x, scales, flip)
@@ -69,13 +70,19 @@ def main() -> None:
 
         t_full, t_plain, t_single = _time(full, 2), _time(plain, 2), _time(single, 2)
     n = batches * args.batch
-    print(f"device {device}, threads {torch.get_num_threads()}, profile {args.config}, {size}px, batch {args.batch}, "
-          f"scales {list(scales)}, flip {flip}")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, profile {args.config}, {size}px, batch {args.batch}, "
+        f"scales {list(scales)}, flip {flip}"
+    )
     print(f"multi-scale CAM (Eq. 2):        {n / t_full:8.1f} images/s")
-    print(f"its forward passes alone:       {n / t_plain:8.1f} images/s  (overhead of merging: "
-          f"{100 * (t_full / t_plain - 1):.0f} %)")
-    print(f"one single-scale forward:       {n / t_single:8.1f} images/s  (multi-scale CAM costs "
-          f"{t_full / t_single:.1f}x one forward)")
+    print(
+        f"its forward passes alone:       {n / t_plain:8.1f} images/s  (overhead of merging: "
+        f"{100 * (t_full / t_plain - 1):.0f} %)"
+    )
+    print(
+        f"one single-scale forward:       {n / t_single:8.1f} images/s  (multi-scale CAM costs "
+        f"{t_full / t_single:.1f}x one forward)"
+    )
 
 
 def dataclass_no_weights(model_cfg):

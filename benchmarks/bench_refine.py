@@ -55,8 +55,9 @@ def run_case(backbone: str, size: int, n: int, radius: int, exp_times: int, devi
     net = BoundaryNet(build_backbone(backbone, BACKBONES[backbone])).to(dev).eval()
     images, cams = _images(size, n)
     with torch.no_grad():  # warm-up on a small input (allocator, kernels)
-        pseudo_mask(cams[0][:, :32, :32], [1, 2], boundary_map(net, images[0][:, :32, :32].to(dev)),
-                    radius=radius, exp_times=1)
+        pseudo_mask(
+            cams[0][:, :32, :32], [1, 2], boundary_map(net, images[0][:, :32, :32].to(dev)), radius=radius, exp_times=1
+        )
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -72,33 +73,63 @@ def run_case(backbone: str, size: int, n: int, radius: int, exp_times: int, devi
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     h, w = edge.shape
     nnz = transition_matrix(edge, radius, 10.0)._nnz()
-    out = {"backbone": backbone, "size": size, "images": n, "device": str(dev), "seconds": seconds,
-           "img_per_s": n / seconds, "rss_before_mib": rss0, "peak_rss_delta_mib": max(peak, rss0) - max(peak0, rss0),
-           "walk_h": h, "walk_w": w, "N": h * w, "nnz": nnz, "pairs": len(affinity_pairs(radius)),
-           "mask_classes": sorted(int(v) for v in np.unique(mask))}
+    out = {
+        "backbone": backbone,
+        "size": size,
+        "images": n,
+        "device": str(dev),
+        "seconds": seconds,
+        "img_per_s": n / seconds,
+        "rss_before_mib": rss0,
+        "peak_rss_delta_mib": max(peak, rss0) - max(peak0, rss0),
+        "walk_h": h,
+        "walk_w": w,
+        "N": h * w,
+        "nnz": nnz,
+        "pairs": len(affinity_pairs(radius)),
+        "mask_classes": sorted(int(v) for v in np.unique(mask)),
+    }
     if dev.type == "cuda":
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
 def _subprocess(args: argparse.Namespace, backbone: str, size: int, n: int) -> dict:
-    cmd = [sys.executable, __file__, "--case", backbone, str(size), str(n), "--radius", str(args.radius),
-           "--exp-times", str(args.exp_times), "--device", args.device, "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--case",
+        backbone,
+        str(size),
+        str(n),
+        "--radius",
+        str(args.radius),
+        "--exp-times",
+        str(args.exp_times),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _table(rows: list[dict]) -> str:
-    head = (f"{'backbone':<9} {'size':>5} {'imgs':>4} {'img/s':>7} {'s/img':>7} {'walk grid':>10} {'N':>7} "
-            f"{'nnz':>10} {'N^2':>14} {'dense MiB':>10} {'sparse MiB':>10} {'peak+ MiB':>9}")
+    head = (
+        f"{'backbone':<9} {'size':>5} {'imgs':>4} {'img/s':>7} {'s/img':>7} {'walk grid':>10} {'N':>7} "
+        f"{'nnz':>10} {'N^2':>14} {'dense MiB':>10} {'sparse MiB':>10} {'peak+ MiB':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         dense = r["N"] ** 2 * 4 / 2**20
         sparse = (r["nnz"] * 8 + (r["N"] + 1) * 4) / 2**20  # float32 values + int32 columns + row pointers
         peak = r.get("cuda_peak_mib", r["peak_rss_delta_mib"])
-        lines.append(f"{r['backbone']:<9} {r['size']:>5} {r['images']:>4} {r['img_per_s']:>7.2f} "
-                     f"{1 / r['img_per_s']:>7.2f} {str(r['walk_h']) + 'x' + str(r['walk_w']):>10} {r['N']:>7} "
-                     f"{r['nnz']:>10,} {r['N'] ** 2:>14,} {dense:>10,.0f} {sparse:>10.1f} {peak:>9.0f}")
+        lines.append(
+            f"{r['backbone']:<9} {r['size']:>5} {r['images']:>4} {r['img_per_s']:>7.2f} "
+            f"{1 / r['img_per_s']:>7.2f} {str(r['walk_h']) + 'x' + str(r['walk_w']):>10} {r['N']:>7} "
+            f"{r['nnz']:>10,} {r['N'] ** 2:>14,} {dense:>10,.0f} {sparse:>10.1f} {peak:>9.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -119,9 +150,11 @@ def main(argv: list[str] | None = None) -> None:
         backbone, size, n = args.case[0], int(args.case[1]), int(args.case[2])
         print(json.dumps(run_case(backbone, size, n, args.radius, args.exp_times, args.device)))
         return
-    print(f"IRN pseudo masks: radius {args.radius}, beta 10, exp_times {args.exp_times} "
-          f"({2 ** args.exp_times} walk steps), device {args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; random weights, 2 classes per image")
+    print(
+        f"IRN pseudo masks: radius {args.radius}, beta 10, exp_times {args.exp_times} "
+        f"({2**args.exp_times} walk steps), device {args.device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; random weights, 2 classes per image"
+    )
     rows = []
     for backbone in args.backbones:
         for size in args.sizes:
@@ -130,9 +163,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  done {backbone} {size}px: {rows[-1]['seconds']:.1f} s for {n} images", flush=True)
     print()
     print(_table(rows))
-    print("\nN = walk grid pixels; nnz = stored entries of the sparse transition matrix (<= N*(2*pairs+1), "
-          f"pairs = {rows[0]['pairs']}); N^2 / dense MiB = IRN's dense float32 matrix, never built here; "
-          "peak+ = peak memory added by the case (RSS on CPU, CUDA allocator on GPU).")
+    print(
+        "\nN = walk grid pixels; nnz = stored entries of the sparse transition matrix (<= N*(2*pairs+1), "
+        f"pairs = {rows[0]['pairs']}); N^2 / dense MiB = IRN's dense float32 matrix, never built here; "
+        "peak+ = peak memory added by the case (RSS on CPU, CUDA allocator on GPU)."
+    )
 
 
 if __name__ == "__main__":

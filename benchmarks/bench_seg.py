@@ -79,8 +79,17 @@ def _timed(step, device, budget: float, max_iters: int, min_iters: int) -> tuple
     return n, time.perf_counter() - t0, warm, False
 
 
-def run_case(backbone: str, size: int, mode: str, batch: int, budget: float, max_iters: int,
-             min_iters: int, device_name: str, threads: int | None) -> dict:
+def run_case(
+    backbone: str,
+    size: int,
+    mode: str,
+    batch: int,
+    budget: float,
+    max_iters: int,
+    min_iters: int,
+    device_name: str,
+    threads: int | None,
+) -> dict:
     """One (backbone, size, mode) measurement in this process; returns a result row."""
     import torch
 
@@ -125,10 +134,20 @@ def run_case(backbone: str, size: int, mode: str, batch: int, budget: float, max
         peak = _maxrss_mib() - rss_before
         peak_kind = "ru_maxrss - rss before"
     return {
-        "backbone": backbone, "size": size, "mode": mode, "batch": n_images, "device": str(device),
-        "threads": torch.get_num_threads(), "iters": iters, "seconds": round(seconds, 3),
-        "images_per_s": round(iters * n_images / seconds, 4), "s_per_iter": round(seconds / iters, 4),
-        "warmup_s": round(warm, 3), "warm_only": warm_only, "peak_mib": round(peak, 1), "peak_kind": peak_kind,
+        "backbone": backbone,
+        "size": size,
+        "mode": mode,
+        "batch": n_images,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "iters": iters,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(iters * n_images / seconds, 4),
+        "s_per_iter": round(seconds / iters, 4),
+        "warmup_s": round(warm, 3),
+        "warm_only": warm_only,
+        "peak_mib": round(peak, 1),
+        "peak_kind": peak_kind,
         "rss_total_mib": round(_maxrss_mib(), 1),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
     }
@@ -136,9 +155,24 @@ def run_case(backbone: str, size: int, mode: str, batch: int, budget: float, max
 
 def _child(args: argparse.Namespace, backbone: str, size: int, mode: str) -> dict:
     """Run one case in a fresh interpreter (so ``ru_maxrss`` is this case's peak)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", backbone, str(size), mode,
-           "--batch", str(args.batch), "--budget", str(args.budget), "--iters", str(args.iters),
-           "--min-iters", str(args.min_iters), "--device", args.device]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        backbone,
+        str(size),
+        mode,
+        "--batch",
+        str(args.batch),
+        "--budget",
+        str(args.budget),
+        "--iters",
+        str(args.iters),
+        "--min-iters",
+        str(args.min_iters),
+        "--device",
+        args.device,
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
@@ -148,16 +182,19 @@ def _child(args: argparse.Namespace, backbone: str, size: int, mode: str) -> dic
 
 
 def _table(rows: list[dict]) -> str:
-    head = (f"{'backbone':<10} {'size':>5} {'mode':<6} {'batch':>5} {'iters':>5} {'s/iter':>8} {'img/s':>8} "
-            f"{'peak MiB':>9}")
+    head = (
+        f"{'backbone':<10} {'size':>5} {'mode':<6} {'batch':>5} {'iters':>5} {'s/iter':>8} {'img/s':>8} {'peak MiB':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['backbone']:<10} {r['size']:>5} {r['mode']:<6} failed: {r['error']}")
             continue
-        lines.append(f"{r['backbone']:<10} {r['size']:>5} {r['mode']:<6} {r['batch']:>5} {r['iters']:>5} "
-                     f"{r['s_per_iter']:>8.3f} {r['images_per_s']:>8.3f} {r['peak_mib']:>9.0f}"
-                     + ("  (warm-up iteration only)" if r.get("warm_only") else ""))
+        lines.append(
+            f"{r['backbone']:<10} {r['size']:>5} {r['mode']:<6} {r['batch']:>5} {r['iters']:>5} "
+            f"{r['s_per_iter']:>8.3f} {r['images_per_s']:>8.3f} {r['peak_mib']:>9.0f}"
+            + ("  (warm-up iteration only)" if r.get("warm_only") else "")
+        )
     return "\n".join(lines)
 
 
@@ -177,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         backbone, size, mode = args.child
-        row = run_case(backbone, int(size), mode, args.batch, args.budget, args.iters, args.min_iters,
-                       args.device, args.threads)
+        row = run_case(
+            backbone, int(size), mode, args.batch, args.budget, args.iters, args.min_iters, args.device, args.threads
+        )
         print(json.dumps(row))
         return 0
     rows = []
@@ -189,8 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(_child(args, backbone, size, mode))
                 print(f"  {backbone} {size}px {mode}: {time.perf_counter() - t0:.1f} s wall", file=sys.stderr)
     load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    print(f"DeepLab-v2 (21 classes, ASPP 6/12/18/24), device {args.device}, {os.cpu_count()} CPUs "
-          f"(load average now {load}); peak = {rows[0].get('peak_kind', '?') if rows else '?'}")
+    print(
+        f"DeepLab-v2 (21 classes, ASPP 6/12/18/24), device {args.device}, {os.cpu_count()} CPUs "
+        f"(load average now {load}); peak = {rows[0].get('peak_kind', '?') if rows else '?'}"
+    )
     print(_table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

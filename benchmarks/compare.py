@@ -37,8 +37,8 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -114,8 +114,13 @@ def isolated(name: str, **kwargs) -> dict:
     """Case ``name`` in a fresh Python process, so its peak memory is its own and a crash or an
     out-of-memory kill is a row with ``error`` (a forked child can hang in torch's thread pool)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--case", name, json.dumps(kwargs)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])))
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
+    )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         return {**kwargs, "error": f"the case failed (exit {proc.returncode}; out of memory?): {last}"}
@@ -146,8 +151,11 @@ def irn_style_cams(model: nn.Module, images: torch.Tensor, scales, flip: bool) -
         h, w = image.shape[-2:]
         total = None
         for s in scales:
-            x = image[None] if s == 1.0 else F.interpolate(image[None], scale_factor=s, mode="bilinear",
-                                                           align_corners=False)
+            x = (
+                image[None]
+                if s == 1.0
+                else F.interpolate(image[None], scale_factor=s, mode="bilinear", align_corners=False)
+            )
             if flip:
                 x = torch.cat([x, x.flip(-1)])
             cam = F.relu(model.cam(x))
@@ -185,11 +193,13 @@ def cam_case(size: int, images: int, batch: int, device: str, repeats: int) -> d
     if dev.type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # as esol's make-cam runs it
     x = torch.randn(images, 3, size, size, device=dev)
-    batches = [x[i:i + batch] for i in range(0, images, batch)]
+    batches = [x[i : i + batch] for i in range(0, images, batch)]
     row: dict = {"size": size, "images": images, "batch": batch, "device": device, "scales": list(scales)}
     with torch.inference_mode():
-        row["esol_batch8_s"] = best_time(lambda: [multiscale_cam(model.cam, x[i:i + 8], scales, flip)
-                                                  for i in range(0, images, 8)], dev, repeats)
+        row["esol_batch8_s"] = best_time(
+            lambda: [multiscale_cam(model.cam, x[i : i + 8], scales, flip) for i in range(0, images, 8)], dev, repeats
+        )
+
         def floor():
             for xb in batches:
                 for s in scales:
@@ -197,8 +207,7 @@ def cam_case(size: int, images: int, batch: int, device: str, repeats: int) -> d
                     model.cam(torch.cat([xs, xs.flip(-1)]))
 
         row["floor_s"] = best_time(floor, dev, repeats)
-        row["esol_s"] = best_time(lambda: [multiscale_cam(model.cam, xb, scales, flip) for xb in batches], dev,
-                                  repeats)
+        row["esol_s"] = best_time(lambda: [multiscale_cam(model.cam, xb, scales, flip) for xb in batches], dev, repeats)
         row["irn_loop_s"] = best_time(lambda: irn_style_cams(model, x, scales, flip), dev, repeats)
         ours = torch.cat([multiscale_cam(model.cam, xb, scales, flip) for xb in batches])
         loop = torch.stack(irn_style_cams(model, x, scales, flip))
@@ -211,8 +220,7 @@ def cam_case(size: int, images: int, batch: int, device: str, repeats: int) -> d
         return row
     wrapped = _CamHead(model).eval()
     with GradCAM(model=wrapped, target_layers=[wrapped.act]) as cam:
-        row["gradcam_s"] = best_time(lambda: [gradcam_cams(cam, xb, 0, scales, flip) for xb in batches], dev,
-                                     repeats)
+        row["gradcam_s"] = best_time(lambda: [gradcam_cams(cam, xb, 0, scales, flip) for xb in batches], dev, repeats)
         theirs = np.concatenate([gradcam_cams(cam, xb, 0, (1.0,), False) for xb in batches])
     with torch.inference_mode():
         ours1 = torch.cat([multiscale_cam(model.cam, xb, (1.0,), False) for xb in batches])[:, 0].cpu().numpy()
@@ -227,8 +235,9 @@ def compare_cams(args) -> dict:
     rows = []
     for size in sizes:
         n = 4 if args.quick else (32 if size <= 128 else 8)
-        row = isolated("cam", size=size, images=n, batch=cam_batch_size(args.device), device=args.device,
-                       repeats=args.repeats)
+        row = isolated(
+            "cam", size=size, images=n, batch=cam_batch_size(args.device), device=args.device, repeats=args.repeats
+        )
         rows.append(row)
         _progress("cam", row)
     return {"rows": rows, "threads": torch.get_num_threads()}
@@ -243,7 +252,7 @@ def sampler_case(batch: int, channels: int, side: int, device: str, repeats: int
     dev = torch.device(device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, side, side, generator=g).to(dev)
-    weight = (torch.randn(channels, channels, 3, 3, generator=g) / (3 * channels ** 0.5)).to(dev)
+    weight = (torch.randn(channels, channels, 3, 3, generator=g) / (3 * channels**0.5)).to(dev)
     offset0 = (torch.randn(batch, 18, side, side, generator=g) * 1.5).to(dev)  # a few cells: an ESOL stage's range
     row: dict = {"batch": batch, "channels": channels, "side": side, "device": device}
 
@@ -268,11 +277,16 @@ def compare_sampler(args) -> dict:
     cpu_channels, cpu_side = _feature_shape(cpu.model, cpu.data.emoji.size)
     voc_channels, voc_side = _feature_shape(voc.model, voc.train_cam.crop_size)
     full_batch = voc.expansion.batch_size
-    shapes = [(2, 16, 8), (2, 16, 12)] if args.quick else [
-        (cpu.expansion.batch_size, cpu_channels, cpu_side),
-        (full_batch, cpu_channels, voc_side),
-        # ResNet-50's 2048 channels: batch 16 needs ~10 GB and minutes per step on 2 cores.
-        (full_batch if args.device == "cuda" else 2, voc_channels, voc_side)]
+    shapes = (
+        [(2, 16, 8), (2, 16, 12)]
+        if args.quick
+        else [
+            (cpu.expansion.batch_size, cpu_channels, cpu_side),
+            (full_batch, cpu_channels, voc_side),
+            # ResNet-50's 2048 channels: batch 16 needs ~10 GB and minutes per step on 2 cores.
+            (full_batch if args.device == "cuda" else 2, voc_channels, voc_side),
+        ]
+    )
     rows = []
     for batch, channels, side in shapes:
         row = isolated("sampler", batch=batch, channels=channels, side=side, device=args.device, repeats=args.repeats)
@@ -305,8 +319,9 @@ def dense_walk(scores: torch.Tensor, boundary: torch.Tensor, radius: int, beta: 
     return (trans @ v).t().reshape(c, h, w)
 
 
-def walk_case(side: int, method: str, device: str, repeats: int, radius: int = 5, beta: float = 10.0,
-              exp_times: int = 8) -> dict:
+def walk_case(
+    side: int, method: str, device: str, repeats: int, radius: int = 5, beta: float = 10.0, exp_times: int = 8
+) -> dict:
     dev = torch.device(device)
     g = torch.Generator().manual_seed(0)
     boundary = torch.rand(side, side, generator=g).pow(4).to(dev)  # mostly low, a few edges
@@ -314,8 +329,7 @@ def walk_case(side: int, method: str, device: str, repeats: int, radius: int = 5
     fn = random_walk if method == "sparse" else dense_walk
     seconds = best_time(lambda: fn(scores, boundary, radius, beta, exp_times), dev, repeats, budget=10.0)
     out = fn(scores, boundary, radius, beta, exp_times)
-    return {"side": side, "method": method, "device": device, "seconds": seconds,
-            "checksum": float(out.double().sum())}
+    return {"side": side, "method": method, "device": device, "seconds": seconds, "checksum": float(out.double().sum())}
 
 
 def compare_walk(args) -> dict:
@@ -345,8 +359,14 @@ def compare_walk(args) -> dict:
                 row["agree"] = abs(dense["checksum"] - sparse["checksum"]) <= 1e-3 * abs(sparse["checksum"]) + 1e-6
         rows.append(row)
         _progress("walk", row)
-    return {"rows": rows, "memory_gib": memory, "radius": 5, "beta": 10.0, "exp_times": 8,
-            "threads": torch.get_num_threads()}
+    return {
+        "rows": rows,
+        "memory_gib": memory,
+        "radius": 5,
+        "beta": 10.0,
+        "exp_times": 8,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _memory_gib() -> float:
@@ -383,7 +403,7 @@ def crf_case(size: int, images: int, repeats: int) -> dict:
 
 def compare_crf(args) -> dict:
     rows = []
-    for size, n in ([(32, 4), (48, 4)] if args.quick else [(64, 64), (320, 8)]):
+    for size, n in [(32, 4), (48, 4)] if args.quick else [(64, 64), (320, 8)]:
         row = isolated("crf", size=size, images=n, repeats=args.repeats)
         rows.append(row)
         _progress("crf", row)
@@ -413,16 +433,26 @@ def compare_suite(args) -> dict:
     summary = next((line.strip("= ") for line in reversed(proc.stdout.splitlines()) if " in " in line), "")
     rows = [{"file": f, "seconds": round(sec, 1)} for f, sec in sorted(per_file.items(), key=lambda kv: -kv[1])]
     book = ROOT / "_build" / "executed" / "timing.json"
-    return {"rows": rows, "wall_s": round(wall, 1), "exit": proc.returncode, "summary": summary,
-            "command": "make test" if not args.quick else " ".join(cmd[1:]),
-            "book": json.loads(book.read_text(encoding="utf-8")) if book.is_file() else None}
+    return {
+        "rows": rows,
+        "wall_s": round(wall, 1),
+        "exit": proc.returncode,
+        "summary": summary,
+        "command": "make test" if not args.quick else " ".join(cmd[1:]),
+        "book": json.loads(book.read_text(encoding="utf-8")) if book.is_file() else None,
+    }
 
 
 # ----------------------------------------------------------------------------- running
 
 
-RUNNERS = {"cam": compare_cams, "sampler": compare_sampler, "walk": compare_walk, "crf": compare_crf,
-           "suite": compare_suite}
+RUNNERS = {
+    "cam": compare_cams,
+    "sampler": compare_sampler,
+    "walk": compare_walk,
+    "crf": compare_crf,
+    "suite": compare_suite,
+}
 CASES = {"cam": cam_case, "sampler": sampler_case, "walk": walk_case, "crf": crf_case}
 assert set(RUNNERS) == set(COMPARISONS) and set(CASES) <= set(RUNNERS)
 CPU_SET = list(CASES)  # the default: about 10 minutes on 2 cores; "suite" (make test) only when asked
@@ -434,10 +464,16 @@ def _progress(name: str, row: dict) -> None:
 
 
 def machine() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": cpu_workers(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit()}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": cpu_workers(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": _commit(),
+    }
 
 
 def _commit() -> str:
@@ -446,10 +482,16 @@ def _commit() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                epilog="The JSON file feeds the book's performance page.")
-    p.add_argument("--only", nargs="+", choices=list(RUNNERS), default=CPU_SET,
-                   help="comparisons to run (default: %(default)s; 'suite' times make test, ~10 min more)")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="The JSON file feeds the book's performance page."
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(RUNNERS),
+        default=CPU_SET,
+        help="comparisons to run (default: %(default)s; 'suite' times make test, ~10 min more)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement; the fastest counts")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: checks the script runs")
@@ -481,8 +523,9 @@ def main(argv: list[str] | None = None) -> dict:
     os.replace(tmp, args.out)
     if args.out.resolve() == DEFAULT_OUT.resolve():  # the committed page, so the README's link shows the numbers
         PAGE.write_text(performance_page(record), encoding="utf-8")
-    print(f"{len(args.only)} comparison(s) in {time.perf_counter() - start:.0f} s; written to {args.out}",
-          file=sys.stderr)
+    print(
+        f"{len(args.only)} comparison(s) in {time.perf_counter() - start:.0f} s; written to {args.out}", file=sys.stderr
+    )
     return record
 
 

@@ -38,7 +38,8 @@ def _pick(metrics: dict | None) -> dict | None:
     if metrics is None:
         return None
     return {k: round(100 * metrics[k], 2) for k in KEYS if metrics.get(k) is not None} | {
-        "threshold": metrics.get("threshold")}
+        "threshold": metrics.get("threshold")
+    }
 
 
 def run_seed(seed: int, run_dir: Path, sets: list[str], segment: bool = True) -> float:
@@ -65,14 +66,22 @@ def collect(run_dir: Path) -> dict:
     cfg = run.load_config()
     m = lambda name: _pick(_read(run.metrics(name)))  # noqa: E731
     train, val = cfg.data.cam_split, cfg.data.val_split
-    out: dict = {"seeds_train": {}, "seeds_val": {}, "crf_train": {}, "masks_train": {}, "seg_val": {},
-                 "sweep_mean_train": {}}
+    out: dict = {
+        "seeds_train": {},
+        "seeds_val": {},
+        "crf_train": {},
+        "masks_train": {},
+        "seg_val": {},
+        "sweep_mean_train": {},
+    }
     for st in STAGES:
         out["seeds_train"][st] = m(f"{st}_{train}")
         seeds = _read(run.metrics(f"{st}_{train}"))
         if seeds and seeds.get("sweep"):  # every threshold of the sweep counts, not only the best one
-            out["sweep_mean_train"][st] = {k: round(100 * statistics.fmean(p[k] for p in seeds["sweep"]), 2)
-                                           for k in ("precision", "recall", "miou")}
+            out["sweep_mean_train"][st] = {
+                k: round(100 * statistics.fmean(p[k] for p in seeds["sweep"]), 2)
+                for k in ("precision", "recall", "miou")
+            }
         out["crf_train"][st] = m(f"{st}_crf_{train}")
         out["seeds_val"][st] = m(f"{st}_{val}")
     for st in ("baseline", "shrinkage"):
@@ -133,11 +142,17 @@ def summarise(per_seed: dict[str, dict]) -> dict:
         for st in stages:
             summary[group][st] = {}
             for key in KEYS:
-                vals = [r[group][st][key] for r in per_seed.values()
-                        if r[group].get(st) and r[group][st].get(key) is not None]
+                vals = [
+                    r[group][st][key]
+                    for r in per_seed.values()
+                    if r[group].get(st) and r[group][st].get(key) is not None
+                ]
                 if vals:
-                    summary[group][st][key] = {"mean": round(statistics.fmean(vals), 2),
-                                               "std": round(statistics.pstdev(vals), 2), "n": len(vals)}
+                    summary[group][st][key] = {
+                        "mean": round(statistics.fmean(vals), 2),
+                        "std": round(statistics.pstdev(vals), 2),
+                        "n": len(vals),
+                    }
     return summary
 
 
@@ -145,14 +160,22 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "emoji-seeds")
-    p.add_argument("--run-for-seed", action="append", default=[], metavar="S=RUN",
-                   help="read seed S from this finished run folder instead of running it")
+    p.add_argument(
+        "--run-for-seed",
+        action="append",
+        default=[],
+        metavar="S=RUN",
+        help="read seed S from this finished run folder instead of running it",
+    )
     p.add_argument("--json", type=Path, default=ROOT / "book" / "results" / "emoji_seeds.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--collect-only", action="store_true", help="only gather the metrics of finished runs")
     p.add_argument("--no-segment", action="store_true", help="skip DeepLab (train-seg, eval-seg): the slowest stage")
-    p.add_argument("--table5", action="store_true",
-                   help="also train and score Table 5's variants on each seed, as chapter 07 does (ablation.*)")
+    p.add_argument(
+        "--table5",
+        action="store_true",
+        help="also train and score Table 5's variants on each seed, as chapter 07 does (ablation.*)",
+    )
     args = p.parse_args()
     given = {int(k): Path(v) for k, v in (s.split("=", 1) for s in args.run_for_seed)}
     per_seed, seconds = {}, {}
@@ -167,11 +190,17 @@ def main() -> int:
         per_seed[str(seed)] = collect(run_dir)
     command = "python benchmarks/emoji_seeds.py " + " ".join(sys.argv[1:])
     previous = _read(args.json) or {}
-    history = previous.get("history") or ([{"command": previous["command"], "seconds": previous.get("seconds", {})}]
-                                          if previous.get("command") else [])
+    history = previous.get("history") or (
+        [{"command": previous["command"], "seconds": previous.get("seconds", {})}] if previous.get("command") else []
+    )
     history.append({"command": command, "seconds": seconds})  # what each invocation ran, and its time
-    result = {"profile": "cpu", "benchmark": "emoji", "seeds": per_seed, "summary": summarise(per_seed),
-              "history": history}
+    result = {
+        "profile": "cpu",
+        "benchmark": "emoji",
+        "seeds": per_seed,
+        "summary": summarise(per_seed),
+        "history": history,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.json}")

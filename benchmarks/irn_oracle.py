@@ -69,7 +69,7 @@ def drawn_boundary(mask: np.ndarray) -> torch.Tensor:
     lab = torch.as_tensor(mask.astype(np.int64))[None, None].float()
     edge = (lab == 255).float()
     for dy, dx in ((0, 1), (1, 0)):  # a pixel whose right / lower neighbour has another label
-        diff = (lab[..., dy:, dx:] != lab[..., :lab.shape[-2] - dy, :lab.shape[-1] - dx]).float()
+        diff = (lab[..., dy:, dx:] != lab[..., : lab.shape[-2] - dy, : lab.shape[-1] - dx]).float()
         edge[..., dy:, dx:] = torch.maximum(edge[..., dy:, dx:], diff)
     return F.max_pool2d(edge, 3, 1, 1)[0, 0]
 
@@ -91,8 +91,7 @@ def train_on_ground_truth(run, cfg, ds):
             s = ds[i]
             return {"id": s["id"], "image": s["image"], "mask": s["mask"]}
 
-    data = AugmentedDataset(_GroundTruth(), IRNTrainTransform(ic.crop_size, cfg.data.mean, cfg.data.std),
-                            seed=cfg.seed)
+    data = AugmentedDataset(_GroundTruth(), IRNTrainTransform(ic.crop_size, cfg.data.mean, cfg.data.std), seed=cfg.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=ic.batch_size, shuffle=True, drop_last=True)
     steps = ic.max_steps or ic.epochs * len(loader)
     model = BoundaryNet(irn_backbone(run, cfg, ds.num_classes, "cpu"))
@@ -103,8 +102,9 @@ def train_on_ground_truth(run, cfg, ds):
     while done < steps:
         for batch in loader:
             edge = model(batch["image"])
-            loss, _ = affinity_loss(edge, _labels_at(batch["ir_label"], tuple(edge.shape[-2:])),
-                                    TRAIN_RADIUS_FACTOR * ic.radius)
+            loss, _ = affinity_loss(
+                edge, _labels_at(batch["ir_label"], tuple(edge.shape[-2:])), TRAIN_RADIUS_FACTOR * ic.radius
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -131,17 +131,25 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a run folder whose `esol refine` finished")
     parser.add_argument("--stage", default="baseline")
     parser.add_argument("--images", type=int, default=200, help="images of the CAM split to score")
-    parser.add_argument("--boundary", choices=("trained", "drawn"), default="trained",
-                        help="trained: boundary branch trained on the true masks; drawn: the true edges")
-    parser.add_argument("--bg-thres", type=float, nargs="+", default=None,
-                        help="background scores of the pseudo masks (default: the run's irn.sem_seg_bg_thres)")
+    parser.add_argument(
+        "--boundary",
+        choices=("trained", "drawn"),
+        default="trained",
+        help="trained: boundary branch trained on the true masks; drawn: the true edges",
+    )
+    parser.add_argument(
+        "--bg-thres",
+        type=float,
+        nargs="+",
+        default=None,
+        help="background scores of the pseudo masks (default: the run's irn.sem_seg_bg_thres)",
+    )
     args = parser.parse_args()
     run = RunDir(Path(args.run))
     cfg, split, ds = _setup(run, args.stage, None)
     ic = cfg.irn
     seed_everything(cfg.seed)
-    row = {"stage": args.stage, "split": split, "boundary": args.boundary,
-           "images": int(min(args.images, len(ds)))}
+    row = {"stage": args.stage, "split": split, "boundary": args.boundary, "images": int(min(args.images, len(ds)))}
     model = None
     if args.boundary == "trained":
         model, row["steps"] = train_on_ground_truth(run, cfg, ds)
@@ -150,8 +158,11 @@ def main() -> None:
     conf = {t: np.zeros((n, n), np.int64) for t in thresholds}
     for k in tqdm(range(row["images"]), desc=f"pseudo masks, {args.boundary} boundary", unit="img"):
         s = ds[k]
-        edge = (drawn_boundary(s["mask"]) if model is None
-                else boundary_map(model, to_tensor(s["image"], cfg.data.mean, cfg.data.std)))
+        edge = (
+            drawn_boundary(s["mask"])
+            if model is None
+            else boundary_map(model, to_tensor(s["image"], cfg.data.mean, cfg.data.std))
+        )
         cams, keys = load_cam(run.cams(args.stage), s["id"])
         scores = walked_scores(cams, edge, radius=ic.radius, beta=ic.beta, exp_times=ic.exp_times)  # one walk
         for t in thresholds:

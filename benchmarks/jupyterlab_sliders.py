@@ -51,9 +51,26 @@ def _free_port() -> int:
 def _prepare(venv: Path, chapter: str, work: Path, profile: str, run: Path, data_root: Path) -> Path:
     """Chapter with the parameters injected and nothing executed (papermill ``--prepare-only``)."""
     out = work / chapter
-    subprocess.run([str(venv / "bin" / "papermill"), "--prepare-only", str(ROOT / "notebooks" / chapter),
-                    str(out), "-p", "profile", profile, "-p", "run_dir", str(run), "-p", "data_root", str(data_root)],
-                   check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [
+            str(venv / "bin" / "papermill"),
+            "--prepare-only",
+            str(ROOT / "notebooks" / chapter),
+            str(out),
+            "-p",
+            "profile",
+            profile,
+            "-p",
+            "run_dir",
+            str(run),
+            "-p",
+            "data_root",
+            str(data_root),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     return out
 
 
@@ -77,7 +94,9 @@ def _slider_png(driver, label: str) -> str | None:
           const img = box.querySelector('.widget-output img');
           return img ? img.getAttribute('src') : null;
         }
-        return null;""", label)
+        return null;""",
+        label,
+    )
     if not src:
         return None
     return hashlib.sha1(base64.b64decode(src.split(",", 1)[1])).hexdigest()
@@ -92,21 +111,27 @@ def _slider_value(driver, label: str) -> str | None:
           const r = box.querySelector('.widget-readout');
           return r ? (r.value !== undefined && r.value !== '' ? r.value : r.textContent) : null;
         }
-        return null;""", label)
+        return null;""",
+        label,
+    )
 
 
-def check_chapter(driver, base: str, token: str, chapter: str, label: str, out: Path,
-                  run_timeout: float) -> dict:
+def check_chapter(driver, base: str, token: str, chapter: str, label: str, out: Path, run_timeout: float) -> dict:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     driver.get(f"{base}/lab/tree/{chapter}?token={token}&reset")
-    _wait(lambda: driver.execute_script("return !!(window.jupyterapp && window.jupyterapp.shell"
-                                        " && window.jupyterapp.shell.currentWidget"
-                                        " && window.jupyterapp.shell.currentWidget.sessionContext"
-                                        " && window.jupyterapp.shell.currentWidget.sessionContext.session"
-                                        " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel)"),
-          120, "the notebook and its kernel")
+    _wait(
+        lambda: driver.execute_script(
+            "return !!(window.jupyterapp && window.jupyterapp.shell"
+            " && window.jupyterapp.shell.currentWidget"
+            " && window.jupyterapp.shell.currentWidget.sessionContext"
+            " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+            " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel)"
+        ),
+        120,
+        "the notebook and its kernel",
+    )
     driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
     start = time.monotonic()
     _wait(lambda: _slider_png(driver, label), run_timeout, f"the {label} slider's figure", poll=1.0)
@@ -129,7 +154,8 @@ def check_chapter(driver, base: str, token: str, chapter: str, label: str, out: 
         shift = -shift
     moved = time.monotonic()
     ActionChains(driver).click_and_hold(handle).move_by_offset(shift // 2, 0).move_by_offset(
-        shift - shift // 2, 0).release().perform()
+        shift - shift // 2, 0
+    ).release().perform()
     after = _wait(lambda: (p := _slider_png(driver, label)) != before and p, 30, "the redrawn figure", poll=0.05)
     redraw = time.monotonic() - moved
     time.sleep(0.5)
@@ -138,9 +164,16 @@ def check_chapter(driver, base: str, token: str, chapter: str, label: str, out: 
     value_after = _slider_value(driver, label)
     if value_after == value_before:
         raise AssertionError(f"{chapter}: the {label} slider's value did not change ({value_before})")
-    return {"chapter": chapter, "slider": label, "slider_shown_s": round(shown, 1),
-            "value_before": value_before, "value_after": value_after,
-            "png_before": before, "png_after": after, "redraw_s": round(redraw, 2)}
+    return {
+        "chapter": chapter,
+        "slider": label,
+        "slider_shown_s": round(shown, 1),
+        "value_before": value_before,
+        "value_after": value_after,
+        "png_before": before,
+        "png_after": after,
+        "redraw_s": round(redraw, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "book-cpu", help="run folder the chapters read")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--out", type=Path, default=Path("sliders-check"), help="screenshots and result.json")
-    ap.add_argument("--data-root", type=Path, default=None,
-                    help="the dataset the run folder was made from (default: the run's data.root)")
+    ap.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="the dataset the run folder was made from (default: the run's data.root)",
+    )
     ap.add_argument("--venv", type=Path, default=ROOT / ".venv")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
@@ -176,10 +213,22 @@ def main(argv: list[str] | None = None) -> int:
         _prepare(args.venv, chapter, work, args.profile, run, args.data_root.resolve())
 
     port, token = _free_port(), "esol-slider-check"
-    lab = subprocess.Popen([str(args.venv / "bin" / "jupyter"), "lab", "--no-browser", f"--port={port}",
-                            f"--IdentityProvider.token={token}", "--allow-root", f"--ServerApp.root_dir={work.resolve()}",
-                            "--LabApp.expose_app_in_browser=True", "--ServerApp.ip=127.0.0.1"],
-                           cwd=ROOT, stdout=open(args.out / "jupyterlab.log", "w"), stderr=subprocess.STDOUT)
+    lab = subprocess.Popen(
+        [
+            str(args.venv / "bin" / "jupyter"),
+            "lab",
+            "--no-browser",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            "--allow-root",
+            f"--ServerApp.root_dir={work.resolve()}",
+            "--LabApp.expose_app_in_browser=True",
+            "--ServerApp.ip=127.0.0.1",
+        ],
+        cwd=ROOT,
+        stdout=open(args.out / "jupyterlab.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     opts = webdriver.ChromeOptions()
     opts.binary_location = args.chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
@@ -189,20 +238,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = f"http://127.0.0.1:{port}"
         _wait(lambda: _up(port), 60, "jupyter lab to listen")
-        version = subprocess.run([str(args.venv / "bin" / "jupyter"), "lab", "--version"],
-                                 capture_output=True, text=True).stdout.strip()
+        version = subprocess.run(
+            [str(args.venv / "bin" / "jupyter"), "lab", "--version"], capture_output=True, text=True
+        ).stdout.strip()
         for chapter, label in CHAPTERS.items():
             try:
                 r = check_chapter(driver, base, token, chapter, label, args.out, args.run_timeout)
-                print(f"{chapter}: {label} {r['value_before']} -> {r['value_after']}, figure redrawn "
-                      f"{r['redraw_s']} s after the drag (shown {r['slider_shown_s']} s after Run All)", flush=True)
+                print(
+                    f"{chapter}: {label} {r['value_before']} -> {r['value_after']}, figure redrawn "
+                    f"{r['redraw_s']} s after the drag (shown {r['slider_shown_s']} s after Run All)",
+                    flush=True,
+                )
             except (AssertionError, TimeoutError) as err:
                 driver.save_screenshot(str(args.out / f"{Path(chapter).stem}_failed.png"))
                 r, failed = {"chapter": chapter, "slider": label, "error": str(err)}, True
                 print(f"{chapter}: FAILED: {err}", flush=True)
             results.append(r)
-        summary = {"jupyterlab": version, "browser": driver.capabilities.get("browserVersion"),
-                   "profile": args.profile, "run": str(run), "results": results}
+        summary = {
+            "jupyterlab": version,
+            "browser": driver.capabilities.get("browserVersion"),
+            "profile": args.profile,
+            "run": str(run),
+            "results": results,
+        }
         (args.out / "result.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(f"wrote {args.out / 'result.json'} and screenshots")
     finally:

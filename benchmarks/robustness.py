@@ -54,43 +54,74 @@ def run_benchmark(name: str, overrides: list[str], args) -> dict:
         fn(run, progress=False)
         times[stage] = round(time.perf_counter() - t, 1)
     m = {st: ab.score_stage(run, st, cfg.data.val_split) for st in ("baseline", "expansion", "shrinkage")}
-    out = {"times_s": times, "stages": {st: {k: round(100 * v[k], 2) for k in ("miou", "precision", "recall", "f1", "ap")
-                                             if v.get(k) is not None} for st, v in m.items()}}
+    out = {
+        "times_s": times,
+        "stages": {
+            st: {k: round(100 * v[k], 2) for k in ("miou", "precision", "recall", "f1", "ap") if v.get(k) is not None}
+            for st, v in m.items()
+        },
+    }
     out["claims"] = _claims(m["baseline"], m["expansion"], m["shrinkage"])
     for lr in args.shrink_lr:
-        v = ab.run_variant(run, ab.Variant(f"shrink-lr{lr}", f"shrinkage lr {lr}", (f"shrinkage.lr={lr}",)),
-                           run.root / "forks", split=cfg.data.val_split)
-        out[f"shrinkage.lr={lr}"] = ({"diverged": v["diverged"]} if "diverged" in v
-                                     else _claims(m["baseline"], m["expansion"], v))
+        v = ab.run_variant(
+            run,
+            ab.Variant(f"shrink-lr{lr}", f"shrinkage lr {lr}", (f"shrinkage.lr={lr}",)),
+            run.root / "forks",
+            split=cfg.data.val_split,
+        )
+        out[f"shrinkage.lr={lr}"] = (
+            {"diverged": v["diverged"]} if "diverged" in v else _claims(m["baseline"], m["expansion"], v)
+        )
     return out
 
 
 def _claims(base: dict, exp: dict, shr: dict) -> dict:
     rec_mean, rec_min = _gains(exp, base, "recall")
     prec_mean, prec_min = _gains(shr, exp, "precision")
-    return {"expansion_recall_gain_mean": round(rec_mean, 2), "expansion_recall_gain_min": round(rec_min, 2),
-            "shrinkage_precision_gain_mean": round(prec_mean, 2), "shrinkage_precision_gain_min": round(prec_min, 2),
-            "final_miou_gain": round(100 * (shr["miou"] - base["miou"]), 2),
-            "final_f1_gain": round(100 * (shr["f1"] - base["f1"]), 2),
-            # threshold-free: does the final map rank pixels better, or only sit at another threshold?
-            "final_ap_gain": (round(100 * (shr["ap"] - base["ap"]), 2)
-                              if shr.get("ap") is not None and base.get("ap") is not None else None)}
+    return {
+        "expansion_recall_gain_mean": round(rec_mean, 2),
+        "expansion_recall_gain_min": round(rec_min, 2),
+        "shrinkage_precision_gain_mean": round(prec_mean, 2),
+        "shrinkage_precision_gain_min": round(prec_min, 2),
+        "final_miou_gain": round(100 * (shr["miou"] - base["miou"]), 2),
+        "final_f1_gain": round(100 * (shr["f1"] - base["f1"]), 2),
+        # threshold-free: does the final map rank pixels better, or only sit at another threshold?
+        "final_ap_gain": (
+            round(100 * (shr["ap"] - base["ap"]), 2)
+            if shr.get("ap") is not None and base.get("ap") is not None
+            else None
+        ),
+    }
 
 
 def _table(results: dict, key: str = "claims") -> str:
-    cols = ["expansion_recall_gain_mean", "expansion_recall_gain_min", "shrinkage_precision_gain_mean",
-            "shrinkage_precision_gain_min", "final_miou_gain", "final_f1_gain", "final_ap_gain"]
+    cols = [
+        "expansion_recall_gain_mean",
+        "expansion_recall_gain_min",
+        "shrinkage_precision_gain_mean",
+        "shrinkage_precision_gain_min",
+        "final_miou_gain",
+        "final_f1_gain",
+        "final_ap_gain",
+    ]
     lines = ["| benchmark | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in results.items():
         c = r.get(key)
-        cells = (["not run"] * len(cols) if c is None else ["diverged"] * len(cols) if "diverged" in c
-                 else [f"{c[k]:+.1f}" if c.get(k) is not None else "–" for k in cols])
+        cells = (
+            ["not run"] * len(cols)
+            if c is None
+            else ["diverged"] * len(cols)
+            if "diverged" in c
+            else [f"{c[k]:+.1f}" if c.get(k) is not None else "–" for k in cols]
+        )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     seeds = [r[key] for n, r in results.items() if n.startswith("seed") and key in r and "diverged" not in r[key]]
     if len(seeds) > 1:
+
         def spread(k: str) -> str:
             v = [sd[k] for sd in seeds if sd.get(k) is not None]
             return f"{statistics.mean(v):+.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else "–"
+
         cells = [spread(k) for k in cols]
         lines.append("| seeds: mean ± sd | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -119,8 +150,12 @@ def main() -> None:
 def _stage_table(results: dict, key: str) -> str:
     """One row per benchmark: ``key`` of each stage's val seeds ('–' where a summary predates it)."""
     stages = ("baseline", "expansion", "shrinkage")
-    rows = [f"| {n} | " + " | ".join(f"{r['stages'][st][key]:.1f}" if r["stages"][st].get(key) is not None
-                                     else "–" for st in stages) + " |" for n, r in results.items()]
+    rows = [
+        f"| {n} | "
+        + " | ".join(f"{r['stages'][st][key]:.1f}" if r["stages"][st].get(key) is not None else "–" for st in stages)
+        + " |"
+        for n, r in results.items()
+    ]
     return "\n".join(["| benchmark | baseline | expansion | shrinkage |", "|---|---|---|---|", *rows])
 
 
@@ -129,9 +164,12 @@ def _write_summary(out: Path, results: dict, shrink_lrs) -> str:
     md = ["## default settings", _table(results)]
     for lr in shrink_lrs:
         md += [f"## shrinkage.lr={lr}", _table(results, f"shrinkage.lr={lr}")]
-    md += ["## seed mIoU of each stage (val, best threshold)", _stage_table(results, "miou"),
-           "## localization AP of each stage (val, threshold-free; esol_lib.metrics.localization_ap)",
-           _stage_table(results, "ap")]
+    md += [
+        "## seed mIoU of each stage (val, best threshold)",
+        _stage_table(results, "miou"),
+        "## localization AP of each stage (val, threshold-free; esol_lib.metrics.localization_ap)",
+        _stage_table(results, "ap"),
+    ]
     text = "\n\n".join(md) + "\n"
     (out / "summary.md").write_text(text)
     return text

@@ -19,18 +19,30 @@ Usage (chapter 07)::
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 from esol_lib.atomic import atomic_write_text
 from esol_lib.errors import ConfigError, DivergenceError
 from esol_lib.run import RunDir, fork_run
 
-__all__ = ["Variant", "TABLE5", "LOSS_COMBINATIONS", "AREA_READINGS", "APPENDIX", "sweep", "score_stage", "run_variant",
-           "reference_run",
-           "run_variants", "paper_numbers", "PAPER_BASELINE_SEED", "PAPER_ESOL_SEED"]
+__all__ = [
+    "Variant",
+    "TABLE5",
+    "LOSS_COMBINATIONS",
+    "AREA_READINGS",
+    "APPENDIX",
+    "sweep",
+    "score_stage",
+    "run_variant",
+    "reference_run",
+    "run_variants",
+    "paper_numbers",
+    "PAPER_BASELINE_SEED",
+    "PAPER_ESOL_SEED",
+]
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -49,7 +61,7 @@ class Variant:
     label: str
     overrides: tuple[str, ...] = ()
     stage: str = "shrinkage"
-    paper: Optional[float] = None
+    paper: float | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in ("expansion", "shrinkage"):
@@ -63,19 +75,26 @@ class Variant:
     @property
     def shrinkage_only(self) -> bool:
         """True when every override is a ``shrinkage.*`` key: the main run's expansion is reused."""
-        return bool(self.overrides) and all(o.split("=", 1)[0].strip().startswith("shrinkage.")
-                                            for o in self.overrides)
+        return bool(self.overrides) and all(o.split("=", 1)[0].strip().startswith("shrinkage.") for o in self.overrides)
 
 
 #: Table 5: each component of ESOL switched off in turn (CAM seed mIoU on VOC train in ``paper``).
 #: The table's first and last rows (baseline 48.4, full ESOL 53.6) are the main run's own stages.
 TABLE5: tuple[Variant, ...] = (
-    Variant("no-dte-fl", "Expansion w/o (DT_e + FL) + Shrinkage",
-            ("expansion.offsets=false", "expansion.clip=false"), paper=48.5),
+    Variant(
+        "no-dte-fl",
+        "Expansion w/o (DT_e + FL) + Shrinkage",
+        ("expansion.offsets=false", "expansion.clip=false"),
+        paper=48.5,
+    ),
     Variant("no-dte", "Expansion w/o DT_e + Shrinkage", ("expansion.offsets=false",), paper=49.1),
     Variant("no-fl", "Expansion w/o FL + Shrinkage", ("expansion.clip=false",), paper=51.8),
-    Variant("no-dts-area", "Expansion + Shrinkage w/o (DT_s + L_area)",
-            ("shrinkage.offsets=false", "shrinkage.area_loss=false"), paper=50.1),
+    Variant(
+        "no-dts-area",
+        "Expansion + Shrinkage w/o (DT_s + L_area)",
+        ("shrinkage.offsets=false", "shrinkage.area_loss=false"),
+        paper=50.1,
+    ),
     Variant("no-dts", "Expansion + Shrinkage w/o DT_s", ("shrinkage.offsets=false",), paper=50.9),
     Variant("no-area", "Expansion + Shrinkage w/o L_area", ("shrinkage.area_loss=false",), paper=52.8),
 )
@@ -94,23 +113,36 @@ LOSS_COMBINATIONS: tuple[Variant, ...] = (
 #: What P_k of Eq. (6) is (the paper gives no formula; book, method page): the other readings next to
 #: the default (Eq. (2)'s max-normalised CAM over the image's ground-truth classes).
 AREA_READINGS: tuple[Variant, ...] = (
-    Variant("pk-sigmoid-all", "P_k = sigmoid of the class score, all C classes",
-            ("shrinkage.area_map=sigmoid", "shrinkage.area_classes=all")),
+    Variant(
+        "pk-sigmoid-all",
+        "P_k = sigmoid of the class score, all C classes",
+        ("shrinkage.area_map=sigmoid", "shrinkage.area_classes=all"),
+    ),
     Variant("pk-cam-all", "P_k = max-normalised CAM, all C classes", ("shrinkage.area_classes=all",)),
 )
 
 #: Appendix A.1.1 (loss maximisation on a plain convolution, no offsets: paper 40.3 vs 48.4) and
 #: A.1.3 (the deformable layer's regular weights trainable too). Both are scored after expansion.
 APPENDIX: tuple[Variant, ...] = (
-    Variant("a11-no-deformable", "A.1.1: loss maximisation without a deformable layer",
-            ("expansion.deformable=false",), stage="expansion", paper=40.3),
-    Variant("a13-train-regular", "A.1.3: regular weights of the ES trainable",
-            ("expansion.train_regular=true",), stage="expansion"),
+    Variant(
+        "a11-no-deformable",
+        "A.1.1: loss maximisation without a deformable layer",
+        ("expansion.deformable=false",),
+        stage="expansion",
+        paper=40.3,
+    ),
+    Variant(
+        "a13-train-regular",
+        "A.1.3: regular weights of the ES trainable",
+        ("expansion.train_regular=true",),
+        stage="expansion",
+    ),
 )
 
 
-def sweep(key: str, values: Iterable[float], stage: str = "shrinkage", prefix: str | None = None,
-          symbol: str | None = None) -> tuple[Variant, ...]:
+def sweep(
+    key: str, values: Iterable[float], stage: str = "shrinkage", prefix: str | None = None, symbol: str | None = None
+) -> tuple[Variant, ...]:
     """One variant per value of the config ``key`` (Fig. 6(a), (b), (d)).
 
     >>> [v.name for v in sweep("expansion.alpha", [0.001, 0.01], stage="expansion")]
@@ -118,8 +150,9 @@ def sweep(key: str, values: Iterable[float], stage: str = "shrinkage", prefix: s
     """
     short = prefix or key.rsplit(".", 1)[-1]
     sym = symbol or short
-    return tuple(Variant(f"{short}-{v:g}", f"{sym} = {v:g}", (f"{key}={_yaml_number(v)}",), stage=stage)
-                 for v in values)
+    return tuple(
+        Variant(f"{short}-{v:g}", f"{sym} = {v:g}", (f"{key}={_yaml_number(v)}",), stage=stage) for v in values
+    )
 
 
 def _yaml_number(value: float) -> str:
@@ -141,8 +174,9 @@ def score_stage(run: RunDir, stage: str, split: str | None = None, *, progress: 
     return current_cam_metrics(run, stage, split) or eval_cam(run, stage, split, progress=progress)
 
 
-def run_variant(main: RunDir, variant: Variant, root: str | Path, *, split: str | None = None,
-                progress: bool = False) -> dict:
+def run_variant(
+    main: RunDir, variant: Variant, root: str | Path, *, split: str | None = None, progress: bool = False
+) -> dict:
     """Train and score one ablation; returns its seed metrics (``eval-cam``'s dict, plus ``variant`` and
     ``run_dir``, the run folder that holds its checkpoints and CAMs).
 
@@ -165,8 +199,12 @@ def run_variant(main: RunDir, variant: Variant, root: str | Path, *, split: str 
     if apply_overrides(values, list(variant.overrides)) == values:  # the main run's own setting
         for stage in ("expansion", "shrinkage")[: 1 + (variant.stage == "shrinkage")]:
             _require_stage(main, stage)
-        return {**score_stage(main, variant.stage, split, progress=progress), "variant": variant.name,
-                "run_dir": str(main.root), "same_as_main": True}
+        return {
+            **score_stage(main, variant.stage, split, progress=progress),
+            "variant": variant.name,
+            "run_dir": str(main.root),
+            "same_as_main": True,
+        }
     share = ("baseline", "expansion") if variant.shrinkage_only else ("baseline",)
     run = fork_run(main.root, Path(root) / variant.name, variant.overrides, share=share)
     marker = run.root / "diverged.txt"
@@ -180,8 +218,11 @@ def run_variant(main: RunDir, variant: Variant, root: str | Path, *, split: str 
     except DivergenceError as err:
         atomic_write_text(marker, str(err))
         return {"variant": variant.name, "run_dir": str(run.root), "diverged": str(err)}
-    return {**score_stage(run, variant.stage, split, progress=progress), "variant": variant.name,
-            "run_dir": str(run.root)}
+    return {
+        **score_stage(run, variant.stage, split, progress=progress),
+        "variant": variant.name,
+        "run_dir": str(run.root),
+    }
 
 
 def reference_run(main: RunDir, root: str | Path, *, progress: bool = False) -> RunDir:
@@ -197,7 +238,9 @@ def reference_run(main: RunDir, root: str | Path, *, progress: bool = False) -> 
         return main
     if isinstance(steps, bool) or steps < 1:
         raise ConfigError(f"ablation.max_steps: expected a positive number of steps or null, got {steps!r}")
-    ref = fork_run(main.root, Path(root) / "reference", (f"expansion.max_steps={steps}", f"shrinkage.max_steps={steps}"))
+    ref = fork_run(
+        main.root, Path(root) / "reference", (f"expansion.max_steps={steps}", f"shrinkage.max_steps={steps}")
+    )
     if not ref.checkpoint("expansion").is_file():
         expand(ref, progress=progress)
     if not ref.checkpoint("shrinkage").is_file():
@@ -210,12 +253,15 @@ def _require_stage(run: RunDir, stage: str) -> None:
     from esol_lib.stages import STAGE_COMMAND
 
     if not run.checkpoint(stage).is_file():
-        raise StageError(f"the main run {run.root} has not finished stage {stage!r}; run "
-                         f"`{STAGE_COMMAND[stage]} --run {run.root}` first")
+        raise StageError(
+            f"the main run {run.root} has not finished stage {stage!r}; run "
+            f"`{STAGE_COMMAND[stage]} --run {run.root}` first"
+        )
 
 
-def run_variants(main: RunDir, variants: Sequence[Variant], root: str | Path, *, split: str | None = None,
-                 progress: bool = True) -> dict[str, dict]:
+def run_variants(
+    main: RunDir, variants: Sequence[Variant], root: str | Path, *, split: str | None = None, progress: bool = True
+) -> dict[str, dict]:
     """:func:`run_variant` for each variant in order, with a progress bar: ``{name: metrics}``."""
     from tqdm.auto import tqdm
 

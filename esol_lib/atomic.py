@@ -21,8 +21,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["atomic_path", "atomic_save", "atomic_write_text", "atomic_write_bytes", "link_or_copy", "read_json"]
 

@@ -26,16 +26,27 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 from esol_lib.errors import StageError
 from esol_lib.performance import load_comparisons, performance_page
 from esol_lib.run import stage_times
 
-__all__ = ["CHAPTERS", "REPO_ROOT", "TIMING_FILE", "execute_notebooks", "build_book", "make_book", "strip_outputs",
-           "check_stripped", "jupyter_book_command", "build_time_page", "publishable_notebook", "machine_paths",
-           "check_published", "claim_build_folder"]
+__all__ = [
+    "CHAPTERS",
+    "REPO_ROOT",
+    "TIMING_FILE",
+    "execute_notebooks",
+    "build_book",
+    "make_book",
+    "jupyter_book_command",
+    "build_time_page",
+    "publishable_notebook",
+    "machine_paths",
+    "check_published",
+    "claim_build_folder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +77,11 @@ RUNNING_DIR, FAILED_DIR = ".running", "failed"
 OWNER_FILE = ".esol-book"
 _OWN_ENTRIES = {"src", "executed", "_build", "jupyter-book.log", "check_published.txt", OWNER_FILE}
 
-# Cell / notebook metadata that execution adds and that should not be committed.
-_EXEC_CELL_METADATA = ("execution", "papermill", "ExecuteTime", "collapsed", "scrolled")
-_EXEC_NB_METADATA = ("papermill", "widgets")
-
 
 # ----------------------------------------------------------------------------- execution
 
 
-def _select(only: Optional[Sequence[str]]) -> list[str]:
+def _select(only: Sequence[str] | None) -> list[str]:
     """The chapters to run: all of :data:`CHAPTERS`, or those named in ``only`` (with or without
     ``.ipynb``, or by their two-digit prefix), kept in book order."""
     if not only:
@@ -96,10 +103,17 @@ def _first_line(source: str) -> str:
     return "<empty cell>"
 
 
-def execute_notebooks(profile: str, notebooks_dir: Path, out_dir: Path, run_dir: Path,
-                      data_root: str | None = None, only: Sequence[str] | None = None,
-                      kernel: str = "python3", progress: bool = True,
-                      timeout_per_cell: int | None = None) -> list[Path]:
+def execute_notebooks(
+    profile: str,
+    notebooks_dir: Path,
+    out_dir: Path,
+    run_dir: Path,
+    data_root: str | None = None,
+    only: Sequence[str] | None = None,
+    kernel: str = "python3",
+    progress: bool = True,
+    timeout_per_cell: int | None = None,
+) -> list[Path]:
     """Run each existing chapter notebook in order with papermill; returns the executed copies.
 
     Every notebook gets the parameters ``profile``, ``run_dir`` (absolute) and ``data_root``
@@ -124,8 +138,9 @@ def execute_notebooks(profile: str, notebooks_dir: Path, out_dir: Path, run_dir:
         if c not in present:
             log.warning("book: skipping %s: %s does not exist yet", c, notebooks_dir / c)
     if not present:
-        raise StageError(f"book: none of the chapter notebooks {', '.join(chapters)} exists in "
-                         f"{notebooks_dir}; nothing to execute")
+        raise StageError(
+            f"book: none of the chapter notebooks {', '.join(chapters)} exists in {notebooks_dir}; nothing to execute"
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {
@@ -142,38 +157,55 @@ def execute_notebooks(profile: str, notebooks_dir: Path, out_dir: Path, run_dir:
         for name in bar:
             bar.set_postfix_str(name)
             t0, wall0 = time.perf_counter(), time.time()
-            executed.append(_execute_one(pm, PapermillExecutionError, notebooks_dir / name, out_dir / name,
-                                         params, kernel, timeout_per_cell))
+            executed.append(
+                _execute_one(
+                    pm, PapermillExecutionError, notebooks_dir / name, out_dir / name, params, kernel, timeout_per_cell
+                )
+            )
             seconds[name] = round(time.perf_counter() - t0, 1)
             stages[name] = {k: round(v, 1) for k, v in stage_times(params["run_dir"], wall0, time.time()).items()}
     finally:
         bar.close()
-        _write_timing(out_dir / TIMING_FILE, profile, seconds, started, complete=len(seconds) == len(CHAPTERS),
-                      stages=stages)
+        _write_timing(
+            out_dir / TIMING_FILE, profile, seconds, started, complete=len(seconds) == len(CHAPTERS), stages=stages
+        )
     return executed
 
 
-def _write_timing(path: Path, profile: str, seconds: dict[str, float], started: float, complete: bool,
-                  stages: dict[str, dict[str, float]] | None = None) -> None:
+def _write_timing(
+    path: Path,
+    profile: str,
+    seconds: dict[str, float],
+    started: float,
+    complete: bool,
+    stages: dict[str, dict[str, float]] | None = None,
+) -> None:
     """The chapters' execution seconds (and per chapter the seconds of each stage it ran, from the
     run folder's ``stage_time`` records) and the machine they ran on, for :func:`build_time_page`."""
     import platform
 
     from esol_lib.parallel import cpu_workers
 
-    record = {"profile": profile, "chapters": seconds, "total_seconds": round(sum(seconds.values()), 1),
-              "stages": stages or {},
-              "complete": complete, "cores": cpu_workers(), "machine": platform.machine(),
-              "python": platform.python_version(),
-              "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
-              "commit": _git_commit()}
+    record = {
+        "profile": profile,
+        "chapters": seconds,
+        "total_seconds": round(sum(seconds.values()), 1),
+        "stages": stages or {},
+        "complete": complete,
+        "cores": cpu_workers(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+        "commit": _git_commit(),
+    }
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(REPO_ROOT), capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
@@ -187,37 +219,52 @@ def build_time_page(timing: dict) -> str:
     """
     chapters = timing.get("chapters") or {}
     total = float(timing.get("total_seconds", sum(chapters.values())))
-    lines = ["# Build time", "",
-             f"How long executing the chapters took in the build that produced this book: profile "
-             f"`{timing.get('profile', '?')}`, {timing.get('cores', '?')} CPU cores ({timing.get('machine', '?')}, "
-             f"Python {timing.get('python', '?')}), started {timing.get('started', '?')}"
-             + (f", commit `{timing['commit']}`" if timing.get("commit") else "") + ".",
-             "Each chapter reuses what the earlier ones trained in the same run folder, so a chapter's "
-             "time is the work it adds. Generated by `esol book` from its own clock, not typed in.", "",
-             "| chapter | minutes |", "|---|---:|"]
+    lines = [
+        "# Build time",
+        "",
+        f"How long executing the chapters took in the build that produced this book: profile "
+        f"`{timing.get('profile', '?')}`, {timing.get('cores', '?')} CPU cores ({timing.get('machine', '?')}, "
+        f"Python {timing.get('python', '?')}), started {timing.get('started', '?')}"
+        + (f", commit `{timing['commit']}`" if timing.get("commit") else "")
+        + ".",
+        "Each chapter reuses what the earlier ones trained in the same run folder, so a chapter's "
+        "time is the work it adds. Generated by `esol book` from its own clock, not typed in.",
+        "",
+        "| chapter | minutes |",
+        "|---|---:|",
+    ]
     for name, sec in chapters.items():
         lines.append(f"| {Path(name).stem} | {sec / 60:.1f} |")
     lines.append(f"| **all chapters** | **{total / 60:.1f}** |")
     lines.append("")
     stages = timing.get("stages") or {}
     if any(stages.values()):
-        lines += ["Where each chapter's time went: the stages it ran (seconds of the outermost stage calls, "
-                  "from the run folder's `stage_time` records in `log.jsonl`; a stage whose outputs were already "
-                  "current takes milliseconds and is not listed); everything else is figures, tables, reading files and "
-                  "work outside the stage functions.", "",
-                  "| chapter | stage | minutes | share of the chapter |", "|---|---|---:|---:|"]
+        lines += [
+            "Where each chapter's time went: the stages it ran (seconds of the outermost stage calls, "
+            "from the run folder's `stage_time` records in `log.jsonl`; a stage whose outputs were already "
+            "current takes milliseconds and is not listed); everything else is figures, tables, reading files and "
+            "work outside the stage functions.",
+            "",
+            "| chapter | stage | minutes | share of the chapter |",
+            "|---|---|---:|---:|",
+        ]
         for name, sec in chapters.items():
             per = {k: v for k, v in (stages.get(name) or {}).items() if v >= 1.0}
             rest = sec - sum(per.values())
             for stage, s in sorted(per.items(), key=lambda kv: -kv[1]):
                 lines.append(f"| {Path(name).stem} | {stage} | {s / 60:.1f} | {100 * s / max(sec, 1e-9):.0f} % |")
-            lines.append(f"| {Path(name).stem} | *everything else* | {max(rest, 0) / 60:.1f} | "
-                         f"{100 * max(rest, 0) / max(sec, 1e-9):.0f} % |")
+            lines.append(
+                f"| {Path(name).stem} | *everything else* | {max(rest, 0) / 60:.1f} | "
+                f"{100 * max(rest, 0) / max(sec, 1e-9):.0f} % |"
+            )
         lines.append("")
     if not timing.get("complete", False):
         lines += ["This build executed only the chapters above, so the total is not the book's time.", ""]
-    lines += ["`make book` also installs the environment on a fresh clone and renders the HTML "
-              "(`jupyter-book build`) after this table was written; neither is counted here.", ""]
+    lines += [
+        "`make book` also installs the environment on a fresh clone and renders the HTML "
+        "(`jupyter-book build`) after this table was written; neither is counted here.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -232,8 +279,9 @@ def _notebook_language(path: Path) -> str | None:
     return (meta.get("kernelspec", {}).get("language") or meta.get("language_info", {}).get("name")) or None
 
 
-def _execute_one(pm, PapermillExecutionError, src: Path, dst: Path, params: dict, kernel: str,
-                 timeout_per_cell: int | None) -> Path:
+def _execute_one(
+    pm, PapermillExecutionError, src: Path, dst: Path, params: dict, kernel: str, timeout_per_cell: int | None
+) -> Path:
     """Execute ``src`` into ``dst``'s folder's ``.running/``; only a chapter that ran to its end is
     moved to ``dst`` (what the book publishes). A failed one goes to ``failed/`` for reading, an
     interrupted one stays in ``.running/``: neither can be published by a later build."""
@@ -244,21 +292,30 @@ def _execute_one(pm, PapermillExecutionError, src: Path, dst: Path, params: dict
         dst.unlink()  # never leave a stale copy that looks executed
     running.parent.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(str(src), str(running), parameters=params, kernel_name=kernel,
-                            language=None if _notebook_language(src) else "python",
-                            cwd=str(src.parent), progress_bar=False, execution_timeout=timeout_per_cell)
+        pm.execute_notebook(
+            str(src),
+            str(running),
+            parameters=params,
+            kernel_name=kernel,
+            language=None if _notebook_language(src) else "python",
+            cwd=str(src.parent),
+            progress_bar=False,
+            execution_timeout=timeout_per_cell,
+        )
     except PapermillExecutionError as e:
         _move(running, failed)
         raise StageError(
             f"book: notebook {name} failed in cell {e.cell_index} of the executed copy (In [{e.exec_count}], "
             f"first line: {_first_line(e.source)!r}): {e.ename}: {e.evalue}. The partially executed "
             f"copy, with the traceback under that cell, is {failed}; fix {src} and run again "
-            f"(only={name!r} reruns just this chapter)") from e
+            f"(only={name!r} reruns just this chapter)"
+        ) from e
     except Exception as e:  # kernel died, timeout, missing kernel, bad notebook JSON, ...
         _move(running, failed)
         raise StageError(
             f"book: notebook {name} could not be executed: {type(e).__name__}: {e}. "
-            f"Partially executed copy (if any): {failed}") from e
+            f"Partially executed copy (if any): {failed}"
+        ) from e
     os.replace(running, dst)
     failed.unlink(missing_ok=True)
     return dst
@@ -346,8 +403,16 @@ def _prune_toc(toc: dict, src: Path) -> tuple[dict, list[str]]:
     return toc, dropped
 
 
-def build_book(executed_dir: Path, out: Path, root: Path = REPO_ROOT, *, config: Path | None = None,
-               toc: Path | None = None, timeout: int | None = None, expect: dict | None = None) -> Path:
+def build_book(
+    executed_dir: Path,
+    out: Path,
+    root: Path = REPO_ROOT,
+    *,
+    config: Path | None = None,
+    toc: Path | None = None,
+    timeout: int | None = None,
+    expect: dict | None = None,
+) -> Path:
     """Assemble a Jupyter Book 1.x source folder ``out/src`` and build its HTML; returns ``index.html``.
 
     ``out/src`` gets ``_config.yml`` and ``_toc.yml`` (from ``root``, or the paths ``config`` /
@@ -373,8 +438,10 @@ def build_book(executed_dir: Path, out: Path, root: Path = REPO_ROOT, *, config:
     toc = Path(toc) if toc else root / "_toc.yml"
     for f in (config, toc):
         if not f.is_file():
-            raise StageError(f"book: {f} is missing; the book needs _config.yml and _toc.yml "
-                             f"(Jupyter Book 1.x) at the repository root")
+            raise StageError(
+                f"book: {f} is missing; the book needs _config.yml and _toc.yml "
+                f"(Jupyter Book 1.x) at the repository root"
+            )
 
     claim_build_folder(out)
     src = out / "src"
@@ -397,39 +464,43 @@ def build_book(executed_dir: Path, out: Path, root: Path = REPO_ROOT, *, config:
             _publish_notebook(f, src / "notebooks" / f.name, extra_paths=(str(out), str(executed_dir)))
         timing = executed_dir / TIMING_FILE
         if timing.is_file():
-            (src / "book" / BUILD_TIME_PAGE).write_text(build_time_page(json.loads(timing.read_text("utf-8"))),
-                                                       encoding="utf-8")
+            (src / "book" / BUILD_TIME_PAGE).write_text(
+                build_time_page(json.loads(timing.read_text("utf-8"))), encoding="utf-8"
+            )
     comparisons = root / "book" / "results" / COMPARE_FILE
     if comparisons.is_file():
-        (src / "book" / PERFORMANCE_PAGE).write_text(performance_page(load_comparisons(comparisons)),
-                                                     encoding="utf-8")
+        (src / "book" / PERFORMANCE_PAGE).write_text(performance_page(load_comparisons(comparisons)), encoding="utf-8")
 
     toc_data = yaml.safe_load(toc.read_text(encoding="utf-8")) or {}
     if "root" not in toc_data or not _source_exists(src, toc_data["root"]):
-        raise StageError(f"book: the toc's root page {toc_data.get('root')!r} is not among the pages "
-                         f"copied from {pages}")
+        raise StageError(
+            f"book: the toc's root page {toc_data.get('root')!r} is not among the pages copied from {pages}"
+        )
     toc_data, dropped = _prune_toc(toc_data, src)
     for entry in dropped:
-        log.warning("book: %s is in %s but has no page or executed notebook; left out of this build",
-                    entry, toc)
+        log.warning("book: %s is in %s but has no page or executed notebook; left out of this build", entry, toc)
     (src / "_toc.yml").write_text(yaml.safe_dump(toc_data, sort_keys=False), encoding="utf-8")
 
     cmd = jupyter_book_command() + ["build", str(src), "--path-output", str(out), "--builder", "html"]
     log.info("book: %s", " ".join(cmd))
     env = dict(os.environ, PYDEVD_DISABLE_FILE_VALIDATION="1")
     try:
-        proc = subprocess.run(cmd, cwd=str(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env=env, timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=str(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout
+        )
     except subprocess.TimeoutExpired as e:
         raise StageError(f"book: `{' '.join(cmd)}` ran past {timeout} s") from e
     except OSError as e:
-        raise StageError(f"book: could not run jupyter-book ({e}); install it with "
-                         f"`pip install 'jupyter-book<2'`") from e
+        raise StageError(
+            f"book: could not run jupyter-book ({e}); install it with `pip install 'jupyter-book<2'`"
+        ) from e
     (out / "jupyter-book.log").write_text(proc.stdout or "", encoding="utf-8")
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout or "").splitlines()[-40:])
-        raise StageError(f"book: `jupyter-book build` failed (exit {proc.returncode}); full log in "
-                         f"{out / 'jupyter-book.log'}; last lines:\n{tail}")
+        raise StageError(
+            f"book: `jupyter-book build` failed (exit {proc.returncode}); full log in "
+            f"{out / 'jupyter-book.log'}; last lines:\n{tail}"
+        )
     index = out / "_build" / "html" / "index.html"
     if not index.is_file():
         raise StageError(f"book: jupyter-book finished but {index} does not exist; see {out / 'jupyter-book.log'}")
@@ -440,9 +511,11 @@ def build_book(executed_dir: Path, out: Path, root: Path = REPO_ROOT, *, config:
     problems = check_published(index.parent, forbidden)
     if problems:
         (out / "check_published.txt").write_text("\n".join(problems) + "\n", encoding="utf-8")
-        raise StageError(f"book: {len(problems)} published file(s) would not read right offline or name this "
-                         f"machine; first: {problems[0]} (all in {out / 'check_published.txt'}); a chapter "
-                         f"that prints an absolute path should print it relative to the run folder")
+        raise StageError(
+            f"book: {len(problems)} published file(s) would not read right offline or name this "
+            f"machine; first: {problems[0]} (all in {out / 'check_published.txt'}); a chapter "
+            f"that prints an absolute path should print it relative to the run folder"
+        )
     return index
 
 
@@ -458,12 +531,15 @@ _REMOTE_ASSET = re.compile(
     r"""<script\b[^>]*\bsrc\s*=\s*["']?(?:https?:)?//[^"'\s>]+"""
     r"""|<link\b[^>]*\bhref\s*=\s*["']?(?:https?:)?//[^"'\s>]+"""
     r"""|@import\s+(?:url\()?\s*["']?(?:https?:)?//[^"')\s;]+"""
-    r"""|url\(\s*["']?(?:https?:)?//[^"')\s]+""", re.IGNORECASE)
+    r"""|url\(\s*["']?(?:https?:)?//[^"')\s]+""",
+    re.IGNORECASE,
+)
 _SYSTEM_PREFIXES = {"/", "/usr", "/usr/local", "/opt"}
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 #: What a slider's output says on the static page, where no kernel can redraw it.
-WIDGET_PLACEHOLDER = ("[an interactive widget: it redraws only with a running kernel; open this chapter in "
-                      "JupyterLab to use it]")
+WIDGET_PLACEHOLDER = (
+    "[an interactive widget: it redraws only with a running kernel; open this chapter in JupyterLab to use it]"
+)
 
 
 def machine_paths(*extra: str | os.PathLike | None, root: Path = REPO_ROOT) -> dict[str, str]:
@@ -613,60 +689,17 @@ def check_published(html_dir: Path, forbidden: Iterable[str]) -> list[str]:
     return problems
 
 
-# ----------------------------------------------------------------------------- stripping
-
-
-def strip_outputs(path: Path) -> bool:
-    """Remove outputs, execution counts and execution metadata from a notebook, in place.
-
-    Cell tags (``parameters``) and the kernelspec are kept. Returns whether anything changed.
-    """
-    import nbformat
-
-    path = Path(path)
-    nb = nbformat.read(str(path), as_version=nbformat.NO_CONVERT)
-    changed = False
-    for cell in nb.cells:
-        if cell.get("cell_type") == "code":
-            if cell.get("outputs"):
-                changed = True
-            if cell.get("execution_count") is not None:
-                changed = True
-            cell["outputs"] = []
-            cell["execution_count"] = None
-        for key in _EXEC_CELL_METADATA:
-            if key in cell.get("metadata", {}):
-                del cell["metadata"][key]
-                changed = True
-    for key in _EXEC_NB_METADATA:
-        if key in nb.metadata:
-            del nb.metadata[key]
-            changed = True
-    if changed:
-        nbformat.write(nb, str(path))
-    return changed
-
-
-def check_stripped(paths: Iterable[Path]) -> list[str]:
-    """The names of the notebooks among ``paths`` that hold outputs or execution counts."""
-    import nbformat
-
-    dirty = []
-    for path in paths:
-        path = Path(path)
-        nb = nbformat.read(str(path), as_version=nbformat.NO_CONVERT)
-        if any(c.get("cell_type") == "code" and (c.get("outputs") or c.get("execution_count") is not None)
-               for c in nb.cells):
-            dirty.append(path.name)
-    return dirty
-
-
 # ----------------------------------------------------------------------------- both
 
 
-def make_book(profile: str, out: Path = Path("_build"), run_dir: Path | None = None,
-              data_root: str | None = None, only: Sequence[str] | None = None,
-              progress: bool = True) -> Path:
+def make_book(
+    profile: str,
+    out: Path = Path("_build"),
+    run_dir: Path | None = None,
+    data_root: str | None = None,
+    only: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Path:
     """Execute the chapters of ``notebooks/`` for ``profile`` and build the book; returns ``index.html``.
 
     Notebooks share one run folder (default ``runs/book-<profile>`` in the repository), so a later
@@ -680,8 +713,9 @@ def make_book(profile: str, out: Path = Path("_build"), run_dir: Path | None = N
     executed_dir = out / "executed"
     if executed_dir.exists() and not only:
         shutil.rmtree(executed_dir)  # a full build never publishes a stale chapter
-    execute_notebooks(profile, REPO_ROOT / "notebooks", executed_dir, run_dir, data_root=data_root,
-                      only=only, progress=progress)
+    execute_notebooks(
+        profile, REPO_ROOT / "notebooks", executed_dir, run_dir, data_root=data_root, only=only, progress=progress
+    )
     return build_book(executed_dir, out, REPO_ROOT, expect={"profile": profile, "run_dir": str(run_dir)})
 
 
@@ -699,9 +733,11 @@ def claim_build_folder(out: Path) -> None:
     if out.is_dir() and not (out / OWNER_FILE).is_file():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_ENTRIES)
         if foreign:
-            raise StageError(f"book: --out {out} is not empty and was not made by `esol book` (it holds "
-                             f"{', '.join(foreign[:5])}); the build deletes its src/ and executed/, so give "
-                             f"a new or empty folder")
+            raise StageError(
+                f"book: --out {out} is not empty and was not made by `esol book` (it holds "
+                f"{', '.join(foreign[:5])}); the build deletes its src/ and executed/, so give "
+                f"a new or empty folder"
+            )
     out.mkdir(parents=True, exist_ok=True)
     (out / OWNER_FILE).write_text("made by `esol book`; it may delete src/ and executed/ here\n", encoding="utf-8")
 
@@ -712,7 +748,8 @@ def _not_this_build(executed: Path, expect: dict | None) -> str | None:
         return None
     try:
         params = (json.loads(executed.read_text(encoding="utf-8")).get("metadata", {}).get("papermill") or {}).get(
-            "parameters") or {}
+            "parameters"
+        ) or {}
     except (OSError, json.JSONDecodeError) as e:
         return f"unreadable ({e})"
     for key, want in expect.items():

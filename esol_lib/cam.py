@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -34,15 +34,25 @@ from esol_lib.metrics import ThresholdSweep, confusion_matrix
 from esol_lib.parallel import map_ordered
 from esol_lib.run import drop_damaged, record_sizes
 
-__all__ = ["CamFn", "multiscale_cam", "compute_cams", "cam_batch_size", "load_cam", "cams_to_label", "evaluate_cams",
-           "cam_dir_signature", "seed_part_recall"]
+__all__ = [
+    "CamFn",
+    "multiscale_cam",
+    "compute_cams",
+    "cam_batch_size",
+    "load_cam",
+    "cams_to_label",
+    "evaluate_cams",
+    "cam_dir_signature",
+    "seed_part_recall",
+]
 
 CamFn = Callable[[torch.Tensor], torch.Tensor]
 _META = "_meta.json"
 
 
-def multiscale_cam(cam_fn: CamFn, images: torch.Tensor, scales: Sequence[float] = (1.0,),
-                   flip: bool = True, eps: float = 1e-5) -> torch.Tensor:
+def multiscale_cam(
+    cam_fn: CamFn, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = True, eps: float = 1e-5
+) -> torch.Tensor:
     """Eq. (2) for a batch of equally sized images ``(B, 3, H, W)`` → ``(B, K, H, W)`` in ``[0, 1]``.
 
     Each scale's (and flip's) raw map goes through ReLU, is upsampled bilinearly to ``(H, W)`` and
@@ -56,8 +66,13 @@ def multiscale_cam(cam_fn: CamFn, images: torch.Tensor, scales: Sequence[float] 
     b, _, h, w = images.shape
     total: torch.Tensor | None = None
     for s in scales:
-        x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear",
-                                                  align_corners=False, recompute_scale_factor=False)
+        x = (
+            images
+            if s == 1.0
+            else F.interpolate(
+                images, scale_factor=s, mode="bilinear", align_corners=False, recompute_scale_factor=False
+            )
+        )
         if flip:
             x = torch.cat([x, x.flip(-1)], dim=0)
         cam = F.relu(cam_fn(x))
@@ -119,10 +134,22 @@ def _save_cam(path: Path, cams: np.ndarray, keys: np.ndarray) -> None:
         np.savez(tmp, cams=cams.astype(np.float16), keys=keys.astype(np.int64))
 
 
-def compute_cams(cam_fn: CamFn, dataset, out_dir: str | Path, *, mean: Sequence[float], std: Sequence[float],
-                 scales: Sequence[float], flip: bool = True, batch_size: int | None = None, signature: str = "",
-                 device: torch.device | str = "cpu", progress: bool = True, desc: str = "CAMs",
-                 data_signature: str | None = None) -> Path:
+def compute_cams(
+    cam_fn: CamFn,
+    dataset,
+    out_dir: str | Path,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    scales: Sequence[float],
+    flip: bool = True,
+    batch_size: int | None = None,
+    signature: str = "",
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    desc: str = "CAMs",
+    data_signature: str | None = None,
+) -> Path:
     """Write ``out_dir/<id>.npz`` (``cams``: float16 ``(K_gt, H, W)``, ``keys``: 1-based class ids) per image.
 
     Only the ground-truth classes of each image are stored (the paper's and IRN's protocol).
@@ -230,9 +257,17 @@ def cams_to_label(cams: np.ndarray, keys: np.ndarray, threshold: float) -> np.nd
     return np.where(best > threshold, np.asarray(keys)[cams.argmax(0)], 0).astype(np.int64)
 
 
-def evaluate_cams(cam_dir: str | Path, dataset, thresholds: Sequence[float], *,
-                  crf: Callable[[np.ndarray, list[np.ndarray], int], list[np.ndarray]] | None = None,
-                  progress: bool = True, desc: str = "eval", workers: int | None = None, **meta) -> dict:
+def evaluate_cams(
+    cam_dir: str | Path,
+    dataset,
+    thresholds: Sequence[float],
+    *,
+    crf: Callable[[np.ndarray, list[np.ndarray], int], list[np.ndarray]] | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+    workers: int | None = None,
+    **meta,
+) -> dict:
     """Threshold sweep of the seeds in ``cam_dir`` against ``dataset``'s masks → DESIGN.md metrics dict.
 
     With ``crf(image, labellings, n_labels) -> labellings`` (:func:`esol_lib.crf.crf_from_labelings`:
@@ -256,12 +291,18 @@ def evaluate_cams(cam_dir: str | Path, dataset, thresholds: Sequence[float], *,
         ids = np.concatenate([[0], keys])
         # CRF over the image's classes only: relabel to 0..len(keys) and back.
         local = [np.searchsorted(ids, cams_to_label(cams, keys, t)) for t in thresholds]
-        return [confusion_matrix(sample["mask"], ids[refined], n)
-                for refined in crf(sample["image"], local, len(keys) + 1)]
+        return [
+            confusion_matrix(sample["mask"], ids[refined], n) for refined in crf(sample["image"], local, len(keys) + 1)
+        ]
 
     # one CRF per image and threshold, on one core each: spread the images over the cores
-    for confs in tqdm(map_ordered(crf_confusions, range(len(dataset)), workers), total=len(dataset),
-                      desc=desc, unit="img", disable=not progress):
+    for confs in tqdm(
+        map_ordered(crf_confusions, range(len(dataset)), workers),
+        total=len(dataset),
+        desc=desc,
+        unit="img",
+        disable=not progress,
+    ):
         for j, conf in enumerate(confs):
             sweep.confs[j] += conf
     return sweep.result(names, **meta)
@@ -283,7 +324,10 @@ def seed_part_recall(cam_dir: str | Path, dataset, part_root: str | Path, thresh
         on_part, rest = part_recall(gt, load_part_mask(part_root, image_id), pred)
         part_sum += on_part
         rest_sum += rest
-    return {"threshold": float(threshold), "part_recall": float(part_sum[0] / max(part_sum[1], 1)),
-            "rest_recall": float(rest_sum[0] / max(rest_sum[1], 1)),
-            "part_pixels": int(part_sum[1]), "rest_pixels": int(rest_sum[1])}
-
+    return {
+        "threshold": float(threshold),
+        "part_recall": float(part_sum[0] / max(part_sum[1], 1)),
+        "rest_recall": float(rest_sum[0] / max(rest_sum[1], 1)),
+        "part_pixels": int(part_sum[1]),
+        "rest_pixels": int(rest_sum[1]),
+    }

@@ -10,30 +10,41 @@ import argparse
 import dataclasses
 import errno
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import yaml
 
 from esol_lib.errors import EsolError
 
 # Subcommands that later work builds; until then they say where they belong instead of faking output.
-PENDING: dict[str, str] = {
-}
+PENDING: dict[str, str] = {}
 
 STAGE_CHOICES = ("baseline", "expansion", "shrinkage")
 
 
 def _add_run_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a setting of this run (e.g. expansion.alpha=0.02): what depended on the old "
-                        "value moves to RUN/superseded/ and is redone; keys of the baseline are refused")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a setting of this run (e.g. expansion.alpha=0.02): what depended on the old "
+        "value moves to RUN/superseded/ and is redone; keys of the baseline are refused",
+    )
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="cpu", help="preset (smoke, cpu, voc12, coco14) or a YAML path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set expansion.alpha=0.01 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set expansion.alpha=0.01 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,16 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, default=None, help="image side in pixels (default 64)")
     synth.add_argument("--seed", type=int, default=None)
     synth.add_argument("--num-classes", type=int, default=None)
-    synth.add_argument("--profile", default=None,
-                       help="take every unspecified field from this preset's data.synth (e.g. smoke)")
+    synth.add_argument(
+        "--profile", default=None, help="take every unspecified field from this preset's data.synth (e.g. smoke)"
+    )
     emoji = dsub.add_parser("emoji", help="write the emoji benchmark (OpenMoji art, 20 VOC classes) in VOC layout")
     emoji.add_argument("--out", required=True, type=Path)
     emoji.add_argument("--train", type=int, default=None, help="training images (default 1000)")
     emoji.add_argument("--val", type=int, default=None, help="validation images (default 200)")
     emoji.add_argument("--size", type=int, default=None, help="image side in pixels (default 128)")
     emoji.add_argument("--seed", type=int, default=None)
-    emoji.add_argument("--profile", default=None,
-                       help="take every unspecified field from this preset's data.emoji (e.g. cpu)")
+    emoji.add_argument(
+        "--profile", default=None, help="take every unspecified field from this preset's data.emoji (e.g. cpu)"
+    )
     coco = dsub.add_parser("coco", help="convert MS COCO 2014 annotations into VOC layout (pycocotools)")
     coco.add_argument("--coco-root", required=True, type=Path)
     coco.add_argument("--out", required=True, type=Path)
@@ -83,13 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--run", required=True, type=Path)
-    for name, what in (("expand", "Expansion stage: offsets learned by loss maximisation, then clipping"),
-                       ("shrink", "Shrinkage stage: offsets learned with the area loss")):
+    for name, what in (
+        ("expand", "Expansion stage: offsets learned by loss maximisation, then clipping"),
+        ("shrink", "Shrinkage stage: offsets learned with the area loss"),
+    ):
         p = sub.add_parser(name, help=what)
         p.add_argument("--run", required=True, type=Path)
         _add_run_set(p)
-    for name, what in (("make-cam", "multi-scale CAMs (Eq. 2) of a stage's model"),
-                       ("eval-cam", "threshold sweep of a stage's CAM seeds -> metrics JSON")):
+    for name, what in (
+        ("make-cam", "multi-scale CAMs (Eq. 2) of a stage's model"),
+        ("eval-cam", "threshold sweep of a stage's CAM seeds -> metrics JSON"),
+    ):
         p = sub.add_parser(name, help=what)
         p.add_argument("--run", required=True, type=Path)
         p.add_argument("--stage", choices=STAGE_CHOICES, default="baseline")
@@ -97,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_set(p)
         if name == "eval-cam":
             p.add_argument("--crf", action="store_true", help="DenseCRF on the seeds")
-    for name, what in (("refine", "DenseCRF + IRN: a stage's CAMs -> pseudo masks"),
-                       ("train-seg", "DeepLab-v2 trained on a stage's pseudo masks"),
-                       ("eval-seg", "DeepLab-v2 evaluated on the val split")):
+    for name, what in (
+        ("refine", "DenseCRF + IRN: a stage's CAMs -> pseudo masks"),
+        ("train-seg", "DeepLab-v2 trained on a stage's pseudo masks"),
+        ("eval-seg", "DeepLab-v2 evaluated on the val split"),
+    ):
         p = sub.add_parser(name, help=what)
         p.add_argument("--run", required=True, type=Path)
         p.add_argument("--stage", choices=STAGE_CHOICES, default="shrinkage")
@@ -115,8 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("_build"), help="build folder (HTML in OUT/_build/html)")
     p.add_argument("--run", type=Path, default=None, help="shared run folder (default runs/book-<profile>)")
     p.add_argument("--data-root", default=None, help="dataset in VOC layout (default: the generated benchmark)")
-    p.add_argument("--only", action="append", default=None, metavar="CHAPTER",
-                   help="execute only these chapters, e.g. --only 01 (repeatable)")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="CHAPTER",
+        help="execute only these chapters, e.g. --only 01 (repeatable)",
+    )
     return parser
 
 
@@ -129,8 +153,13 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
     base = load_config(args.profile).data.synth if args.profile else None
     spec = synth_spec_from_config(base)
-    fields = {"train": args.train, "val": args.val, "size": args.size, "seed": args.seed,
-              "num_classes": args.num_classes}
+    fields = {
+        "train": args.train,
+        "val": args.val,
+        "size": args.size,
+        "seed": args.seed,
+        "num_classes": args.num_classes,
+    }
     spec = dataclasses.replace(spec, **{k: v for k, v in fields.items() if v is not None})
     out = generate_benchmark(args.out, spec)
     print(f"benchmark written to {out}")
@@ -156,9 +185,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     fields = {"steps": args.steps, "seed": args.seed}
     recipe = dataclasses.replace(PretrainRecipe(), **{k: v for k, v in fields.items() if v is not None})
     card = pretrain_backbone(args.out, recipe)
-    print(f"backbone written to {args.out}: held-out top-1 {100 * card['heldout_top1']:.1f} %, "
-          f"top-5 {100 * card['heldout_top5']:.1f} % over {card['classes']} glyph classes "
-          f"({card['seconds']:.0f} s)")
+    print(
+        f"backbone written to {args.out}: held-out top-1 {100 * card['heldout_top1']:.1f} %, "
+        f"top-5 {100 * card['heldout_top5']:.1f} % over {card['classes']} glyph classes "
+        f"({card['seconds']:.0f} s)"
+    )
     return 0
 
 
@@ -232,9 +263,11 @@ def cmd_eval_cam(args: argparse.Namespace) -> int:
     split = args.split or cfg.data.cam_split
     m = eval_cam(run, args.stage, split, crf=args.crf)
     name = f"{args.stage}{'_crf' if args.crf else ''}_{split}"
-    print(f"{name}: mIoU {100 * m['miou']:.1f} at threshold {m['threshold']:.2f} "
-          f"(precision {100 * m['precision']:.1f}, recall {100 * m['recall']:.1f}, F1 {100 * m['f1']:.1f}) "
-          f"-> {run.metrics(name)}")
+    print(
+        f"{name}: mIoU {100 * m['miou']:.1f} at threshold {m['threshold']:.2f} "
+        f"(precision {100 * m['precision']:.1f}, recall {100 * m['recall']:.1f}, F1 {100 * m['f1']:.1f}) "
+        f"-> {run.metrics(name)}"
+    )
     return 0
 
 
@@ -248,18 +281,18 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 def cmd_refine(args: argparse.Namespace) -> int:
     from esol_lib.refine import refine
-
     from esol_lib.stages import open_run
 
     m = refine(open_run(args.run, args.overrides)[0], args.stage)
-    print(f"pseudo masks of {args.stage} on {m['split']}: mIoU {100 * m['miou']:.1f}  precision "
-          f"{100 * m['precision']:.1f}  recall {100 * m['recall']:.1f}")
+    print(
+        f"pseudo masks of {args.stage} on {m['split']}: mIoU {100 * m['miou']:.1f}  precision "
+        f"{100 * m['precision']:.1f}  recall {100 * m['recall']:.1f}"
+    )
     return 0
 
 
 def cmd_train_seg(args: argparse.Namespace) -> int:
     from esol_lib.segmentation import train_seg
-
     from esol_lib.stages import open_run
 
     result = train_seg(open_run(args.run, args.overrides)[0], args.stage)
@@ -269,7 +302,6 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
 
 def cmd_eval_seg(args: argparse.Namespace) -> int:
     from esol_lib.segmentation import eval_seg
-
     from esol_lib.stages import open_run
 
     m = eval_seg(open_run(args.run, args.overrides)[0], args.stage, args.split)
@@ -320,11 +352,15 @@ def os_error_message(err: OSError) -> str | None:
     for the others, which keep their traceback."""
     where = f" {err.filename}" if err.filename else ""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"no space left on the device writing{where}: free some space (or use a --run / --out "
-                "folder on a larger disk) and run the same command again; finished files are kept")
+        return (
+            f"no space left on the device writing{where}: free some space (or use a --run / --out "
+            "folder on a larger disk) and run the same command again; finished files are kept"
+        )
     if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return (f"cannot write{where} ({err.strerror}): make it writable, or copy the folder and pass "
-                "the copy; finished files are kept")
+        return (
+            f"cannot write{where} ({err.strerror}): make it writable, or copy the folder and pass "
+            "the copy; finished files are kept"
+        )
     return None
 
 
@@ -353,8 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"esol {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"esol {args.command}: interrupted; finished work is kept, run the same command to resume",
-              file=sys.stderr)
+        print(
+            f"esol {args.command}: interrupted; finished work is kept, run the same command to resume", file=sys.stderr
+        )
         return 130
 
 

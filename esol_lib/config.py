@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import yaml
 
@@ -77,11 +77,11 @@ class ModelConfig:
 
     backbone: str = "resnet50"  # resnet50 | resnet101 | small
     strides: list[int] = field(default_factory=lambda: [2, 2, 2, 1])
-    pretrained: Optional[str] = "imagenet"  # None, 'imagenet' (torchvision's local cache) or a .pth path
+    pretrained: str | None = "imagenet"  # None, 'imagenet' (torchvision's local cache) or a .pth path
     frozen_stages: int = 1  # IRN: stem + layer1 frozen
     freeze_bn: bool = True
     extra_kernel: int = 3  # the paper's "3x3 or 1x1" extra convolutions
-    extra_channels: Optional[int] = None  # None: the backbone's output channels
+    extra_channels: int | None = None  # None: the backbone's output channels
 
 
 @dataclass
@@ -90,7 +90,7 @@ class TrainCamConfig:
 
     batch_size: int = 16
     epochs: int = 5
-    max_steps: Optional[int] = None  # overrides epochs when set
+    max_steps: int | None = None  # overrides epochs when set
     lr: float = 0.1
     new_layer_lr_mult: float = 10.0
     momentum: float = 0.9
@@ -176,7 +176,7 @@ class IRNConfig:
     radius: int = 5
     batch_size: int = 32
     epochs: int = 3
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     lr: float = 0.1
     crop_size: int = 512
     beta: float = 10.0
@@ -189,15 +189,15 @@ class SegConfig:
     """DeepLab-v2 trained on the pseudo masks."""
 
     backbone: str = "resnet101"
-    pretrained: Optional[str] = "imagenet"
+    pretrained: str | None = "imagenet"
     dilations: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
     # (stem, layer2, layer3, layer4) strides; None: DEEPLAB_LAYOUT's for the backbone (output stride 8
     # for the ResNets). A pretrained backbone should run at the strides it was pretrained at.
-    strides: Optional[list[int]] = None
+    strides: list[int] | None = None
     lr: float = 2.5e-4
     # ASPP [weights, biases] learning rate as multiples of lr. None: DeepLab-v2's [10, 20] on a
     # pretrained backbone (only the head is new), [1, 1] on a backbone trained from scratch.
-    aspp_lr_mult: Optional[list[float]] = None
+    aspp_lr_mult: list[float] | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 10
@@ -216,10 +216,10 @@ class AblationConfig:
     setting reuses the main run. The defaults are the ranges of the paper's Fig. 6.
     """
 
-    split: Optional[str] = None  # where variants are scored; None: data.cam_split
+    split: str | None = None  # where variants are scored; None: data.cam_split
     # ESOL steps per stage of every ablation run; None: the main run's. When set, a 'reference' fork
     # (the main config at this length) stands in for the main run, so variants compare at one budget.
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     alphas: list[float] = field(default_factory=lambda: [0.001, 0.005, 0.01, 0.05, 0.1])  # Fig. 6(a)
     betas: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.15, 0.3, 0.5])  # Fig. 6(b)
     gammas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 5.0])  # Fig. 6(d)
@@ -331,11 +331,33 @@ def config_from_dict(values: dict) -> Config:
 
 # --------------------------------------------------------------------------- ranges
 
-_POSITIVE_INT = ("batch_size", "crop_size", "epochs", "max_steps", "checkpoint_every", "radius", "exp_times",
-                 "iterations", "train", "val", "size", "num_classes", "extra_kernel", "extra_channels")
+_POSITIVE_INT = (
+    "batch_size",
+    "crop_size",
+    "epochs",
+    "max_steps",
+    "checkpoint_every",
+    "radius",
+    "exp_times",
+    "iterations",
+    "train",
+    "val",
+    "size",
+    "num_classes",
+    "extra_kernel",
+    "extra_channels",
+)
 _NON_NEGATIVE_INT = ("num_workers", "frozen_stages", "seed")
 _POSITIVE_FLOAT = ("lr", "alpha", "new_layer_lr_mult", "bilateral_sxy", "bilateral_srgb", "gauss_sxy")
-_NON_NEGATIVE_FLOAT = ("weight_decay", "gamma", "mu", "feature_cache_mb", "max_offset", "gauss_compat", "bilateral_compat")
+_NON_NEGATIVE_FLOAT = (
+    "weight_decay",
+    "gamma",
+    "mu",
+    "feature_cache_mb",
+    "max_offset",
+    "gauss_compat",
+    "bilateral_compat",
+)
 _UNIT_OPEN = ("gt_prob",)  # in (0, 1]
 _FRACTION = ("momentum",)  # in [0, 1)
 _PROBABILITY = ("conf_fg_thres", "conf_bg_thres", "sem_seg_bg_thres", "part_fraction")  # in [0, 1]
@@ -371,6 +393,7 @@ def check_ranges(cfg: Config) -> None:
     Raises:
         ConfigError: naming the first offending key, its value and the allowed range.
     """
+
     def bad(key: str, value: Any, want: str) -> ConfigError:
         return ConfigError(f"config key '{key}': {value!r} is out of range; expected {want}")
 
@@ -400,8 +423,11 @@ def check_ranges(cfg: Config) -> None:
             raise bad(key, value, "a number in [0, 1]")
         if key in _CHOICES and value not in _CHOICES[key]:
             raise bad(key, value, "one of " + ", ".join(_CHOICES[key]))
-    for key, values in (("cam.scales", cfg.cam.scales), ("seg.test_scales", cfg.seg.test_scales),
-                        ("cam.thresholds", cfg.cam.thresholds)):
+    for key, values in (
+        ("cam.scales", cfg.cam.scales),
+        ("seg.test_scales", cfg.seg.test_scales),
+        ("cam.thresholds", cfg.cam.thresholds),
+    ):
         if not values:
             raise bad(key, values, "a non-empty list")
         if any(not (v > 0 and math.isfinite(v)) for v in values):
@@ -503,9 +529,7 @@ def load_config(name_or_path: str | Path = "cpu", overrides: list[str] | None = 
     if text in PRESETS:
         path = PRESET_DIR / f"{text}.yaml"
     elif not path.is_file():
-        raise ConfigError(
-            f"config '{text}' is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file"
-        )
+        raise ConfigError(f"config '{text}' is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file")
     values = _resolve_bases(path)
     values = apply_overrides(values, overrides or [])
     return config_from_dict(values)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,8 +32,16 @@ def _check_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _pairwise_crf(image: np.ndarray, n_labels: int, *, gauss_sxy: float, gauss_compat: float,
-                  bilateral_sxy: float, bilateral_srgb: float, bilateral_compat: float):
+def _pairwise_crf(
+    image: np.ndarray,
+    n_labels: int,
+    *,
+    gauss_sxy: float,
+    gauss_compat: float,
+    bilateral_sxy: float,
+    bilateral_srgb: float,
+    bilateral_compat: float,
+):
     """A DenseCRF2D with the image's two pairwise terms (their lattices built here, once)."""
     dcrf, _, _ = _import_densecrf()
     h, w = image.shape[:2]
@@ -51,23 +59,50 @@ def _infer(d, unary: np.ndarray, n_labels: int, iterations: int, shape: tuple[in
     return np.asarray(q, dtype=np.float32).reshape(n_labels, *shape)
 
 
-def crf_from_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, *, gt_prob: float = 0.7,
-                    iterations: int = 10, gauss_sxy: float = 3.0, gauss_compat: float = 3.0,
-                    bilateral_sxy: float = 50.0, bilateral_srgb: float = 5.0,
-                    bilateral_compat: float = 10.0) -> np.ndarray:
+def crf_from_labels(
+    image: np.ndarray,
+    labels: np.ndarray,
+    n_labels: int,
+    *,
+    gt_prob: float = 0.7,
+    iterations: int = 10,
+    gauss_sxy: float = 3.0,
+    gauss_compat: float = 3.0,
+    bilateral_sxy: float = 50.0,
+    bilateral_srgb: float = 5.0,
+    bilateral_compat: float = 10.0,
+) -> np.ndarray:
     """Refine a labelling ``(H, W)`` with values in ``[0, n_labels)``; returns the refined ``(H, W)`` labels.
 
     IRN's ``crf_inference_label``: each pixel's label is trusted with probability ``gt_prob``.
     """
-    return crf_from_labelings(image, [labels], n_labels, gt_prob=gt_prob, iterations=iterations,
-                              gauss_sxy=gauss_sxy, gauss_compat=gauss_compat, bilateral_sxy=bilateral_sxy,
-                              bilateral_srgb=bilateral_srgb, bilateral_compat=bilateral_compat)[0]
+    return crf_from_labelings(
+        image,
+        [labels],
+        n_labels,
+        gt_prob=gt_prob,
+        iterations=iterations,
+        gauss_sxy=gauss_sxy,
+        gauss_compat=gauss_compat,
+        bilateral_sxy=bilateral_sxy,
+        bilateral_srgb=bilateral_srgb,
+        bilateral_compat=bilateral_compat,
+    )[0]
 
 
-def crf_from_labelings(image: np.ndarray, labelings: Sequence[np.ndarray], n_labels: int, *, gt_prob: float = 0.7,
-                       iterations: int = 10, gauss_sxy: float = 3.0, gauss_compat: float = 3.0,
-                       bilateral_sxy: float = 50.0, bilateral_srgb: float = 5.0,
-                       bilateral_compat: float = 10.0) -> list[np.ndarray]:
+def crf_from_labelings(
+    image: np.ndarray,
+    labelings: Sequence[np.ndarray],
+    n_labels: int,
+    *,
+    gt_prob: float = 0.7,
+    iterations: int = 10,
+    gauss_sxy: float = 3.0,
+    gauss_compat: float = 3.0,
+    bilateral_sxy: float = 50.0,
+    bilateral_srgb: float = 5.0,
+    bilateral_compat: float = 10.0,
+) -> list[np.ndarray]:
     """:func:`crf_from_labels` for several labellings of one image: the same results, a third faster.
 
     The pairwise terms depend on the image alone, so their lattices are built once and each
@@ -87,8 +122,15 @@ def crf_from_labelings(image: np.ndarray, labelings: Sequence[np.ndarray], n_lab
         return []
     image = _check_image(image, labelings[0].shape)
     _, unary_from_labels, _ = _import_densecrf()
-    d = _pairwise_crf(image, n_labels, gauss_sxy=gauss_sxy, gauss_compat=gauss_compat, bilateral_sxy=bilateral_sxy,
-                      bilateral_srgb=bilateral_srgb, bilateral_compat=bilateral_compat)
+    d = _pairwise_crf(
+        image,
+        n_labels,
+        gauss_sxy=gauss_sxy,
+        gauss_compat=gauss_compat,
+        bilateral_sxy=bilateral_sxy,
+        bilateral_srgb=bilateral_srgb,
+        bilateral_compat=bilateral_compat,
+    )
     out = []
     for labels in labelings:
         unary = unary_from_labels(labels.astype(np.int64).ravel(), n_labels, gt_prob=gt_prob, zero_unsure=False)
@@ -96,9 +138,17 @@ def crf_from_labelings(image: np.ndarray, labelings: Sequence[np.ndarray], n_lab
     return out
 
 
-def crf_from_probs(image: np.ndarray, probs: np.ndarray, *, iterations: int = 10, pos_w: float = 3.0,
-                   pos_xy_std: float = 1.0, bi_w: float = 4.0, bi_xy_std: float = 67.0,
-                   bi_rgb_std: float = 3.0) -> np.ndarray:
+def crf_from_probs(
+    image: np.ndarray,
+    probs: np.ndarray,
+    *,
+    iterations: int = 10,
+    pos_w: float = 3.0,
+    pos_xy_std: float = 1.0,
+    bi_w: float = 4.0,
+    bi_xy_std: float = 67.0,
+    bi_rgb_std: float = 3.0,
+) -> np.ndarray:
     """Refine class probabilities ``(K, H, W)`` (each pixel sums to 1); returns refined ``(K, H, W)``.
 
     DeepLab-v2's test-time CRF with its published parameters as defaults.
@@ -113,6 +163,13 @@ def crf_from_probs(image: np.ndarray, probs: np.ndarray, *, iterations: int = 10
     image = _check_image(image, probs.shape[1:])
     _, _, unary_from_softmax = _import_densecrf()
     unary = unary_from_softmax(np.clip(probs, 1e-8, 1.0))
-    d = _pairwise_crf(image, probs.shape[0], gauss_sxy=pos_xy_std, gauss_compat=pos_w, bilateral_sxy=bi_xy_std,
-                      bilateral_srgb=bi_rgb_std, bilateral_compat=bi_w)
+    d = _pairwise_crf(
+        image,
+        probs.shape[0],
+        gauss_sxy=pos_xy_std,
+        gauss_compat=pos_w,
+        bilateral_sxy=bi_xy_std,
+        bilateral_srgb=bi_rgb_std,
+        bilateral_compat=bi_w,
+    )
     return _infer(d, unary, probs.shape[0], iterations, probs.shape[1:])

@@ -25,7 +25,8 @@ never saw in pretraining, at four times the cost).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,8 +131,9 @@ def dilate_stage(stage: nn.Module, rate: int) -> None:
             conv.padding = tuple(rate * (k - 1) // 2 for k in conv.kernel_size)
 
 
-def build_deeplab(seg_cfg: Any, num_classes: int, *, pretrained: Optional[str] = "config",
-                  freeze_bn: Optional[bool] = None) -> DeepLabV2:
+def build_deeplab(
+    seg_cfg: Any, num_classes: int, *, pretrained: str | None = "config", freeze_bn: bool | None = None
+) -> DeepLabV2:
     """DeepLab-v2 from a :class:`~esol_lib.config.SegConfig` (``backbone``, ``strides``, ``pretrained``,
     ``dilations``).
 
@@ -153,8 +155,10 @@ def build_deeplab(seg_cfg: Any, num_classes: int, *, pretrained: Optional[str] =
     strides, rates = DEEPLAB_LAYOUT[name]
     if seg_cfg.strides is not None:
         if not _valid_strides(seg_cfg.strides):
-            raise ConfigError(f"seg.strides: expected 4 integers, each 1 or 2 (stem, layer2, layer3, layer4), "
-                              f"got {seg_cfg.strides!r}; or leave it unset for DeepLab-v2's output stride 8")
+            raise ConfigError(
+                f"seg.strides: expected 4 integers, each 1 or 2 (stem, layer2, layer3, layer4), "
+                f"got {seg_cfg.strides!r}; or leave it unset for DeepLab-v2's output stride 8"
+            )
         strides = tuple(int(s) for s in seg_cfg.strides)
     backbone = build_backbone(name, strides, weights, freeze_bn=freeze_bn, frozen_stages=0)
     for index, rate in rates.items():
@@ -163,8 +167,11 @@ def build_deeplab(seg_cfg: Any, num_classes: int, *, pretrained: Optional[str] =
 
 
 def _valid_strides(strides: Any) -> bool:
-    return (isinstance(strides, (list, tuple)) and len(strides) == 4
-            and all(isinstance(s, int) and not isinstance(s, bool) and s in (1, 2) for s in strides))
+    return (
+        isinstance(strides, (list, tuple))
+        and len(strides) == 4
+        and all(isinstance(s, int) and not isinstance(s, bool) and s in (1, 2) for s in strides)
+    )
 
 
 def aspp_lr_mult(seg_cfg: Any) -> tuple[float, float]:
@@ -184,8 +191,9 @@ def aspp_lr_mult(seg_cfg: Any) -> tuple[float, float]:
     return float(mult[0]), float(mult[1])
 
 
-def param_groups(model: nn.Module, lr: float, aspp_mult: Sequence[float] = (ASPP_WEIGHT_LR_MULT,
-                                                                              ASPP_BIAS_LR_MULT)) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, lr: float, aspp_mult: Sequence[float] = (ASPP_WEIGHT_LR_MULT, ASPP_BIAS_LR_MULT)
+) -> list[dict[str, Any]]:
     """SGD groups of DeepLab-v2: backbone at ``lr``, ASPP weights and biases at ``aspp_mult`` × ``lr``
     (DeepLab-v2: 10× and 20×; :func:`aspp_lr_mult` picks them from the config).
 
@@ -225,8 +233,10 @@ def seg_loss(logits: Tensor, target: Tensor) -> Tensor:
     without any labelled pixel gives a zero loss (still attached to the graph) instead of NaN.
     """
     if target.ndim != 3 or logits.ndim != 4 or logits.shape[0] != target.shape[0]:
-        raise ValueError(f"seg_loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} do not "
-                         "fit (expected (B, C, h, w) and (B, H, W))")
+        raise ValueError(
+            f"seg_loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} do not "
+            "fit (expected (B, C, h, w) and (B, H, W))"
+        )
     target = target.long()
     logits = upsample_logits(logits, target.shape[-2:])
     if not (target != IGNORE).any():
@@ -237,8 +247,14 @@ def seg_loss(logits: Tensor, target: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------- inference
 
 
-def predict(model: nn.Module, image: np.ndarray, mean: Sequence[float], std: Sequence[float],
-            scales: Sequence[float] = (1.0,), flip: bool = True) -> np.ndarray:
+def predict(
+    model: nn.Module,
+    image: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    scales: Sequence[float] = (1.0,),
+    flip: bool = True,
+) -> np.ndarray:
     """Multi-scale (+ flip) class probabilities ``(K + 1, H, W)`` of one ``(H, W, 3)`` uint8 image.
 
     For each scale ``s`` the normalised image is resized to ``round(s·H) × round(s·W)`` (bilinear),
@@ -286,7 +302,14 @@ def crf_postprocess(image: np.ndarray, probs: np.ndarray, crf_cfg: Any) -> np.nd
     """
     from esol_lib.crf import crf_from_probs
 
-    q = crf_from_probs(image, probs, iterations=crf_cfg.iterations, pos_w=crf_cfg.seg_pos_w,
-                       pos_xy_std=crf_cfg.seg_pos_xy_std, bi_w=crf_cfg.seg_bi_w,
-                       bi_xy_std=crf_cfg.seg_bi_xy_std, bi_rgb_std=crf_cfg.seg_bi_rgb_std)
+    q = crf_from_probs(
+        image,
+        probs,
+        iterations=crf_cfg.iterations,
+        pos_w=crf_cfg.seg_pos_w,
+        pos_xy_std=crf_cfg.seg_pos_xy_std,
+        bi_w=crf_cfg.seg_bi_w,
+        bi_xy_std=crf_cfg.seg_bi_xy_std,
+        bi_rgb_std=crf_cfg.seg_bi_rgb_std,
+    )
     return q.argmax(0).astype(np.int64)

@@ -14,8 +14,9 @@ torchrun), and whose samplers can skip the first samples of an epoch cheaply.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sized
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -28,9 +28,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,9 +116,7 @@ def make_sgd(
     so its momentum silently became 1e-4; keywords rule that out. ``param_groups`` is an
     iterable of parameters or of dicts (groups may set their own ``lr``/``weight_decay``).
     """
-    return torch.optim.SGD(
-        list(param_groups), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
-    )
+    return torch.optim.SGD(list(param_groups), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -194,7 +193,8 @@ class DeadOutputGuard:
                 f"stage '{self.stage}' died by batch {self.batches}: the last {self.patience} batches gave every "
                 f"image the same outputs (every feature zero: dead ReLUs; the loss stays flat). Nothing was "
                 f"overwritten, but the partial checkpoint holds the dead network: delete it, lower "
-                f"{self.lr_key} (`--set {self.lr_key}=...`) and run the command again.")
+                f"{self.lr_key} (`--set {self.lr_key}=...`) and run the command again."
+            )
 
 
 @dataclass
@@ -226,9 +226,9 @@ def load_checkpoint(path: Path, fix: str = "run the same command again: the stag
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise StageError(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                         f"delete it and {fix}") from None
-
+        raise StageError(
+            f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete it and {fix}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -338,8 +338,9 @@ def _diverged_message(stage: str, step: int, loss: float, partial: Path) -> str:
         kept = f"the last good checkpoint is kept: {partial} (step {kept_step}); rerunning resumes from it"
     else:
         kept = f"the last good checkpoint is kept (none written yet for this stage: {partial})"
-    section = {"baseline": "train_cam"}.get(stage) or ("irn" if stage.startswith("irn") else
-                                                       "seg" if stage.startswith("seg") else stage)
+    section = {"baseline": "train_cam"}.get(stage) or (
+        "irn" if stage.startswith("irn") else "seg" if stage.startswith("seg") else stage
+    )
     run_dir = partial.parent.parent
     return (
         f"stage '{stage}' diverged at step {step}: loss is {loss}. Nothing was overwritten; {kept}. "
@@ -488,8 +489,13 @@ def train_loop(
     done = _check_done(run_dir, stage, model, optional)
     if done is not None:
         logger.log(stage=stage, step=done.get("step", max_steps), event="already done", checkpoint=str(final_path))
-        return StageResult(stage, 0, float(done.get("final_loss", math.nan)), time.perf_counter() - t0,
-                           resumed_from=int(done.get("step", max_steps)))
+        return StageResult(
+            stage,
+            0,
+            float(done.get("final_loss", math.nan)),
+            time.perf_counter() - t0,
+            resumed_from=int(done.get("step", max_steps)),
+        )
 
     pos, rng = _Position(), None
     if partial.is_file():
@@ -506,8 +512,7 @@ def train_loop(
         seed_everything(seed + info.rank + pos.step)
 
     loss_value = math.nan
-    bar = tqdm(total=max_steps, initial=start, desc=stage, disable=not progress or not info.is_main,
-               dynamic_ncols=True)
+    bar = tqdm(total=max_steps, initial=start, desc=stage, disable=not progress or not info.is_main, dynamic_ncols=True)
     try:
         while pos.step < max_steps:
             batch, batches = _next_batch(batches, loader, pos, seed, info.rank, stage)
@@ -532,8 +537,9 @@ def train_loop(
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4g}")
             if checkpoint_every > 0 and pos.step % checkpoint_every == 0 and pos.step < max_steps:
-                _save_partial(partial, stage, max_steps, pos, model, optimizer, scheduler, extra_state,
-                              loss_value, info.is_main)
+                _save_partial(
+                    partial, stage, max_steps, pos, model, optimizer, scheduler, extra_state, loss_value, info.is_main
+                )
     finally:
         bar.close()
 
@@ -591,7 +597,7 @@ def _save_final(
     barrier()
 
 
-def save_untrained_stage(run_dir: RunDir, stage: str, model: nn.Module, reason: str) -> "StageResult":
+def save_untrained_stage(run_dir: RunDir, stage: str, model: nn.Module, reason: str) -> StageResult:
     """Finish ``stage`` without a single step: its final checkpoint holds ``model`` as it is.
 
     For ablations whose stage has nothing to learn (e.g. ESOL's expansion with the offsets switched
@@ -600,13 +606,15 @@ def save_untrained_stage(run_dir: RunDir, stage: str, model: nn.Module, reason: 
     info = get_dist_info()
     final_path = run_dir.checkpoint(stage)
     _save_final(final_path, partial_checkpoint_path(run_dir, stage), stage, 0, model, None, math.nan, info.is_main)
-    JsonlLogger(run_dir.log_path, enabled=info.is_main).log(stage=stage, step=0, event="done without training",
-                                                             reason=reason, checkpoint=str(final_path))
+    JsonlLogger(run_dir.log_path, enabled=info.is_main).log(
+        stage=stage, step=0, event="done without training", reason=reason, checkpoint=str(final_path)
+    )
     return StageResult(stage, 0, math.nan, 0.0)
 
 
-def load_stage_checkpoint(run_dir: RunDir, stage: str, model: nn.Module, *, hint: str = "",
-                          optional: Sequence[str] = ()) -> dict:
+def load_stage_checkpoint(
+    run_dir: RunDir, stage: str, model: nn.Module, *, hint: str = "", optional: Sequence[str] = ()
+) -> dict:
     """Load the finished stage's weights (``RUN/checkpoints/<stage>.pt``) into ``model``.
 
     ``model`` may be wrapped in DDP. Returns the checkpoint dict. A missing file raises
@@ -625,9 +633,14 @@ def load_stage_checkpoint(run_dir: RunDir, stage: str, model: nn.Module, *, hint
     try:
         _load_weights(model, ckpt["model"], optional)
     except RuntimeError as e:  # size mismatch / missing keys: another dataset's classes or another model
-        what = "; ".join(line.strip() for line in str(e).splitlines()
-                         if line.strip().startswith(("size mismatch", "Missing key", "Unexpected key")))
-        raise StageError(f"{path} does not fit the model this run's config builds ({(what or str(e))[:400]}): the run's "
-                         f"data (its classes) or model settings changed since it was trained; use a new --run "
-                         f"folder for the new data") from None
+        what = "; ".join(
+            line.strip()
+            for line in str(e).splitlines()
+            if line.strip().startswith(("size mismatch", "Missing key", "Unexpected key"))
+        )
+        raise StageError(
+            f"{path} does not fit the model this run's config builds ({(what or str(e))[:400]}): the run's "
+            f"data (its classes) or model settings changed since it was trained; use a new --run "
+            f"folder for the new data"
+        ) from None
     return ckpt

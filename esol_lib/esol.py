@@ -49,23 +49,26 @@ class ESOLModel(nn.Module):
         super().__init__()
         self.backbone = baseline.backbone
         self.classifier = baseline.classifier
-        self.es = ExpansionSampler(baseline.extra1, offsets=expansion.offsets, deformable=expansion.deformable,
-                                   train_regular=expansion.train_regular)
-        self.ss = ShrinkageSampler(baseline.extra2, offsets=shrinkage.offsets,
-                                   train_regular=shrinkage.train_regular)
+        self.es = ExpansionSampler(
+            baseline.extra1,
+            offsets=expansion.offsets,
+            deformable=expansion.deformable,
+            train_regular=expansion.train_regular,
+        )
+        self.ss = ShrinkageSampler(baseline.extra2, offsets=shrinkage.offsets, train_regular=shrinkage.train_regular)
         self.clip = bool(expansion.clip)
         self.beta = float(expansion.beta)
         self.use_feature_cache(None)
         for p in list(self.backbone.parameters()) + list(self.classifier.parameters()):
             p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "ESOLModel":
+    def train(self, mode: bool = True) -> ESOLModel:
         # Every layer is frozen or offset-only: batch-norm statistics never change in ESOL's stages.
         super().train(mode)
         self.backbone.eval()
         return self
 
-    def use_feature_cache(self, cached: "CachedBackbone | None") -> "ESOLModel":
+    def use_feature_cache(self, cached: CachedBackbone | None) -> ESOLModel:
         """Read the frozen backbone's features through ``cached`` (:mod:`esol_lib.feature_cache`); None: off."""
         self.cached_features = cached
         return self
@@ -133,7 +136,8 @@ class OffsetGuard:
             raise DivergenceError(
                 f"stage {self.stage!r}, step {step}: the sampler's mean |offset| is {magnitude:.3g} feature "
                 f"cells, above the bound {self.stage}.max_offset = {self.max_offset}; the offsets ran away. "
-                f"Lower {self.stage}.lr (or expansion.alpha); the last good checkpoint is kept")
+                f"Lower {self.stage}.lr (or expansion.alpha); the last good checkpoint is kept"
+            )
 
 
 def build_esol_model(cfg, num_classes: int, run=None, device: torch.device | str = "cpu") -> ESOLModel:
@@ -142,8 +146,9 @@ def build_esol_model(cfg, num_classes: int, run=None, device: torch.device | str
 
     baseline = load_baseline(run, cfg, num_classes, torch.device(device))
     model = ESOLModel(baseline, cfg.expansion, cfg.shrinkage).to(device)
-    return model.use_feature_cache(cached_backbone(model.backbone, cfg.feature_cache_mb,
-                                                   run.feature_cache() if run is not None else None))
+    return model.use_feature_cache(
+        cached_backbone(model.backbone, cfg.feature_cache_mb, run.feature_cache() if run is not None else None)
+    )
 
 
 def load_stage_model(run, cfg, stage: str, num_classes: int, device: torch.device) -> ESOLModel:
@@ -152,8 +157,13 @@ def load_stage_model(run, cfg, stage: str, num_classes: int, device: torch.devic
 
     model = build_esol_model(cfg, num_classes, run, device)
     command = {"expansion": "esol expand", "shrinkage": "esol shrink"}[stage]
-    load_stage_checkpoint(run, stage, model, hint=f"run `{command} --run {run.root}` first",
-                          optional=UNTRAINED_IN_EXPANSION if stage == "expansion" else ())
+    load_stage_checkpoint(
+        run,
+        stage,
+        model,
+        hint=f"run `{command} --run {run.root}` first",
+        optional=UNTRAINED_IN_EXPANSION if stage == "expansion" else (),
+    )
     return model.eval()
 
 
@@ -164,14 +174,18 @@ def _stage_loader(cfg, stage_cfg, split: str):
 
     base = _dataset(cfg, split)
     tc = cfg.train_cam
-    transform = TrainTransform(resize_long=tuple(tc.resize_long), crop_size=tc.crop_size, mean=cfg.data.mean,
-                               std=cfg.data.std, flip=tc.flip)
+    transform = TrainTransform(
+        resize_long=tuple(tc.resize_long), crop_size=tc.crop_size, mean=cfg.data.mean, std=cfg.data.std, flip=tc.flip
+    )
     data = AugmentedDataset(_LabelledOnly(base), transform, seed=cfg.seed + 1)
-    loader = make_loader(data, stage_cfg.batch_size, shuffle=True, seed=cfg.seed + 1,
-                         num_workers=cfg.data.num_workers, drop_last=True)
+    loader = make_loader(
+        data, stage_cfg.batch_size, shuffle=True, seed=cfg.seed + 1, num_workers=cfg.data.num_workers, drop_last=True
+    )
     if len(loader) == 0:
-        raise StageError(f"split {split!r} has {len(base)} images, fewer than one batch of "
-                         f"{stage_cfg.batch_size}; lower the stage's batch_size")
+        raise StageError(
+            f"split {split!r} has {len(base)} images, fewer than one batch of "
+            f"{stage_cfg.batch_size}; lower the stage's batch_size"
+        )
     return base, loader
 
 
@@ -184,14 +198,29 @@ def _train_stage(run, stage: str, model: ESOLModel, loss_fn, stage_cfg, cfg, loa
     if not params:  # an ablation with nothing to learn (no offsets, frozen weights): save as is
         return save_untrained_stage(run, stage, model, f"{stage}: no offsets and frozen regular weights")
     max_steps = stage_cfg.max_steps
-    optimizer = make_sgd([{"params": params, "lr": stage_cfg.lr}], stage_cfg.lr, momentum=stage_cfg.momentum,
-                         weight_decay=stage_cfg.weight_decay)
+    optimizer = make_sgd(
+        [{"params": params, "lr": stage_cfg.lr}],
+        stage_cfg.lr,
+        momentum=stage_cfg.momentum,
+        weight_decay=stage_cfg.weight_decay,
+    )
     wrapped = wrap_ddp(model, init_distributed())
     wrapped.train()  # ESOLModel.train keeps the backbone's batch-norm statistics frozen
-    return train_loop(stage, wrapped, optimizer, loss_fn, loader, max_steps, run,
-                      scheduler=PolyLR(optimizer, max_steps), checkpoint_every=cfg.train_cam.checkpoint_every,
-                      seed=cfg.seed, after_step=OffsetGuard(stage, sampler, stage_cfg.max_offset),
-                      progress=progress, optional=UNTRAINED_IN_EXPANSION if stage == "expansion" else ())
+    return train_loop(
+        stage,
+        wrapped,
+        optimizer,
+        loss_fn,
+        loader,
+        max_steps,
+        run,
+        scheduler=PolyLR(optimizer, max_steps),
+        checkpoint_every=cfg.train_cam.checkpoint_every,
+        seed=cfg.seed,
+        after_step=OffsetGuard(stage, sampler, stage_cfg.max_offset),
+        progress=progress,
+        optional=UNTRAINED_IN_EXPANSION if stage == "expansion" else (),
+    )
 
 
 @holds_run_lock
@@ -226,14 +255,22 @@ def shrink(run, *, progress: bool = True):
     device = resolve_device(cfg)
     base, loader = _stage_loader(cfg, cfg.shrinkage, cfg.data.train_split)
     model = build_esol_model(cfg, base.num_classes, run, device)
-    load_stage_checkpoint(run, "expansion", model, hint=f"run `esol expand --run {run.root}` first",
-                          optional=UNTRAINED_IN_EXPANSION)
+    load_stage_checkpoint(
+        run, "expansion", model, hint=f"run `esol expand --run {run.root}` first", optional=UNTRAINED_IN_EXPANSION
+    )
     sc = cfg.shrinkage
 
     def loss_fn(m: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         logits, cams = m(batch["image"].to(device), return_cams=True)
-        return shrinkage_loss(logits, batch["label"].to(device), cams, gamma=sc.gamma, mu=sc.mu,
-                              use_area=sc.area_loss, area_map=sc.area_map,
-                              area_classes=sc.area_classes)
+        return shrinkage_loss(
+            logits,
+            batch["label"].to(device),
+            cams,
+            gamma=sc.gamma,
+            mu=sc.mu,
+            use_area=sc.area_loss,
+            area_map=sc.area_map,
+            area_classes=sc.area_classes,
+        )
 
     return _train_stage(run, "shrinkage", model, loss_fn, sc, cfg, loader, progress)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -33,8 +33,14 @@ from esol_lib.atomic import atomic_save
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FeatureCache", "CachedBackbone", "cached_backbone", "module_fingerprint", "input_key",
-           "shared_feature_cache"]
+__all__ = [
+    "FeatureCache",
+    "CachedBackbone",
+    "cached_backbone",
+    "module_fingerprint",
+    "input_key",
+    "shared_feature_cache",
+]
 
 
 def module_fingerprint(module: nn.Module) -> str:
@@ -81,7 +87,7 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def get(self, key: str) -> Optional[torch.Tensor]:
+    def get(self, key: str) -> torch.Tensor | None:
         value = self._store.get(key)
         if value is None:
             return None
@@ -98,8 +104,13 @@ class FeatureCache:
         self._store[key] = value
         self.bytes += size
 
-    def compute(self, fn: Callable[[torch.Tensor], torch.Tensor], fingerprint: str, x: torch.Tensor,
-                directory: str | Path | None = None) -> torch.Tensor:
+    def compute(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        fingerprint: str,
+        x: torch.Tensor,
+        directory: str | Path | None = None,
+    ) -> torch.Tensor:
         """``fn(x)``, from the cache when this input was seen before; the result never requires grad.
 
         With ``directory``, a value missing from memory is looked up there, and a computed one is
@@ -135,10 +146,10 @@ class FeatureCache:
         return out
 
 
-_SHARED: Optional[FeatureCache] = None
+_SHARED: FeatureCache | None = None
 
 
-def shared_feature_cache(max_mb: float) -> Optional[FeatureCache]:
+def shared_feature_cache(max_mb: float) -> FeatureCache | None:
     """The process-wide cache, grown to at least ``max_mb``; None when ``max_mb`` is 0 (caching off).
 
     One cache per process serves every run opened in it: the ablations of chapter 07 reuse the
@@ -165,7 +176,7 @@ class CachedBackbone:
         return self.cache.compute(lambda t: self.backbone(t)["out"], self.fingerprint, x, self.directory)
 
 
-def cached_backbone(backbone: nn.Module, max_mb: float, directory: str | Path | None = None) -> Optional[CachedBackbone]:
+def cached_backbone(backbone: nn.Module, max_mb: float, directory: str | Path | None = None) -> CachedBackbone | None:
     """``backbone`` behind the process-wide cache (config ``feature_cache_mb``); None when caching is off."""
     cache = shared_feature_cache(max_mb)
     return None if cache is None else CachedBackbone(backbone, cache, directory)

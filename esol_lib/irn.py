@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import lru_cache
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from functools import cache
 
 import numpy as np
 import torch
@@ -69,8 +69,14 @@ IGNORE = 255
 # ----------------------------------------------------------------------------- 1. IR labels
 
 
-def ir_labels(image: np.ndarray, cams: np.ndarray, keys: Sequence[int], conf_fg: float, conf_bg: float,
-              crf_kwargs: Mapping[str, float] | None = None) -> np.ndarray:
+def ir_labels(
+    image: np.ndarray,
+    cams: np.ndarray,
+    keys: Sequence[int],
+    conf_fg: float,
+    conf_bg: float,
+    crf_kwargs: Mapping[str, float] | None = None,
+) -> np.ndarray:
     """IRN's inter-pixel relation label (``cam_to_ir_label.py``) of one image → ``(H, W)`` int64.
 
     Args:
@@ -94,8 +100,7 @@ def ir_labels(image: np.ndarray, cams: np.ndarray, keys: Sequence[int], conf_fg:
     cams = np.asarray(cams, dtype=np.float32)
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     if cams.ndim != 3 or len(keys) != cams.shape[0]:
-        raise ValueError(f"ir_labels: cams must be (K, H, W) with K = len(keys); got {cams.shape} and "
-                         f"{len(keys)} keys")
+        raise ValueError(f"ir_labels: cams must be (K, H, W) with K = len(keys); got {cams.shape} and {len(keys)} keys")
     if np.asarray(image).shape[:2] != cams.shape[1:]:
         raise ValueError(f"ir_labels: image {np.asarray(image).shape[:2]} and CAMs {cams.shape[1:]} differ in size")
     if len(keys) == 0:  # no foreground class: everything is confident background
@@ -118,7 +123,7 @@ def ir_labels(image: np.ndarray, cams: np.ndarray, keys: Sequence[int], conf_fg:
 # ----------------------------------------------------------------------------- 2. pairs and paths
 
 
-@lru_cache(maxsize=None)
+@cache
 def affinity_pairs(radius: int) -> tuple[tuple[int, int], ...]:
     """IRN's search directions: offsets ``(dy, dx)`` of the pixel pairs within ``radius``, one per pair.
 
@@ -129,11 +134,11 @@ def affinity_pairs(radius: int) -> tuple[tuple[int, int], ...]:
     if isinstance(radius, bool) or not isinstance(radius, int) or radius < 2:
         raise ValueError(f"irn.radius must be an integer >= 2 (pairs within it), got {radius!r}")
     dirs = [(0, x) for x in range(1, radius)]
-    dirs += [(y, x) for y in range(1, radius) for x in range(-radius + 1, radius) if x * x + y * y < radius ** 2]
+    dirs += [(y, x) for y in range(1, radius) for x in range(-radius + 1, radius) if x * x + y * y < radius**2]
     return tuple(dirs)
 
 
-@lru_cache(maxsize=None)
+@cache
 def path_points(offset: tuple[int, int]) -> tuple[tuple[int, int], ...]:
     """The grid points whose boundary scores decide the affinity of the pair ``(0, 0)``–``offset``.
 
@@ -210,9 +215,9 @@ def _path_argmax(key: Tensor, offset: tuple[int, int], margin: int, out: Tensor)
     """``out`` ← the flat position of the max score on the path of ``offset`` from every pixel (in place)."""
     h, w = out.shape[-2:]
     (py, px), *rest = path_points(offset)
-    out.copy_(key[..., py:py + h, margin + px:margin + px + w])
+    out.copy_(key[..., py : py + h, margin + px : margin + px + w])
     for py, px in rest:
-        torch.maximum(out, key[..., py:py + h, margin + px:margin + px + w], out=out)
+        torch.maximum(out, key[..., py : py + h, margin + px : margin + px + w], out=out)
     return out.bitwise_and_(0xFFFFFFFF)
 
 
@@ -270,8 +275,9 @@ def affinity_loss(boundary: Tensor, label: Tensor, radius: int, eps: float = 1e-
     CPU. Returns the loss and the three terms (floats, for the log).
     """
     if boundary.shape != label.shape or boundary.ndim != 3:
-        raise ValueError(f"affinity_loss: boundary {tuple(boundary.shape)} and label {tuple(label.shape)} must "
-                         "both be (B, h, w)")
+        raise ValueError(
+            f"affinity_loss: boundary {tuple(boundary.shape)} and label {tuple(label.shape)} must both be (B, h, w)"
+        )
     loss, parts = _AffinityLoss.apply(boundary, label, radius, eps)
     bg, fg, ng = parts.tolist()
     return loss, {"bg_pos": bg, "fg_pos": fg, "neg": ng}
@@ -307,7 +313,7 @@ class _AffinityLoss(torch.autograd.Function):
         for dy, dx in affinity_pairs(radius):
             _path_argmax(key, (dy, dx), m, best)
             aff = 1.0 - flat.gather(0, best.view(-1))
-            dst = dst_all[..., dy:dy + h, m + dx:m + dx + w].reshape(-1)
+            dst = dst_all[..., dy : dy + h, m + dx : m + dx + w].reshape(-1)
             term = torch.where(src.view(-1) == dst, src_term.view(-1), 3 * (src_ok.view(-1) & (dst != IGNORE)))
             x = torch.where(term == 3, 1.0 + eps - aff, aff + eps)
             sums += torch.bincount(term, weights=torch.log(x).double(), minlength=4)
@@ -328,7 +334,7 @@ class _AffinityLoss(torch.autograd.Function):
         # d a / d boundary = −1 at the arg-max point; d L / d a: −1/(4 n_bg (a+eps)), −1/(4 n_fg (a+eps)),
         # +1/(2 n_neg (1+eps−a))
         weights = torch.tensor([0.25, 0.25, -0.5], dtype=torch.float64) / (counts + eps)
-        grad = (weights[:, None] * scattered).sum(0).view(shape)[..., :h, m:m + w]
+        grad = (weights[:, None] * scattered).sum(0).view(shape)[..., :h, m : m + w]
         return (grad * grad_loss.double()).to(dtype), None, None, None
 
 
@@ -355,8 +361,9 @@ class BoundaryNet(nn.Module):
     ``small`` backbone with strides ``[1, 2, 2, 1]``.
     """
 
-    def __init__(self, backbone: Backbone, channels: int = 32, groups: int = 4,
-                 levels: Sequence[str] = STAGE_NAMES) -> None:
+    def __init__(
+        self, backbone: Backbone, channels: int = 32, groups: int = 4, levels: Sequence[str] = STAGE_NAMES
+    ) -> None:
         super().__init__()
         levels = tuple(levels)
         unknown = [lv for lv in levels if lv not in STAGE_NAMES]
@@ -368,11 +375,12 @@ class BoundaryNet(nn.Module):
         in_ch = dict(zip(STAGE_NAMES, [backbone.stem_channels, *backbone.stage_channels]))
         self.edge_layers = nn.ModuleList(
             nn.Sequential(nn.Conv2d(in_ch[lv], channels, 1, bias=False), nn.GroupNorm(groups, channels))
-            for lv in levels)
+            for lv in levels
+        )
         self.edge_out = nn.Conv2d(channels * len(levels), 1, 1, bias=True)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "BoundaryNet":
+    def train(self, mode: bool = True) -> BoundaryNet:
         """Set the head's mode; the frozen backbone always stays in eval mode (IRN)."""
         super().train(mode)
         self.backbone.eval()
@@ -397,7 +405,7 @@ class BoundaryNet(nn.Module):
                 y = F.interpolate(y, scale_factor=s, mode="bilinear", align_corners=False)
                 if y.shape[-2] < size[0] or y.shape[-1] < size[1]:  # odd sizes: never smaller than level 1
                     y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-                y = y[..., :size[0], :size[1]]
+                y = y[..., : size[0], : size[1]]
             outs.append(F.relu(y))
         return self.edge_out(torch.cat(outs, 1))[:, 0]
 
@@ -454,7 +462,7 @@ def transition_matrix(boundary: Tensor, radius: int, beta: float) -> Tensor:
     keep = values > 0
     lin = torch.tensor([dy * w + dx for dy, dx in neighbourhood(radius)], device=boundary.device)
     rows = torch.arange(n, device=boundary.device)
-    index_dtype = torch.int32 if n * keep.shape[1] < 2 ** 31 else torch.int64
+    index_dtype = torch.int32 if n * keep.shape[1] < 2**31 else torch.int64
     col = (rows[:, None] + lin[None, :])[keep].to(index_dtype)
     crow = torch.zeros(n + 1, dtype=torch.int64, device=boundary.device)
     crow[1:] = keep.sum(1).cumsum(0)
@@ -463,8 +471,7 @@ def transition_matrix(boundary: Tensor, radius: int, beta: float) -> Tensor:
         return torch.sparse_csr_tensor(crow.to(index_dtype), col, values[keep], (n, n), check_invariants=False)
 
 
-def random_walk(scores: Tensor, boundary: Tensor, radius: int = 5, beta: float = 10.0,
-                exp_times: int = 8) -> Tensor:
+def random_walk(scores: Tensor, boundary: Tensor, radius: int = 5, beta: float = 10.0, exp_times: int = 8) -> Tensor:
     """IRN's ``propagate_to_edge``: ``(C, h, w)`` scores random-walked over the boundary map ``(h, w)``.
 
     The scores are multiplied by ``1 − boundary`` and propagated ``2**exp_times`` steps with
@@ -473,14 +480,16 @@ def random_walk(scores: Tensor, boundary: Tensor, radius: int = 5, beta: float =
     walk (:func:`pseudo_mask` adds it after). Memory is ``O(h·w·P)``.
     """
     if scores.ndim != 3 or scores.shape[1:] != boundary.shape:
-        raise ValueError(f"random_walk: scores must be (C, h, w) matching the boundary {tuple(boundary.shape)}, "
-                         f"got {tuple(scores.shape)}")
+        raise ValueError(
+            f"random_walk: scores must be (C, h, w) matching the boundary {tuple(boundary.shape)}, "
+            f"got {tuple(scores.shape)}"
+        )
     if exp_times < 0:
         raise ValueError(f"irn.exp_times must be >= 0, got {exp_times}")
     c, h, w = scores.shape
     trans = transition_matrix(boundary, radius, beta)
     v = (scores.float() * (1.0 - boundary.float())).reshape(c, h * w).t().contiguous()
-    for _ in range(2 ** exp_times):
+    for _ in range(2**exp_times):
         v = trans @ v
     return v.t().reshape(c, h, w)
 
@@ -509,11 +518,12 @@ def _upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
     up = F.interpolate(x[None], scale_factor=s, mode="bilinear", align_corners=False)[0]
     if up.shape[-2] < size[0] or up.shape[-1] < size[1]:
         up = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
-    return up[..., :size[0], :size[1]]
+    return up[..., : size[0], : size[1]]
 
 
-def walked_scores(cams: np.ndarray | Tensor, boundary: Tensor, *, radius: int = 5, beta: float = 10.0,
-                  exp_times: int = 8) -> Tensor:
+def walked_scores(
+    cams: np.ndarray | Tensor, boundary: Tensor, *, radius: int = 5, beta: float = 10.0, exp_times: int = 8
+) -> Tensor:
     """The foreground scores of :func:`pseudo_mask` before its background cut → ``(K, H, W)`` in ``[0, 1]``.
 
     ``cams`` are the image-resolution CAMs ``(K, H, W)``; ``boundary`` the image's boundary map
@@ -521,8 +531,9 @@ def walked_scores(cams: np.ndarray | Tensor, boundary: Tensor, *, radius: int = 
     :func:`random_walk`, bilinear upsampling to ``(H, W)``, division by the global maximum (over all
     classes and pixels, as IRN). Several background scores can then be tried on one walk.
     """
-    cams_t = torch.as_tensor(np.asarray(cams) if not isinstance(cams, Tensor) else cams,
-                             dtype=torch.float32, device=boundary.device)
+    cams_t = torch.as_tensor(
+        np.asarray(cams) if not isinstance(cams, Tensor) else cams, dtype=torch.float32, device=boundary.device
+    )
     if cams_t.ndim != 3:
         raise ValueError(f"walked_scores: cams must be (K, H, W); got {tuple(cams_t.shape)}")
     size = (cams_t.shape[1], cams_t.shape[2])
@@ -539,15 +550,25 @@ def mask_from_scores(scores: Tensor, keys: Sequence[int], bg_thres: float = 0.25
     (``sem_seg_bg_thres``) in front, arg-max, class ids ``keys`` (0 for background)."""
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     if scores.ndim != 3 or scores.shape[0] != len(keys):
-        raise ValueError(f"mask_from_scores: scores must be (K, H, W) with K = len(keys); got "
-                         f"{tuple(scores.shape)} and {len(keys)} keys")
+        raise ValueError(
+            f"mask_from_scores: scores must be (K, H, W) with K = len(keys); got "
+            f"{tuple(scores.shape)} and {len(keys)} keys"
+        )
     with_bg = F.pad(scores, (0, 0, 0, 0, 1, 0), value=bg_thres)
     pred = with_bg.argmax(0).cpu().numpy()
     return np.concatenate([[0], keys])[pred]
 
 
-def pseudo_mask(cams: np.ndarray | Tensor, keys: Sequence[int], boundary: Tensor, *, radius: int = 5,
-                beta: float = 10.0, exp_times: int = 8, bg_thres: float = 0.25) -> np.ndarray:
+def pseudo_mask(
+    cams: np.ndarray | Tensor,
+    keys: Sequence[int],
+    boundary: Tensor,
+    *,
+    radius: int = 5,
+    beta: float = 10.0,
+    exp_times: int = 8,
+    bg_thres: float = 0.25,
+) -> np.ndarray:
     """One image's pseudo mask ``(H, W)`` int64 (class ids, 0 background) — ``make_sem_seg_labels.py``.
 
     ``cams`` are the image-resolution CAMs ``(K, H, W)`` of classes ``keys``; ``boundary`` the image's
@@ -556,7 +577,8 @@ def pseudo_mask(cams: np.ndarray | Tensor, keys: Sequence[int], boundary: Tensor
     """
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     if np.ndim(cams) != 3 or np.shape(cams)[0] != len(keys):  # checked before the walk, not after it
-        raise ValueError(f"pseudo_mask: cams must be (K, H, W) with K = len(keys); got {tuple(np.shape(cams))} "
-                         f"and {len(keys)} keys")
+        raise ValueError(
+            f"pseudo_mask: cams must be (K, H, W) with K = len(keys); got {tuple(np.shape(cams))} and {len(keys)} keys"
+        )
     scores = walked_scores(cams, boundary, radius=radius, beta=beta, exp_times=exp_times)
     return mask_from_scores(scores, keys, bg_thres)

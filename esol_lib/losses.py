@@ -59,9 +59,17 @@ def area_loss(maps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.T
     return (areas * present).sum() / present.sum().clamp_min(1.0)
 
 
-def shrinkage_loss(logits: torch.Tensor, labels: torch.Tensor, cams: torch.Tensor, *, gamma: float = 1.0,
-                   mu: float = 1.0, use_area: bool = True, area_map: str = "cam",
-                   area_classes: str = "present") -> tuple[torch.Tensor, dict]:
+def shrinkage_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    cams: torch.Tensor,
+    *,
+    gamma: float = 1.0,
+    mu: float = 1.0,
+    use_area: bool = True,
+    area_map: str = "cam",
+    area_classes: str = "present",
+) -> tuple[torch.Tensor, dict]:
     """Eq. (6): ``γ · L(ŷ, y) + μ · L_area``; returns the loss and its two terms for logging.
 
     ``area_classes``: ``'all'`` averages the area over all ``C`` classes, as Eq. (6) is written;

@@ -8,9 +8,9 @@ Label maps hold class indices: 0 = background, 1..C = foreground classes, 255 = 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -146,8 +146,15 @@ class ThresholdSweep:
         sweep = []
         for t, conf in zip(self.thresholds, self.confs):
             s = summarize(conf, class_names)
-            sweep.append({"threshold": float(t), "miou": s["miou"], "precision": s["precision"],
-                          "recall": s["recall"], "f1": s["f1"]})
+            sweep.append(
+                {
+                    "threshold": float(t),
+                    "miou": s["miou"],
+                    "precision": s["precision"],
+                    "recall": s["recall"],
+                    "f1": s["f1"],
+                }
+            )
         best = max(range(len(sweep)), key=lambda i: sweep[i]["miou"])
         out = dict(meta)
         out["threshold"] = float(self.thresholds[best])

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
 from esol_lib.errors import StageError
 
@@ -62,8 +63,9 @@ def _run(index: int):
     return fn(items[index])
 
 
-def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int | None = None,
-                chunksize: int = 4) -> Iterator[R]:
+def map_ordered(
+    fn: Callable[[T], R], items: Sequence[T], workers: int | None = None, chunksize: int = 4
+) -> Iterator[R]:
     """``fn(item)`` for each item, in order; on ``workers`` forked processes when there are more than one.
 
     ``workers`` None: :func:`cpu_workers`. Falls back to a plain loop with one worker, with fewer
@@ -81,13 +83,19 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int | None = 
     _TASK = (fn, items)
     # concurrent.futures, not multiprocessing.Pool: a worker that dies (SIGKILL, the OOM killer)
     # breaks the pool with an error here, where Pool would wait forever for its lost task.
-    pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=mp.get_context("fork"),
-                               initializer=_die_with_parent, initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        min(workers, len(items)),
+        mp_context=mp.get_context("fork"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
     try:
         yield from pool.map(_run, range(len(items)), chunksize=chunksize)
     except BrokenProcessPool:
-        raise StageError("a worker process died (killed, or out of memory?); what was finished is kept: "
-                         "run the same command again to go on") from None
+        raise StageError(
+            "a worker process died (killed, or out of memory?); what was finished is kept: "
+            "run the same command again to go on"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _TASK = None

@@ -15,8 +15,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["COMPARISONS", "WHY_SLOWER", "CAM_FLOOR_TARGET", "markdown_table", "slower_rows", "performance_page",
-           "load_comparisons"]
+__all__ = [
+    "COMPARISONS",
+    "WHY_SLOWER",
+    "CAM_FLOOR_TARGET",
+    "markdown_table",
+    "slower_rows",
+    "performance_page",
+    "load_comparisons",
+]
 
 COMPARISONS = {
     "cam": "multi-scale CAMs (Eq. 2): esol, an IRN-style loop, pytorch-grad-cam, and the forward-pass floor",
@@ -32,19 +39,19 @@ CAM_FLOOR_TARGET = 1.2
 #: Why esol can be slower than a peer on some rows, and what it would take (shown beside such rows).
 WHY_SLOWER = {
     "crf": "Forking the worker processes and sending each result back costs a fixed few tens of milliseconds; "
-           "on a handful of small images that is more than the CRFs themselves. The pool pays off once the "
-           "work per call exceeds it, as at the stages' sizes (hundreds of images); a pool started once per "
-           "run instead of once per call would remove the fixed cost.",
+    "on a handful of small images that is more than the CRFs themselves. The pool pays off once the "
+    "work per call exceeds it, as at the stages' sizes (hundreds of images); a pool started once per "
+    "run instead of once per call would remove the fixed cost.",
     "walk": "On a map of a few hundred pixels the dense matrix is under a MiB and its eight squarings cost "
-            "about what the sparse walk's 256 small steps cost (the two are within timing noise). From a "
-            "32 × 32 map up the sparse walk is faster, its memory grows as N, not N², and it is the only "
-            "one that runs at the sizes of real images: nothing to gain from a dense path.",
+    "about what the sparse walk's 256 small steps cost (the two are within timing noise). From a "
+    "32 × 32 map up the sparse walk is faster, its memory grows as N, not N², and it is the only "
+    "one that runs at the sizes of real images: nothing to gain from a dense path.",
     "sampler": "grid_sample materialises the nine sampled maps (9 × channels × the map), so it needs nine "
-               "times the input's memory; torchvision's kernel loops over them instead. Where the nine maps "
-               "are too large the loop wins; on the GPU esol uses torchvision's kernel.",
+    "times the input's memory; torchvision's kernel loops over them instead. Where the nine maps "
+    "are too large the loop wins; on the GPU esol uses torchvision's kernel.",
     "suite": "",
     "cam": "The IRN-style loop and esol do the same forward passes; a ratio a little above 1 is timing noise "
-           "between two equal-cost runs.",
+    "between two equal-cost runs.",
 }
 
 
@@ -71,114 +78,182 @@ def _header(cols: list[str], right: int) -> list[str]:
 
 
 def _cam_table(result: dict) -> list[str]:
-    lines = _header(["image px", "images", "esol img/s", "esol at 8 images per pass img/s", "IRN-style loop img/s",
-                     "grad-cam img/s", "forward passes alone img/s", "esol / loop", "esol / grad-cam",
-                     f"esol / forward passes (target ≤ {CAM_FLOOR_TARGET})"], 8)
+    lines = _header(
+        [
+            "image px",
+            "images",
+            "esol img/s",
+            "esol at 8 images per pass img/s",
+            "IRN-style loop img/s",
+            "grad-cam img/s",
+            "forward passes alone img/s",
+            "esol / loop",
+            "esol / grad-cam",
+            f"esol / forward passes (target ≤ {CAM_FLOOR_TARGET})",
+        ],
+        8,
+    )
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"| {r.get('size', '?')} | | error: {r['error']} |" + " |" * 7)
             continue
         n = r["images"]
-        lines.append(f"| {r['size']} | {n} | {_per_s(n, r['esol_s'])} | {_per_s(n, r.get('esol_batch8_s'))} | "
-                     f"{_per_s(n, r['irn_loop_s'])} | "
-                     f"{_per_s(n, r.get('gradcam_s'))} | {_per_s(n, r['floor_s'])} | "
-                     f"{_ratio(r['esol_s'], r['irn_loop_s'])} | {_ratio(r['esol_s'], r.get('gradcam_s'))} | "
-                     f"{_ratio(r['esol_s'], r['floor_s'])} |")
+        lines.append(
+            f"| {r['size']} | {n} | {_per_s(n, r['esol_s'])} | {_per_s(n, r.get('esol_batch8_s'))} | "
+            f"{_per_s(n, r['irn_loop_s'])} | "
+            f"{_per_s(n, r.get('gradcam_s'))} | {_per_s(n, r['floor_s'])} | "
+            f"{_ratio(r['esol_s'], r['irn_loop_s'])} | {_ratio(r['esol_s'], r.get('gradcam_s'))} | "
+            f"{_ratio(r['esol_s'], r['floor_s'])} |"
+        )
     notes = []
     r0 = next((r for r in result["rows"] if "error" not in r), None)
     if r0:
         agree = max(r["irn_loop_max_diff"] for r in result["rows"] if "error" not in r)
-        notes.append(f"Scales {r0['scales']} and their mirrors, the `cpu` profile's classifier (random weights, 20 "
-                     f"classes). esol passes {r0['batch']} image(s) per forward pass on `{r0.get('device', '?')}` "
-                     f"without the feature cache (`esol_lib.cam.cam_batch_size`; with the cache on, as in the `cpu` "
-                     f"profile, 8: fewer, larger cache entries); the forward passes alone are timed at the same "
-                     f"batch. esol and the loop agree to {agree:.1e}.")
+        notes.append(
+            f"Scales {r0['scales']} and their mirrors, the `cpu` profile's classifier (random weights, 20 "
+            f"classes). esol passes {r0['batch']} image(s) per forward pass on `{r0.get('device', '?')}` "
+            f"without the feature cache (`esol_lib.cam.cam_batch_size`; with the cache on, as in the `cpu` "
+            f"profile, 8: fewer, larger cache entries); the forward passes alone are timed at the same "
+            f"batch. esol and the loop agree to {agree:.1e}."
+        )
         corr = [r["gradcam_corr"] for r in result["rows"] if r.get("gradcam_corr") is not None]
         if corr:
-            notes.append(f"grad-cam computes one class per call (here class 1 of each image); esol computes all 20 "
-                         f"in the same passes. At one scale its maps correlate with Eq. (2)'s at r = {min(corr):.4f} "
-                         "(GradCAM on a GAP + linear head is the CAM, min-max normalised).")
+            notes.append(
+                f"grad-cam computes one class per call (here class 1 of each image); esol computes all 20 "
+                f"in the same passes. At one scale its maps correlate with Eq. (2)'s at r = {min(corr):.4f} "
+                "(GradCAM on a GAP + linear head is the CAM, min-max normalised)."
+            )
         else:
             notes.append(r0.get("gradcam_note", "grad-cam was not measured."))
     return lines + [line for note in notes for line in ("", note)]
 
 
 def _sampler_table(result: dict) -> list[str]:
-    lines = _header(["batch × channels × map", "esol grid_sample ms", "torchvision deform_conv2d ms",
-                     "esol / torchvision", "max difference (output, offset gradient)"], 4)
+    lines = _header(
+        [
+            "batch × channels × map",
+            "esol grid_sample ms",
+            "torchvision deform_conv2d ms",
+            "esol / torchvision",
+            "max difference (output, offset gradient)",
+        ],
+        4,
+    )
     for r in result["rows"]:
         shape = f"{r.get('batch', '?')} × {r.get('channels', '?')} × {r.get('side', '?')}²"
         if "error" in r:
             lines.append(f"| {shape} | error: {r['error']} | | | |")
             continue
-        lines.append(f"| {shape} | {_ms(r['esol_s'])} | {_ms(r['torchvision_s'])} | "
-                     f"{_ratio(r['esol_s'], r['torchvision_s'])} | {r['max_diff']:.0e}, {r['grad_max_diff']:.0e} |")
-    return lines + ["", "One forward + backward step of a 3 × 3 sampler with random offsets (σ 1.5 cells), gradients "
-                        "to the offsets only (the ESOL stages train the offset branch; the backbone's features "
-                        "are cached and the regular weights frozen). Differences are relative to the largest "
-                        f"value. The default on `{result['rows'][0].get('device', '?')}`: {result.get('default', '?')}."]
+        lines.append(
+            f"| {shape} | {_ms(r['esol_s'])} | {_ms(r['torchvision_s'])} | "
+            f"{_ratio(r['esol_s'], r['torchvision_s'])} | {r['max_diff']:.0e}, {r['grad_max_diff']:.0e} |"
+        )
+    return lines + [
+        "",
+        "One forward + backward step of a 3 × 3 sampler with random offsets (σ 1.5 cells), gradients "
+        "to the offsets only (the ESOL stages train the offset branch; the backbone's features "
+        "are cached and the regular weights frozen). Differences are relative to the largest "
+        f"value. The default on `{result['rows'][0].get('device', '?')}`: {result.get('default', '?')}.",
+    ]
 
 
 def _walk_table(result: dict) -> list[str]:
-    lines = _header(["walk map (image px at stride 4)", "N", "esol sparse s", "sparse peak MiB", "dense s",
-                     "dense peak MiB", "esol / dense", "dense"], 6)
+    lines = _header(
+        [
+            "walk map (image px at stride 4)",
+            "N",
+            "esol sparse s",
+            "sparse peak MiB",
+            "dense s",
+            "dense peak MiB",
+            "esol / dense",
+            "dense",
+        ],
+        6,
+    )
     for r in result["rows"]:
         dense = r.get("dense_note") or ("same result" if r.get("agree") else "results differ")
-        lines.append(f"| {r['side']}² ({r['image_px']}) | {r['N']:,} | {_num(r.get('sparse_s'), ',.2f')} | "
-                     f"{_num(r.get('sparse_peak_mib'), ',.0f')} | {_num(r.get('dense_s'), ',.2f')} | "
-                     f"{_num(r.get('dense_peak_mib'), ',.0f')} | {_ratio(r.get('sparse_s'), r.get('dense_s'))} | "
-                     f"{dense} |")
-    return lines + ["", f"Radius {result['radius']}, β {result['beta']}, {2 ** result['exp_times']} steps "
-                        f"(exp_times {result['exp_times']}), 3 classes. The dense walk squares the N × N matrix "
-                        f"{result['exp_times']} times (IRN's code); peak memory is the resident set the case "
-                        f"added, on a machine with {result['memory_gib']:.0f} GiB."]
+        lines.append(
+            f"| {r['side']}² ({r['image_px']}) | {r['N']:,} | {_num(r.get('sparse_s'), ',.2f')} | "
+            f"{_num(r.get('sparse_peak_mib'), ',.0f')} | {_num(r.get('dense_s'), ',.2f')} | "
+            f"{_num(r.get('dense_peak_mib'), ',.0f')} | {_ratio(r.get('sparse_s'), r.get('dense_s'))} | "
+            f"{dense} |"
+        )
+    return lines + [
+        "",
+        f"Radius {result['radius']}, β {result['beta']}, {2 ** result['exp_times']} steps "
+        f"(exp_times {result['exp_times']}), 3 classes. The dense walk squares the N × N matrix "
+        f"{result['exp_times']} times (IRN's code); peak memory is the resident set the case "
+        f"added, on a machine with {result['memory_gib']:.0f} GiB.",
+    ]
 
 
 def _crf_table(result: dict) -> list[str]:
-    lines = _header(["image px", "images", "one process img/s", "worker pool img/s", "workers", "pool / one process"], 5)
+    lines = _header(
+        ["image px", "images", "one process img/s", "worker pool img/s", "workers", "pool / one process"], 5
+    )
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"| {r.get('size', '?')} | | error: {r['error']} | | | |")
             continue
         n = r["images"]
-        lines.append(f"| {r['size']} | {n} | {_per_s(n, r['serial_s'])} | {_per_s(n, r['pool_s'])} | "
-                     f"{r['workers']} | {_ratio(r['pool_s'], r['serial_s'])} |")
-    return lines + ["", "IRN's CRF on a 4-label labelling (10 iterations), `esol_lib.crf.crf_from_labels`; the pool "
-                        "is `esol_lib.parallel.map_ordered` with one worker per core."]
+        lines.append(
+            f"| {r['size']} | {n} | {_per_s(n, r['serial_s'])} | {_per_s(n, r['pool_s'])} | "
+            f"{r['workers']} | {_ratio(r['pool_s'], r['serial_s'])} |"
+        )
+    return lines + [
+        "",
+        "IRN's CRF on a 4-label labelling (10 iterations), `esol_lib.crf.crf_from_labels`; the pool "
+        "is `esol_lib.parallel.map_ordered` with one worker per core.",
+    ]
 
 
 def _suite_table(result: dict) -> list[str]:
-    lines = [f"`{result['command']}`: {result['wall_s'] / 60:.1f} minutes ({result.get('summary') or 'no summary'}"
-             f"{'' if result.get('exit') == 0 else ', exit ' + str(result.get('exit'))}). The test files by "
-             "their share of the test time (setup + call + teardown, pytest's `--durations`):", "",
-             *_header(["test file", "seconds", "share"], 2)]
+    lines = [
+        f"`{result['command']}`: {result['wall_s'] / 60:.1f} minutes ({result.get('summary') or 'no summary'}"
+        f"{'' if result.get('exit') == 0 else ', exit ' + str(result.get('exit'))}). The test files by "
+        "their share of the test time (setup + call + teardown, pytest's `--durations`):",
+        "",
+        *_header(["test file", "seconds", "share"], 2),
+    ]
     total = sum(r["seconds"] for r in result["rows"])
     shown = [r for r in result["rows"] if r["seconds"] >= 0.02 * total and r["seconds"] > 0]
     for r in shown:
         lines.append(f"| `{r['file']}` | {r['seconds']:,.0f} | {100 * r['seconds'] / total:.0f} % |")
     rest = total - sum(r["seconds"] for r in shown)
     if len(shown) < len(result["rows"]) and total > 0:
-        lines.append(f"| {len(result['rows']) - len(shown)} other files (each < 2 %) | {rest:,.0f} | "
-                     f"{100 * rest / total:.0f} % |")
+        lines.append(
+            f"| {len(result['rows']) - len(shown)} other files (each < 2 %) | {rest:,.0f} | "
+            f"{100 * rest / total:.0f} % |"
+        )
     book = result.get("book")
     lines.append("")
     if book and book.get("chapters"):
         minutes = book.get("total_seconds", sum(book["chapters"].values())) / 60
-        top = sorted(((stage, sec, ch) for ch, per in (book.get("stages") or {}).items() for stage, sec in per.items()),
-                     key=lambda t: -t[1])[:3]
-        lines.append(f"The last `make book` here (profile `{book.get('profile', '?')}`, {book.get('started', '?')}): "
-                     f"the chapters took {minutes:.1f} minutes"
-                     + ("; the largest stages: " + ", ".join(f"{st} in {Path(ch).stem} ({sec / 60:.1f} min)"
-                                                          for st, sec, ch in top) if top else "")
-                     + ". The *Build time* page has every chapter and the share of each stage.")
+        top = sorted(
+            ((stage, sec, ch) for ch, per in (book.get("stages") or {}).items() for stage, sec in per.items()),
+            key=lambda t: -t[1],
+        )[:3]
+        lines.append(
+            f"The last `make book` here (profile `{book.get('profile', '?')}`, {book.get('started', '?')}): "
+            f"the chapters took {minutes:.1f} minutes"
+            + (
+                "; the largest stages: "
+                + ", ".join(f"{st} in {Path(ch).stem} ({sec / 60:.1f} min)" for st, sec, ch in top)
+                if top
+                else ""
+            )
+            + ". The *Build time* page has every chapter and the share of each stage."
+        )
     else:
-        lines.append("No `make book` timing was found (`_build/executed/timing.json`); the *Build time* page of a "
-                     "built book has every chapter and the share of each stage.")
+        lines.append(
+            "No `make book` timing was found (`_build/executed/timing.json`); the *Build time* page of a "
+            "built book has every chapter and the share of each stage."
+        )
     return lines
 
 
-_TABLES = {"cam": _cam_table, "sampler": _sampler_table, "walk": _walk_table, "crf": _crf_table,
-           "suite": _suite_table}
+_TABLES = {"cam": _cam_table, "sampler": _sampler_table, "walk": _walk_table, "crf": _crf_table, "suite": _suite_table}
 
 
 def markdown_table(name: str, result: dict) -> str:
@@ -201,18 +276,22 @@ def slower_rows(name: str, result: dict) -> list[str]:
                 if r.get(key) and _slower(r["esol_s"], r[key]):
                     out.append(f"{r['size']} px: slower than {peer} ({r['esol_s'] / r[key]:.2f}×)")
             if _slower(r["esol_s"], CAM_FLOOR_TARGET * r["floor_s"]):
-                out.append(f"{r['size']} px: {r['esol_s'] / r['floor_s']:.2f}× its forward passes "
-                           f"(target ≤ {CAM_FLOOR_TARGET})")
+                out.append(
+                    f"{r['size']} px: {r['esol_s'] / r['floor_s']:.2f}× its forward passes "
+                    f"(target ≤ {CAM_FLOOR_TARGET})"
+                )
         elif name == "sampler" and _slower(r["esol_s"], r["torchvision_s"]):
-            out.append(f"{r['batch']} × {r['channels']} × {r['side']}²: {r['esol_s'] / r['torchvision_s']:.2f}× "
-                       "torchvision")
+            out.append(
+                f"{r['batch']} × {r['channels']} × {r['side']}²: {r['esol_s'] / r['torchvision_s']:.2f}× torchvision"
+            )
         elif name == "walk" and r.get("dense_s") and r.get("sparse_s") and _slower(r["sparse_s"], r["dense_s"]):
             out.append(f"{r['side']}² map: {r['sparse_s'] / r['dense_s']:.2f}× the dense walk")
         elif name == "suite":
             break
         elif name == "crf" and _slower(r["pool_s"], r["serial_s"]):
-            out.append(f"{r['size']} px, {r['images']} images: the pool takes {r['pool_s'] / r['serial_s']:.2f}× "
-                       "one process")
+            out.append(
+                f"{r['size']} px, {r['images']} images: the pool takes {r['pool_s'] / r['serial_s']:.2f}× one process"
+            )
     return out
 
 
@@ -229,12 +308,16 @@ def load_comparisons(path: str | Path) -> dict:
 
 def performance_page(record: dict) -> str:
     """The book's "Performance" page (Markdown) from ``benchmarks/compare.py``'s JSON ``record``."""
-    lines = ["# Performance", "",
-             "esol beside the tools a user would otherwise pick, measured on the same inputs in one process "
-             "per case by `benchmarks/compare.py`, which wrote the file this page is generated from "
-             "(`book/results/compare.json`). Ratios are esol's time over the peer's: 1.00 or less means "
-             "esol is at least as fast. Rerun the script on your machine to get your own numbers "
-             "(`python benchmarks/compare.py`; on a GPU it measures the CUDA paths).", ""]
+    lines = [
+        "# Performance",
+        "",
+        "esol beside the tools a user would otherwise pick, measured on the same inputs in one process "
+        "per case by `benchmarks/compare.py`, which wrote the file this page is generated from "
+        "(`book/results/compare.json`). Ratios are esol's time over the peer's: 1.00 or less means "
+        "esol is at least as fast. Rerun the script on your machine to get your own numbers "
+        "(`python benchmarks/compare.py`; on a GPU it measures the CUDA paths).",
+        "",
+    ]
     if not record:
         return "\n".join(lines + ["No measurements yet: run `python benchmarks/compare.py`.", ""])
     for device, results in record.items():
@@ -245,19 +328,27 @@ def performance_page(record: dict) -> str:
                 continue
             result = results[name]
             m = result.get("machine", {})
-            lines += [markdown_table(name, result), "",
-                      f"*Measured on `{device}`: {m.get('cores', '?')} cores ({m.get('cpu', '?')}"
-                      + (f", {m['gpu']}" if m.get("gpu") else "") + f"), torch {m.get('torch', '?')} with "
-                      f"{m.get('threads', '?')} threads, {m.get('date', '?')}"
-                      + (f", commit `{m['commit']}`" if m.get("commit") else "")
-                      + (" — a `--quick` run: tiny sizes, not a speed measurement" if result.get("quick") else "")
-                      + f"; {result.get('seconds', '?')} s.*", ""]
+            lines += [
+                markdown_table(name, result),
+                "",
+                f"*Measured on `{device}`: {m.get('cores', '?')} cores ({m.get('cpu', '?')}"
+                + (f", {m['gpu']}" if m.get("gpu") else "")
+                + f"), torch {m.get('torch', '?')} with "
+                f"{m.get('threads', '?')} threads, {m.get('date', '?')}"
+                + (f", commit `{m['commit']}`" if m.get("commit") else "")
+                + (" — a `--quick` run: tiny sizes, not a speed measurement" if result.get("quick") else "")
+                + f"; {result.get('seconds', '?')} s.*",
+                "",
+            ]
             slow = slower_rows(name, result)
             if name == "suite":
                 continue
             if slow:
                 lines += ["Where esol is not the fastest: " + "; ".join(slow) + ". " + WHY_SLOWER[name], ""]
             else:
-                lines += ["esol is at least as fast as each peer on every row"
-                          + (f", and within {CAM_FLOOR_TARGET}× of its forward passes." if name == "cam" else "."), ""]
+                lines += [
+                    "esol is at least as fast as each peer on every row"
+                    + (f", and within {CAM_FLOOR_TARGET}× of its forward passes." if name == "cam" else "."),
+                    "",
+                ]
     return "\n".join(lines)

@@ -8,8 +8,8 @@ a stage that was interrupted is resumed or redone.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from esol_lib.run import RunDir, holds_run_lock
 
@@ -26,8 +26,9 @@ class PipelineStep:
 REFINED_STAGES = ("baseline", "shrinkage")  # Table 1 / Table 3: plain CAM vs ESOL
 
 
-def pipeline_steps(run: RunDir, *, progress: bool = True, crf: bool = True,
-                   refine: bool = True, segment: bool = True) -> list[PipelineStep]:
+def pipeline_steps(
+    run: RunDir, *, progress: bool = True, crf: bool = True, refine: bool = True, segment: bool = True
+) -> list[PipelineStep]:
     """The ordered steps of the full pipeline for ``run``.
 
     Seeds of every stage (train → make-cam → eval-cam [--crf]); then, for the baseline and the
@@ -46,27 +47,47 @@ def pipeline_steps(run: RunDir, *, progress: bool = True, crf: bool = True,
     for stage, trainer in trainers.items():
         steps.append(PipelineStep(f"train {stage}", lambda t=trainer: t(run, progress=progress)))
         steps.append(PipelineStep(f"make-cam {stage}", lambda s=stage: make_cam(run, s, split, progress=progress)))
-        steps.append(PipelineStep(f"eval-cam {stage}", lambda s=stage: eval_cam(run, s, split, progress=progress),
-                                  lambda s=stage: current_cam_metrics(run, s, split) is not None))
+        steps.append(
+            PipelineStep(
+                f"eval-cam {stage}",
+                lambda s=stage: eval_cam(run, s, split, progress=progress),
+                lambda s=stage: current_cam_metrics(run, s, split) is not None,
+            )
+        )
         if crf:
-            steps.append(PipelineStep(
-                f"eval-cam --crf {stage}", lambda s=stage: eval_cam(run, s, split, crf=True, progress=progress),
-                lambda s=stage: current_cam_metrics(run, s, split, crf=True) is not None))
+            steps.append(
+                PipelineStep(
+                    f"eval-cam --crf {stage}",
+                    lambda s=stage: eval_cam(run, s, split, crf=True, progress=progress),
+                    lambda s=stage: current_cam_metrics(run, s, split, crf=True) is not None,
+                )
+            )
     if refine:
         for stage in REFINED_STAGES:
             steps.append(PipelineStep(f"refine {stage}", lambda s=stage: refine_stage(run, s, progress=progress)))
     if refine and segment:
         for stage in REFINED_STAGES:
             steps.append(PipelineStep(f"train-seg {stage}", lambda s=stage: train_seg(run, s, progress=progress)))
-            steps.append(PipelineStep(
-                f"eval-seg {stage}", lambda s=stage: eval_seg(run, s, progress=progress),
-                lambda s=stage: current_seg_metrics(run, s, cfg.data.val_split) is not None))
+            steps.append(
+                PipelineStep(
+                    f"eval-seg {stage}",
+                    lambda s=stage: eval_seg(run, s, progress=progress),
+                    lambda s=stage: current_seg_metrics(run, s, cfg.data.val_split) is not None,
+                )
+            )
     return steps
 
 
 @holds_run_lock
-def run_pipeline(run: RunDir, *, progress: bool = True, crf: bool = True, refine: bool = True,
-                 segment: bool = True, log: Callable[[str], None] = print) -> dict[str, float]:
+def run_pipeline(
+    run: RunDir,
+    *,
+    progress: bool = True,
+    crf: bool = True,
+    refine: bool = True,
+    segment: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
     """Run every step not yet complete; returns seconds per step (0 for skipped ones)."""
     times: dict[str, float] = {}
     for step in pipeline_steps(run, progress=progress, crf=crf, refine=refine, segment=segment):

@@ -40,8 +40,15 @@ from esol_lib.data.openmoji import other_glyphs
 from esol_lib.errors import ConfigError
 from esol_lib.models.backbone import OPENMOJI_WEIGHTS, Backbone, build_backbone
 
-__all__ = ["PretrainRecipe", "pretrain_backbone", "recipe_fingerprint", "SHIPPED_WEIGHTS",
-           "GlyphClassifier", "render_glyph_set", "ensure_openmoji_weights"]
+__all__ = [
+    "PretrainRecipe",
+    "pretrain_backbone",
+    "recipe_fingerprint",
+    "SHIPPED_WEIGHTS",
+    "GlyphClassifier",
+    "render_glyph_set",
+    "ensure_openmoji_weights",
+]
 
 SHIPPED_WEIGHTS = OPENMOJI_WEIGHTS
 
@@ -101,8 +108,16 @@ class GlyphClassifier(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(feat, 1).flatten(1))
 
 
-def render_glyph_set(classes: tuple[int, ...], per_class: int, size: int, scale: tuple[float, float],
-                     seed: int, stream: int, *, desc: str = "renders") -> tuple[np.ndarray, np.ndarray]:
+def render_glyph_set(
+    classes: tuple[int, ...],
+    per_class: int,
+    size: int,
+    scale: tuple[float, float],
+    seed: int,
+    stream: int,
+    *,
+    desc: str = "renders",
+) -> tuple[np.ndarray, np.ndarray]:
     """``per_class`` renders of every class: uint8 images (N, size, size, 3) and class indices (N,).
 
     Render ``j`` of class ``c`` is drawn from ``default_rng([seed, stream, c, j])``, so training
@@ -135,7 +150,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     pad = x.shape[-1] // 8
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
-    return padded[:, :, dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
+    return padded[:, :, dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
 
 
 @torch.no_grad()
@@ -143,8 +158,8 @@ def _accuracy(model: nn.Module, images: np.ndarray, targets: np.ndarray, batch: 
     model.eval()
     top1 = top5 = 0
     for i in range(0, len(images), batch):
-        logits = model(_to_input(images[i:i + batch]))
-        t = torch.from_numpy(targets[i:i + batch])
+        logits = model(_to_input(images[i : i + batch]))
+        t = torch.from_numpy(targets[i : i + batch])
         best = logits.topk(5, dim=1).indices
         top1 += int((best[:, 0] == t).sum())
         top5 += int((best == t[:, None]).any(dim=1).sum())
@@ -183,16 +198,20 @@ def pretrain_backbone(out: str | Path, recipe: PretrainRecipe | None = None, *, 
     torch.manual_seed(recipe.seed)
     classes = other_glyphs()
     start = time.time()
-    train_x, train_y = render_glyph_set(classes, recipe.renders_per_class, recipe.size, recipe.scale,
-                                        recipe.seed, 0, desc="pretrain renders")
-    held_x, held_y = render_glyph_set(classes, recipe.heldout_per_class, recipe.size, recipe.scale,
-                                      recipe.seed, 1, desc="held-out renders")
+    train_x, train_y = render_glyph_set(
+        classes, recipe.renders_per_class, recipe.size, recipe.scale, recipe.seed, 0, desc="pretrain renders"
+    )
+    held_x, held_y = render_glyph_set(
+        classes, recipe.heldout_per_class, recipe.size, recipe.scale, recipe.seed, 1, desc="held-out renders"
+    )
     backbone = build_backbone(recipe.backbone, list(recipe.strides))
     model = GlyphClassifier(backbone, len(classes))
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+    )
     gen = torch.Generator().manual_seed(recipe.seed)
     order = torch.randperm(len(train_x), generator=gen)
     cursor = 0
@@ -201,7 +220,7 @@ def pretrain_backbone(out: str | Path, recipe: PretrainRecipe | None = None, *, 
     for step in bar:
         if cursor + recipe.batch_size > len(order):
             order, cursor = torch.randperm(len(train_x), generator=gen), 0
-        idx = order[cursor:cursor + recipe.batch_size].numpy()
+        idx = order[cursor : cursor + recipe.batch_size].numpy()
         cursor += recipe.batch_size
         x = _augment(_to_input(train_x[idx]), gen)
         loss = F.cross_entropy(model(x), torch.from_numpy(train_y[idx]), label_smoothing=recipe.label_smoothing)
@@ -240,6 +259,5 @@ def ensure_openmoji_weights(cfg, *, progress: bool = True) -> None:
     """
     wanted = cfg.model.pretrained == "openmoji" or cfg.seg.pretrained == "openmoji"
     if wanted and not SHIPPED_WEIGHTS.is_file():
-        print(f"the proxy-ImageNet backbone {SHIPPED_WEIGHTS} is missing: training it once (esol pretrain)",
-              flush=True)
+        print(f"the proxy-ImageNet backbone {SHIPPED_WEIGHTS} is missing: training it once (esol pretrain)", flush=True)
         pretrain_backbone(SHIPPED_WEIGHTS, progress=progress)

@@ -34,8 +34,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,9 +58,17 @@ from esol_lib.parallel import map_ordered
 from esol_lib.run import STAGES, RunDir, current_metrics, drop_damaged, holds_run_lock, record_sizes, signature_of
 
 __all__ = [
-    "IRNTrainTransform", "crf_kwargs", "eval_pseudo_masks", "ir_label_dir", "irn_backbone", "irn_stage_name",
+    "IRNTrainTransform",
+    "crf_kwargs",
+    "eval_pseudo_masks",
+    "ir_label_dir",
+    "irn_backbone",
+    "irn_stage_name",
     "load_irn",
-    "make_ir_labels", "make_pseudo_masks", "refine", "train_irn",
+    "make_ir_labels",
+    "make_pseudo_masks",
+    "refine",
+    "train_irn",
 ]
 
 IRN_BACKBONES = ("pretrained", "random", "classifier")  # irn.backbone
@@ -87,9 +96,15 @@ def irn_stage_name(stage: str) -> str:
 def crf_kwargs(cfg: Config) -> dict[str, float]:
     """The run's ``crf`` section as keyword arguments of :func:`esol_lib.crf.crf_from_labels`."""
     c = cfg.crf
-    return {"gt_prob": c.gt_prob, "iterations": c.iterations, "gauss_sxy": c.gauss_sxy,
-            "gauss_compat": c.gauss_compat, "bilateral_sxy": c.bilateral_sxy,
-            "bilateral_srgb": c.bilateral_srgb, "bilateral_compat": c.bilateral_compat}
+    return {
+        "gt_prob": c.gt_prob,
+        "iterations": c.iterations,
+        "gauss_sxy": c.gauss_sxy,
+        "gauss_compat": c.gauss_compat,
+        "bilateral_sxy": c.bilateral_sxy,
+        "bilateral_srgb": c.bilateral_srgb,
+        "bilateral_compat": c.bilateral_compat,
+    }
 
 
 def _hash(obj: Any) -> str:
@@ -108,15 +123,28 @@ def _file_signature(path: Path) -> str:
 
 
 def _ir_signature(run: RunDir, cfg: Config, stage: str) -> str:
-    return _hash({"cams": _cam_signature(run, stage), "conf_fg": cfg.irn.conf_fg_thres,
-                  "conf_bg": cfg.irn.conf_bg_thres, "crf": crf_kwargs(cfg)})
+    return _hash(
+        {
+            "cams": _cam_signature(run, stage),
+            "conf_fg": cfg.irn.conf_fg_thres,
+            "conf_bg": cfg.irn.conf_bg_thres,
+            "crf": crf_kwargs(cfg),
+        }
+    )
 
 
 def _mask_signature(run: RunDir, cfg: Config, stage: str) -> str:
     ckpt = run.checkpoint(irn_stage_name(stage))
-    return _hash({"cams": _cam_signature(run, stage), "irn": _file_signature(ckpt) if ckpt.is_file() else "",
-                  "radius": cfg.irn.radius, "beta": cfg.irn.beta, "exp_times": cfg.irn.exp_times,
-                  "bg": cfg.irn.sem_seg_bg_thres})
+    return _hash(
+        {
+            "cams": _cam_signature(run, stage),
+            "irn": _file_signature(ckpt) if ckpt.is_file() else "",
+            "radius": cfg.irn.radius,
+            "beta": cfg.irn.beta,
+            "exp_times": cfg.irn.exp_times,
+            "bg": cfg.irn.sem_seg_bg_thres,
+        }
+    )
 
 
 def _mask_metrics_inputs(run: RunDir, cfg: Config, stage: str, ds) -> str:
@@ -144,8 +172,11 @@ def _prepare(out_dir: Path, signature: str) -> None:
 def _complete(out_dir: Path, ids: Sequence[str], signature: str) -> bool:
     """Every ``<id>.png`` exists, undamaged (damaged ones are deleted: :func:`esol_lib.run.drop_damaged`),
     and the folder was made from the current inputs."""
-    complete = (_folder_signature(out_dir) == signature and not drop_damaged(out_dir)
-                and all((out_dir / f"{i}.png").is_file() for i in ids))
+    complete = (
+        _folder_signature(out_dir) == signature
+        and not drop_damaged(out_dir)
+        and all((out_dir / f"{i}.png").is_file() for i in ids)
+    )
     if complete:
         _record_pngs(out_dir, ids)  # a no-op unless a kill came between the last file and its record
     return complete
@@ -163,7 +194,7 @@ def _shard(items: list[str]) -> list[str]:
     from esol_lib.distributed import get_dist_info
 
     info = get_dist_info()
-    return items[info.rank::info.world_size]
+    return items[info.rank :: info.world_size]
 
 
 def _setup(run: RunDir, stage: str, split: str | None) -> tuple[Config, str, VOCSegmentation]:
@@ -188,8 +219,7 @@ def _read_label(path: Path) -> np.ndarray:
 
 
 @holds_run_lock
-def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = None, *,
-                   progress: bool = True) -> Path:
+def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = None, *, progress: bool = True) -> Path:
     """IRN's inter-pixel relation labels of ``stage``'s CAMs → ``ir_labels/<stage>/<id>.png``.
 
     Confident foreground / background seeds at ``irn.conf_fg_thres`` / ``irn.conf_bg_thres``, each
@@ -208,12 +238,14 @@ def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = No
 
     def one(image_id: str) -> None:  # two CRFs on one core: the images are spread over the cores
         cams, keys = load_cam(cam_dir, image_id)
-        label = ir_labels(load_image(ds.image_path(image_id)), cams, keys, cfg.irn.conf_fg_thres,
-                          cfg.irn.conf_bg_thres, kwargs)
+        label = ir_labels(
+            load_image(ds.image_path(image_id)), cams, keys, cfg.irn.conf_fg_thres, cfg.irn.conf_bg_thres, kwargs
+        )
         save_label_png(out_dir / f"{image_id}.png", label)
 
-    for _ in tqdm(map_ordered(one, todo), total=len(todo), desc=f"IR labels {stage}/{split}", unit="img",
-                  disable=not progress):
+    for _ in tqdm(
+        map_ordered(one, todo), total=len(todo), desc=f"IR labels {stage}/{split}", unit="img", disable=not progress
+    ):
         pass
     barrier()
     _record_pngs(out_dir, ds.ids)
@@ -230,8 +262,14 @@ class IRNTrainTransform:
     colour, IRN's ``random_crop``); the IR label is padded with 255 (ignored).
     """
 
-    def __init__(self, crop_size: int, mean: Sequence[float], std: Sequence[float],
-                 scale_range: tuple[float, float] = SCALE_RANGE, flip: bool = True) -> None:
+    def __init__(
+        self,
+        crop_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        scale_range: tuple[float, float] = SCALE_RANGE,
+        flip: bool = True,
+    ) -> None:
         self.crop_size = crop_size
         self.mean, self.std = mean, std
         self.scale_range = scale_range
@@ -244,9 +282,11 @@ class IRNTrainTransform:
             sample = hflip_sample(sample)
         image = to_tensor(np.array(sample["image"]), self.mean, self.std).permute(1, 2, 0).numpy()
         out = crop_sample({"image": image, "mask": sample["mask"]}, self.crop_size, rng)
-        return {"id": sample["id"],
-                "image": torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).contiguous(),
-                "ir_label": torch.from_numpy(out["mask"].astype(np.int64))}
+        return {
+            "id": sample["id"],
+            "image": torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).contiguous(),
+            "ir_label": torch.from_numpy(out["mask"].astype(np.int64)),
+        }
 
 
 class _IRLabelled(torch.utils.data.Dataset):
@@ -260,8 +300,11 @@ class _IRLabelled(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.ds.ids[index]
-        return {"id": image_id, "image": load_image(self.ds.image_path(image_id)),
-                "mask": _read_label(self.label_dir / f"{image_id}.png")}
+        return {
+            "id": image_id,
+            "image": load_image(self.ds.image_path(image_id)),
+            "mask": _read_label(self.label_dir / f"{image_id}.png"),
+        }
 
 
 def _labels_at(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -280,8 +323,6 @@ def _trained_from(ckpt: dict, inputs: dict[str, str]) -> bool:
     """Whether a loaded IRN checkpoint's recorded inputs equal ``inputs`` (:func:`_irn_inputs`)."""
     extra = ckpt.get("extra") or {}
     return all(extra.get(key) == value for key, value in inputs.items())
-
-
 
 
 def _drop_stale_checkpoints(run: RunDir, name: str, inputs: dict[str, str]) -> None:
@@ -312,9 +353,11 @@ def _check_irn_backbone(cfg: Config) -> None:
     if choice not in IRN_BACKBONES:
         raise ConfigError(f"irn.backbone: unknown choice {choice!r}; use one of {', '.join(IRN_BACKBONES)}")
     if choice == "pretrained" and not cfg.model.pretrained:
-        raise ConfigError("irn.backbone='pretrained' needs ImageNet weights in model.pretrained (IRN's setup), "
-                          "and model.pretrained is null; set it, or set irn.backbone to 'random' (a frozen "
-                          "random initialisation) or 'classifier' (the baseline classifier's backbone)")
+        raise ConfigError(
+            "irn.backbone='pretrained' needs ImageNet weights in model.pretrained (IRN's setup), "
+            "and model.pretrained is null; set it, or set irn.backbone to 'random' (a frozen "
+            "random initialisation) or 'classifier' (the baseline classifier's backbone)"
+        )
 
 
 def irn_backbone(run: RunDir, cfg: Config, num_classes: int, device: torch.device | str = "cpu") -> Backbone:
@@ -358,8 +401,10 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     label_dir = ir_label_dir(run, stage)
     inputs = _irn_inputs(run, cfg, stage)
     if not _complete(label_dir, ds.ids, inputs["ir_signature"]):
-        raise StageError(f"the IR labels of stage {stage!r} in {label_dir} are missing or were made from other "
-                         f"CAMs; run `esol refine --run {run.root} --stage {stage}` (it makes them first)")
+        raise StageError(
+            f"the IR labels of stage {stage!r} in {label_dir} are missing or were made from other "
+            f"CAMs; run `esol refine --run {run.root} --stage {stage}` (it makes them first)"
+        )
     name = irn_stage_name(stage)
     _drop_stale_checkpoints(run, name, inputs)
     seed_everything(cfg.seed)
@@ -367,11 +412,13 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     device = resolve_device(cfg)
     transform = IRNTrainTransform(ic.crop_size, cfg.data.mean, cfg.data.std)
     data = AugmentedDataset(_IRLabelled(ds, label_dir), transform, seed=cfg.seed)
-    loader = make_loader(data, ic.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers,
-                         drop_last=True)
+    loader = make_loader(
+        data, ic.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=True
+    )
     if len(loader) == 0:
-        raise StageError(f"split {split!r} has {len(ds)} images, fewer than one batch of {ic.batch_size}; "
-                         "lower irn.batch_size")
+        raise StageError(
+            f"split {split!r} has {len(ds)} images, fewer than one batch of {ic.batch_size}; lower irn.batch_size"
+        )
     max_steps = ic.max_steps or ic.epochs * len(loader)
     model = BoundaryNet(irn_backbone(run, cfg, ds.num_classes, device)).to(device)
     optimizer = make_sgd(model.trainable_parameters(), ic.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -384,9 +431,20 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
         label = _labels_at(batch["ir_label"].to(device), (edge.shape[-2], edge.shape[-1]))
         return affinity_loss(edge, label, radius)
 
-    return train_loop(name, model, optimizer, loss_fn, loader, max_steps, run,
-                      scheduler=PolyLR(optimizer, max_steps), checkpoint_every=CHECKPOINT_EVERY, seed=cfg.seed,
-                      extra_state=lambda: {**inputs, "radius": radius}, progress=progress)
+    return train_loop(
+        name,
+        model,
+        optimizer,
+        loss_fn,
+        loader,
+        max_steps,
+        run,
+        scheduler=PolyLR(optimizer, max_steps),
+        checkpoint_every=CHECKPOINT_EVERY,
+        seed=cfg.seed,
+        extra_state=lambda: {**inputs, "radius": radius},
+        progress=progress,
+    )
 
 
 def load_irn(run: RunDir, cfg: Config, stage: str, device: torch.device | str = "cpu") -> BoundaryNet:
@@ -395,8 +453,9 @@ def load_irn(run: RunDir, cfg: Config, stage: str, device: torch.device | str = 
     from esol_lib.models import build_backbone
 
     model = BoundaryNet(build_backbone(cfg.model.backbone, cfg.model.strides, pretrained=None))
-    load_stage_checkpoint(run, irn_stage_name(stage), model,
-                          hint=f"run `esol refine --run {run.root} --stage {stage}` first")
+    load_stage_checkpoint(
+        run, irn_stage_name(stage), model, hint=f"run `esol refine --run {run.root} --stage {stage}` first"
+    )
     return model.to(device).eval()
 
 
@@ -404,8 +463,9 @@ def load_irn(run: RunDir, cfg: Config, stage: str, device: torch.device | str = 
 
 
 @holds_run_lock
-def make_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None = None, *,
-                      progress: bool = True) -> Path:
+def make_pseudo_masks(
+    run: RunDir, stage: str = "shrinkage", split: str | None = None, *, progress: bool = True
+) -> Path:
     """IRN pseudo masks of ``stage``'s CAMs → ``pseudo_masks/<stage>/<id>.png`` (VOC palette, class ids).
 
     Per image: the boundary map (flip-averaged), the random walk of the CAMs at its resolution
@@ -427,8 +487,9 @@ def make_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None =
         image = to_tensor(load_image(ds.image_path(image_id)), cfg.data.mean, cfg.data.std).to(device)
         edge = boundary_map(model, image)
         cams, keys = load_cam(run.cams(stage), image_id)
-        mask = pseudo_mask(cams, keys, edge, radius=ic.radius, beta=ic.beta, exp_times=ic.exp_times,
-                           bg_thres=ic.sem_seg_bg_thres)
+        mask = pseudo_mask(
+            cams, keys, edge, radius=ic.radius, beta=ic.beta, exp_times=ic.exp_times, bg_thres=ic.sem_seg_bg_thres
+        )
         save_label_png(out_dir / f"{image_id}.png", mask)
     barrier()
     _record_pngs(out_dir, ds.ids)
@@ -455,23 +516,32 @@ def eval_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None =
     mask_dir = run.pseudo_masks(stage)
     missing = [i for i in ds.ids if not (mask_dir / f"{i}.png").is_file()]
     if missing:
-        raise StageError(f"{len(missing)} pseudo mask(s) of stage {stage!r} on split {split!r} are missing in "
-                         f"{mask_dir} (e.g. {missing[0]}); run `esol refine --run {run.root} --stage {stage}` first")
+        raise StageError(
+            f"{len(missing)} pseudo mask(s) of stage {stage!r} on split {split!r} are missing in "
+            f"{mask_dir} (e.g. {missing[0]}); run `esol refine --run {run.root} --stage {stage}` first"
+        )
     n = ds.num_classes + 1
     conf = np.zeros((n, n), np.int64)
     for image_id in ds.ids:
         gt = load_mask(ds.mask_path(image_id), ds.num_classes)
         pred = _read_label(mask_dir / f"{image_id}.png")
         if pred.shape != gt.shape:
-            raise StageError(f"pseudo mask {mask_dir / (image_id + '.png')} is {pred.shape} but the ground truth "
-                             f"is {gt.shape}; delete {mask_dir} and run `esol refine --run {run.root} --stage {stage}`")
+            raise StageError(
+                f"pseudo mask {mask_dir / (image_id + '.png')} is {pred.shape} but the ground truth "
+                f"is {gt.shape}; delete {mask_dir} and run `esol refine --run {run.root} --stage {stage}`"
+            )
         conf += confusion_matrix(gt, pred, n)
     ic = cfg.irn
     metrics = {"stage": stage, "split": split, "threshold": float(ic.sem_seg_bg_thres)}
     metrics.update(summarize(conf, ["background"] + list(ds.classes)))
-    metrics["irn"] = {"radius": ic.radius, "beta": ic.beta, "exp_times": ic.exp_times,
-                      "sem_seg_bg_thres": ic.sem_seg_bg_thres, "conf_fg_thres": ic.conf_fg_thres,
-                      "conf_bg_thres": ic.conf_bg_thres}
+    metrics["irn"] = {
+        "radius": ic.radius,
+        "beta": ic.beta,
+        "exp_times": ic.exp_times,
+        "sem_seg_bg_thres": ic.sem_seg_bg_thres,
+        "conf_fg_thres": ic.conf_fg_thres,
+        "conf_bg_thres": ic.conf_bg_thres,
+    }
     metrics["inputs"] = _mask_metrics_inputs(run, cfg, stage, ds)
     if is_main_process():
         write_metrics(run.metrics(f"mask-{stage}_{split}"), metrics)

@@ -32,13 +32,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, TypeVar
-
+from typing import TypeVar
 
 from esol_lib.atomic import TEMP_NAME, atomic_write_text, link_or_copy, read_json
-from esol_lib.config import Config, read_yaml_mapping, config_from_dict, config_to_dict, save_config
+from esol_lib.config import Config, config_from_dict, config_to_dict, read_yaml_mapping, save_config
 from esol_lib.errors import ConfigError, StageError
 
 STAGES = ("baseline", "expansion", "shrinkage")
@@ -102,13 +102,17 @@ def run_lock(root: str | Path, command: str | None = None, *, create: bool = Fal
             f"{info.get('pid', '?')}, since {since}); wait for it to finish, or use another --run folder"
         ) from None
     except OSError as e:
-        raise StageError(f"cannot lock run folder {root} ({e.strerror or e}); every command writes to its "
-                         f"run folder: make it writable, or copy it and pass the copy as --run") from None
+        raise StageError(
+            f"cannot lock run folder {root} ({e.strerror or e}); every command writes to its "
+            f"run folder: make it writable, or copy it and pass the copy as --run"
+        ) from None
     _HELD.add(key)
     try:
         try:  # first: a second writer's message names this holder
-            atomic_write_text(root / HOLDER_FILE, json.dumps({"pid": os.getpid(), "since": time.time(),
-                                                              "command": command or _this_command()}) + "\n")
+            atomic_write_text(
+                root / HOLDER_FILE,
+                json.dumps({"pid": os.getpid(), "since": time.time(), "command": command or _this_command()}) + "\n",
+            )
         except OSError:
             pass  # the description is optional; the lock is what counts
         sweep_dead_temps(root)
@@ -193,8 +197,14 @@ def log_stage_time(root: Path, stage: str, seconds: float, depth: int, ok: bool)
     """Append one ``{"event": "stage_time", ...}`` line to ``root/log.jsonl``: where the time of a
     chapter or a pipeline went. A stage that returns at once (its outputs current) logs its few
     milliseconds too. A folder that cannot be written is left alone (the stage has reported that)."""
-    record = {"event": STAGE_TIME_EVENT, "stage": stage, "seconds": round(seconds, 3), "depth": depth, "ok": ok,
-              "time": round(time.time(), 3)}
+    record = {
+        "event": STAGE_TIME_EVENT,
+        "stage": stage,
+        "seconds": round(seconds, 3),
+        "depth": depth,
+        "ok": ok,
+        "time": round(time.time(), 3),
+    }
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all (as with the lock)
         return
     with contextlib.suppress(OSError):
@@ -277,10 +287,12 @@ def drop_damaged(folder: str | Path) -> list[str]:
         except FileNotFoundError:
             continue
     if damaged:
-        logging.getLogger(__name__).warning("%s: %d damaged file(s) deleted to be redone (e.g. %s)",
-                                            folder, len(damaged), damaged[0])
-        atomic_write_text(folder / SIZES_FILE, json.dumps(
-            {k: v for k, v in sizes.items() if k not in damaged}, sort_keys=True) + "\n")
+        logging.getLogger(__name__).warning(
+            "%s: %d damaged file(s) deleted to be redone (e.g. %s)", folder, len(damaged), damaged[0]
+        )
+        atomic_write_text(
+            folder / SIZES_FILE, json.dumps({k: v for k, v in sizes.items() if k not in damaged}, sort_keys=True) + "\n"
+        )
     return damaged
 
 
@@ -315,6 +327,39 @@ class RunDir:
         a forked run's ``cache`` links to its source's. Safe to delete."""
         return self.root / "cache" / "features"
 
+    def log_records(self) -> list[dict]:
+        """Every record of ``log.jsonl`` in order; none when there is no log, a line cut by a kill skipped."""
+        try:
+            lines = self.log_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines:
+            with contextlib.suppress(json.JSONDecodeError):
+                records.append(json.loads(line))
+        return records
+
+    def training_log(self, stage: str) -> dict[str, list[float]]:
+        """The step records of training stage ``stage`` (``baseline``, ``irn-shrinkage``, ``seg-baseline``, ...)
+        as columns, ``{"step": [...], "loss": [...], ...}``, sorted by step.
+
+        A step logged twice (a run resumed from a checkpoint before it) keeps its last record; the
+        columns are the numbers every step record of the stage has. Empty when the stage never logged.
+        """
+        by_step: dict[int, dict] = {}
+        for rec in self.log_records():
+            if rec.get("stage") == stage and "step" in rec and "event" not in rec:
+                by_step[int(rec["step"])] = rec
+        if not by_step:
+            return {}
+        rows = [by_step[step] for step in sorted(by_step)]
+        keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and all(k in r for r in rows)]
+        return {k: [r[k] for r in rows] for k in keys if k not in ("time", "epoch")}
+
+    def trained_seconds(self) -> dict[str, float]:
+        """Seconds each training stage of this run took, from its ``done`` record, in the order they finished."""
+        return {r["stage"]: float(r["seconds"]) for r in self.log_records() if r.get("event") == "done"}
+
     def load_config(self) -> Config:
         """The run's resolved config; a missing one names the command that writes it."""
         if not self.config_path.is_file():
@@ -322,8 +367,10 @@ class RunDir:
                 f"{self.config_path} not found: start the run with "
                 f"`esol train-cam --config cpu --run {self.root}` (or `esol pipeline`) first"
             )
-        fix = ("it is written when the run starts: restore it, or start over in a new --run folder "
-               "(this one's results were made with the config it held)")
+        fix = (
+            "it is written when the run starts: restore it, or start over in a new --run folder "
+            "(this one's results were made with the config it held)"
+        )
         return config_from_dict(read_yaml_mapping(self.config_path, empty_ok=False, fix=fix))
 
 
@@ -410,12 +457,16 @@ def _output_tags(rel: str) -> set[str] | None:
             return set(_STAGE_SECTIONS[stem])
         later = {"irn": {"cam", "crf", "irn"}, "seg": {"cam", "crf", "irn", "seg"}}.get(kind)
         return set(_STAGE_SECTIONS.get(stage, set())) | later if later is not None else None
-    folders = {"cams": {"cam"}, "ir_labels": {"cam", "crf", "irn"}, "pseudo_masks": {"cam", "crf", "irn"},
-               "seg_predictions": {"cam", "crf", "irn", "seg", "seg-scores"}}
+    folders = {
+        "cams": {"cam"},
+        "ir_labels": {"cam", "crf", "irn"},
+        "pseudo_masks": {"cam", "crf", "irn"},
+        "seg_predictions": {"cam", "crf", "irn", "seg", "seg-scores"},
+    }
     if top in folders:
         return set(_STAGE_SECTIONS.get(name, set())) | folders[top]
     if top == "metrics":
-        stem = name[:-len(".json")] if name.endswith(".json") else name
+        stem = name[: -len(".json")] if name.endswith(".json") else name
         kind, _, rest = stem.partition("-") if stem.startswith(("mask-", "seg-")) else ("", "", stem)
         stage = rest.split("_", 1)[0]
         tags = set(_STAGE_SECTIONS.get(stage, set())) | {"cam"}
@@ -470,7 +521,11 @@ def supersede(run: RunDir, changed: Sequence[str]) -> list[Path]:
     if moved:
         logging.getLogger(__name__).warning(
             "%s: %s changed; %d output(s) made with the old value moved to %s, to be redone",
-            run.root, ", ".join(changed), len(moved), dest)
+            run.root,
+            ", ".join(changed),
+            len(moved),
+            dest,
+        )
     return moved
 
 
@@ -485,8 +540,9 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def fork_run(src: str | Path, dst: str | Path, overrides: Sequence[str] = (),
-             share: Sequence[str] = ("baseline",)) -> RunDir:
+def fork_run(
+    src: str | Path, dst: str | Path, overrides: Sequence[str] = (), share: Sequence[str] = ("baseline",)
+) -> RunDir:
     """A new run folder ``dst`` whose config is ``src``'s with ``overrides`` (``key=value``) applied,
     reusing ``src``'s finished stages listed in ``share`` (their checkpoints and CAM folders are
     hard-linked, or copied where links are impossible) — how ablations share one trained baseline.

@@ -21,12 +21,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
-__all__ = ["DeformableSampler", "ExpansionSampler", "ShrinkageSampler", "sampling_points", "kernel_grid",
-           "deform_conv2d_sampled"]
+__all__ = [
+    "DeformableSampler",
+    "ExpansionSampler",
+    "ShrinkageSampler",
+    "sampling_points",
+    "kernel_grid",
+    "deform_conv2d_sampled",
+]
 
 
-def deform_conv2d_sampled(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
-                          bias: torch.Tensor | None = None) -> torch.Tensor:
+def deform_conv2d_sampled(
+    x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """Eq. (4) via ``grid_sample``: the same result as ``torchvision.ops.deform_conv2d`` (stride 1,
     'same' padding, zeros outside the map), several times faster on CPU.
 
@@ -44,8 +51,9 @@ def deform_conv2d_sampled(x: torch.Tensor, offset: torch.Tensor, weight: torch.T
     py = ys + grid[:, 0].view(1, -1, 1, 1) + off[:, :, 0]  # (B, k·k, H, W) absolute row
     px = xs + grid[:, 1].view(1, -1, 1, 1) + off[:, :, 1]
     norm = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], dim=-1)  # grid_sample's (x, y)
-    sampled = F.grid_sample(x, norm.view(b, k * k * h, w, 2), mode="bilinear", padding_mode="zeros",
-                            align_corners=False)  # (B, C, k·k·H, W)
+    sampled = F.grid_sample(
+        x, norm.view(b, k * k * h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=False
+    )  # (B, C, k·k·H, W)
     sampled = sampled.view(b, c, k * k, h, w).reshape(b, c * k * k, h, w)
     return F.conv2d(sampled, weight.reshape(weight.shape[0], c * k * k, 1, 1), bias)
 
@@ -61,21 +69,25 @@ class DeformableSampler(nn.Module):
         train_regular: let the regular weights learn too (Appendix A.1.3).
     """
 
-    def __init__(self, conv: nn.Conv2d, *, offsets: bool = True, deformable: bool = True,
-                 train_regular: bool = False) -> None:
+    def __init__(
+        self, conv: nn.Conv2d, *, offsets: bool = True, deformable: bool = True, train_regular: bool = False
+    ) -> None:
         super().__init__()
         if conv.stride != (1, 1) or conv.groups != 1 or conv.dilation != (1, 1):
             raise ValueError("a sampler replaces a stride-1, dilation-1, ungrouped convolution")
         k = conv.kernel_size[0]
         if conv.kernel_size != (k, k) or conv.padding != (k // 2, k // 2):
-            raise ValueError(f"a sampler needs a square kernel with 'same' padding, got {conv.kernel_size}, "
-                             f"padding {conv.padding}")
+            raise ValueError(
+                f"a sampler needs a square kernel with 'same' padding, got {conv.kernel_size}, padding {conv.padding}"
+            )
         self.kernel_size = k
         self.padding = k // 2
-        self.weight = nn.Parameter(conv.weight.detach().clone(),
-                                   requires_grad=bool(train_regular or not deformable))
-        self.bias = (nn.Parameter(conv.bias.detach().clone(), requires_grad=self.weight.requires_grad)
-                     if conv.bias is not None else None)
+        self.weight = nn.Parameter(conv.weight.detach().clone(), requires_grad=bool(train_regular or not deformable))
+        self.bias = (
+            nn.Parameter(conv.bias.detach().clone(), requires_grad=self.weight.requires_grad)
+            if conv.bias is not None
+            else None
+        )
         self.use_offsets = bool(offsets and deformable)
         self.offset_conv: nn.Conv2d | None = None
         if self.use_offsets:
@@ -121,8 +133,9 @@ def kernel_grid(kernel_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sampling_points(sampler: DeformableSampler, x: torch.Tensor, y: int, x_pos: int) -> tuple[torch.Tensor,
-                                                                                                torch.Tensor]:
+def sampling_points(
+    sampler: DeformableSampler, x: torch.Tensor, y: int, x_pos: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the kernel at output cell ``(y, x_pos)`` samples, before and after the learned offsets.
 
     Returns ``(regular, deformed)``, each ``(k·k, 2)`` in feature-map ``(row, col)`` coordinates,

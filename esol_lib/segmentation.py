@@ -20,9 +20,9 @@ be complete.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -94,8 +94,10 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
         image = load_image(self.image_dir / f"{image_id}.jpg")
         mask = load_mask(self.mask_dir / f"{image_id}.png", self.num_classes)
         if mask.shape != image.shape[:2]:
-            raise DatasetError(f"pseudo mask {self.mask_dir / (image_id + '.png')} is {mask.shape[1]}x{mask.shape[0]} "
-                               f"but its image is {image.shape[1]}x{image.shape[0]}; re-run `esol refine`")
+            raise DatasetError(
+                f"pseudo mask {self.mask_dir / (image_id + '.png')} is {mask.shape[1]}x{mask.shape[0]} "
+                f"but its image is {image.shape[1]}x{image.shape[0]}; re-run `esol refine`"
+            )
         return {"id": image_id, "image": image, "mask": mask}
 
 
@@ -118,8 +120,11 @@ class SegTrainTransform:
         if self.flip and rng.random() < 0.5:
             sample = hflip_sample(sample)
         sample = crop_sample(sample, self.crop_size, rng)
-        return {"id": sample["id"], "image": to_tensor(sample["image"], self.mean, self.std),
-                "mask": torch.from_numpy(np.ascontiguousarray(sample["mask"])).long()}
+        return {
+            "id": sample["id"],
+            "image": to_tensor(sample["image"], self.mean, self.std),
+            "mask": torch.from_numpy(np.ascontiguousarray(sample["mask"])).long(),
+        }
 
 
 def _mask_names(mask_dir: Path) -> set[str]:
@@ -142,9 +147,11 @@ def training_split(cfg: Config, mask_dir: Path, *, hint: str = "run `esol refine
             return split, ids
     ids = read_split(cfg.data.root, cfg.data.cam_split)
     missing = [i for i in ids if f"{i}.png" not in names]
-    raise StageError(f"{len(missing)} of {len(ids)} pseudo masks of split {cfg.data.cam_split!r} are missing in "
-                     f"{mask_dir} (e.g. {missing[0] if missing else '?'}), and split {cfg.data.train_split!r} is "
-                     f"not complete either; {hint}")
+    raise StageError(
+        f"{len(missing)} of {len(ids)} pseudo masks of split {cfg.data.cam_split!r} are missing in "
+        f"{mask_dir} (e.g. {missing[0] if missing else '?'}), and split {cfg.data.train_split!r} is "
+        f"not complete either; {hint}"
+    )
 
 
 # --------------------------------------------------------------------------------------- train
@@ -177,25 +184,40 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     base = PseudoMaskDataset(cfg.data.root, ids, mask_dir, num_classes - 1)
     transform = SegTrainTransform(sc.scale_range, sc.crop_size, cfg.data.mean, cfg.data.std)
     data = AugmentedDataset(base, transform, seed=cfg.seed)
-    loader = make_loader(data, sc.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers,
-                         drop_last=True)
+    loader = make_loader(
+        data, sc.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=True
+    )
     if len(loader) == 0:
-        raise StageError(f"split {split!r} has {len(base)} images with pseudo masks, fewer than one batch of "
-                         f"{sc.batch_size}; lower seg.batch_size")
-    JsonlLogger(run.log_path, enabled=info.is_main).log(stage=seg_stage_name(stage), event="data", split=split,
-                                                        images=len(ids), pseudo_masks=str(mask_dir))
+        raise StageError(
+            f"split {split!r} has {len(base)} images with pseudo masks, fewer than one batch of "
+            f"{sc.batch_size}; lower seg.batch_size"
+        )
+    JsonlLogger(run.log_path, enabled=info.is_main).log(
+        stage=seg_stage_name(stage), event="data", split=split, images=len(ids), pseudo_masks=str(mask_dir)
+    )
     model = build_deeplab(sc, num_classes).to(device)
-    optimizer = make_sgd(param_groups(model, sc.lr, aspp_lr_mult(sc)), sc.lr, momentum=sc.momentum,
-                         weight_decay=sc.weight_decay)
+    optimizer = make_sgd(
+        param_groups(model, sc.lr, aspp_lr_mult(sc)), sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay
+    )
     model = wrap_ddp(model, info)
     model.train()
 
     def loss_fn(m: torch.nn.Module, batch: dict) -> torch.Tensor:
         return seg_loss(m(batch["image"].to(device)), batch["mask"].to(device))
 
-    return train_loop(seg_stage_name(stage), model, optimizer, loss_fn, loader, sc.max_steps, run,
-                      scheduler=PolyLR(optimizer, sc.max_steps), checkpoint_every=SEG_CHECKPOINT_EVERY,
-                      seed=cfg.seed, progress=progress)
+    return train_loop(
+        seg_stage_name(stage),
+        model,
+        optimizer,
+        loss_fn,
+        loader,
+        sc.max_steps,
+        run,
+        scheduler=PolyLR(optimizer, sc.max_steps),
+        checkpoint_every=SEG_CHECKPOINT_EVERY,
+        seed=cfg.seed,
+        progress=progress,
+    )
 
 
 # --------------------------------------------------------------------------------------- evaluate
@@ -207,8 +229,9 @@ def load_seg_model(run: RunDir, cfg: Config, stage: str, num_classes: int, devic
     from esol_lib.engine import load_stage_checkpoint
 
     model = build_deeplab(cfg.seg, num_classes, pretrained=None, freeze_bn=False)
-    load_stage_checkpoint(run, seg_stage_name(stage), model,
-                          hint=f"run `esol train-seg --run {run.root} --stage {stage}` first")
+    load_stage_checkpoint(
+        run, seg_stage_name(stage), model, hint=f"run `esol train-seg --run {run.root} --stage {stage}` first"
+    )
     return model.to(device).eval()
 
 
@@ -220,12 +243,14 @@ def seg_metrics_inputs(run: RunDir, stage: str, split: str) -> str:
 
     cfg = run.load_config()
     ckpt = run.checkpoint(seg_stage_name(stage))
-    return signature_of({
-        "checkpoint": file_digest(ckpt) if ckpt.is_file() else None,
-        "data": data_fingerprint(VOCSegmentation(cfg.data.root, split)),
-        "test_scales": [float(x) for x in cfg.seg.test_scales],
-        "crf": config_to_dict(cfg)["crf"] if cfg.seg.crf else None,
-    })
+    return signature_of(
+        {
+            "checkpoint": file_digest(ckpt) if ckpt.is_file() else None,
+            "data": data_fingerprint(VOCSegmentation(cfg.data.root, split)),
+            "test_scales": [float(x) for x in cfg.seg.test_scales],
+            "crf": config_to_dict(cfg)["crf"] if cfg.seg.crf else None,
+        }
+    )
 
 
 def current_seg_metrics(run: RunDir, stage: str, split: str) -> dict | None:
@@ -243,8 +268,14 @@ def current_seg_metrics(run: RunDir, stage: str, split: str) -> dict | None:
 
 
 @holds_run_lock
-def eval_seg(run: RunDir, stage: str = "shrinkage", split: str | None = None, *, progress: bool = True,
-             save_predictions: bool = True) -> dict:
+def eval_seg(
+    run: RunDir,
+    stage: str = "shrinkage",
+    split: str | None = None,
+    *,
+    progress: bool = True,
+    save_predictions: bool = True,
+) -> dict:
     """Score DeepLab-v2 of ``stage`` on ``split`` (default ``data.val_split``) → ``metrics/seg-<stage>_<split>.json``.
 
     Every image is predicted with ``seg.test_scales`` + flip (:func:`esol_lib.deeplab.predict`),

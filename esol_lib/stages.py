@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
 from esol_lib.atomic import read_json
-from esol_lib.cam import cam_batch_size, cam_dir_signature, compute_cams, data_fingerprint, data_record, evaluate_cams, seed_part_recall
+from esol_lib.cam import (
+    cam_batch_size,
+    cam_dir_signature,
+    compute_cams,
+    data_fingerprint,
+    data_record,
+    evaluate_cams,
+    seed_part_recall,
+)
 from esol_lib.config import Config
 from esol_lib.data import VOCSegmentation, load_image, resolve_data_root
 from esol_lib.data.transforms import AugmentedDataset, TrainTransform
@@ -26,8 +34,19 @@ from esol_lib.metrics import read_metrics, write_metrics
 from esol_lib.pretrain import ensure_openmoji_weights
 from esol_lib.run import STAGES, RunDir, create_run, current_metrics, holds_run_lock, signature_of
 
-__all__ = ["notebook_run", "open_run", "start_run", "resolve_device", "train_cam", "make_cam", "eval_cam", "stage_cam_fn",
-           "part_localization", "cam_metrics_inputs", "current_cam_metrics"]
+__all__ = [
+    "notebook_run",
+    "open_run",
+    "start_run",
+    "resolve_device",
+    "train_cam",
+    "make_cam",
+    "eval_cam",
+    "stage_cam_fn",
+    "part_localization",
+    "cam_metrics_inputs",
+    "current_cam_metrics",
+]
 
 # What produces each stage's checkpoint, for error messages.
 STAGE_COMMAND = {"baseline": "esol train-cam", "expansion": "esol expand", "shrinkage": "esol shrink"}
@@ -56,15 +75,21 @@ def _check_splits(cfg: Config, root: Path) -> None:
         return  # VOCSegmentation names the missing root, with the fix
     have = available_splits(root)
     d = cfg.data
-    for key, split in (("data.train_split", d.train_split), ("data.cam_split", d.cam_split),
-                       ("data.val_split", d.val_split)):
+    for key, split in (
+        ("data.train_split", d.train_split),
+        ("data.cam_split", d.cam_split),
+        ("data.val_split", d.val_split),
+    ):
         if split not in have:
-            raise StageError(f"{key} is {split!r}, but {root / SPLIT_DIR} has no {split}.txt (it has: "
-                             f"{', '.join(have) or 'no split lists'}); write that list or pass --set {key}=<split>")
+            raise StageError(
+                f"{key} is {split!r}, but {root / SPLIT_DIR} has no {split}.txt (it has: "
+                f"{', '.join(have) or 'no split lists'}); write that list or pass --set {key}=<split>"
+            )
 
 
-def notebook_run(profile: str, run_dir: str = "", data_root: str = "",
-                 overrides: Sequence[str] = ()) -> tuple[RunDir, Config]:
+def notebook_run(
+    profile: str, run_dir: str = "", data_root: str = "", overrides: Sequence[str] = ()
+) -> tuple[RunDir, Config]:
     """The shared run folder a notebook works in, from its papermill parameters.
 
     Paths default to the repository's ``runs/book-<profile>`` and ``data/<generator>-<profile>`` whether
@@ -127,18 +152,23 @@ def train_cam(run: RunDir, *, progress: bool = True):
     info = init_distributed()
     device = resolve_device(cfg)
     base = _dataset(cfg, cfg.data.train_split)
-    transform = TrainTransform(resize_long=tuple(tc.resize_long), crop_size=tc.crop_size,
-                               mean=cfg.data.mean, std=cfg.data.std, flip=tc.flip)
+    transform = TrainTransform(
+        resize_long=tuple(tc.resize_long), crop_size=tc.crop_size, mean=cfg.data.mean, std=cfg.data.std, flip=tc.flip
+    )
     data = AugmentedDataset(_LabelledOnly(base), transform, seed=cfg.seed)
-    loader = make_loader(data, tc.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers,
-                         drop_last=True)
+    loader = make_loader(
+        data, tc.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=True
+    )
     if len(loader) == 0:
-        raise StageError(f"split {cfg.data.train_split!r} has {len(base)} images, fewer than one batch of "
-                         f"{tc.batch_size}; lower train_cam.batch_size")
+        raise StageError(
+            f"split {cfg.data.train_split!r} has {len(base)} images, fewer than one batch of "
+            f"{tc.batch_size}; lower train_cam.batch_size"
+        )
     max_steps = tc.max_steps or tc.epochs * len(loader)
     model = build_classifier(cfg.model, base.num_classes).to(device)
-    optimizer = make_sgd(model.param_groups(tc.lr, tc.new_layer_lr_mult), tc.lr, momentum=tc.momentum,
-                         weight_decay=tc.weight_decay)
+    optimizer = make_sgd(
+        model.param_groups(tc.lr, tc.new_layer_lr_mult), tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
+    )
     model = wrap_ddp(model, info)
     model.train()
 
@@ -149,9 +179,19 @@ def train_cam(run: RunDir, *, progress: bool = True):
         dead.check(logits)
         return multilabel_loss(logits, batch["label"].to(device))
 
-    return train_loop("baseline", model, optimizer, loss_fn, loader, max_steps, run,
-                      scheduler=PolyLR(optimizer, max_steps), checkpoint_every=tc.checkpoint_every,
-                      seed=cfg.seed, progress=progress)
+    return train_loop(
+        "baseline",
+        model,
+        optimizer,
+        loss_fn,
+        loader,
+        max_steps,
+        run,
+        scheduler=PolyLR(optimizer, max_steps),
+        checkpoint_every=tc.checkpoint_every,
+        seed=cfg.seed,
+        progress=progress,
+    )
 
 
 class _LabelledOnly(torch.utils.data.Dataset):
@@ -166,8 +206,11 @@ class _LabelledOnly(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.base.ids[index]
-        return {"id": image_id, "image": load_image(self.base.image_path(image_id)),
-                "label": torch.from_numpy(self.labels[index].copy())}
+        return {
+            "id": image_id,
+            "image": load_image(self.base.image_path(image_id)),
+            "label": torch.from_numpy(self.labels[index].copy()),
+        }
 
 
 def load_baseline(run: RunDir, cfg: Config, num_classes: int, device: torch.device):
@@ -183,8 +226,9 @@ def load_baseline(run: RunDir, cfg: Config, num_classes: int, device: torch.devi
 # --------------------------------------------------------------------------------- CAMs
 
 
-def stage_cam_fn(run: RunDir, cfg: Config, stage: str, num_classes: int,
-                 device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def stage_cam_fn(
+    run: RunDir, cfg: Config, stage: str, num_classes: int, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The raw class-map function of a stage's model: ``(B, 3, H, W)`` → ``(B, K, h, w)``."""
     if stage not in STAGES:
         raise StageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
@@ -215,10 +259,21 @@ def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
     cam_fn = stage_cam_fn(run, cfg, stage, ds.num_classes, device)
     signature = cam_dir_signature(run.checkpoint(stage), cfg.cam.scales, cfg.cam.flip, extra=_cam_settings(cfg, stage))
     data = data_fingerprint(ds)  # CAMs of other data are redone; their scores then no longer match (cam_metrics_inputs)
-    return compute_cams(cam_fn, ds, run.cams(stage), mean=cfg.data.mean, std=cfg.data.std, scales=cfg.cam.scales,
-                        flip=cfg.cam.flip, signature=signature, device=device, progress=progress,
-                        desc=f"CAMs {stage}/{split}", data_signature=data,
-                        batch_size=cam_batch_size(device, feature_cache=cfg.feature_cache_mb > 0))
+    return compute_cams(
+        cam_fn,
+        ds,
+        run.cams(stage),
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+        scales=cfg.cam.scales,
+        flip=cfg.cam.flip,
+        signature=signature,
+        device=device,
+        progress=progress,
+        desc=f"CAMs {stage}/{split}",
+        data_signature=data,
+        batch_size=cam_batch_size(device, feature_cache=cfg.feature_cache_mb > 0),
+    )
 
 
 def _cam_settings(cfg: Config, stage: str) -> str:
@@ -236,13 +291,17 @@ def _require_cams(run: RunDir, stage: str, ds: VOCSegmentation, split: str) -> N
     cam_dir = run.cams(stage)
     missing = [i for i in ds.ids if not (cam_dir / f"{i}.npz").is_file()]
     if missing:
-        raise StageError(f"{len(missing)} CAM file(s) of stage {stage!r} on split {split!r} are missing in "
-                         f"{cam_dir} (e.g. {missing[0]}); run `esol make-cam --run {run.root} --stage {stage} "
-                         f"--split {split}` first")
+        raise StageError(
+            f"{len(missing)} CAM file(s) of stage {stage!r} on split {split!r} are missing in "
+            f"{cam_dir} (e.g. {missing[0]}); run `esol make-cam --run {run.root} --stage {stage} "
+            f"--split {split}` first"
+        )
     if (read_json(data_record(cam_dir, split)) or {}).get("data") != data_fingerprint(ds):
-        raise StageError(f"the CAMs in {cam_dir} were made from other data than split {split!r} of {ds.root} "
-                         f"holds now (its ids, images or masks changed); run `esol make-cam --run {run.root} "
-                         f"--stage {stage} --split {split}` to redo them")
+        raise StageError(
+            f"the CAMs in {cam_dir} were made from other data than split {split!r} of {ds.root} "
+            f"holds now (its ids, images or masks changed); run `esol make-cam --run {run.root} "
+            f"--stage {stage} --split {split}` to redo them"
+        )
 
 
 def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -> str:
@@ -253,13 +312,15 @@ def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -
 
     cfg = run.load_config()
     folder = run.cams(stage)
-    return signature_of({
-        "cams": (read_json(folder / "_meta.json") or {}).get("signature"),
-        "data": (read_json(data_record(folder, split)) or {}).get("data"),
-        "thresholds": [float(t) for t in cfg.cam.thresholds],
-        "crf": config_to_dict(cfg)["crf"] if crf else None,
-        "parts": (Path(cfg.data.root) / "SegmentationPart").is_dir(),
-    })
+    return signature_of(
+        {
+            "cams": (read_json(folder / "_meta.json") or {}).get("signature"),
+            "data": (read_json(data_record(folder, split)) or {}).get("data"),
+            "thresholds": [float(t) for t in cfg.cam.thresholds],
+            "crf": config_to_dict(cfg)["crf"] if crf else None,
+            "parts": (Path(cfg.data.root) / "SegmentationPart").is_dir(),
+        }
+    )
 
 
 def current_cam_metrics(run: RunDir, stage: str, split: str, crf: bool = False) -> dict | None:
@@ -269,8 +330,9 @@ def current_cam_metrics(run: RunDir, stage: str, split: str, crf: bool = False) 
 
 
 @holds_run_lock
-def eval_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, crf: bool = False,
-             progress: bool = True) -> dict:
+def eval_cam(
+    run: RunDir, stage: str = "baseline", split: str | None = None, *, crf: bool = False, progress: bool = True
+) -> dict:
     """Threshold sweep of ``stage``'s seeds on ``split`` → ``metrics/<stage>[_crf]_<split>.json``.
 
     With ``crf`` every seed is refined by DenseCRF (IRN's label CRF) before scoring, at the five
@@ -288,18 +350,35 @@ def eval_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
 
         plain = current_cam_metrics(run, stage, split) or eval_cam(run, stage, split, progress=progress)
         i = min(range(len(thresholds)), key=lambda j: abs(thresholds[j] - plain["threshold"]))
-        thresholds = thresholds[max(0, i - 2): i + 3]
+        thresholds = thresholds[max(0, i - 2) : i + 3]
         c = cfg.crf
 
         def crf_fn(image, labellings, n):
-            return crf_from_labelings(image, labellings, n, gt_prob=c.gt_prob, iterations=c.iterations,
-                                   gauss_sxy=c.gauss_sxy, gauss_compat=c.gauss_compat,
-                                   bilateral_sxy=c.bilateral_sxy, bilateral_srgb=c.bilateral_srgb,
-                                   bilateral_compat=c.bilateral_compat)
+            return crf_from_labelings(
+                image,
+                labellings,
+                n,
+                gt_prob=c.gt_prob,
+                iterations=c.iterations,
+                gauss_sxy=c.gauss_sxy,
+                gauss_compat=c.gauss_compat,
+                bilateral_sxy=c.bilateral_sxy,
+                bilateral_srgb=c.bilateral_srgb,
+                bilateral_compat=c.bilateral_compat,
+            )
 
         name = f"{stage}_crf_{split}"
-    metrics = evaluate_cams(run.cams(stage), ds, thresholds, crf=crf_fn, progress=progress,
-                            desc=f"eval {name}", stage=stage, split=split, with_crf=crf)
+    metrics = evaluate_cams(
+        run.cams(stage),
+        ds,
+        thresholds,
+        crf=crf_fn,
+        progress=progress,
+        desc=f"eval {name}",
+        stage=stage,
+        split=split,
+        with_crf=crf,
+    )
     if (Path(cfg.data.root) / "SegmentationPart").is_dir():
         metrics["part_localization"] = seed_part_recall(run.cams(stage), ds, cfg.data.root, metrics["threshold"])
     metrics["inputs"] = cam_metrics_inputs(run, stage, split, crf)

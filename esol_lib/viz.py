@@ -6,15 +6,29 @@ call, and the same figure can be saved for the static book.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from esol_lib.data.palette import VOID, voc_palette
 
-__all__ = ["overlay", "colorize", "show_samples", "show_cams", "plot_sweeps", "plot_pr_curves", "metrics_table",
-           "draw_sampling_points", "show_feature_maps", "part_recall_bars", "cam_heat", "glyph_table", "emoji_histograms", "show_images"]
+__all__ = [
+    "overlay",
+    "colorize",
+    "show_samples",
+    "show_cams",
+    "plot_sweeps",
+    "plot_pr_curves",
+    "metrics_table",
+    "draw_sampling_points",
+    "show_feature_maps",
+    "part_recall_bars",
+    "cam_heat",
+    "glyph_table",
+    "emoji_histograms",
+    "show_images",
+]
 
 STAGE_COLORS = {"baseline": "#4c72b0", "expansion": "#dd8452", "shrinkage": "#55a868"}
 
@@ -65,8 +79,9 @@ def show_samples(samples: Sequence[dict], parts: Sequence[np.ndarray] | None = N
     return fig
 
 
-def show_cams(images: Sequence[np.ndarray], heats: Mapping[str, Sequence[np.ndarray]],
-              masks: Sequence[np.ndarray] | None = None):
+def show_cams(
+    images: Sequence[np.ndarray], heats: Mapping[str, Sequence[np.ndarray]], masks: Sequence[np.ndarray] | None = None
+):
     """A grid: one row per image; columns = the image, each stage's CAM overlay, the ground truth."""
     cols = 1 + len(heats) + (masks is not None)
     fig, axes = _grid(len(images), cols)
@@ -90,8 +105,13 @@ def plot_sweeps(metrics: Mapping[str, dict], keys: Sequence[str] = ("miou", "pre
     for ax, key in zip(axes[0], keys):
         for name, m in metrics.items():
             t = [s["threshold"] for s in m["sweep"]]
-            ax.plot(t, [100 * s[key] for s in m["sweep"]], marker=".", label=name,
-                    color=STAGE_COLORS.get(name.split("_")[0]))
+            ax.plot(
+                t,
+                [100 * s[key] for s in m["sweep"]],
+                marker=".",
+                label=name,
+                color=STAGE_COLORS.get(name.split("_")[0]),
+            )
         ax.set_xlabel("background threshold")
         ax.set_ylabel(f"{key} (%)")
         ax.grid(alpha=0.3)
@@ -104,8 +124,13 @@ def plot_pr_curves(metrics: Mapping[str, dict]):
     """Precision against recall over the threshold sweep, one curve per stage (the paper's Fig. 7)."""
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
     for name, m in metrics.items():
-        ax.plot([100 * s["recall"] for s in m["sweep"]], [100 * s["precision"] for s in m["sweep"]], marker=".",
-                label=name, color=STAGE_COLORS.get(name.split("_")[0]))
+        ax.plot(
+            [100 * s["recall"] for s in m["sweep"]],
+            [100 * s["precision"] for s in m["sweep"]],
+            marker=".",
+            label=name,
+            color=STAGE_COLORS.get(name.split("_")[0]),
+        )
     ax.set_xlabel("recall (%)")
     ax.set_ylabel("precision (%)")
     ax.grid(alpha=0.3)
@@ -117,8 +142,12 @@ def plot_pr_curves(metrics: Mapping[str, dict]):
 _COLUMN_NAMES = {"miou": "mIoU", "ap": "AP"}
 
 
-def metrics_table(rows: Mapping[str, dict], columns: Sequence[str] = ("miou", "precision", "recall", "f1"),
-                  extra: Sequence[str] = ("threshold",), paper: Mapping[str, float] | None = None) -> str:
+def metrics_table(
+    rows: Mapping[str, dict],
+    columns: Sequence[str] = ("miou", "precision", "recall", "f1"),
+    extra: Sequence[str] = ("threshold",),
+    paper: Mapping[str, float] | None = None,
+) -> str:
     """A Markdown table (percentages) with one row per named metrics dict; missing values as '–'.
 
     A dict with a ``"diverged"`` entry (an ablation whose training ran away) says so in every
@@ -139,8 +168,9 @@ def metrics_table(rows: Mapping[str, dict], columns: Sequence[str] = ("miou", "p
     return "\n".join(lines)
 
 
-def draw_sampling_points(ax, image: np.ndarray, regular: np.ndarray, deformed: np.ndarray, stride: float,
-                         title: str = ""):
+def draw_sampling_points(
+    ax, image: np.ndarray, regular: np.ndarray, deformed: np.ndarray, stride: float, title: str = ""
+):
     """The kernel's sampling points before (white) and after (red) the learned offsets, on the image.
 
     ``regular``/``deformed`` are ``(k·k, 2)`` (row, col) feature-map coordinates from
@@ -150,8 +180,7 @@ def draw_sampling_points(ax, image: np.ndarray, regular: np.ndarray, deformed: n
     to_px = lambda p: (np.asarray(p, dtype=float) + 0.5) * stride - 0.5  # noqa: E731
     r, d = to_px(regular), to_px(deformed)
     for a, b in zip(r, d):
-        ax.annotate("", xy=(b[1], b[0]), xytext=(a[1], a[0]),
-                    arrowprops=dict(arrowstyle="->", color="yellow", lw=0.8))
+        ax.annotate("", xy=(b[1], b[0]), xytext=(a[1], a[0]), arrowprops=dict(arrowstyle="->", color="yellow", lw=0.8))
     ax.scatter(r[:, 1], r[:, 0], s=14, c="white", edgecolors="black", linewidths=0.5, label="regular grid")
     ax.scatter(d[:, 1], d[:, 0], s=14, c="red", edgecolors="black", linewidths=0.5, label="with offsets")
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
@@ -194,8 +223,12 @@ def part_recall_bars(results: Mapping[str, dict]):
 # ----------------------------------------------------------------------------- chapters 05, 06 and 08
 
 
-def show_columns(columns: Mapping[str, Sequence[np.ndarray]], row_labels: Sequence[str] | None = None,
-                 size: float = 1.8, heat_cmap: str = "gray_r"):
+def show_columns(
+    columns: Mapping[str, Sequence[np.ndarray]],
+    row_labels: Sequence[str] | None = None,
+    size: float = 1.8,
+    heat_cmap: str = "gray_r",
+):
     """A grid with one row per image and one column per named list of pictures, each drawn by kind.
 
     ``(H, W, 3)`` arrays are shown as RGB images (uint8, or floats in [0, 1] such as :func:`overlay`);
@@ -206,8 +239,9 @@ def show_columns(columns: Mapping[str, Sequence[np.ndarray]], row_labels: Sequen
     names = list(columns)
     rows = {len(columns[n]) for n in names}
     if len(rows) != 1:
-        raise ValueError(f"show_columns: the columns hold different numbers of pictures: "
-                         f"{ {n: len(columns[n]) for n in names} }")
+        raise ValueError(
+            f"show_columns: the columns hold different numbers of pictures: { {n: len(columns[n]) for n in names} }"
+        )
     fig, axes = _grid(rows.pop(), len(names), size)
     for j, name in enumerate(names):
         axes[0, j].set_title(name, fontsize=9)
@@ -266,9 +300,16 @@ __all__ += ["show_columns", "file_table"]
 # ----------------------------------------------------------------------------- chapter 07 (ablations)
 
 
-def sensitivity_plot(values: Sequence[float], results: Sequence[dict], *, xlabel: str,
-                     keys: Sequence[str] = ("miou", "precision", "recall"), logx: bool = False,
-                     references: Mapping[str, dict] | None = None, title: str = ""):
+def sensitivity_plot(
+    values: Sequence[float],
+    results: Sequence[dict],
+    *,
+    xlabel: str,
+    keys: Sequence[str] = ("miou", "precision", "recall"),
+    logx: bool = False,
+    references: Mapping[str, dict] | None = None,
+    title: str = "",
+):
     """Seed metrics against one hyper-parameter (the paper's Fig. 6): one line per metric.
 
     ``results[i]`` is the metrics dict of the run at ``values[i]`` (:func:`esol_lib.ablation.run_variant`);
@@ -308,8 +349,7 @@ def ablation_bars(rows: Mapping[str, dict], paper: Mapping[str, float] | None = 
     ours = np.array([np.nan if "diverged" in rows[n] else 100 * rows[n]["miou"] for n in names])
     theirs = np.array([np.nan if paper is None or paper.get(n) is None else paper[n] for n in names])
     panels = 2 if reference is not None else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 0.45 * len(names) + 1.2), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 0.45 * len(names) + 1.2), squeeze=False, sharey=True)
     y = np.arange(len(names))
     h = 0.38
     axes[0, 0].barh(y - h / 2, ours, h, label="this run", color=STAGE_COLORS["shrinkage"])
@@ -339,8 +379,12 @@ def glyph_table(glyphs: Mapping[str, Sequence[int]], per_row: int = 12):
 
     names = list(glyphs)
     cols = min(per_row, max(len(v) for v in glyphs.values()))
-    fig, axes = plt.subplots(len(names), cols + 1, figsize=(0.75 * (cols + 1) + 1.0, 0.62 * len(names)),
-                             gridspec_kw={"width_ratios": [2.2] + [1] * cols})
+    fig, axes = plt.subplots(
+        len(names),
+        cols + 1,
+        figsize=(0.75 * (cols + 1) + 1.0, 0.62 * len(names)),
+        gridspec_kw={"width_ratios": [2.2] + [1] * cols},
+    )
     for r, name in enumerate(names):
         axes[r, 0].text(1.0, 0.5, f"{r + 1} {name}", ha="right", va="center", fontsize=9)
         for c in range(cols + 1):
@@ -358,8 +402,10 @@ def emoji_histograms(stats: Mapping, split: str = "train"):
     axes[0].hist(100 * np.asarray(st["object_area_fraction"]), bins=20, color="#4c72b0")
     axes[0].set_xlabel("object area (% of the image)")
     axes[0].set_ylabel("objects")
-    for ax, key, label in ((axes[1], "objects_per_image", "objects per image"),
-                           (axes[2], "classes_per_image", "classes per image")):
+    for ax, key, label in (
+        (axes[1], "objects_per_image", "objects per image"),
+        (axes[2], "classes_per_image", "classes per image"),
+    ):
         values, counts = np.unique(st[key], return_counts=True)
         ax.bar(values, counts, color="#dd8452")
         ax.set_xticks(values)

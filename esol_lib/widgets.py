@@ -7,8 +7,8 @@ slider steps through CAMs computed beforehand (chapter 07 trains them).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -110,8 +110,9 @@ def beta_explorer(probe: ClipProbe, value: float = 0.15):
     """An ipywidgets slider for β that redraws the clipped features and the CAMs (about 0.1 s a move)."""
     import ipywidgets as widgets
 
-    slider = widgets.FloatSlider(value=value, min=0.02, max=1.0, step=0.01, description="β",
-                                 continuous_update=False, readout_format=".2f")
+    slider = widgets.FloatSlider(
+        value=value, min=0.02, max=1.0, step=0.01, description="β", continuous_update=False, readout_format=".2f"
+    )
 
     def render(beta: float):
         energy, heat = probe.maps(beta)
@@ -131,8 +132,7 @@ def beta_explorer(probe: ClipProbe, value: float = 0.15):
 def alpha_grid(images: Sequence[np.ndarray], heats: Mapping[float, Sequence[np.ndarray]]):
     """Static version of the α slider: expansion CAMs per image (rows) and α (columns)."""
     alphas = sorted(heats)
-    fig, axes = plt.subplots(len(images), len(alphas), figsize=(1.9 * len(alphas), 1.9 * len(images)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(images), len(alphas), figsize=(1.9 * len(alphas), 1.9 * len(images)), squeeze=False)
     for j, a in enumerate(alphas):
         for i, image in enumerate(images):
             axes[i, j].imshow(overlay(image, heats[a][i]))
@@ -150,8 +150,9 @@ def alpha_explorer(images: Sequence[np.ndarray], heats: Mapping[float, Sequence[
     alphas = sorted(heats)
     if not alphas:
         raise ValueError("alpha_explorer: no α has CAMs to show (every run diverged or none was run)")
-    slider = widgets.SelectionSlider(options=alphas, value=alphas[len(alphas) // 2], description="α",
-                                     continuous_update=True)
+    slider = widgets.SelectionSlider(
+        options=alphas, value=alphas[len(alphas) // 2], description="α", continuous_update=True
+    )
 
     def render(alpha: float):
         n = len(images)

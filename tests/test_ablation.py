@@ -156,8 +156,9 @@ def test_ablation_max_steps_compares_every_variant_with_a_reference_of_that_leng
     run: the main setting is read from it, and a shrinkage variant shares its expansion."""
     from esol_lib.run import RunDir, fork_run
 
-    short = fork_run(main_run.root, tmp_path / "short-main", ["ablation.max_steps=1"],
-                     share=("baseline", "expansion", "shrinkage"))
+    short = fork_run(
+        main_run.root, tmp_path / "short-main", ["ablation.max_steps=1"], share=("baseline", "expansion", "shrinkage")
+    )
     root = tmp_path / "ablations"
     ref = ab.reference_run(short, root)
     assert ref.root == root / "reference"

@@ -1,6 +1,8 @@
 """The book machinery: the toc, stripping, papermill execution and an offline jupyter-book build."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -8,9 +10,21 @@ import pytest
 import yaml
 
 from esol_lib.book import (
-    CHAPTERS, OWNER_FILE, REPO_ROOT, TIMING_FILE, WIDGET_PLACEHOLDER, _not_this_build, _toc_files, build_book,
-    build_time_page, check_published, check_stripped, claim_build_folder, execute_notebooks, machine_paths,
-    make_book, publishable_notebook, strip_outputs,
+    CHAPTERS,
+    OWNER_FILE,
+    REPO_ROOT,
+    TIMING_FILE,
+    WIDGET_PLACEHOLDER,
+    _not_this_build,
+    _toc_files,
+    build_book,
+    build_time_page,
+    check_published,
+    claim_build_folder,
+    execute_notebooks,
+    machine_paths,
+    make_book,
+    publishable_notebook,
 )
 from esol_lib.errors import StageError
 
@@ -59,30 +73,13 @@ def test_config_never_executes_and_cites_from_the_bib_file():
 # ----------------------------------------------------------------------------- (b) stripping
 
 
-def test_strip_outputs_and_check_stripped(tmp_path):
-    nb = _notebook('print("hi")')
-    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="hi\n")]
-    nb.cells[2].execution_count = 3
-    nb.cells[2].metadata["execution"] = {"iopub.status.busy": "2024-01-01"}
-    nb.metadata["papermill"] = {"parameters": {}}
-    dirty, clean = tmp_path / "dirty.ipynb", tmp_path / "clean.ipynb"
-    nbformat.write(nb, str(dirty))
-    nbformat.write(_notebook('print("hi")'), str(clean))
-
-    assert check_stripped([dirty, clean]) == ["dirty.ipynb"]
-    assert strip_outputs(dirty) is True
-    assert check_stripped([dirty, clean]) == []
-    stripped = nbformat.read(str(dirty), as_version=4)
-    assert stripped.cells[2].outputs == [] and stripped.cells[2].execution_count is None
-    assert "execution" not in stripped.cells[2].metadata and "papermill" not in stripped.metadata
-    assert stripped.cells[1].metadata["tags"] == ["parameters"]  # papermill still finds its cell
-    assert strip_outputs(dirty) is False  # idempotent
-
-
 def test_notebooks_in_git_are_stripped():
-    notebooks = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
-    dirty = check_stripped(notebooks)
-    assert not dirty, f"notebooks committed with outputs: {dirty}; run esol_lib.book.strip_outputs on them"
+    """The chapters are committed without outputs: nbstripout (``make strip``) finds nothing to remove."""
+    notebooks = sorted(str(p) for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))
+    done = subprocess.run(
+        [sys.executable, "-m", "nbstripout", "--keep-id", "--verify", *notebooks], capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"notebooks committed with outputs; run `make strip`:\n{done.stdout}{done.stderr}"
 
 
 # ----------------------------------------------------------------------------- (c) execution
@@ -94,13 +91,14 @@ def executed(tmp_path_factory):
     root = tmp_path_factory.mktemp("book")
     nb_dir, out_dir = root / "notebooks", root / "executed"
     nb_dir.mkdir()
-    nbformat.write(_notebook('print(f"profile={profile}")', 'print(f"run_dir={run_dir}")\n'
-                             'import os; print(f"cwd={os.getcwd()}")'), str(nb_dir / CHAPTERS[0]))
+    nbformat.write(
+        _notebook('print(f"profile={profile}")', 'print(f"run_dir={run_dir}")\nimport os; print(f"cwd={os.getcwd()}")'),
+        str(nb_dir / CHAPTERS[0]),
+    )
     bare = _notebook('print(f"data_root={data_root!r}")')
     del bare.metadata["kernelspec"]  # hand-made, no language metadata: still runs (as Python)
     nbformat.write(bare, str(nb_dir / CHAPTERS[2]))
-    paths = execute_notebooks("smoke", nb_dir, out_dir, root / "run", data_root=str(root / "data"),
-                              progress=False)
+    paths = execute_notebooks("smoke", nb_dir, out_dir, root / "run", data_root=str(root / "data"), progress=False)
     return root, paths
 
 
@@ -127,16 +125,28 @@ def test_execute_notebooks_writes_each_chapters_time_and_the_page_shows_it(execu
     assert page.startswith("# Build time")
     assert f"| {Path(CHAPTERS[0]).stem} | {timing['chapters'][CHAPTERS[0]] / 60:.1f} |" in page
     assert "not the book's time" in page  # a partial build says so
-    full = build_time_page({"profile": "cpu", "cores": 2, "complete": True,
-                            "chapters": {c: 120.0 for c in CHAPTERS}, "total_seconds": 1080.0})
+    full = build_time_page(
+        {
+            "profile": "cpu",
+            "cores": 2,
+            "complete": True,
+            "chapters": {c: 120.0 for c in CHAPTERS},
+            "total_seconds": 1080.0,
+        }
+    )
     assert "| **all chapters** | **18.0** |" in full and "not the book's time" not in full
     assert "Where each chapter's time went" not in full  # no stage records: no stage table
 
 
 def test_the_build_time_page_shows_each_chapters_stages_and_the_rest():
-    timing = {"profile": "cpu", "cores": 2, "complete": False, "chapters": {CHAPTERS[5]: 600.0},
-              "total_seconds": 600.0,
-              "stages": {CHAPTERS[5]: {"refine": 420.0, "eval_cam": 120.0, "train_cam": 0.01}}}
+    timing = {
+        "profile": "cpu",
+        "cores": 2,
+        "complete": False,
+        "chapters": {CHAPTERS[5]: 600.0},
+        "total_seconds": 600.0,
+        "stages": {CHAPTERS[5]: {"refine": 420.0, "eval_cam": 120.0, "train_cam": 0.01}},
+    }
     page = build_time_page(timing)
     stem = Path(CHAPTERS[5]).stem
     assert f"| {stem} | refine | 7.0 | 70 % |" in page and f"| {stem} | eval_cam | 2.0 | 20 % |" in page
@@ -172,8 +182,7 @@ def test_execute_notebooks_without_any_notebook_is_an_error(tmp_path):
 
 def test_unknown_chapter_is_an_error(tmp_path):
     with pytest.raises(StageError, match="unknown chapter"):
-        execute_notebooks("smoke", tmp_path, tmp_path / "out", tmp_path / "run", only=["99_nope"],
-                          progress=False)
+        execute_notebooks("smoke", tmp_path, tmp_path / "out", tmp_path / "run", only=["99_nope"], progress=False)
 
 
 def test_book_refuses_an_out_folder_it_did_not_make_and_deletes_nothing(tmp_path):
@@ -232,21 +241,47 @@ def test_machine_paths_write_the_repository_relative_and_others_by_name(tmp_path
 def test_publishable_notebook_hides_parameters_rewrites_paths_and_replaces_widgets(tmp_path):
     repo, run = tmp_path / "repo", tmp_path / "runs-elsewhere" / "r1"
     nb = _notebook(f'print("{repo.resolve()}/runs/book-cpu | {run.resolve()}/checkpoints")')
-    nb.cells.insert(2, nbformat.v4.new_code_cell(f'run_dir = "{run.resolve()}"',
-                                                 metadata={"tags": ["injected-parameters"]}))
+    nb.cells.insert(
+        2, nbformat.v4.new_code_cell(f'run_dir = "{run.resolve()}"', metadata={"tags": ["injected-parameters"]})
+    )
     nb.cells[3].outputs = [nbformat.v4.new_output("stream", text=f"{repo.resolve()}/runs/book-cpu | {run.resolve()}\n")]
-    nb.cells.append(nbformat.v4.new_code_cell("widgets.beta_explorer(probe)", outputs=[nbformat.v4.new_output(
-        "display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "abc"},
-                              "text/plain": "interactive(children=(FloatSlider(...)))"})]))
-    nb.cells[-1].outputs.append(nbformat.v4.new_output(  # a tqdm bar: a box around a FloatProgress
-        "display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "bar"},
-                              "text/plain": "shrinkage:   0%|          | 0/3"}))
-    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {
-        "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_p", "IPY_MODEL_h"]}},
-        "p": {"model_name": "FloatProgressModel", "state": {}}, "h": {"model_name": "HTMLModel", "state": {}},
-        "abc": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_h"]}}}}}
-    nb.metadata["papermill"] = {"parameters": {"run_dir": str(run.resolve())},
-                                "output_path": f"{repo.resolve()}/_build/executed/x.ipynb"}
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "widgets.beta_explorer(probe)",
+            outputs=[
+                nbformat.v4.new_output(
+                    "display_data",
+                    data={
+                        "application/vnd.jupyter.widget-view+json": {"model_id": "abc"},
+                        "text/plain": "interactive(children=(FloatSlider(...)))",
+                    },
+                )
+            ],
+        )
+    )
+    nb.cells[-1].outputs.append(
+        nbformat.v4.new_output(  # a tqdm bar: a box around a FloatProgress
+            "display_data",
+            data={
+                "application/vnd.jupyter.widget-view+json": {"model_id": "bar"},
+                "text/plain": "shrinkage:   0%|          | 0/3",
+            },
+        )
+    )
+    nb.metadata["widgets"] = {
+        "application/vnd.jupyter.widget-state+json": {
+            "state": {
+                "bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_p", "IPY_MODEL_h"]}},
+                "p": {"model_name": "FloatProgressModel", "state": {}},
+                "h": {"model_name": "HTMLModel", "state": {}},
+                "abc": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_h"]}},
+            }
+        }
+    }
+    nb.metadata["papermill"] = {
+        "parameters": {"run_dir": str(run.resolve())},
+        "output_path": f"{repo.resolve()}/_build/executed/x.ipynb",
+    }
 
     out = publishable_notebook(nb, machine_paths(run, root=repo))
     tags = [c.metadata.get("tags", []) for c in out.cells]
@@ -263,8 +298,9 @@ def test_publishable_notebook_hides_parameters_rewrites_paths_and_replaces_widge
 
 
 def test_check_published_finds_remote_assets_and_machine_paths(tmp_path):
-    (tmp_path / "a.html").write_text('<a href="https://arxiv.org/abs/2205.00000">the paper</a>'
-                                     '<script src="_static/mathjax/tex-chtml.js"></script>')
+    (tmp_path / "a.html").write_text(
+        '<a href="https://arxiv.org/abs/2205.00000">the paper</a><script src="_static/mathjax/tex-chtml.js"></script>'
+    )
     assert check_published(tmp_path, ["/home/me/esol"]) == []  # links and local scripts are fine
     (tmp_path / "b.html").write_text('<script defer src="https://cdn.jsdelivr.net/npm/mathjax@3/tex.js"></script>')
     (tmp_path / "c.css").write_text("@font-face { src: url('//fonts.example.org/x.woff2') }")
@@ -293,10 +329,18 @@ def test_build_book_offline(executed, tmp_path):
     (site / "book").mkdir()
     for page in ("intro.md", "bibliography.md", "references.bib"):
         (site / "book" / page).write_bytes((REPO_ROOT / "book" / page).read_bytes())
-    toc = {"format": "jb-book", "root": "book/intro",
-           "parts": [{"caption": "Chapters", "chapters": [{"file": f"notebooks/{Path(p.name).stem}"} for p in paths]
-                      + [{"file": "notebooks/08_reproduction"}]},  # not executed: left out, not an error
-                     {"caption": "Reference", "chapters": [{"file": "book/bibliography"}]}]}
+    toc = {
+        "format": "jb-book",
+        "root": "book/intro",
+        "parts": [
+            {
+                "caption": "Chapters",
+                "chapters": [{"file": f"notebooks/{Path(p.name).stem}"} for p in paths]
+                + [{"file": "notebooks/08_reproduction"}],
+            },  # not executed: left out, not an error
+            {"caption": "Reference", "chapters": [{"file": "book/bibliography"}]},
+        ],
+    }
     (site / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
 
     out = tmp_path / "out"

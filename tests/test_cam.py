@@ -14,7 +14,10 @@ from esol_lib.errors import StageError
 
 def test_single_scale_is_relu_then_max_normalisation_by_hand():
     w = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.5, 0.5]])  # 2 classes from 3 channels (a 1x1 "classifier")
-    cam_fn = lambda x: torch.einsum("kc,bchw->bkhw", w, x)
+
+    def cam_fn(x):
+        return torch.einsum("kc,bchw->bkhw", w, x)
+
     x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2) - 10
     got = multiscale_cam(cam_fn, x, scales=[1.0], flip=False)
     raw = torch.einsum("kc,bchw->bkhw", w, x).clamp(min=0)
@@ -28,7 +31,10 @@ def test_single_scale_is_relu_then_max_normalisation_by_hand():
 
 def test_flip_merge_adds_the_flipped_map_back_in_place():
     ramp = torch.tensor([0.0, 1.0, 2.0, 3.0])  # position-dependent, so the flip matters
-    cam_fn = lambda x: x[:, :1] * ramp
+
+    def cam_fn(x):
+        return x[:, :1] * ramp
+
     x = torch.tensor([[[[1.0, 0.0, 0.0, 0.0]]]]).expand(1, 3, 1, 4).contiguous()
     got = multiscale_cam(cam_fn, x, scales=[1.0], flip=True, eps=0.0)
     # original: [0, 0, 0, 0]; flipped input [0,0,0,1] * ramp = [0,0,0,3], flipped back: [3,0,0,0]
@@ -73,8 +79,17 @@ def test_compute_store_and_evaluate_round_trip(tmp_path):
     for i in range(len(ds)):
         m = masks[i]
         oracle.maps = torch.stack([(m == k).float() for k in range(1, 4)])[None]
-        compute_cams(oracle, _Subset(ds, i), out, mean=[0.5] * 3, std=[0.5] * 3, scales=[1.0], flip=False,
-                     signature="s", progress=False)
+        compute_cams(
+            oracle,
+            _Subset(ds, i),
+            out,
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+            scales=[1.0],
+            flip=False,
+            signature="s",
+            progress=False,
+        )
     cams, keys = load_cam(out, ds.ids[0])
     assert cams.dtype == np.float32 and len(keys) == int(ds[0]["label"].sum())
     metrics = evaluate_cams(out, ds, [0.3, 0.5], progress=False, stage="oracle", split="train")

@@ -90,4 +90,6 @@ def test_eval_cam_prints_the_metrics_file_it_wrote(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval-cam", "--run", str(run)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("baseline_train: mIoU") and out.rstrip().endswith(str(run / "metrics" / "baseline_train.json"))
+    assert out.startswith("baseline_train: mIoU") and out.rstrip().endswith(
+        str(run / "metrics" / "baseline_train.json")
+    )

@@ -19,8 +19,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 H, W = 8, 10
 # category ids out of order on purpose: index = rank of the sorted id (1 person -> 1, 18 dog -> 2)
-CATEGORIES = [{"id": 18, "name": "dog", "supercategory": "animal"},
-              {"id": 1, "name": "person", "supercategory": "person"}]
+CATEGORIES = [
+    {"id": 18, "name": "dog", "supercategory": "animal"},
+    {"id": 1, "name": "person", "supercategory": "person"},
+]
 
 
 def _image(image_id: int, split: str) -> dict:
@@ -36,20 +38,50 @@ TRAIN = {
     "categories": CATEGORIES,
     "annotations": [
         # the small person is listed first, yet drawn over the large dog (smaller wins)
-        {"id": 1, "image_id": 9, "category_id": 1, "segmentation": _poly(2, 1, 4, 3), "area": 4.0,
-         "bbox": [2, 1, 2, 2], "iscrowd": 0},
-        {"id": 2, "image_id": 9, "category_id": 18, "segmentation": _poly(0, 0, 6, 6), "area": 36.0,
-         "bbox": [0, 0, 6, 6], "iscrowd": 0},
+        {
+            "id": 1,
+            "image_id": 9,
+            "category_id": 1,
+            "segmentation": _poly(2, 1, 4, 3),
+            "area": 4.0,
+            "bbox": [2, 1, 2, 2],
+            "iscrowd": 0,
+        },
+        {
+            "id": 2,
+            "image_id": 9,
+            "category_id": 18,
+            "segmentation": _poly(0, 0, 6, 6),
+            "area": 36.0,
+            "bbox": [0, 0, 6, 6],
+            "iscrowd": 0,
+        },
         # a crowd of people on columns 5..9 as uncompressed (column-major) RLE
-        {"id": 3, "image_id": 9, "category_id": 1, "segmentation": {"counts": [5 * H, 5 * H], "size": [H, W]},
-         "area": 40.0, "bbox": [5, 0, 5, 8], "iscrowd": 1},
+        {
+            "id": 3,
+            "image_id": 9,
+            "category_id": 1,
+            "segmentation": {"counts": [5 * H, 5 * H], "size": [H, W]},
+            "area": 40.0,
+            "bbox": [5, 0, 5, 8],
+            "iscrowd": 1,
+        },
     ],
 }
 VAL = {
     "images": [_image(42, "val2014")],
     "categories": CATEGORIES,
-    "annotations": [{"id": 4, "image_id": 42, "category_id": 18, "segmentation": _poly(1, 1, 9, 7),
-                     "area": 48.0, "bbox": [1, 1, 8, 6], "iscrowd": 0}],
+    "annotations": [
+        {
+            "id": 4,
+            "image_id": 42,
+            "category_id": 18,
+            "segmentation": _poly(1, 1, 9, 7),
+            "area": 48.0,
+            "bbox": [1, 1, 8, 6],
+            "iscrowd": 0,
+        }
+    ],
 }
 
 
@@ -69,9 +101,9 @@ def coco_root(tmp_path: Path) -> Path:
 
 def _expected_train_mask() -> np.ndarray:
     mask = np.zeros((H, W), np.uint8)
-    mask[:, 5:] = 255     # crowd region: void ...
-    mask[0:6, 0:6] = 2    # ... except where a (non-crowd) dog covers it
-    mask[1:3, 2:4] = 1    # the smaller person over the dog
+    mask[:, 5:] = 255  # crowd region: void ...
+    mask[0:6, 0:6] = 2  # ... except where a (non-crowd) dog covers it
+    mask[1:3, 2:4] = 1  # the smaller person over the dog
     return mask
 
 

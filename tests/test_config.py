@@ -60,8 +60,16 @@ def test_unknown_generator_names_the_key(tmp_path):
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config("cpu", ["expansion.alpha=0.05", "cam.scales=[1.0, 2.0]", "model.pretrained=null",
-                              "expansion.clip=false", "data.synth.seed=3"])
+    cfg = load_config(
+        "cpu",
+        [
+            "expansion.alpha=0.05",
+            "cam.scales=[1.0, 2.0]",
+            "model.pretrained=null",
+            "expansion.clip=false",
+            "data.synth.seed=3",
+        ],
+    )
     assert cfg.expansion.alpha == 0.05
     assert cfg.cam.scales == [1.0, 2.0]
     assert cfg.model.pretrained is None
@@ -73,25 +81,31 @@ def test_int_widens_to_float():
     assert load_config("cpu", ["expansion.alpha=1"]).expansion.alpha == 1.0
 
 
-@pytest.mark.parametrize("override, key", [
-    ("expansion.alpah=0.1", "expansion.alpah"),
-    ("nosuchsection.x=1", "nosuchsection"),
-    ("data.synth.colour=3", "data.synth.colour"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("expansion.alpah=0.1", "expansion.alpah"),
+        ("nosuchsection.x=1", "nosuchsection"),
+        ("data.synth.colour=3", "data.synth.colour"),
+    ],
+)
 def test_unknown_key_is_an_error_naming_it(override, key):
     with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
         load_config("cpu", [override])
 
 
-@pytest.mark.parametrize("override, key", [
-    ("expansion.max_steps=ten", "expansion.max_steps"),
-    ("expansion.max_steps=1.5", "expansion.max_steps"),
-    ("expansion.clip=3", "expansion.clip"),
-    ("cam.scales=1.0", "cam.scales"),
-    ("cam.scales=[1.0, big]", r"cam.scales\[1\]"),
-    ("model.backbone=5", "model.backbone"),
-    ("expansion=3", "expansion"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("expansion.max_steps=ten", "expansion.max_steps"),
+        ("expansion.max_steps=1.5", "expansion.max_steps"),
+        ("expansion.clip=3", "expansion.clip"),
+        ("cam.scales=1.0", "cam.scales"),
+        ("cam.scales=[1.0, big]", r"cam.scales\[1\]"),
+        ("model.backbone=5", "model.backbone"),
+        ("expansion=3", "expansion"),
+    ],
+)
 def test_wrong_type_is_an_error_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
         load_config("cpu", [override])
@@ -135,15 +149,26 @@ def test_overrides_never_modify_the_dict_they_patch():
     assert values["expansion"]["clip"] is True
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train_cam.lr=-1", "train_cam.lr"), ("train_cam.batch_size=0", "train_cam.batch_size"),
-    ("expansion.max_steps=-5", "expansion.max_steps"), ("expansion.max_steps=0", "expansion.max_steps"),
-    ("train_cam.crop_size=0", "train_cam.crop_size"), ("data.num_workers=-1", "data.num_workers"),
-    ("expansion.beta=0", "expansion.beta"), ("expansion.beta=1.5", "expansion.beta"),
-    ("cam.scales=[]", "cam.scales"), ("shrinkage.area_map=foo", "shrinkage.area_map"),
-    ("device=tpu", "device"), ("expansion.alpha=0", "expansion.alpha"), ("seg.lr=.nan", "seg.lr"),
-    ("cam.thresholds=[0.5,1.5]", "cam.thresholds"), ("irn.conf_fg_thres=2", "irn.conf_fg_thres"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train_cam.lr=-1", "train_cam.lr"),
+        ("train_cam.batch_size=0", "train_cam.batch_size"),
+        ("expansion.max_steps=-5", "expansion.max_steps"),
+        ("expansion.max_steps=0", "expansion.max_steps"),
+        ("train_cam.crop_size=0", "train_cam.crop_size"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("expansion.beta=0", "expansion.beta"),
+        ("expansion.beta=1.5", "expansion.beta"),
+        ("cam.scales=[]", "cam.scales"),
+        ("shrinkage.area_map=foo", "shrinkage.area_map"),
+        ("device=tpu", "device"),
+        ("expansion.alpha=0", "expansion.alpha"),
+        ("seg.lr=.nan", "seg.lr"),
+        ("cam.thresholds=[0.5,1.5]", "cam.thresholds"),
+        ("irn.conf_fg_thres=2", "irn.conf_fg_thres"),
+    ],
+)
 def test_values_out_of_range_are_refused_before_anything_runs(override, key):
     """They used to end in raw tracebacks, some minutes into training (issue 18, item 5)."""
     with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': .* out of range; expected"):
@@ -154,10 +179,15 @@ def test_a_number_in_exponent_notation_is_a_number():
     assert load_config("smoke", ["expansion.lr=1e-3"]).expansion.lr == pytest.approx(1e-3)  # YAML 1.1: a string
 
 
-@pytest.mark.parametrize("content, says", [
-    (b"", "is empty"), (b"seed: [1, 2\n", "not valid YAML"), (b"- 1\n- 2\n", "holds a list, not a mapping"),
-    (b"profile: caf\xe9\n", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"", "is empty"),
+        (b"seed: [1, 2\n", "not valid YAML"),
+        (b"- 1\n- 2\n", "holds a list, not a mapping"),
+        (b"profile: caf\xe9\n", "not UTF-8"),
+    ],
+)
 def test_a_damaged_run_config_is_one_clear_error(tmp_path, content, says):
     from esol_lib.run import RunDir
 

@@ -56,7 +56,7 @@ def test_several_labellings_of_one_image_give_what_fresh_crfs_give():
     for r in (6, 9, 12, 15):
         lab = np.zeros((size, size), np.int64)
         for k, (cy, cx) in enumerate(g.uniform(0.25, 0.75, (2, 2)) * size, start=1):
-            lab[(yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2] = k
+            lab[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = k
         labellings.append(lab)
     img = (g.integers(0, 60, (size, size, 3)) + 70 * labellings[1][..., None]).astype(np.uint8)
     shared = crf_from_labelings(img, labellings, 3, gt_prob=0.6)

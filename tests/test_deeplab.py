@@ -13,7 +13,14 @@ from torch import nn
 
 from esol_lib.config import CRFConfig, SegConfig, load_config
 from esol_lib.deeplab import (
-    ASPP, DeepLabV2, build_deeplab, crf_postprocess, param_groups, predict, seg_loss, upsample_logits,
+    ASPP,
+    DeepLabV2,
+    build_deeplab,
+    crf_postprocess,
+    param_groups,
+    predict,
+    seg_loss,
+    upsample_logits,
 )
 from esol_lib.errors import ConfigError, StageError
 from esol_lib.segmentation import eval_seg, prediction_dir, train_seg, training_split
@@ -85,7 +92,10 @@ def test_param_groups_use_deeplab_lr_multipliers():
     assert by_name["aspp_weight"]["lr"] == pytest.approx(0.1)
     assert by_name["aspp_bias"]["lr"] == pytest.approx(0.2)
     assert by_name["aspp_bias"]["weight_decay"] == 0.0
-    ids = lambda ps: {id(p) for p in ps}
+
+    def ids(ps):
+        return {id(p) for p in ps}
+
     assert ids(by_name["aspp_weight"]["params"]) == {id(c.weight) for c in model.aspp.branches}
     assert ids(by_name["aspp_bias"]["params"]) == {id(c.bias) for c in model.aspp.branches}
     assert ids(by_name["backbone"]["params"]) == ids(model.backbone.parameters())
@@ -247,8 +257,9 @@ def test_training_split_prefers_a_complete_train_split(smoke_run):
     root = smoke_run.load_config().data.root
     tmp = masks.parent / "all"
     shutil.copytree(masks, tmp)
-    from esol_lib.data import read_split
     from pathlib import Path
+
+    from esol_lib.data import read_split
 
     for image_id in read_split(root, "val"):
         shutil.copy(Path(root) / "SegmentationClass" / f"{image_id}.png", tmp / f"{image_id}.png")

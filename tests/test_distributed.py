@@ -28,7 +28,10 @@ def free_port() -> int:
 def _worker(rank: int, port: int, tmp: str) -> None:
     """One torchrun-like process: env vars, init, DDP, train_loop, save its parameters."""
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
         WORLD_SIZE=str(WORLD),
     )
     if sys.platform.startswith("linux"):
@@ -38,7 +41,12 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     from torch.utils.data import TensorDataset
 
     from esol_lib.distributed import (
-        SeededDistributedSampler, all_reduce_mean, cleanup_distributed, init_distributed, make_loader, unwrap,
+        SeededDistributedSampler,
+        all_reduce_mean,
+        cleanup_distributed,
+        init_distributed,
+        make_loader,
+        unwrap,
         wrap_ddp,
     )
     from esol_lib.engine import PolyLR, make_sgd, train_loop
@@ -70,19 +78,28 @@ def _worker(rank: int, port: int, tmp: str) -> None:
 
         opt = make_sgd(model.parameters(), lr=0.05)
         run = RunDir(out / f"run{rank}")  # one folder per rank, to see who writes what
-        result = train_loop("ddp", model, opt, loss_fn, loader, STEPS, run, scheduler=PolyLR(opt, STEPS),
-                            checkpoint_every=3, log_every=2, progress=False)
+        result = train_loop(
+            "ddp",
+            model,
+            opt,
+            loss_fn,
+            loader,
+            STEPS,
+            run,
+            scheduler=PolyLR(opt, STEPS),
+            checkpoint_every=3,
+            log_every=2,
+            progress=False,
+        )
         assert result.steps == STEPS
         mean = all_reduce_mean(torch.tensor([float(rank)]))
-        torch.save({"params": unwrap(model).state_dict(), "seen": seen, "mean": mean.item()},
-                   out / f"rank{rank}.pt")
+        torch.save({"params": unwrap(model).state_dict(), "seen": seen, "mean": mean.item()}, out / f"rank{rank}.pt")
     finally:
         cleanup_distributed()
 
 
 def _spawn(tmp: Path, timeout: float = 50.0) -> None:
-    ctx = mp.start_processes(_worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=False,
-                             start_method="spawn")
+    ctx = mp.start_processes(_worker, args=(free_port(), str(tmp)), nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:

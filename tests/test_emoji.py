@@ -12,8 +12,14 @@ from PIL import Image
 from esol_lib.cli import main
 from esol_lib.config import load_config
 from esol_lib.data import VOCSegmentation, emoji_spec_from_config, resolve_data_root
-from esol_lib.data.emoji import (ALPHA_CUT, EmojiSpec, _transformed_sprite, emoji_stats, generate_emoji_benchmark,
-                                 render_emoji_sample)
+from esol_lib.data.emoji import (
+    ALPHA_CUT,
+    EmojiSpec,
+    _transformed_sprite,
+    emoji_stats,
+    generate_emoji_benchmark,
+    render_emoji_sample,
+)
 from esol_lib.data.openmoji import VOC_GLYPHS, glyph_sprite, other_glyphs, voc_codepoints
 from esol_lib.data.palette import VOID
 from esol_lib.data.voc import VOC_CLASSES
@@ -86,16 +92,17 @@ def test_mask_is_the_rendered_alpha():
         rng.choice([obj["cls"]], size=0)
         glyphs = VOC_GLYPHS[obj["class"]]
         rng.integers(len(glyphs))
-        _, alpha = _transformed_sprite(rng, int(obj["glyph"][2:], 16), rng.uniform(*spec.object_scale) * spec.size,
-                                       spec.max_rotation)
+        _, alpha = _transformed_sprite(
+            rng, int(obj["glyph"][2:], 16), rng.uniform(*spec.object_scale) * spec.size, spec.max_rotation
+        )
         h, w = alpha.shape
         top = int(rng.integers(-h // 3, max(spec.size - 2 * h // 3, -h // 3 + 1)))
         left = int(rng.integers(-w // 3, max(spec.size - 2 * w // 3, -w // 3 + 1)))
         full = np.zeros((spec.size, spec.size), bool)
         y0, x0 = max(top, 0), max(left, 0)
         y1, x1 = min(top + h, spec.size), min(left + w, spec.size)
-        full[y0:y1, x0:x1] = alpha[y0 - top:y1 - top, x0 - left:x1 - left] >= ALPHA_CUT
-        if full.sum() < 0.02 * spec.size ** 2:
+        full[y0:y1, x0:x1] = alpha[y0 - top : y1 - top, x0 - left : x1 - left] >= ALPHA_CUT
+        if full.sum() < 0.02 * spec.size**2:
             continue  # the generator redrew this placement
         assert np.array_equal(s.label == obj["cls"], full)
 
@@ -136,4 +143,6 @@ def test_cpu_profile_generates_the_emoji_benchmark(tmp_path):
     cfg = load_config("cpu", ["data.emoji.train=2", "data.emoji.val=1", "data.emoji.size=40"])
     root = resolve_data_root(cfg, synth_dir=tmp_path)
     assert root == tmp_path / "emoji-cpu"
-    assert json.loads((root / "spec.json").read_text())["spec"] == emoji_spec_from_config(cfg.data.emoji).to_json()["spec"]
+    assert (
+        json.loads((root / "spec.json").read_text())["spec"] == emoji_spec_from_config(cfg.data.emoji).to_json()["spec"]
+    )

@@ -28,7 +28,6 @@ from esol_lib.engine import (
 from esol_lib.errors import DivergenceError, StageError
 from esol_lib.run import RunDir
 
-
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -180,8 +179,7 @@ def test_train_loop_reduces_loss_and_writes_final_checkpoint(tmp_path):
     loader = make_loader(regression_data(64), 16)
     x, y = regression_data(64).tensors
     before = nn.functional.mse_loss(model(x), y).item()
-    result = train_loop("reg", model, opt, mse, loader, 60, run(tmp_path), scheduler=PolyLR(opt, 60),
-                        progress=False)
+    result = train_loop("reg", model, opt, mse, loader, 60, run(tmp_path), scheduler=PolyLR(opt, 60), progress=False)
     after = nn.functional.mse_loss(model(x), y).item()
     assert after < 0.1 * before
     assert result.stage == "reg" and result.steps == 60 and result.resumed_from == 0
@@ -225,10 +223,12 @@ def test_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_p
     assert result.final_loss == ref_result.final_loss
     assert opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"]
     assert opt.param_groups[0]["momentum"] == 0.9
+
     # logged losses of the resumed steps equal those of the uninterrupted run
     def losses(name):
-        recs = [json.loads(l) for l in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        recs = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
         return {r["step"]: r["loss"] for r in recs if "loss" in r and "event" not in r}
+
     a, b = losses("a"), losses("b")
     assert all(a[s] == b[s] for s in range(1, 13))
 
@@ -256,8 +256,9 @@ def test_nan_loss_raises_divergence_and_keeps_the_last_checkpoint(tmp_path):
         return loss
 
     with pytest.raises(DivergenceError) as err:
-        train_loop("expansion", model, opt, exploding, loader, 12, rd, scheduler=sched, checkpoint_every=2,
-                   progress=False)
+        train_loop(
+            "expansion", model, opt, exploding, loader, 12, rd, scheduler=sched, checkpoint_every=2, progress=False
+        )
     msg = str(err.value)
     assert "expansion" in msg and "step 5" in msg
     assert str(partial) in msg and "last good checkpoint" in msg and "learning rate" in msg
@@ -277,8 +278,9 @@ def test_divergence_from_after_step_propagates_and_keeps_checkpoint(tmp_path):
             raise DivergenceError("offsets ran away at step 5")
 
     with pytest.raises(DivergenceError, match="offsets"):
-        train_loop("shrinkage", model, opt, mse, loader, 12, rd, checkpoint_every=4, after_step=bound_offsets,
-                   progress=False)
+        train_loop(
+            "shrinkage", model, opt, mse, loader, 12, rd, checkpoint_every=4, after_step=bound_offsets, progress=False
+        )
     assert torch.load(partial_checkpoint_path(rd, "shrinkage"), weights_only=True)["step"] == 4
 
 
@@ -290,12 +292,13 @@ def test_finished_stage_short_circuits(tmp_path):
 
     fresh, opt2, sched2, loader2 = setup()
     calls = []
-    result = train_loop("baseline", fresh, opt2, lambda m, b: calls.append(1) or mse(m, b), loader2, 12, rd,
-                        progress=False)
+    result = train_loop(
+        "baseline", fresh, opt2, lambda m, b: calls.append(1) or mse(m, b), loader2, 12, rd, progress=False
+    )
     assert calls == [] and result.steps == 0 and result.resumed_from == 12
     for k in trained:
         assert torch.equal(trained[k], fresh.state_dict()[k])
-    events = [json.loads(l).get("event") for l in rd.log_path.read_text().splitlines()]
+    events = [json.loads(line).get("event") for line in rd.log_path.read_text().splitlines()]
     assert events[-1] == "already done"
 
 
@@ -303,13 +306,31 @@ def test_log_lines_are_json_with_stage_step_loss_lr(tmp_path):
     rd = run(tmp_path)
     model, opt, sched, loader = setup()
     train_loop("cam", model, opt, mse, loader, 12, rd, scheduler=sched, log_every=5, progress=False)
-    records = [json.loads(l) for l in rd.log_path.read_text().splitlines()]
+    records = [json.loads(line) for line in rd.log_path.read_text().splitlines()]
     steps = [r for r in records if "event" not in r]
     assert [r["step"] for r in steps] == [5, 10, 12]
     for r in steps:
         assert r["stage"] == "cam" and {"loss", "lr", "time", "target_mean"} <= set(r)
     assert steps[0]["lr"] == pytest.approx(poly_lr(0.05, 4, 12))
     assert records[-1]["event"] == "done"
+
+
+def test_training_log_reads_the_steps_as_columns_and_keeps_a_resumed_steps_last_record(tmp_path):
+    rd = run(tmp_path)
+    model, opt, sched, loader = setup()
+    train_loop("cam", model, opt, mse, loader, 12, rd, scheduler=sched, log_every=5, progress=False)
+    records = [json.loads(line) for line in rd.log_path.read_text().splitlines()]
+    log = rd.training_log("cam")
+    assert log["step"] == [5, 10, 12] and set(log) == {"step", "loss", "lr", "target_mean"}
+    assert log["loss"] == [r["loss"] for r in records if "event" not in r]
+    with open(rd.log_path, "a") as f:  # a resumed run logs step 10 again, then a line cut by a kill
+        f.write(json.dumps({"stage": "cam", "step": 10, "loss": -1.0, "lr": 0.0, "target_mean": 0.0}) + "\n")
+        f.write('{"stage": "cam", "step": 1')
+    log = rd.training_log("cam")
+    assert log["step"] == [5, 10, 12] and log["loss"][1] == -1.0
+    assert rd.training_log("never-trained") == {}
+    assert list(rd.trained_seconds()) == ["cam"] and rd.trained_seconds()["cam"] >= 0
+    assert RunDir(tmp_path / "empty").training_log("cam") == {} and RunDir(tmp_path / "empty").trained_seconds() == {}
 
 
 def test_load_stage_checkpoint(tmp_path):

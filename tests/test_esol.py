@@ -181,8 +181,9 @@ def test_grid_sample_path_equals_torchvision_deform_conv2d_in_values_and_gradien
     ref = deform_conv2d(x, off, w, b, padding=(1, 1))
     got = deform_conv2d_sampled(x, off, w, b)
     torch.testing.assert_close(got, ref)
-    for g_ref, g_got in zip(torch.autograd.grad(ref.square().sum(), [x, off, w]),
-                            torch.autograd.grad(got.square().sum(), [x, off, w])):
+    for g_ref, g_got in zip(
+        torch.autograd.grad(ref.square().sum(), [x, off, w]), torch.autograd.grad(got.square().sum(), [x, off, w])
+    ):
         torch.testing.assert_close(g_got, g_ref)
 
 

@@ -34,7 +34,8 @@ pytestmark = pytest.mark.slow
 VOLATILE = {".lock", ".lock.holder", "log.jsonl"}
 
 # The command line, with the main process's os.replace calls counted: ESOL_KILL_AT=k kills the
-# process with SIGKILL at the k-th rename, ESOL_KILL_MODE says before or after it lands; ESOL_COUNT_TO=file writes the count.
+# process with SIGKILL at the k-th rename, ESOL_KILL_MODE says before or after it lands;
+# ESOL_COUNT_TO=file writes the count.
 _HOOKED_CLI = textwrap.dedent("""
     import os, signal, sys
     kill_at = int(os.environ.get("ESOL_KILL_AT", "0"))
@@ -60,14 +61,15 @@ _HOOKED_CLI = textwrap.dedent("""
 """)
 
 
-def esol(*args: str, cwd: Path, kill_at: int = 0, mode: str = "before", count_to: Path | None = None,
-         timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), ESOL_KILL_AT=str(kill_at), ESOL_KILL_MODE=mode,
-               OMP_NUM_THREADS="1")
+def esol(
+    *args: str, cwd: Path, kill_at: int = 0, mode: str = "before", count_to: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), ESOL_KILL_AT=str(kill_at), ESOL_KILL_MODE=mode, OMP_NUM_THREADS="1")
     if count_to is not None:
         env["ESOL_COUNT_TO"] = str(count_to)
-    return subprocess.run([sys.executable, "-c", _HOOKED_CLI, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", _HOOKED_CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def pipeline_args(data: Path, run: Path) -> list[str]:
@@ -89,8 +91,11 @@ def differences(a: dict[str, str], b: dict[str, str]) -> list[str]:
     """Files that differ or exist in one folder only. The feature cache is memoisation keyed by
     content (safe to delete): an interrupted run may leave extra entries, but one key must always
     hold the same bytes."""
-    return sorted(k for k in set(a) | set(b)
-                  if a.get(k) != b.get(k) and not (k.startswith("cache/") and (k not in a or k not in b)))
+    return sorted(
+        k
+        for k in set(a) | set(b)
+        if a.get(k) != b.get(k) and not (k.startswith("cache/") and (k not in a or k not in b))
+    )
 
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -134,7 +139,9 @@ def test_killed_at_twenty_odd_points_across_every_stage_the_rerun_is_bit_identic
         proc = esol(*pipeline_args(data, run), cwd=base, kill_at=k, mode=mode)
         if proc.returncode == 0:
             break
-        assert proc.returncode == -signal.SIGKILL, f"kill {attempt} ({k}, {mode}) did not die by SIGKILL:\n{proc.stderr}"
+        assert proc.returncode == -signal.SIGKILL, (
+            f"kill {attempt} ({k}, {mode}) did not die by SIGKILL:\n{proc.stderr}"
+        )
         kills.append((k, mode))
     else:
         pytest.fail("the pipeline never completed")
@@ -149,8 +156,14 @@ def test_killed_from_outside_at_random_moments_the_rerun_is_bit_identical(worksp
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     killed = 0
     for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", _HOOKED_CLI, *pipeline_args(data, run)], cwd=base, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HOOKED_CLI, *pipeline_args(data, run)],
+            cwd=base,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(rng.uniform(2.5, 6.0))  # the interpreter and torch take ~2 s to start
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -193,7 +206,7 @@ def test_a_truncated_file_is_recomputed_or_named_in_one_error_line(workspace, tm
     run = tmp_path / "run"
     shutil.copytree(ref, run, symlinks=True)
     if kind == "lock holder":  # a finished run removes it; a killed one leaves it behind
-        (run / KINDS[kind]).write_text(json.dumps({"pid": 2 ** 22 + 1, "since": 0.0, "command": "esol pipeline"}))
+        (run / KINDS[kind]).write_text(json.dumps({"pid": 2**22 + 1, "since": 0.0, "command": "esol pipeline"}))
     found = sorted(run.glob(KINDS[kind]))
     assert found, KINDS[kind]
     rel = found[0].relative_to(run)
@@ -237,8 +250,10 @@ def test_a_read_only_run_folder_is_one_error_line_and_stays_as_it_was(workspace,
     shutil.copytree(ref, mountpoint / "run", symlinks=True)
     before = digest(mountpoint / "run")
     assert _mount("-o", "remount,ro", str(mountpoint)), "cannot remount read-only"
-    for args in (pipeline_args(data, mountpoint / "run"),
-                 ["eval-cam", "--stage", "baseline", "--run", str(mountpoint / "run")]):
+    for args in (
+        pipeline_args(data, mountpoint / "run"),
+        ["eval-cam", "--stage", "baseline", "--run", str(mountpoint / "run")],
+    ):
         proc = esol(*args, cwd=base)
         lines = error_lines(proc)
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
@@ -278,9 +293,15 @@ def test_a_later_stage_setting_changes_in_place_and_exactly_its_dependents_are_r
     assert "checkpoints/baseline.pt" in kept and "metrics/baseline_crf_train.json" in kept
     assert "checkpoints/irn-baseline.pt" in kept and "metrics/seg-baseline_val.json" in kept
     superseded = next((run / "superseded").iterdir())
-    for gone in ("checkpoints/expansion.pt", "checkpoints/shrinkage.pt", "metrics/expansion_train.json",
-                 "metrics/mask-shrinkage_train.json", "checkpoints/seg-shrinkage.pt", "cams/shrinkage/_meta.json",
-                 "pseudo_masks/shrinkage/_meta.json"):
+    for gone in (
+        "checkpoints/expansion.pt",
+        "checkpoints/shrinkage.pt",
+        "metrics/expansion_train.json",
+        "metrics/mask-shrinkage_train.json",
+        "checkpoints/seg-shrinkage.pt",
+        "cams/shrinkage/_meta.json",
+        "pseudo_masks/shrinkage/_meta.json",
+    ):
         assert gone not in now or gone == "checkpoints/expansion.pt", gone  # expand has just retrained it
         assert (superseded / gone).is_file(), gone  # moved, not deleted
     assert esol(*pipeline_args(data, run), "--set", "expansion.alpha=0.03", cwd=base).returncode == 0
@@ -299,9 +320,14 @@ def test_a_baseline_setting_or_a_score_only_setting(workspace, tmp_path):
     assert differences(digest(run), ref_digest) == []  # refused before anything moved
     proc = esol("eval-cam", "--run", str(run), "--set", "cam.thresholds=[0.1,0.2,0.3]", cwd=base)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    moved = {p.relative_to(next((run / "superseded").iterdir())).as_posix()
-             for p in (run / "superseded").rglob("*") if p.is_file()}
-    assert moved and all(m.startswith("metrics/") and not m.startswith(("metrics/mask-", "metrics/seg-")) for m in moved)
+    moved = {
+        p.relative_to(next((run / "superseded").iterdir())).as_posix()
+        for p in (run / "superseded").rglob("*")
+        if p.is_file()
+    }
+    assert moved and all(
+        m.startswith("metrics/") and not m.startswith(("metrics/mask-", "metrics/seg-")) for m in moved
+    )
 
 
 def test_a_copied_run_folder_stays_current(workspace, tmp_path):

@@ -22,6 +22,7 @@ def _backbone_fn(calls: list):
     def fn(x):
         calls.append(1)
         return conv(x)
+
     return conv, fn
 
 

@@ -11,8 +11,20 @@ import torch
 from PIL import Image
 
 from esol_lib.irn import (
-    BoundaryNet, affinity_labels, affinity_loss, affinity_pairs, boundary_map, ir_labels, neighbourhood,
-    mask_from_scores, path_affinities, path_points, pseudo_mask, random_walk, transition_matrix, walked_scores,
+    BoundaryNet,
+    affinity_labels,
+    affinity_loss,
+    affinity_pairs,
+    boundary_map,
+    ir_labels,
+    mask_from_scores,
+    neighbourhood,
+    path_affinities,
+    path_points,
+    pseudo_mask,
+    random_walk,
+    transition_matrix,
+    walked_scores,
 )
 from esol_lib.models import build_backbone
 
@@ -62,8 +74,7 @@ def test_ir_labels_without_classes_are_background():
 
 
 def test_affinity_labels_by_hand():
-    lab = np.array([[0, 0, 1],
-                    [0, 255, 1]])
+    lab = np.array([[0, 0, 1], [0, 255, 1]])
     bg, fg, neg = affinity_labels(lab, 2)  # pairs (0, 1), (1, -1), (1, 0), (1, 1)
     assert affinity_pairs(2) == ((0, 1), (1, -1), (1, 0), (1, 1))
     assert bg.shape == fg.shape == neg.shape == (4, 2, 3)
@@ -97,8 +108,10 @@ def _path_affinities_by_definition(boundary: torch.Tensor, radius: int) -> torch
     """1 − max over each path's points, stacked and reduced: the definition, slow but plain."""
     m, (h, w) = radius - 1, boundary.shape[-2:]
     padded = torch.nn.functional.pad(boundary, (m, m, 0, m), value=1.0)
-    affs = [1.0 - torch.stack([padded[..., py:py + h, m + px:m + px + w] for py, px in path_points(o)]).max(0).values
-            for o in affinity_pairs(radius)]
+    affs = [
+        1.0 - torch.stack([padded[..., py : py + h, m + px : m + px + w] for py, px in path_points(o)]).max(0).values
+        for o in affinity_pairs(radius)
+    ]
     return torch.stack(affs, boundary.ndim - 2)
 
 
@@ -232,8 +245,10 @@ def test_one_walk_scored_at_several_background_scores_equals_pseudo_mask_at_each
     scores = walked_scores(cams, b, radius=4, beta=10, exp_times=6)
     assert scores.shape == (2, 16, 16) and float(scores.max()) == pytest.approx(1.0)
     for bg in (0.05, 0.25, 0.5, 0.9):
-        assert np.array_equal(mask_from_scores(scores, [1, 3], bg),
-                              pseudo_mask(cams, [1, 3], b, radius=4, beta=10, exp_times=6, bg_thres=bg))
+        assert np.array_equal(
+            mask_from_scores(scores, [1, 3], bg),
+            pseudo_mask(cams, [1, 3], b, radius=4, beta=10, exp_times=6, bg_thres=bg),
+        )
     with pytest.raises(ValueError, match="len\\(keys\\)"):
         mask_from_scores(scores, [1], 0.25)
     with pytest.raises(ValueError, match="len\\(keys\\)"):

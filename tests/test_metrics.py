@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from esol_lib.metrics import (ThresholdSweep, confusion_matrix, foreground_scores, localization_ap,
-                              read_metrics, summarize, sweep_at, write_metrics)
+from esol_lib.metrics import (
+    ThresholdSweep,
+    confusion_matrix,
+    foreground_scores,
+    localization_ap,
+    read_metrics,
+    summarize,
+    sweep_at,
+    write_metrics,
+)
 
 
 def reference_miou(pairs, k):
@@ -126,7 +134,7 @@ def test_localization_ap_by_hand_and_unchanged_by_an_increasing_rescaling():
     sweep.add_scores(gt, scores, keys=[1])
     assert sweep.result(["background", "a"])["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
     squared = ThresholdSweep([0.3], num_classes=2)  # same ranking, different threshold-picked scores
-    squared.add_scores(gt, scores ** 2, keys=[1])
+    squared.add_scores(gt, scores**2, keys=[1])
     assert squared.result(["background", "a"])["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
     assert squared.result(["background", "a"])["miou"] != sweep.result(["background", "a"])["miou"]
 

@@ -61,8 +61,9 @@ def test_chapter_executes_and_draws_a_figure(book, chapter):
 def test_chapter_03_has_the_static_beta_grid(book):
     """The widget does not render in the static book; `widgets.beta_grid` is its published stand-in."""
     _, executed, _ = book
-    cells = [c for c in executed["03_feature_clipping.ipynb"].cells
-             if c.cell_type == "code" and "beta_grid(" in c.source]
+    cells = [
+        c for c in executed["03_feature_clipping.ipynb"].cells if c.cell_type == "code" and "beta_grid(" in c.source
+    ]
     assert cells, "chapter 03 no longer calls widgets.beta_grid"
     assert all(_images(c) == 1 for c in cells), "the static beta grid did not draw its figure"
 
@@ -75,8 +76,9 @@ def test_chapter_07_has_the_alpha_slider_and_its_static_grid(book):
     slider = [c for c in code if "alpha_explorer(" in c.source]
     grid = [c for c in code if "alpha_grid(" in c.source]
     assert slider and grid, "chapter 07 no longer shows the alpha slider and its static grid"
-    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
-               for c in slider for o in c.get("outputs", [])), "the alpha slider was not displayed"
+    assert any(
+        "application/vnd.jupyter.widget-view+json" in o.get("data", {}) for c in slider for o in c.get("outputs", [])
+    ), "the alpha slider was not displayed"
     assert all(_images(c) == 1 for c in grid), "the static alpha grid did not draw its figure"
 
 
@@ -95,8 +97,9 @@ def test_the_built_smoke_book_reads_offline(book):
             assert 'src="../_static/mathjax/tex-chtml.js"' in page, f"{chapter}: MathJax not served by the build"
         assert "http" not in " ".join(re.findall(r"<script[^>]*>", page)), f"{chapter}: a remote script"
         assert not [p for p in forbidden if p in page], f"{chapter}: a machine path is published"
-        assert "# Parameters (papermill" not in page and 'profile = &quot;smoke&quot;' not in page, (
-            f"{chapter}: a parameters cell is on the page")
+        assert "# Parameters (papermill" not in page and "profile = &quot;smoke&quot;" not in page, (
+            f"{chapter}: a parameters cell is on the page"
+        )
     assert check_published(html, forbidden) == []
     assert "tex-chtml.js" in (html / "notebooks" / "04_shrinkage.html").read_text(encoding="utf-8")  # Eq. (6)
     slider_page = (html / "notebooks" / "07_ablations.html").read_text(encoding="utf-8")
@@ -115,8 +118,9 @@ def test_show_columns_draws_images_label_maps_and_heat_maps():
     image = np.zeros((8, 8, 3), np.uint8)
     label = np.full((8, 8), 255, np.uint8)
     heat = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)  # another size, like a boundary map
-    fig = viz.show_columns({"image": [image, image], "label": [label, None], "boundary": [heat, heat]},
-                           row_labels=["a", "b"])
+    fig = viz.show_columns(
+        {"image": [image, image], "label": [label, None], "boundary": [heat, heat]}, row_labels=["a", "b"]
+    )
     axes = np.array(fig.axes).reshape(2, 3)
     assert [ax.get_title() for ax in axes[0]] == ["image", "label", "boundary"]
     assert axes[1, 0].get_ylabel() == "b" and not axes[1, 1].axison  # None: a blank cell
@@ -132,8 +136,12 @@ def test_file_table_reads_metrics_files_and_keeps_quoted_numbers(tmp_path):
 
     path = tmp_path / "seed.json"
     path.write_text(json.dumps({"miou": 0.5361, "precision": 0.25}))
-    table = viz.file_table({"paper": {"Seed": 53.6, "Mask": "68.7"},
-                            "ours": {"Seed": path, "Mask": tmp_path / "missing.json", "P": (path, "precision")}})
+    table = viz.file_table(
+        {
+            "paper": {"Seed": 53.6, "Mask": "68.7"},
+            "ours": {"Seed": path, "Mask": tmp_path / "missing.json", "P": (path, "precision")},
+        }
+    )
     lines = table.splitlines()
     assert lines[0] == "| | Seed | Mask | P |"
     assert lines[2] == "| paper | 53.6 | 68.7 | – |"
@@ -160,8 +168,15 @@ def test_chapters_00_and_01_show_the_emoji_benchmark_and_its_backbone(tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         for key, value in SINGLE_THREAD.items():
             mp.setenv(key, value)
-        paths = execute_notebooks(str(profile), REPO_ROOT / "notebooks", tmp_path / "executed", tmp_path / "run",
-                                  data_root=str(data), only=["00", "01"], progress=False)
+        paths = execute_notebooks(
+            str(profile),
+            REPO_ROOT / "notebooks",
+            tmp_path / "executed",
+            tmp_path / "run",
+            data_root=str(data),
+            only=["00", "01"],
+            progress=False,
+        )
     nbs = {p.name[:2]: nbformat.read(str(p), as_version=4) for p in paths}
     for name, nb in nbs.items():
         errors = [f"{o['ename']}: {o['evalue']}" for o in _outputs(nb) if o.get("output_type") == "error"]

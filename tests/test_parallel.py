@@ -61,15 +61,26 @@ def test_crf_sweep_on_two_workers_equals_the_serial_one(tmp_path):
     out = tmp_path / "cams"
     for i in range(len(ds)):
         noisy_oracle.mask = ds[i]["mask"]
-        compute_cams(noisy_oracle, _Subset(ds, i), out, mean=[0.5] * 3, std=[0.5] * 3, scales=[1.0], flip=False,
-                     signature="s", progress=False)
-    crf = lambda image, labellings, n: [crf_from_labels(image, labels, n) for labels in labellings]
+        compute_cams(
+            noisy_oracle,
+            _Subset(ds, i),
+            out,
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+            scales=[1.0],
+            flip=False,
+            signature="s",
+            progress=False,
+        )
+
+    def crf(image, labellings, n):
+        return [crf_from_labels(image, labels, n) for labels in labellings]
+
     serial = evaluate_cams(out, ds, [0.3, 0.5, 0.7], crf=crf, progress=False, workers=1)
     pooled = evaluate_cams(out, ds, [0.3, 0.5, 0.7], crf=crf, progress=False, workers=2)
     assert serial == pooled
     plain = evaluate_cams(out, ds, [0.3, 0.5, 0.7], progress=False)
     assert plain["sweep"] != serial["sweep"]  # the CRF did change the seeds
-
 
 
 def _dies_on_three(i):
@@ -112,7 +123,8 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     proc.wait()
     workers = [int(p) for p in pids.read_text().split()]
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
-              for p in workers):
+    while any(
+        Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2] for p in workers
+    ):
         assert time.monotonic() < deadline, f"workers {workers} outlived their parent"
         time.sleep(0.05)

@@ -14,20 +14,76 @@ from esol_lib.performance import COMPARISONS, load_comparisons, markdown_table, 
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MACHINE = {"cores": 2, "cpu": "x86_64", "torch": "2.14.1", "threads": 2, "date": "2026-12-02 13:00 UTC",
-           "commit": "abc1234"}
-RECORD = {"cpu": {
-    "cam": {"rows": [{"size": 128, "images": 32, "batch": 8, "scales": [1.0, 0.5], "floor_s": 1.0, "esol_s": 1.1,
-                      "irn_loop_s": 2.0, "irn_loop_max_diff": 1e-7, "gradcam_s": 20.0, "gradcam_corr": 0.9999},
-                     {"size": 320, "images": 8, "batch": 8, "scales": [1.0, 0.5], "floor_s": 1.0, "esol_s": 1.5,
-                      "irn_loop_s": 1.4, "irn_loop_max_diff": 1e-7, "gradcam_s": 9.0, "gradcam_corr": 0.9999}],
-            "machine": MACHINE, "seconds": 60.0},
-    "walk": {"rows": [{"side": 16, "image_px": 64, "N": 256, "sparse_s": 0.02, "sparse_peak_mib": 3.0,
-                       "dense_s": 0.01, "dense_peak_mib": 4.0, "agree": True},
-                      {"side": 512, "image_px": 2048, "N": 262144, "sparse_s": 9.0, "sparse_peak_mib": 900.0,
-                       "dense_note": "does not fit: 768 GiB"}],
-             "memory_gib": 24, "radius": 5, "beta": 10.0, "exp_times": 8, "machine": MACHINE, "seconds": 30.0},
-}}
+MACHINE = {
+    "cores": 2,
+    "cpu": "x86_64",
+    "torch": "2.14.1",
+    "threads": 2,
+    "date": "2026-12-02 13:00 UTC",
+    "commit": "abc1234",
+}
+RECORD = {
+    "cpu": {
+        "cam": {
+            "rows": [
+                {
+                    "size": 128,
+                    "images": 32,
+                    "batch": 8,
+                    "scales": [1.0, 0.5],
+                    "floor_s": 1.0,
+                    "esol_s": 1.1,
+                    "irn_loop_s": 2.0,
+                    "irn_loop_max_diff": 1e-7,
+                    "gradcam_s": 20.0,
+                    "gradcam_corr": 0.9999,
+                },
+                {
+                    "size": 320,
+                    "images": 8,
+                    "batch": 8,
+                    "scales": [1.0, 0.5],
+                    "floor_s": 1.0,
+                    "esol_s": 1.5,
+                    "irn_loop_s": 1.4,
+                    "irn_loop_max_diff": 1e-7,
+                    "gradcam_s": 9.0,
+                    "gradcam_corr": 0.9999,
+                },
+            ],
+            "machine": MACHINE,
+            "seconds": 60.0,
+        },
+        "walk": {
+            "rows": [
+                {
+                    "side": 16,
+                    "image_px": 64,
+                    "N": 256,
+                    "sparse_s": 0.02,
+                    "sparse_peak_mib": 3.0,
+                    "dense_s": 0.01,
+                    "dense_peak_mib": 4.0,
+                    "agree": True,
+                },
+                {
+                    "side": 512,
+                    "image_px": 2048,
+                    "N": 262144,
+                    "sparse_s": 9.0,
+                    "sparse_peak_mib": 900.0,
+                    "dense_note": "does not fit: 768 GiB",
+                },
+            ],
+            "memory_gib": 24,
+            "radius": 5,
+            "beta": 10.0,
+            "exp_times": 8,
+            "machine": MACHINE,
+            "seconds": 30.0,
+        },
+    }
+}
 
 
 def test_each_comparison_is_a_table_with_absolute_numbers_and_ratios():
@@ -41,7 +97,9 @@ def test_each_comparison_is_a_table_with_absolute_numbers_and_ratios():
 
 def test_rows_where_esol_is_slower_are_named_with_the_reason():
     assert slower_rows("cam", RECORD["cpu"]["cam"]) == [
-        "320 px: slower than the IRN-style loop (1.07×)", "320 px: 1.50× its forward passes (target ≤ 1.2)"]
+        "320 px: slower than the IRN-style loop (1.07×)",
+        "320 px: 1.50× its forward passes (target ≤ 1.2)",
+    ]
     assert slower_rows("walk", RECORD["cpu"]["walk"]) == ["16² map: 2.00× the dense walk"]
     page = performance_page(RECORD)
     assert page.startswith("# Performance")
@@ -52,8 +110,15 @@ def test_rows_where_esol_is_slower_are_named_with_the_reason():
 
 
 def test_the_page_says_when_esol_is_fastest_everywhere():
-    fast = {"cpu": {"crf": {"rows": [{"size": 64, "images": 64, "workers": 2, "serial_s": 2.0, "pool_s": 1.1}],
-                            "machine": MACHINE, "seconds": 5.0}}}
+    fast = {
+        "cpu": {
+            "crf": {
+                "rows": [{"size": 64, "images": 64, "workers": 2, "serial_s": 2.0, "pool_s": 1.1}],
+                "machine": MACHINE,
+                "seconds": 5.0,
+            }
+        }
+    }
     assert slower_rows("crf", fast["cpu"]["crf"]) == []
     assert "esol is at least as fast as each peer on every row." in performance_page(fast)
 
@@ -61,9 +126,14 @@ def test_the_page_says_when_esol_is_fastest_everywhere():
 @pytest.mark.slow
 def test_compare_script_runs_every_comparison_and_the_page_reads_its_json(tmp_path):
     out = tmp_path / "compare.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--out", str(out)],
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(out.read_text())
     assert set(record["cpu"]) == set(COMPARISONS) - {"suite"}  # the suite (make test) runs only when asked

@@ -5,9 +5,11 @@ from esol_lib.results import CLAIMS, Claim, claim_gains, claims_table, stage_tab
 
 def _seed(base, exp, shr, mask_b, mask_s):
     st = lambda m: {"miou": m, "precision": m + 10, "recall": m + 5, "f1": m + 1, "ap": m + 2}  # noqa: E731
-    return {"seeds_train": {"baseline": st(base), "expansion": st(exp), "shrinkage": st(shr)},
-            "masks_train": {"baseline": {"miou": mask_b}, "shrinkage": {"miou": mask_s}},
-            "seg_val": {"baseline": None, "shrinkage": None}}
+    return {
+        "seeds_train": {"baseline": st(base), "expansion": st(exp), "shrinkage": st(shr)},
+        "masks_train": {"baseline": {"miou": mask_b}, "shrinkage": {"miou": mask_s}},
+        "seg_val": {"baseline": None, "shrinkage": None},
+    }
 
 
 RESULTS = {"seeds": {"0": _seed(50, 45, 54, 60, 63), "1": _seed(48, 47, 47, 58, 57)}}
@@ -24,8 +26,9 @@ def test_table_reports_mean_std_and_count_and_not_run():
     table = claims_table(RESULTS)
     assert "| ESOL seeds − baseline seeds, mIoU (train) | +5.2 | +1.5 ± 2.5 | 1 of 2 |" in table
     assert "| ESOL − baseline, DeepLab-v2, mIoU (val) | +6.4 | not run | – |" in table
-    one = claims_table({"seeds": {"0": RESULTS["seeds"]["0"]}}, (Claim("x", "seeds_train", "miou", "shrinkage",
-                                                                        "baseline", None),))
+    one = claims_table(
+        {"seeds": {"0": RESULTS["seeds"]["0"]}}, (Claim("x", "seeds_train", "miou", "shrinkage", "baseline", None),)
+    )
     assert "| x | – | +4.0 | 1 of 1 |" in one
 
 
@@ -46,13 +49,23 @@ def test_table5_table_reports_each_variants_drop_from_the_reference_and_how_ofte
     from esol_lib.results import table5_table
 
     first, second = TABLE5[0], TABLE5[1]
-    seeds = {"0": {"table5_val": {"_meta": {"split": "val", "max_steps": 156}, "reference": {"miou": 42.0},
-                                  first.name: {"miou": 40.0}, second.name: {"miou": 43.0}}},
-             "1": {"table5_val": {"reference": {"miou": 44.0}, first.name: {"miou": 41.0}}},
-             "2": {}}  # a seed without Table 5 is left out
+    seeds = {
+        "0": {
+            "table5_val": {
+                "_meta": {"split": "val", "max_steps": 156},
+                "reference": {"miou": 42.0},
+                first.name: {"miou": 40.0},
+                second.name: {"miou": 43.0},
+            }
+        },
+        "1": {"table5_val": {"reference": {"miou": 44.0}, first.name: {"miou": 41.0}}},
+        "2": {},
+    }  # a seed without Table 5 is left out
     table = table5_table({"seeds": seeds})
     assert "trained for 156 steps per ESOL stage; 2 seed(s)" in table
     assert "| Expansion + Shrinkage (reference) | 53.6 | – | 43.0 ± 1.0 | – | – |" in table
-    assert f"| {first.label} | {first.paper:.1f} | {first.paper - 53.6:+.1f} | 40.5 ± 0.5 | -2.5 ± 0.5 | 2 of 2 |" in table
+    assert (
+        f"| {first.label} | {first.paper:.1f} | {first.paper - 53.6:+.1f} | 40.5 ± 0.5 | -2.5 ± 0.5 | 2 of 2 |" in table
+    )
     assert f"| {second.label} | {second.paper:.1f} | {second.paper - 53.6:+.1f} | 43.0 | +1.0 | 0 of 1 |" in table
     assert "not run" in table5_table({"seeds": {"0": {}}})

@@ -69,7 +69,7 @@ def test_a_second_writer_stops_naming_the_holder_and_a_killed_holder_frees_the_f
 def test_the_busy_message_waits_for_the_new_holder_instead_of_naming_a_dead_one(tmp_path):
     """The holder describes itself just after taking the lock; a second writer looking in between
     used to name the previous (dead) holder's command (a CI failure, 1 run in ~10)."""
-    (tmp_path / HOLDER_FILE).write_text(json.dumps({"pid": 2 ** 22 + 1, "command": "esol train-cam"}))
+    (tmp_path / HOLDER_FILE).write_text(json.dumps({"pid": 2**22 + 1, "command": "esol train-cam"}))
 
     def describe_later():
         time.sleep(0.3)
@@ -79,7 +79,7 @@ def test_the_busy_message_waits_for_the_new_holder_instead_of_naming_a_dead_one(
     thread.start()
     assert run_mod.current_holder(tmp_path, wait=10)["command"] == "esol make-cam"
     thread.join()
-    (tmp_path / HOLDER_FILE).write_text(json.dumps({"pid": 2 ** 22 + 1, "command": "esol train-cam"}))
+    (tmp_path / HOLDER_FILE).write_text(json.dumps({"pid": 2**22 + 1, "command": "esol train-cam"}))
     assert run_mod.current_holder(tmp_path, wait=0.1)["command"] == "esol train-cam"  # all there is
 
 
@@ -153,17 +153,32 @@ def test_two_train_cam_with_different_seeds_never_both_succeed(tmp_path):
     data = tmp_path / "d"
     generate_benchmark(data, SynthSpec(train=12, val=4, size=32, num_classes=3), progress=False)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "esol_lib", "train-cam", "--config", "smoke", "--data-root", str(data),
-           "--run", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "esol_lib",
+        "train-cam",
+        "--config",
+        "smoke",
+        "--data-root",
+        str(data),
+        "--run",
+        str(run),
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen(cmd + ["--set", f"seed={s}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for s in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            cmd + ["--set", f"seed={s}"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for s in (1, 2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     codes = [p.returncode for p in procs]
     assert sorted(codes) == [0, 2], (codes, [o[1][-500:] for o in outs])
     refused = outs[codes.index(2)][1]
-    assert "Traceback" not in refused and ("is in use by `esol train-cam" in refused
-                                           or "started with another config" in refused)
+    assert "Traceback" not in refused and (
+        "is in use by `esol train-cam" in refused or "started with another config" in refused
+    )
     seed = run_mod.RunDir(run).load_config().seed
     assert seed == (1, 2)[codes.index(0)]  # the run folder holds what the successful command asked for
 
@@ -296,10 +311,24 @@ def test_two_make_cam_on_one_stage_end_with_one_complete_folder(tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     base = [sys.executable, "-m", "esol_lib"]
-    subprocess.run(base + ["train-cam", "--config", "smoke", "--data-root", str(data), "--run", str(run)],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
-    procs = [subprocess.Popen(base + ["make-cam", "--stage", "baseline", "--run", str(run)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    subprocess.run(
+        base + ["train-cam", "--config", "smoke", "--data-root", str(data), "--run", str(run)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    procs = [
+        subprocess.Popen(
+            base + ["make-cam", "--stage", "baseline", "--run", str(run)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     codes = [p.returncode for p in procs]
     assert 0 in codes and set(codes) <= {0, 2}, (codes, [o[1][-800:] for o in outs])

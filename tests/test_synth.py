@@ -11,7 +11,13 @@ import pytest
 
 from esol_lib.data import VOCSegmentation, read_classes
 from esol_lib.data.synth import (
-    SynthSpec, benchmark_stats, generate_benchmark, load_part_mask, part_recall, render_sample, sample_id,
+    SynthSpec,
+    benchmark_stats,
+    generate_benchmark,
+    load_part_mask,
+    part_recall,
+    render_sample,
+    sample_id,
 )
 from esol_lib.errors import DatasetError
 
@@ -19,8 +25,11 @@ SPEC = SynthSpec(train=10, val=4, size=32, num_classes=3)
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and ".esol_cache" not in p.parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".esol_cache" not in p.parts
+    }
 
 
 def test_same_spec_gives_byte_identical_files(tmp_path):

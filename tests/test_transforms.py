@@ -8,8 +8,11 @@ from esol_lib.data.transforms import TrainTransform, crop_sample, hflip_sample, 
 
 def _sample(h=20, w=30):
     rng = np.random.default_rng(0)
-    return {"id": "x", "image": rng.integers(0, 255, (h, w, 3), dtype=np.uint8),
-            "mask": rng.integers(0, 3, (h, w), dtype=np.uint8)}
+    return {
+        "id": "x",
+        "image": rng.integers(0, 255, (h, w, 3), dtype=np.uint8),
+        "mask": rng.integers(0, 3, (h, w), dtype=np.uint8),
+    }
 
 
 def test_resize_keeps_masks_nearest():

@@ -13,7 +13,12 @@ from PIL import Image
 from esol_lib.data import voc
 from esol_lib.data.palette import save_label_png
 from esol_lib.data.voc import (
-    VOC_CLASSES, VOCSegmentation, load_image, load_mask, read_classes, read_split,
+    VOC_CLASSES,
+    VOCSegmentation,
+    load_image,
+    load_mask,
+    read_classes,
+    read_split,
 )
 from esol_lib.errors import DatasetError
 
@@ -156,8 +161,11 @@ def test_missing_imagesets(root: Path):
 
 def test_id_without_image(root: Path):
     _write_split(root, "train", [*MASKS, "2009_999999"])
-    with pytest.raises(DatasetError, match=r"1 id\(s\) of split 'train' have no image in .*JPEGImages: "
-                                           r"'2009_999999'"):
+    with pytest.raises(
+        DatasetError,
+        match=r"1 id\(s\) of split 'train' have no image in .*JPEGImages: "
+        r"'2009_999999'",
+    ):
         VOCSegmentation(root, "train")
 
 
@@ -181,8 +189,11 @@ def test_missing_image_file(tmp_path: Path):
 def test_mask_label_outside_the_class_set(root: Path):
     save_label_png(root / "SegmentationClass" / "000123.png", np.full((H, W), 7, np.uint8))
     ds = VOCSegmentation(root, "train")
-    with pytest.raises(DatasetError, match=r"000123\.png holds values \[7\] outside 0\.\.3 .*"
-                                           r"3 foreground classes; check classes\.txt"):
+    with pytest.raises(
+        DatasetError,
+        match=r"000123\.png holds values \[7\] outside 0\.\.3 .*"
+        r"3 foreground classes; check classes\.txt",
+    ):
         ds[1]
     with pytest.raises(DatasetError, match=r"values \[7\]"):
         ds.labels()
@@ -317,8 +328,9 @@ def test_make_train_aug(tmp_path: Path):
     (sbd_root / "val.txt").write_text("2009_000005\n")
     for image_id in ("2008_000003", "2008_000004", "2007_000002", "2009_000005"):
         seg = np.full((H, W), 15, np.uint8)
-        scipy_io.savemat(sbd_root / "cls" / f"{image_id}.mat",
-                         {"GTcls": {"Segmentation": seg, "CategoriesPresent": np.array([15])}})
+        scipy_io.savemat(
+            sbd_root / "cls" / f"{image_id}.mat", {"GTcls": {"Segmentation": seg, "CategoriesPresent": np.array([15])}}
+        )
 
     ids = make_train_aug(voc_root, sbd_root)
     assert ids == ["2007_000001", "2007_000002", "2008_000004", "2009_000005"]

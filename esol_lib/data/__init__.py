@@ -9,17 +9,42 @@ from esol_lib.data.emoji import EmojiSpec, emoji_stats, generate_emoji_benchmark
 from esol_lib.data.palette import VOID, save_label_png, voc_palette
 from esol_lib.data.synth import SynthSpec, benchmark_stats, generate_benchmark, load_part_mask, part_recall
 from esol_lib.data.voc import (
-    VOC_CLASSES, VOCSegmentation, available_splits, labels_from_mask, load_image, load_mask, read_classes,
+    VOC_CLASSES,
+    VOCSegmentation,
+    available_splits,
+    labels_from_mask,
+    load_image,
+    load_mask,
+    read_classes,
     read_split,
 )
 from esol_lib.errors import ConfigError, MissingDependencyError
 
 __all__ = [
-    "VOID", "VOC_CLASSES", "EmojiSpec", "emoji_stats", "generate_emoji_benchmark", "render_emoji_sample",
-    "emoji_spec_from_config", "MissingDependencyError", "SynthSpec", "VOCSegmentation", "available_splits",
-    "benchmark_stats", "generate_benchmark", "labels_from_mask", "load_image", "load_mask", "load_part_mask",
-    "part_recall", "read_classes", "read_split", "resolve_data_root", "save_label_png",
-    "synth_spec_from_config", "voc_palette",
+    "VOID",
+    "VOC_CLASSES",
+    "EmojiSpec",
+    "emoji_stats",
+    "generate_emoji_benchmark",
+    "render_emoji_sample",
+    "emoji_spec_from_config",
+    "MissingDependencyError",
+    "SynthSpec",
+    "VOCSegmentation",
+    "available_splits",
+    "benchmark_stats",
+    "generate_benchmark",
+    "labels_from_mask",
+    "load_image",
+    "load_mask",
+    "load_part_mask",
+    "part_recall",
+    "read_classes",
+    "read_split",
+    "resolve_data_root",
+    "save_label_png",
+    "synth_spec_from_config",
+    "voc_palette",
 ]
 
 
@@ -45,8 +70,9 @@ def emoji_spec_from_config(emoji_cfg=None) -> EmojiSpec:
 GENERATORS = ("synth", "emoji")
 
 
-def resolve_data_root(cfg, data_root: str | Path | None = None, *, generate: bool = True,
-                      synth_dir: str | Path = "data") -> Path:
+def resolve_data_root(
+    cfg, data_root: str | Path | None = None, *, generate: bool = True, synth_dir: str | Path = "data"
+) -> Path:
     """The dataset root a run uses: ``--data-root``, else ``data.root``, else the generated benchmark.
 
     With neither set, the benchmark of ``data.generator`` (``synth``: the toy one described by

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,8 +27,9 @@ def _coco_api():
     try:
         from pycocotools.coco import COCO
     except ImportError as exc:
-        raise MissingDependencyError("converting COCO needs pycocotools: pip install 'esol-lib[coco]' "
-                                     "(or pip install pycocotools)") from exc
+        raise MissingDependencyError(
+            "converting COCO needs pycocotools: pip install 'esol-lib[coco]' (or pip install pycocotools)"
+        ) from exc
     return COCO
 
 
@@ -42,8 +43,10 @@ def _load_annotations(coco_root: Path, split: str):
     if not path.is_file():
         folder = path.parent
         have = sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
-        raise DatasetError(f"COCO annotation file {path} is missing (found: {', '.join(have) or 'nothing'}"
-                           f"); --coco-root must hold annotations/instances_{split}.json and {split}/")
+        raise DatasetError(
+            f"COCO annotation file {path} is missing (found: {', '.join(have) or 'nothing'}"
+            f"); --coco-root must hold annotations/instances_{split}.json and {split}/"
+        )
     coco_cls = _coco_api()
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         return coco_cls(str(path))
@@ -80,8 +83,15 @@ def _categories(coco) -> list[dict]:
     return sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
 
 
-def convert_coco(coco_root: str | Path, out: str | Path, splits: Sequence[str] = ("train2014", "val2014"),
-                 limit: int | None = None, *, keep_empty: bool = True, overwrite: bool = False) -> None:
+def convert_coco(
+    coco_root: str | Path,
+    out: str | Path,
+    splits: Sequence[str] = ("train2014", "val2014"),
+    limit: int | None = None,
+    *,
+    keep_empty: bool = True,
+    overwrite: bool = False,
+) -> None:
     """Write COCO ``splits`` into ``out`` in VOC layout.
 
     For each split: ``JPEGImages/<id>.jpg`` (a hard link, or a copy, of ``coco_root/<split>/<file_name>``;
@@ -98,8 +108,10 @@ def convert_coco(coco_root: str | Path, out: str | Path, splits: Sequence[str] =
     """
     coco_root, out = Path(coco_root), Path(out)
     if not coco_root.is_dir():
-        raise DatasetError(f"COCO root {coco_root} does not exist; it must hold annotations/ and the "
-                           "image folders (train2014/, val2014/)")
+        raise DatasetError(
+            f"COCO root {coco_root} does not exist; it must hold annotations/ and the "
+            "image folders (train2014/, val2014/)"
+        )
     classes: list[str] | None = None
     for split in splits:
         coco = _load_annotations(coco_root, split)
@@ -111,15 +123,24 @@ def convert_coco(coco_root: str | Path, out: str | Path, splits: Sequence[str] =
             classes = names
             write_lines(out / "classes.txt", classes)
         elif names != classes:
-            raise DatasetError(f"the categories of {split} differ from those of {splits[0]}; "
-                               "convert splits with the same category set")
+            raise DatasetError(
+                f"the categories of {split} differ from those of {splits[0]}; convert splits with the same category set"
+            )
         class_index = {c["id"]: k for k, c in enumerate(cats, start=1)}
         ids = _convert_split(coco, coco_root / split, out, class_index, limit, keep_empty, overwrite, split)
         write_lines(out / SPLIT_DIR / f"{split_list_name(split)}.txt", ids)
 
 
-def _convert_split(coco, image_root: Path, out: Path, class_index: dict[int, int], limit: int | None,
-                   keep_empty: bool, overwrite: bool, split: str) -> list[str]:
+def _convert_split(
+    coco,
+    image_root: Path,
+    out: Path,
+    class_index: dict[int, int],
+    limit: int | None,
+    keep_empty: bool,
+    overwrite: bool,
+    split: str,
+) -> list[str]:
     """Link the images and draw the masks of one split; return its ids in image-id order."""
     (out / IMAGE_DIR).mkdir(parents=True, exist_ok=True)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
@@ -139,4 +160,3 @@ def _convert_split(coco, image_root: Path, out: Path, class_index: dict[int, int
             save_label_png(mask_path, coco_semantic_mask(coco, info, class_index))
         ids.append(image_id)
     return ids
-

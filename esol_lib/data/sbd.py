@@ -11,7 +11,13 @@ from tqdm.auto import tqdm
 from esol_lib.data.drawing import write_lines
 from esol_lib.data.palette import save_label_png
 from esol_lib.data.voc import (
-    IMAGE_DIR, SPLIT_DIR, MissingDependencyError, _listing, _missing_files, _unsafe_name, read_split,
+    IMAGE_DIR,
+    SPLIT_DIR,
+    MissingDependencyError,
+    _listing,
+    _missing_files,
+    _unsafe_name,
+    read_split,
 )
 from esol_lib.errors import DatasetError
 
@@ -31,8 +37,10 @@ def read_sbd_list(sbd_root: Path, name: str) -> list[str]:
     """Ids in SBD's ``train.txt`` / ``val.txt``."""
     path = sbd_root / f"{name}.txt"
     if not path.is_file():
-        raise DatasetError(f"SBD list {path} is missing; --sbd-root must be SBD's 'dataset' folder "
-                           "(benchmark_RELEASE/dataset, holding train.txt, val.txt and cls/)")
+        raise DatasetError(
+            f"SBD list {path} is missing; --sbd-root must be SBD's 'dataset' folder "
+            "(benchmark_RELEASE/dataset, holding train.txt, val.txt and cls/)"
+        )
     ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     bad = [i for i in ids if _unsafe_name(i)]
     if bad:
@@ -55,16 +63,19 @@ def load_sbd_mask(path: Path) -> np.ndarray:
         mat = loadmat(str(path), squeeze_me=True, struct_as_record=False)
         seg = mat["GTcls"].Segmentation
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
-        raise DatasetError(f"SBD mask {path} is unreadable or has no GTcls.Segmentation ({exc}); "
-                           "re-copy it from benchmark_RELEASE/dataset/cls/") from exc
+        raise DatasetError(
+            f"SBD mask {path} is unreadable or has no GTcls.Segmentation ({exc}); "
+            "re-copy it from benchmark_RELEASE/dataset/cls/"
+        ) from exc
     seg = np.asarray(seg)
     if seg.ndim != 2 or (seg.size and (seg.min() < 0 or seg.max() > 255)):
         raise DatasetError(f"SBD mask {path} is not a 2-D class-index map (shape {seg.shape})")
     return seg.astype(np.uint8)
 
 
-def make_train_aug(voc_root: str | Path, sbd_root: str | Path, out_name: str = "train_aug", *,
-                   overwrite: bool = False) -> list[str]:
+def make_train_aug(
+    voc_root: str | Path, sbd_root: str | Path, out_name: str = "train_aug", *, overwrite: bool = False
+) -> list[str]:
     """Build ``(SBD train ∪ SBD val ∪ VOC train) − VOC val`` and its masks; return the sorted ids.
 
     Every PNG of VOC's ``SegmentationClass`` is copied into ``voc_root/SegmentationClassAug/`` (so
@@ -82,9 +93,11 @@ def make_train_aug(voc_root: str | Path, sbd_root: str | Path, out_name: str = "
     ids = sorted((sbd_ids | set(voc_train)) - set(voc_val))
     missing = _missing_files(voc_root / IMAGE_DIR, ids, ".jpg") if (voc_root / IMAGE_DIR).is_dir() else ids
     if missing:
-        raise DatasetError(f"{len(missing)} train_aug id(s) have no image in {voc_root / IMAGE_DIR}: "
-                           f"{_listing(missing)}; SBD's images are all part of VOC 2012's JPEGImages, "
-                           "so point --voc-root at VOCdevkit/VOC2012")
+        raise DatasetError(
+            f"{len(missing)} train_aug id(s) have no image in {voc_root / IMAGE_DIR}: "
+            f"{_listing(missing)}; SBD's images are all part of VOC 2012's JPEGImages, "
+            "so point --voc-root at VOCdevkit/VOC2012"
+        )
     voc_masks, aug = voc_root / "SegmentationClass", voc_root / AUG_DIR
     aug.mkdir(parents=True, exist_ok=True)
     voc_pngs = sorted(voc_masks.glob("*.png")) if voc_masks.is_dir() else []
@@ -96,8 +109,10 @@ def make_train_aug(voc_root: str | Path, sbd_root: str | Path, out_name: str = "
     need_sbd = [i for i in ids if i not in have_voc]
     no_mask = [i for i in need_sbd if i not in sbd_ids]
     if no_mask:
-        raise DatasetError(f"{len(no_mask)} VOC train id(s) have no mask in {voc_masks} and are not in "
-                           f"SBD: {_listing(no_mask)}; re-copy VOC's SegmentationClass folder")
+        raise DatasetError(
+            f"{len(no_mask)} VOC train id(s) have no mask in {voc_masks} and are not in "
+            f"SBD: {_listing(no_mask)}; re-copy VOC's SegmentationClass folder"
+        )
     for image_id in tqdm(need_sbd, desc="convert SBD masks", unit="mask"):
         dst = aug / f"{image_id}.png"
         if overwrite or not dst.exists():

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -37,16 +37,23 @@ from esol_lib.data.drawing import (
 from esol_lib.data.palette import VOID, save_label_png
 from esol_lib.errors import DatasetError
 
-__all__ = ["SynthSpec", "SynthSample", "CLASS_NAMES", "generate_benchmark", "render_sample", "benchmark_stats",
-           "sample_id", "part_recall"]
+__all__ = [
+    "SynthSpec",
+    "SynthSample",
+    "CLASS_NAMES",
+    "generate_benchmark",
+    "render_sample",
+    "benchmark_stats",
+    "sample_id",
+    "part_recall",
+]
 
 SPLITS = ("train", "val")
 PART_DIR = "SegmentationPart"
 SPEC_FILE = "spec.json"
 FORMAT_VERSION = 1
 # Class names are the part's colour; the body is the same for every class.
-CLASS_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "violet", "lime", "pink",
-               "teal", "brown")
+CLASS_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "violet", "lime", "pink", "teal", "brown")
 # Part hues (HSV, in turns), one per class, as far apart as the class count allows.
 _PART_HUES = (0.0, 0.33, 0.62, 0.15, 0.83, 0.5, 0.08, 0.73, 0.25, 0.93, 0.44, 0.05)
 _PART_SAT = (0.85, 0.75, 0.8, 0.85, 0.7, 0.75, 0.9, 0.6, 0.8, 0.45, 0.8, 0.75)
@@ -88,8 +95,10 @@ class SynthSpec:
             (1 <= self.num_classes <= len(CLASS_NAMES), f"num_classes must be in 1..{len(CLASS_NAMES)}"),
             (1 <= self.min_objects <= self.max_objects, "need 1 <= min_objects <= max_objects"),
             (self.max_classes_per_image >= 1, "max_classes_per_image must be at least 1"),
-            (len(self.object_scale) == 2 and 0.05 <= self.object_scale[0] <= self.object_scale[1] <= 0.9,
-             "object_scale must be (low, high) with 0.05 <= low <= high <= 0.9"),
+            (
+                len(self.object_scale) == 2 and 0.05 <= self.object_scale[0] <= self.object_scale[1] <= 0.9,
+                "object_scale must be (low, high) with 0.05 <= low <= high <= 0.9",
+            ),
             (0.02 <= self.part_fraction <= 0.6, "part_fraction must be in [0.02, 0.6]"),
             (0 <= self.void_border <= 3, "void_border must be in 0..3"),
         ]
@@ -176,9 +185,19 @@ def _place_objects(rng: np.random.Generator, spec: SynthSpec) -> list[dict]:
         theta = rng.uniform(0, 2 * np.pi)
         rp = float(np.sqrt(spec.part_fraction * a * b))
         off = a - 0.9 * rp  # part centre near one end of the long axis
-        objects.append({"cls": int(cls), "cy": float(cy), "cx": float(cx), "a": float(a), "b": float(b),
-                        "theta": float(theta), "rp": rp, "py": float(cy + off * np.sin(theta)),
-                        "px": float(cx + off * np.cos(theta))})
+        objects.append(
+            {
+                "cls": int(cls),
+                "cy": float(cy),
+                "cx": float(cx),
+                "a": float(a),
+                "b": float(b),
+                "theta": float(theta),
+                "rp": rp,
+                "py": float(cy + off * np.sin(theta)),
+                "px": float(cx + off * np.cos(theta)),
+            }
+        )
     return objects
 
 
@@ -245,7 +264,9 @@ def generate_benchmark(out: str | Path, spec: SynthSpec | None = None, *, progre
     spec = spec or SynthSpec()
     out = Path(out)
     spec_path = out / SPEC_FILE
-    if open_benchmark_folder(out, spec, _spec_from_json, ("JPEGImages", "SegmentationClass", PART_DIR, "ImageSets/Segmentation")):
+    if open_benchmark_folder(
+        out, spec, _spec_from_json, ("JPEGImages", "SegmentationClass", PART_DIR, "ImageSets/Segmentation")
+    ):
         return out
     todo = list(_ids(spec))
     for split, i in tqdm(todo, desc=f"benchmark -> {out}", disable=not progress, unit="img"):
@@ -255,8 +276,10 @@ def generate_benchmark(out: str | Path, spec: SynthSpec | None = None, *, progre
         save_label_png(out / "SegmentationClass" / f"{name}.png", sample.label)
         save_label_png(out / PART_DIR / f"{name}.png", sample.part)
     for split in SPLITS:
-        write_lines(out / "ImageSets" / "Segmentation" / f"{split}.txt",
-                    [sample_id(split, i) for i in range(getattr(spec, split))])
+        write_lines(
+            out / "ImageSets" / "Segmentation" / f"{split}.txt",
+            [sample_id(split, i) for i in range(getattr(spec, split))],
+        )
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in spec.class_names), encoding="utf-8")
     tmp = spec_path.with_name(SPEC_FILE + ".tmp")
     tmp.write_text(json.dumps(spec.to_json(), indent=2) + "\n", encoding="utf-8")
@@ -271,8 +294,10 @@ def load_part_mask(root: str | Path, image_id: str) -> np.ndarray:
     """The part map of ``image_id`` (class index on discriminative-part pixels, else 0)."""
     path = Path(root) / PART_DIR / f"{image_id}.png"
     if not path.is_file():
-        raise DatasetError(f"part mask {path} is missing; part masks exist only for the generated "
-                           "benchmark (esol data synth writes them)")
+        raise DatasetError(
+            f"part mask {path} is missing; part masks exist only for the generated "
+            "benchmark (esol data synth writes them)"
+        )
     return np.asarray(Image.open(path))
 
 
@@ -286,8 +311,10 @@ def part_recall(label: np.ndarray, part: np.ndarray, pred: np.ndarray) -> tuple[
     on_part = obj & (part > 0)
     rest = obj & (part == 0)
     hit = pred == label
-    return (np.array([(hit & on_part).sum(), on_part.sum()], np.int64),
-            np.array([(hit & rest).sum(), rest.sum()], np.int64))
+    return (
+        np.array([(hit & on_part).sum(), on_part.sum()], np.int64),
+        np.array([(hit & rest).sum(), rest.sum()], np.int64),
+    )
 
 
 def benchmark_stats(root: str | Path) -> dict:
@@ -311,7 +338,7 @@ def benchmark_stats(root: str | Path) -> dict:
             fg += int(((label > 0) & (label != VOID)).sum())
             part_px += int(((part > 0) & (label > 0) & (label != VOID)).sum())
             void += int((label == VOID).sum())
-        total = len(ids) * spec.size ** 2
+        total = len(ids) * spec.size**2
         stats["splits"][split] = {
             "images": len(ids),
             "images_per_class": dict(zip(spec.class_names, images_per_class.tolist())),

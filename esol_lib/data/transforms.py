@@ -8,8 +8,8 @@ gives the same batches again after a resume.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -53,8 +53,8 @@ def crop_sample(sample: dict, size: int, rng: np.random.Generator) -> dict:
             continue
         arr = sample[key]
         canvas = np.full((ch, cw) + arr.shape[2:], fill, dtype=arr.dtype)
-        canvas[oy:oy + h, ox:ox + w] = arr
-        out[key] = canvas[top:top + size, left:left + size]
+        canvas[oy : oy + h, ox : ox + w] = arr
+        out[key] = canvas[top : top + size, left : left + size]
     return out
 
 
@@ -98,7 +98,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
     flips as an uninterrupted one. The training engine calls :meth:`set_epoch` at each epoch.
     """
 
-    def __init__(self, base: torch.utils.data.Dataset, transform: "TrainTransform", seed: int = 0) -> None:
+    def __init__(self, base: torch.utils.data.Dataset, transform: TrainTransform, seed: int = 0) -> None:
         self.base = base
         self.transform = transform
         self.seed = seed

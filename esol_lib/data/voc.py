@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,13 +28,36 @@ from esol_lib.data.palette import VOID
 from esol_lib.errors import DatasetError, MissingDependencyError
 
 __all__ = [
-    "VOC_CLASSES", "MissingDependencyError", "VOCSegmentation", "labels_from_mask", "load_image",
-    "load_mask", "read_classes", "read_split",
+    "VOC_CLASSES",
+    "MissingDependencyError",
+    "VOCSegmentation",
+    "labels_from_mask",
+    "load_image",
+    "load_mask",
+    "read_classes",
+    "read_split",
 ]
 
 VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
     "tvmonitor",
 )
 
@@ -51,8 +74,7 @@ def _listing(items: Sequence[str], limit: int = _SHOW) -> str:
 
 def _unsafe_name(name: str) -> bool:
     """True when ``name`` could point outside the folder it is joined to."""
-    return ("/" in name or "\\" in name or ".." in name or os.path.isabs(name)
-            or name.startswith("~") or "\0" in name)
+    return "/" in name or "\\" in name or ".." in name or os.path.isabs(name) or name.startswith("~") or "\0" in name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,15 +88,20 @@ def read_classes(root: str | Path) -> list[str]:
         return list(VOC_CLASSES)
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not names:
-        raise DatasetError(f"{path} lists no classes; write one foreground class name per line "
-                           "(or delete it to use the 20 VOC classes)")
+        raise DatasetError(
+            f"{path} lists no classes; write one foreground class name per line "
+            "(or delete it to use the 20 VOC classes)"
+        )
     if any(n.lower() == "background" for n in names):
-        raise DatasetError(f"{path} lists 'background'; it must name only the foreground classes "
-                           "(index 0 = background is implicit), so remove that line")
+        raise DatasetError(
+            f"{path} lists 'background'; it must name only the foreground classes "
+            "(index 0 = background is implicit), so remove that line"
+        )
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise DatasetError(f"{path} lists these classes more than once: {_listing(dupes)}; "
-                           "each class must appear on exactly one line")
+        raise DatasetError(
+            f"{path} lists these classes more than once: {_listing(dupes)}; each class must appear on exactly one line"
+        )
     return names
 
 
@@ -88,30 +115,40 @@ def read_split(root: str | Path, split: str) -> list[str]:
     """Image ids (strings, order kept) listed in ``root/ImageSets/Segmentation/<split>.txt``."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"dataset root {root} does not exist; pass --data-root (or set data.root) "
-                           "to a folder in VOC layout (see data/README.md)")
+        raise DatasetError(
+            f"dataset root {root} does not exist; pass --data-root (or set data.root) "
+            "to a folder in VOC layout (see data/README.md)"
+        )
     folder = root / SPLIT_DIR
     if not folder.is_dir():
-        raise DatasetError(f"{folder} is missing; a VOC-layout dataset lists its images in "
-                           f"ImageSets/Segmentation/<split>.txt under {root}")
+        raise DatasetError(
+            f"{folder} is missing; a VOC-layout dataset lists its images in "
+            f"ImageSets/Segmentation/<split>.txt under {root}"
+        )
     if not split or _unsafe_name(split):
         raise DatasetError(f"split name {split!r} is not a plain name; use e.g. 'train' or 'val'")
     path = folder / f"{split}.txt"
     if not path.is_file():
         have = available_splits(root)
-        raise DatasetError(f"split file {path} is missing; available splits: "
-                           f"{', '.join(have) if have else '(none)'}. Pick one of them or write that list")
+        raise DatasetError(
+            f"split file {path} is missing; available splits: "
+            f"{', '.join(have) if have else '(none)'}. Pick one of them or write that list"
+        )
     ids: list[str] = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         item = line.strip()
         if not item:
             continue
         if _unsafe_name(item):
-            raise DatasetError(f"{path}, line {lineno}: id {item!r} would leave the dataset root; "
-                               "ids are plain file stems such as 2007_000032, fix that line")
+            raise DatasetError(
+                f"{path}, line {lineno}: id {item!r} would leave the dataset root; "
+                "ids are plain file stems such as 2007_000032, fix that line"
+            )
         if len(item.split()) > 1:
-            raise DatasetError(f"{path}, line {lineno}: {item!r} holds more than one field; "
-                               "a segmentation split lists one image id per line")
+            raise DatasetError(
+                f"{path}, line {lineno}: {item!r} holds more than one field; "
+                "a segmentation split lists one image id per line"
+            )
         ids.append(item)
     return ids
 
@@ -128,8 +165,9 @@ def _open(path: Path, what: str) -> Image.Image:
         img = Image.open(path)
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"{what} {path} is corrupt or truncated ({exc}); "
-                           "re-copy it or remove its id from the split list") from exc
+        raise DatasetError(
+            f"{what} {path} is corrupt or truncated ({exc}); re-copy it or remove its id from the split list"
+        ) from exc
     return img
 
 
@@ -140,8 +178,9 @@ def _open_header(path: Path, what: str) -> Image.Image:
     try:
         return Image.open(path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"{what} {path} is corrupt or truncated ({exc}); "
-                           "re-copy it or remove its id from the split list") from exc
+        raise DatasetError(
+            f"{what} {path} is corrupt or truncated ({exc}); re-copy it or remove its id from the split list"
+        ) from exc
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -159,11 +198,15 @@ def _mask_array(img: Image.Image, path: Path) -> np.ndarray:
         arr = np.asarray(img)
         if mode == "RGB" and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
             return arr[..., 0].astype(np.int64)
-        raise DatasetError(f"mask {path} is an {mode} colour image; label masks must hold class indices "
-                           "(palette 'P' or grayscale PNG, 255 = void): convert it to palette indices, "
-                           "e.g. by mapping each VOC colour to its index")
-    raise DatasetError(f"mask {path} has image mode {mode!r}; save it as a palette ('P') or grayscale "
-                       "('L') PNG whose pixel values are class indices (255 = void)")
+        raise DatasetError(
+            f"mask {path} is an {mode} colour image; label masks must hold class indices "
+            "(palette 'P' or grayscale PNG, 255 = void): convert it to palette indices, "
+            "e.g. by mapping each VOC colour to its index"
+        )
+    raise DatasetError(
+        f"mask {path} has image mode {mode!r}; save it as a palette ('P') or grayscale "
+        "('L') PNG whose pixel values are class indices (255 = void)"
+    )
 
 
 def load_mask(path: str | Path, num_classes: int) -> np.ndarray:
@@ -178,14 +221,15 @@ def load_mask(path: str | Path, num_classes: int) -> np.ndarray:
             raise DatasetError(
                 f"mask {path} holds values {bad[:_SHOW]} outside 0..{num_classes} (and {VOID} = void) "
                 f"for a dataset of {num_classes} foreground classes; check classes.txt / the mask's "
-                "palette indices")
+                "palette indices"
+            )
     return arr.astype(np.uint8)
 
 
 def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
     """Multi-hot ``(num_classes,)`` float32 vector of the foreground classes present (0 and 255 excluded)."""
     counts = np.bincount(np.asarray(mask, dtype=np.uint8).ravel(), minlength=256)
-    return (counts[1:num_classes + 1] > 0).astype(np.float32)
+    return (counts[1 : num_classes + 1] > 0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,55 +273,72 @@ class VOCSegmentation(torch.utils.data.Dataset):
     has neither ``mask`` nor ``label``. ``transform(sample) -> sample`` is applied last.
     """
 
-    def __init__(self, root: str | Path, split: str, *, transform: Callable[[dict], dict] | None = None,
-                 mask_dir: str | None = None, require_masks: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        *,
+        transform: Callable[[dict], dict] | None = None,
+        mask_dir: str | None = None,
+        require_masks: bool = True,
+    ) -> None:
         self.root = Path(root)
         self.split = split
         self.transform = transform
         if not self.root.is_dir():
-            raise DatasetError(f"dataset root {self.root} does not exist; pass --data-root (or set "
-                               "data.root) to a folder in VOC layout (see data/README.md)")
+            raise DatasetError(
+                f"dataset root {self.root} does not exist; pass --data-root (or set "
+                "data.root) to a folder in VOC layout (see data/README.md)"
+            )
         self.image_dir = self.root / IMAGE_DIR
         if not self.image_dir.is_dir():
-            raise DatasetError(f"{self.image_dir} is missing; a VOC-layout dataset keeps its images "
-                               f"as JPEGImages/<id>.jpg under {self.root}")
+            raise DatasetError(
+                f"{self.image_dir} is missing; a VOC-layout dataset keeps its images "
+                f"as JPEGImages/<id>.jpg under {self.root}"
+            )
         if mask_dir is None:
-            mask_dir = ("SegmentationClassAug" if (self.root / "SegmentationClassAug").is_dir()
-                        else "SegmentationClass")
+            mask_dir = "SegmentationClassAug" if (self.root / "SegmentationClassAug").is_dir() else "SegmentationClass"
         self.mask_dir_name = mask_dir
         self.mask_dir = self.root / mask_dir
         if require_masks and not self.mask_dir.is_dir():
-            raise DatasetError(f"mask folder {self.mask_dir} is missing; put the label PNGs there, pass "
-                               "another mask_dir, or use require_masks=False for an unlabelled split")
+            raise DatasetError(
+                f"mask folder {self.mask_dir} is missing; put the label PNGs there, pass "
+                "another mask_dir, or use require_masks=False for an unlabelled split"
+            )
         self.classes = read_classes(self.root)
         self.num_classes = len(self.classes)
         self.ids = read_split(self.root, split)
         if not self.ids:
-            raise DatasetError(f"{self.root / SPLIT_DIR / (split + '.txt')} lists no image ids; "
-                               "write one id per line")
+            raise DatasetError(f"{self.root / SPLIT_DIR / (split + '.txt')} lists no image ids; write one id per line")
         self._check_files(require_masks)
         self._labels: np.ndarray | None = None
 
     def _check_files(self, require_masks: bool) -> None:
         missing = _missing_files(self.image_dir, self.ids, ".jpg")
         if missing:
-            raise DatasetError(f"{len(missing)} id(s) of split {self.split!r} have no image in "
-                               f"{self.image_dir}: {_listing(missing)}; copy <id>.jpg there or remove "
-                               "those ids from the split list")
+            raise DatasetError(
+                f"{len(missing)} id(s) of split {self.split!r} have no image in "
+                f"{self.image_dir}: {_listing(missing)}; copy <id>.jpg there or remove "
+                "those ids from the split list"
+            )
         if not self.mask_dir.is_dir():
             self._has_mask = set()
             return
         missing = _missing_files(self.mask_dir, self.ids, ".png")
         if missing and require_masks:
-            raise DatasetError(f"{len(missing)} id(s) of split {self.split!r} have no mask in "
-                               f"{self.mask_dir}: {_listing(missing)}; add <id>.png there, pass another "
-                               "mask_dir (e.g. 'SegmentationClass'), or remove those ids from the split list")
+            raise DatasetError(
+                f"{len(missing)} id(s) of split {self.split!r} have no mask in "
+                f"{self.mask_dir}: {_listing(missing)}; add <id>.png there, pass another "
+                "mask_dir (e.g. 'SegmentationClass'), or remove those ids from the split list"
+            )
         absent = set(missing)
         self._has_mask = {i for i in self.ids if i not in absent}
 
     def __repr__(self) -> str:
-        return (f"VOCSegmentation(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
-                f"classes={self.num_classes}, mask_dir={self.mask_dir_name!r})")
+        return (
+            f"VOCSegmentation(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
+            f"classes={self.num_classes}, mask_dir={self.mask_dir_name!r})"
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -311,9 +372,11 @@ class VOCSegmentation(torch.utils.data.Dataset):
             with _open_header(self.image_path(image_id), "image") as img:
                 image_hw = (img.height, img.width)
         if tuple(mask.shape) != tuple(image_hw):
-            raise DatasetError(f"mask {self.mask_path(image_id)} is {mask.shape[1]}x{mask.shape[0]} "
-                               f"but image {self.image_path(image_id)} is {image_hw[1]}x{image_hw[0]}; "
-                               "the two must have the same size: re-export the mask at the image's size")
+            raise DatasetError(
+                f"mask {self.mask_path(image_id)} is {mask.shape[1]}x{mask.shape[0]} "
+                f"but image {self.image_path(image_id)} is {image_hw[1]}x{image_hw[0]}; "
+                "the two must have the same size: re-export the mask at the image's size"
+            )
 
     # -- image-level labels, cached on disk ----------------------------------------------------
 
@@ -361,8 +424,10 @@ class VOCSegmentation(torch.utils.data.Dataset):
             return self._labels
         missing = [i for i in self.ids if not self.has_mask(i)]
         if missing:
-            raise DatasetError(f"image-level labels come from the masks, but {len(missing)} id(s) of "
-                               f"split {self.split!r} have none in {self.mask_dir}: {_listing(missing)}")
+            raise DatasetError(
+                f"image-level labels come from the masks, but {len(missing)} id(s) of "
+                f"split {self.split!r} have none in {self.mask_dir}: {_listing(missing)}"
+            )
         signature = self._signature()
         path = self.cache_path()
         labels = None
@@ -372,8 +437,9 @@ class VOCSegmentation(torch.utils.data.Dataset):
                 break
         if labels is None:
             labels = np.zeros((len(self.ids), self.num_classes), np.float32)
-            for row, image_id in enumerate(tqdm(self.ids, desc=f"image labels ({self.split})",
-                                                unit="mask", leave=False)):
+            for row, image_id in enumerate(
+                tqdm(self.ids, desc=f"image labels ({self.split})", unit="mask", leave=False)
+            ):
                 mask = load_mask(self.mask_path(image_id), self.num_classes)
                 self._check_size(image_id, mask)
                 labels[row] = labels_from_mask(mask, self.num_classes)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torchvision
@@ -88,7 +87,7 @@ class Backbone(nn.Module):
         feats["out"] = x
         return feats
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         """Set train/eval mode, keeping frozen stages and (with ``freeze_bn``) BatchNorm in eval."""
         super().train(mode)
         if mode:
@@ -111,7 +110,7 @@ class Backbone(nn.Module):
 def build_backbone(
     name: str,
     strides: Sequence[int] = (2, 2, 2, 1),
-    pretrained: Optional[str] = None,
+    pretrained: str | None = None,
     *,
     freeze_bn: bool = False,
     frozen_stages: int = 0,
@@ -183,7 +182,7 @@ def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def _resnet_stages(
-    name: str, strides: tuple[int, int, int, int], pretrained: Optional[str]
+    name: str, strides: tuple[int, int, int, int], pretrained: str | None
 ) -> tuple[list[nn.Module], int, list[int]]:
     """Build a torchvision ResNet with IRN's strides, load weights, and split it into 5 stages."""
     net: ResNet = getattr(torchvision.models, name)(weights=None)

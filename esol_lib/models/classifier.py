@@ -14,7 +14,7 @@ commute: the class logits are the spatial mean of the un-normalised CAM
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,7 +38,7 @@ class CAMClassifier(nn.Module):
         backbone: Backbone,
         num_classes: int,
         extra_kernel: int = 3,
-        extra_channels: Optional[int] = None,
+        extra_channels: int | None = None,
     ) -> None:
         super().__init__()
         if extra_kernel not in (1, 3) or isinstance(extra_kernel, bool):
@@ -90,7 +90,11 @@ class CAMClassifier(nn.Module):
         trainable = [p for p in self.parameters() if p.requires_grad]
         return [
             {"params": [p for p in trainable if id(p) in backbone_ids], "lr": lr, "name": "backbone"},
-            {"params": [p for p in trainable if id(p) not in backbone_ids], "lr": lr * new_layer_lr_mult, "name": "new"},
+            {
+                "params": [p for p in trainable if id(p) not in backbone_ids],
+                "lr": lr * new_layer_lr_mult,
+                "name": "new",
+            },
         ]
 
 
@@ -129,7 +133,7 @@ def build_classifier(model_cfg: Any, num_classes: int) -> CAMClassifier:
     )
 
 
-def _extra_channels(extra_channels: Optional[int], default: int) -> int:
+def _extra_channels(extra_channels: int | None, default: int) -> int:
     """``extra_channels`` if positive, ``default`` if None or 0, else ConfigError naming ``model.extra_channels``."""
     if extra_channels is None or (extra_channels == 0 and not isinstance(extra_channels, bool)):
         return default
