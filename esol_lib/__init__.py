@@ -1,3 +1,89 @@
-"""esol_lib: ESOL (Expansion and Shrinkage of Localization, NeurIPS 2022) for WSSS."""
+"""esol_lib: ESOL (Expansion and Shrinkage of Localization, NeurIPS 2022) for WSSS.
+
+The chapters' one namespace, after Dive into Deep Learning's ``d2l``: every pipeline step, data
+set, loader and figure helper a notebook needs is importable from here (``from esol_lib import
+train_cam, viz``), whatever module defines it. Names load lazily on first use, so ``import
+esol_lib`` (and the ``esol`` command) costs nothing until a name is asked for.
+
+    ========================  ===============================================================
+    pipeline (chapters 01-06) ``notebook_run``, ``train_cam``, ``make_cam``, ``eval_cam``,
+                              ``expand``, ``shrink``, ``refine``, ``train_seg``, ``eval_seg``
+    data                      ``VOCSegmentation``, ``load_mask``, ``load_cam``, ``to_tensor``, ...
+    figures and tables        ``viz``, ``widgets``
+    the paper and the runs    ``paper``, ``ablation``, ``results``, ``RunDir``
+    ========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+#: name → the module that defines it.
+_EXPORTS: dict[str, str] = {
+    # the pipeline, one function per step
+    "notebook_run": "esol_lib.stages",
+    "resolve_device": "esol_lib.stages",
+    "train_cam": "esol_lib.stages",
+    "make_cam": "esol_lib.stages",
+    "eval_cam": "esol_lib.stages",
+    "expand": "esol_lib.esol",
+    "shrink": "esol_lib.esol",
+    "load_stage_model": "esol_lib.esol",
+    "refine": "esol_lib.refine",
+    "load_irn": "esol_lib.refine",
+    "ir_label_dir": "esol_lib.refine",
+    "TRAIN_RADIUS_FACTOR": "esol_lib.refine",
+    "train_seg": "esol_lib.segmentation",
+    "eval_seg": "esol_lib.segmentation",
+    "prediction_dir": "esol_lib.segmentation",
+    "seg_stage_name": "esol_lib.segmentation",
+    "RunDir": "esol_lib.run",
+    # data
+    "VOCSegmentation": "esol_lib.data",
+    "load_mask": "esol_lib.data",
+    "load_part_mask": "esol_lib.data",
+    "benchmark_stats": "esol_lib.data",
+    "emoji_stats": "esol_lib.data",
+    "is_emoji_benchmark": "esol_lib.data.emoji",
+    "VOC_GLYPHS": "esol_lib.data.openmoji",
+    "other_glyphs": "esol_lib.data.openmoji",
+    "glyph_name": "esol_lib.data.openmoji",
+    "to_tensor": "esol_lib.data.transforms",
+    "render_glyph_set": "esol_lib.pretrain",
+    "OPENMOJI_WEIGHTS": "esol_lib.models.backbone",
+    # what the chapters inspect
+    "load_cam": "esol_lib.cam",
+    "sampling_points": "esol_lib.samplers",
+    "affinity_pairs": "esol_lib.irn",
+    "boundary_map": "esol_lib.irn",
+    "BACKBONE_LR_MULT": "esol_lib.deeplab",
+    "aspp_lr_mult": "esol_lib.deeplab",
+    "at_best_thresholds": "esol_lib.metrics",
+    "read_metrics": "esol_lib.metrics",
+    "load_seed_results": "esol_lib.results",
+    "claims_table": "esol_lib.results",
+    "stage_table": "esol_lib.results",
+    "offsets_table": "esol_lib.results",
+    "table5_table": "esol_lib.results",
+}
+#: Submodules the chapters use as namespaces (``viz.show_cams``, ``paper.TABLE6``).
+_MODULES = ("viz", "widgets", "ablation", "paper", "results")
+
+__all__ = sorted([*_EXPORTS, *_MODULES])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'esol_lib' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

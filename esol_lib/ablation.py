@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from esol_lib import paper
 from esol_lib.atomic import atomic_write_text
 from esol_lib.errors import ConfigError, DivergenceError
 from esol_lib.run import RunDir, fork_run
@@ -39,6 +40,8 @@ __all__ = [
     "reference_run",
     "run_variants",
     "paper_numbers",
+    "ClaimCheck",
+    "check_claims",
     "PAPER_BASELINE_SEED",
     "PAPER_ESOL_SEED",
 ]
@@ -85,23 +88,25 @@ TABLE5: tuple[Variant, ...] = (
         "no-dte-fl",
         "Expansion w/o (DT_e + FL) + Shrinkage",
         ("expansion.offsets=false", "expansion.clip=false"),
-        paper=48.5,
+        paper=paper.TABLE5["no-dte-fl"],
     ),
-    Variant("no-dte", "Expansion w/o DT_e + Shrinkage", ("expansion.offsets=false",), paper=49.1),
-    Variant("no-fl", "Expansion w/o FL + Shrinkage", ("expansion.clip=false",), paper=51.8),
+    Variant("no-dte", "Expansion w/o DT_e + Shrinkage", ("expansion.offsets=false",), paper=paper.TABLE5["no-dte"]),
+    Variant("no-fl", "Expansion w/o FL + Shrinkage", ("expansion.clip=false",), paper=paper.TABLE5["no-fl"]),
     Variant(
         "no-dts-area",
         "Expansion + Shrinkage w/o (DT_s + L_area)",
         ("shrinkage.offsets=false", "shrinkage.area_loss=false"),
-        paper=50.1,
+        paper=paper.TABLE5["no-dts-area"],
     ),
-    Variant("no-dts", "Expansion + Shrinkage w/o DT_s", ("shrinkage.offsets=false",), paper=50.9),
-    Variant("no-area", "Expansion + Shrinkage w/o L_area", ("shrinkage.area_loss=false",), paper=52.8),
+    Variant("no-dts", "Expansion + Shrinkage w/o DT_s", ("shrinkage.offsets=false",), paper=paper.TABLE5["no-dts"]),
+    Variant(
+        "no-area", "Expansion + Shrinkage w/o L_area", ("shrinkage.area_loss=false",), paper=paper.TABLE5["no-area"]
+    ),
 )
 
 #: Table 5's first and last rows, which are the main run's baseline and shrinkage stages.
-PAPER_BASELINE_SEED = 48.4
-PAPER_ESOL_SEED = 53.6
+PAPER_BASELINE_SEED = paper.TABLE5_BASELINE_SEED
+PAPER_ESOL_SEED = paper.TABLE5_ESOL_SEED
 
 #: Fig. 6(c): which losses the shrinkage stage minimises (the main run is "L_cls + L_area").
 #: "L_cls only" is Table 5's "w/o L_area" row: the same name, so the same run folder is reused.
@@ -129,7 +134,7 @@ APPENDIX: tuple[Variant, ...] = (
         "A.1.1: loss maximisation without a deformable layer",
         ("expansion.deformable=false",),
         stage="expansion",
-        paper=40.3,
+        paper=paper.APPENDIX_A11,
     ),
     Variant(
         "a13-train-regular",
@@ -271,6 +276,46 @@ def run_variants(
         bar.set_postfix_str(v.name)
         out[v.name] = run_variant(main, v, root, split=split, progress=False)
     return out
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """One of the paper's ablation claims, checked on a run: held or not, with the numbers behind it."""
+
+    claim: str
+    held: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{'held' if self.held else 'did not hold'}] {self.claim}: {self.detail}"
+
+
+def _seed_miou(metrics: dict) -> float | None:
+    """Seed mIoU in percent; None for a variant whose training diverged."""
+    return None if "diverged" in metrics else 100 * metrics["miou"]
+
+
+def check_claims(main: dict[str, dict], table5: dict[str, dict], appendix: dict[str, dict]) -> list[ClaimCheck]:
+    """Chapter 07's closing check of §4.3's claims on the scored variants.
+
+    ``main`` holds the reference run's seed metrics by stage (``baseline``, ``expansion``,
+    ``shrinkage``), ``table5`` and ``appendix`` the variants' metrics by variant name (as
+    :func:`run_variants` returns them). Claims: every Table 5 row scores below full ESOL, and loss
+    maximisation on a plain convolution (A.1.1) does not expand beyond ESOL's expansion. A diverged
+    variant counts as below (it produced no better seeds).
+    """
+    full, base, expansion = (_seed_miou(main[st]) for st in ("shrinkage", "baseline", "expansion"))
+    checks = []
+    for v in TABLE5:
+        m = _seed_miou(table5[v.name])
+        detail = "diverged" if m is None else f"{m:.2f} vs {full:.2f}"
+        checks.append(ClaimCheck(f"'{v.label}' scores below full ESOL", m is None or m < full, detail))
+    a11 = _seed_miou(appendix["a11-no-deformable"])
+    detail = "diverged" if a11 is None else f"{a11:.2f} vs ESOL's expansion {expansion:.2f} and baseline {base:.2f}"
+    checks.append(
+        ClaimCheck("loss maximisation without offsets does not expand (A.1.1)", a11 is None or a11 <= expansion, detail)
+    )
+    return checks
 
 
 def paper_numbers(variants: Iterable[Variant]) -> dict[str, float]:

@@ -6,7 +6,8 @@ call, and the same figure can be saved for the static book.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -43,6 +44,19 @@ def colorize(label: np.ndarray) -> np.ndarray:
 def cam_heat(cams: np.ndarray) -> np.ndarray:
     """One heat map per image: the max over its ground-truth classes' CAMs (zeros when it has none)."""
     return cams.max(0) if len(cams) else np.zeros(cams.shape[1:], np.float32)
+
+
+def stage_heats(run, stages: Sequence[str], image_ids: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """``{stage: [one heat map per image]}`` from a run's stored CAMs (``cams/<stage>/<id>.npz``, :func:`cam_heat`).
+
+    ``run`` is a :class:`~esol_lib.run.RunDir` or a run folder path (an ablation variant's ``run_dir``).
+    A missing CAM file raises the :class:`~esol_lib.errors.StageError` that names ``esol make-cam``.
+    """
+    from esol_lib.cam import load_cam
+    from esol_lib.run import RunDir
+
+    run = run if isinstance(run, RunDir) else RunDir(Path(run))
+    return {st: [cam_heat(load_cam(run.cams(st), image_id)[0]) for image_id in image_ids] for st in stages}
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
@@ -263,6 +277,49 @@ def show_columns(
     return fig
 
 
+def markdown_table(header: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table: one header row, then one line per row; every cell is shown with ``str``."""
+    header = [str(h) for h in header]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(c) for c in row]
+        if len(cells) != len(header):
+            raise ValueError(f"markdown_table: a row has {len(cells)} cells for {len(header)} columns: {cells}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def grouped_bars(
+    ax,
+    series: Mapping[str, Sequence[float | None]],
+    categories: Sequence[str],
+    colors: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    width: float = 0.76,
+    legend: bool = True,
+):
+    """Bars of every series side by side for each category (the book's stage-against-stage charts).
+
+    ``series`` maps a name (a stage) to one value per category; a None is left as a gap. ``colors``
+    and ``labels`` are looked up by series name (default: :data:`STAGE_COLORS`, the name itself).
+    Sets the x ticks to ``categories`` and (with ``legend``) adds a legend; returns ``ax``.
+    """
+    colors = STAGE_COLORS if colors is None else colors
+    labels = labels or {}
+    x = np.arange(len(categories))
+    bar = width / max(len(series), 1)
+    for k, (name, values) in enumerate(series.items()):
+        if len(values) != len(categories):
+            raise ValueError(f"grouped_bars: series {name!r} has {len(values)} values for {len(categories)} categories")
+        heights = [np.nan if v is None else v for v in values]
+        offset = (k - (len(series) - 1) / 2) * bar
+        ax.bar(x + offset, heights, bar, label=labels.get(name, name), color=colors.get(name))
+    ax.set_xticks(x, list(categories))
+    if legend:
+        ax.legend(fontsize=8)
+    return ax
+
+
 def file_table(rows: Mapping[str, Mapping[str, object]], key: str = "miou", missing: str = "not run") -> str:
     """A Markdown table whose numbers are read from metrics files (for the paper-vs-run tables).
 
@@ -272,8 +329,6 @@ def file_table(rows: Mapping[str, Mapping[str, object]], key: str = "miou", miss
     another key; any other cell (a number quoted from the paper, a note) is shown as it is.
     Columns are the union of the rows' columns in first-seen order; absent cells are '–'.
     """
-    from pathlib import Path
-
     from esol_lib.metrics import read_metrics
 
     def cell(value) -> str:
@@ -294,7 +349,7 @@ def file_table(rows: Mapping[str, Mapping[str, object]], key: str = "miou", miss
     return "\n".join(lines)
 
 
-__all__ += ["show_columns", "file_table"]
+__all__ += ["show_columns", "file_table", "markdown_table", "grouped_bars", "stage_heats"]
 
 
 # ----------------------------------------------------------------------------- chapter 07 (ablations)

@@ -43,6 +43,35 @@ def test_sweep_values_survive_yaml_as_numbers():
     assert variants[0].label == "α = 1e-05" and variants[0].stage == "expansion"
 
 
+def test_check_claims_states_each_table5_row_and_a11_against_the_reference():
+    main = {"baseline": {"miou": 0.40}, "expansion": {"miou": 0.45}, "shrinkage": {"miou": 0.50}}
+    table5 = {v.name: {"miou": 0.48} for v in ab.TABLE5}
+    table5["no-fl"] = {"miou": 0.52}  # one component that did not help here
+    table5["no-dts"] = {"diverged": "step 3"}
+    checks = ab.check_claims(main, table5, {"a11-no-deformable": {"miou": 0.47}})
+    assert len(checks) == len(ab.TABLE5) + 1
+    by_claim = {c.claim: c for c in checks}
+    no_fl = by_claim["'Expansion w/o FL + Shrinkage' scores below full ESOL"]
+    assert not no_fl.held and no_fl.detail == "52.00 vs 50.00"
+    assert by_claim["'Expansion + Shrinkage w/o DT_s' scores below full ESOL"].held  # diverged: no better seeds
+    a11 = checks[-1]
+    assert not a11.held and a11.detail == "47.00 vs ESOL's expansion 45.00 and baseline 40.00"
+    assert str(a11).startswith("[did not hold] loss maximisation without offsets does not expand (A.1.1)")
+    assert str(checks[0]).startswith("[held] ")
+
+
+def test_the_papers_numbers_agree_with_themselves():
+    from esol_lib import paper
+
+    for precision, recall, f1 in paper.TABLE6.values():  # Table 6's F1 is the harmonic mean of its P and R
+        assert 2 * precision * recall / (precision + recall) == pytest.approx(f1, abs=0.15)
+    assert paper.TABLE5_ESOL_SEED == paper.TABLE1["voc12"]["shrinkage"]["Seed"]
+    assert {v.name: v.paper for v in ab.TABLE5} == paper.TABLE5
+    assert paper.TABLE5_ESOL_SEED - paper.TABLE5_BASELINE_SEED == pytest.approx(5.2)  # §4.1's gain
+    assert paper.for_dataset("coco14")[0] == "coco14" and paper.for_dataset("cpu")[0] == "voc12"
+    assert paper.TABLE3["voc12"]["shrinkage"] == {"val": 69.9, "test": 69.3}
+
+
 def test_metrics_table_marks_diverged_runs_and_quotes_the_paper():
     from esol_lib import viz
 

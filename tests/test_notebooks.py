@@ -2,7 +2,8 @@
 
 All chapters share one run folder, in book order, as ``esol book`` runs them, so each stage is
 computed once (the smoke profile trains each stage for a few steps on 12 images of 32 pixels).
-Also: the two figure/table helpers of :mod:`esol_lib.viz` that chapters 05, 06 and 08 use.
+Also: the figure and table helpers of :mod:`esol_lib.viz` the chapters share, and the one namespace
+they import from.
 """
 
 from __future__ import annotations
@@ -147,6 +148,77 @@ def test_file_table_reads_metrics_files_and_keeps_quoted_numbers(tmp_path):
     assert lines[2] == "| paper | 53.6 | 68.7 | – |"
     assert lines[3] == "| ours | 53.6 | not run | 25.0 |"
     assert "n/a" in viz.file_table({"r": {"c": Path(tmp_path / "none.json")}}, missing="n/a")
+
+
+def test_markdown_table_and_its_row_check():
+    from esol_lib import viz
+
+    table = viz.markdown_table(["setting", "value"], [("lr", 0.01), ("crop", 128)])
+    assert table.splitlines() == ["| setting | value |", "|---|---|", "| lr | 0.01 |", "| crop | 128 |"]
+    with pytest.raises(ValueError, match="3 cells for 2 columns"):
+        viz.markdown_table(["a", "b"], [(1, 2, 3)])
+
+
+def test_grouped_bars_puts_each_series_beside_the_others_with_gaps_for_none():
+    import matplotlib.pyplot as plt
+
+    from esol_lib import viz
+
+    fig, ax = plt.subplots()
+    viz.grouped_bars(
+        ax,
+        {"baseline": [1.0, 2.0, None], "shrinkage": [3.0, 4.0, 5.0]},
+        ["Seed", "CRF", "Mask"],
+        labels={"shrinkage": "ESOL"},
+    )
+    bars = ax.patches
+    assert len(bars) == 6
+    xs = [round(b.get_x() + b.get_width() / 2, 2) for b in bars]
+    assert xs == [-0.19, 0.81, 1.81, 0.19, 1.19, 2.19]  # centred pairs around each category
+    assert np.isnan(bars[2].get_height()) and bars[5].get_height() == 5.0
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Seed", "CRF", "Mask"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline", "ESOL"]
+    assert bars[0].get_facecolor()[:3] == pytest.approx(plt.matplotlib.colors.to_rgb(viz.STAGE_COLORS["baseline"]))
+    with pytest.raises(ValueError, match="2 values for 3 categories"):
+        viz.grouped_bars(ax, {"x": [1, 2]}, ["a", "b", "c"])
+    plt.close(fig)
+
+
+def test_stage_heats_reads_each_stages_cams_by_run_or_folder(tmp_path):
+    from esol_lib import viz
+    from esol_lib.errors import StageError
+    from esol_lib.run import RunDir
+
+    run = RunDir(tmp_path / "run")
+    for stage, scale in (("baseline", 0.5), ("expansion", 1.0)):
+        folder = run.cams(stage)
+        folder.mkdir(parents=True)
+        cams = np.stack([np.full((4, 4), scale, np.float16), np.eye(4, dtype=np.float16)])
+        np.savez(folder / "img1.npz", cams=cams, keys=np.array([3, 7]))
+    heats = viz.stage_heats(run, ["baseline", "expansion"], ["img1"])
+    assert list(heats) == ["baseline", "expansion"] and len(heats["baseline"]) == 1
+    assert heats["baseline"][0][0, 0] == 1.0 and heats["baseline"][0][0, 1] == 0.5  # max over the classes
+    assert np.array_equal(viz.stage_heats(str(run.root), ["expansion"], ["img1"])["expansion"][0], np.ones((4, 4)))
+    with pytest.raises(StageError, match="esol make-cam"):
+        viz.stage_heats(run, ["shrinkage"], ["img1"])
+
+
+def test_chapters_import_from_the_one_esol_lib_namespace_and_every_name_exists():
+    """A chapter imports library code only as ``from esol_lib import ...`` (the names of its ``__all__``)."""
+    import esol_lib
+
+    for chapter in CHAPTERS:
+        nb = nbformat.read(str(REPO_ROOT / "notebooks" / chapter), as_version=4)
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        deep = re.findall(r"^\s*(?:from|import) (esol_lib\.[\w.]+)", code, flags=re.M)
+        assert not deep, f"{chapter} imports from {deep}: add the name to esol_lib's namespace instead"
+        for names in re.findall(r"^\s*from esol_lib import (.+)$", code, flags=re.M):
+            for name in (n.strip().split(" as ")[0] for n in names.split(",")):
+                assert name in esol_lib.__all__, f"{chapter}: esol_lib has no {name!r}"
+                assert getattr(esol_lib, name) is not None
+    assert "stage_heats" in dir(esol_lib.viz) and "train_cam" in dir(esol_lib)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        esol_lib.nothing  # noqa: B018
 
 
 EMOJI_TINY = """base: cpu
