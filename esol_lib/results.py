@@ -169,6 +169,44 @@ def claims_table(results: dict, claims: tuple[Claim, ...] = CLAIMS) -> str:
     return "\n".join(rows)
 
 
+#: The README's headline rows: (label, group of the seed results, the paper's Table 1 / 3 column).
+HEADLINE: tuple[tuple[str, str, str], ...] = (
+    ("CAM seeds, mIoU (train)", "seeds_train", "Seed"),
+    ("seeds + DenseCRF, mIoU (train)", "crf_train", "CRF"),
+    ("IRN pseudo masks, mIoU (train)", "masks_train", "Mask"),
+    ("DeepLab-v2, mIoU (val)", "seg_val", "val"),
+)
+
+
+def headline_table(results: dict) -> str:
+    """The README's results table (Markdown): baseline → ESOL, the paper on VOC beside this benchmark.
+
+    The paper's columns are Table 1 (train) and Table 3 (val); this benchmark's are the mean ± std of
+    ``results`` (:func:`load_seed_results`) over its generator seeds. A test keeps the README's copy equal
+    to this table of the committed ``book/results/emoji_seeds.json``.
+    """
+    voc = paper.TABLE1["voc12"]
+    seeds = list(results["seeds"].values())
+    n = len(seeds)
+    rows = [
+        f"| | paper, PASCAL VOC: baseline → ESOL | {results.get('benchmark', 'this')} benchmark, {n} generator seeds: "
+        "baseline → ESOL |",
+        "|---|---|---|",
+    ]
+    for label, group, column in HEADLINE:
+        ours = []
+        for st in ("baseline", "shrinkage"):
+            ours.append(
+                _mean_std(
+                    [v for s in seeds if (v := _value(s, group, st, "miou")) is not None], signed=False, empty="not run"
+                )
+            )
+        rows.append(
+            f"| {label} | {voc['baseline'][column]:.1f} → {voc['shrinkage'][column]:.1f} | {ours[0]} → {ours[1]} |"
+        )
+    return "\n".join(rows)
+
+
 def stage_table(
     results: dict, group: str = "seeds_train", keys: tuple[str, ...] = ("miou", "precision", "recall", "f1", "ap")
 ) -> str:

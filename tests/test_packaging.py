@@ -40,3 +40,14 @@ def test_known_good_pins():
 def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "esol_lib", "data", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "synth" in out.stdout and "coco" in out.stdout
+
+
+def test_readme_links_only_files_in_the_repository():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#]+)\)", readme)
+    local = [t for t in targets if not t.startswith(("http://", "https://"))]
+    assert "docs/DESIGN.md" in local and "docs/cams.png" in local and "LICENSE" in local
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README links files that are not in the repository: {missing}"
+    assert "../" not in readme, "README points outside the repository"
+    assert len(readme.splitlines()) <= 150

@@ -1,6 +1,10 @@
 """The seed-results table of chapter 08: per-seed gains, mean ± std, how often a claim held."""
 
-from esol_lib.results import CLAIMS, Claim, claim_gains, claims_table, stage_table
+from pathlib import Path
+
+from esol_lib.results import CLAIMS, Claim, claim_gains, claims_table, headline_table, load_seed_results, stage_table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _seed(base, exp, shr, mask_b, mask_s):
@@ -69,3 +73,19 @@ def test_table5_table_reports_each_variants_drop_from_the_reference_and_how_ofte
     )
     assert f"| {second.label} | {second.paper:.1f} | {second.paper - 53.6:+.1f} | 43.0 | +1.0 | 0 of 1 |" in table
     assert "not run" in table5_table({"seeds": {"0": {}}})
+
+
+def test_headline_table_sets_the_papers_table1_beside_the_seed_means():
+    table = headline_table(RESULTS).splitlines()
+    assert table[0] == "| | paper, PASCAL VOC: baseline → ESOL | this benchmark, 2 generator seeds: baseline → ESOL |"
+    assert table[2] == "| CAM seeds, mIoU (train) | 48.8 → 53.6 | 49.0 ± 1.0 → 50.5 ± 3.5 |"
+    assert table[4] == "| IRN pseudo masks, mIoU (train) | 66.3 → 68.7 | 59.0 ± 1.0 → 60.0 ± 3.0 |"
+    assert table[5] == "| DeepLab-v2, mIoU (val) | 63.5 → 69.9 | not run → not run |"
+
+
+def test_the_readme_results_are_the_committed_seed_results():
+    """The README's table is headline_table of book/results/emoji_seeds.json, not numbers typed by hand."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- results:", 1)[1].split("-->", 1)[1].split("<!-- /results -->", 1)[0].strip()
+    expected = headline_table(load_seed_results(ROOT / "book" / "results" / "emoji_seeds.json"))
+    assert block == expected, "README's results table is stale: paste esol_lib.results.headline_table's output"
