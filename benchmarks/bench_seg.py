@@ -94,8 +94,9 @@ def run_case(
     import torch
 
     from esol_lib.config import SegConfig
-    from esol_lib.deeplab import build_deeplab, param_groups, seg_loss, upsample_logits
+    from esol_lib.deeplab import param_groups, seg_loss, upsample_logits
     from esol_lib.engine import make_sgd
+    from esol_lib.models.deeplab import build_deeplab
 
     if threads:
         torch.set_num_threads(threads)

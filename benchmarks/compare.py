@@ -50,9 +50,9 @@ from esol_lib.config import load_config
 from esol_lib.crf import crf_from_labels
 from esol_lib.irn import random_walk, transition_matrix
 from esol_lib.models import build_backbone, build_classifier
+from esol_lib.models.samplers import deform_conv2d_sampled
 from esol_lib.parallel import cpu_workers, map_ordered
 from esol_lib.performance import COMPARISONS, markdown_table, performance_page
-from esol_lib.samplers import deform_conv2d_sampled
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "book" / "results" / "compare.json"

@@ -5,7 +5,7 @@
 
 Two oracles — they read masks no WSSS method may use — that each answer one question:
 
-- ``--boundary trained`` (default): train IRN's boundary branch (:class:`esol_lib.irn.BoundaryNet`,
+- ``--boundary trained`` (default): train IRN's boundary branch (:class:`esol_lib.models.boundary.BoundaryNet`,
   same backbone, loss, crops and step count as ``esol refine``) on the *ground-truth* masks of the
   CAM split instead of the IR labels made from CAMs. If the boundary branch learned from right
   labels, would the random walk turn these CAMs into better masks than the seeds?
@@ -78,8 +78,16 @@ def train_on_ground_truth(run, cfg, ds):
     """IRN's boundary branch trained as ``esol refine`` trains it, on the true masks instead of IR labels."""
     from esol_lib.data.transforms import AugmentedDataset
     from esol_lib.engine import PolyLR, make_sgd
-    from esol_lib.irn import BoundaryNet, affinity_loss
-    from esol_lib.refine import MOMENTUM, TRAIN_RADIUS_FACTOR, WEIGHT_DECAY, IRNTrainTransform, _labels_at, irn_backbone
+    from esol_lib.irn import affinity_loss
+    from esol_lib.models.boundary import BoundaryNet
+    from esol_lib.stages.refinement import (
+        MOMENTUM,
+        TRAIN_RADIUS_FACTOR,
+        WEIGHT_DECAY,
+        IRNTrainTransform,
+        irn_backbone,
+        labels_at,
+    )
 
     ic = cfg.irn
 
@@ -103,7 +111,7 @@ def train_on_ground_truth(run, cfg, ds):
         for batch in loader:
             edge = model(batch["image"])
             loss, _ = affinity_loss(
-                edge, _labels_at(batch["ir_label"], tuple(edge.shape[-2:])), TRAIN_RADIUS_FACTOR * ic.radius
+                edge, labels_at(batch["ir_label"], tuple(edge.shape[-2:])), TRAIN_RADIUS_FACTOR * ic.radius
             )
             opt.zero_grad()
             loss.backward()
@@ -122,10 +130,11 @@ def main() -> None:
     from esol_lib.cam import load_cam
     from esol_lib.data.transforms import to_tensor
     from esol_lib.engine import seed_everything
-    from esol_lib.irn import boundary_map, mask_from_scores, walked_scores
+    from esol_lib.irn import mask_from_scores, walked_scores
     from esol_lib.metrics import confusion_matrix, read_metrics, summarize
-    from esol_lib.refine import _setup
+    from esol_lib.models.boundary import boundary_map
     from esol_lib.run import RunDir
+    from esol_lib.stages.refinement import stage_setup
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a run folder whose `esol refine` finished")
@@ -146,7 +155,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     run = RunDir(Path(args.run))
-    cfg, split, ds = _setup(run, args.stage, None)
+    cfg, split, ds = stage_setup(run, args.stage, None)
     ic = cfg.irn
     seed_everything(cfg.seed)
     row = {"stage": args.stage, "split": split, "boundary": args.boundary, "images": int(min(args.images, len(ds)))}

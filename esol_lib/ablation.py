@@ -25,8 +25,10 @@ from pathlib import Path
 
 from esol_lib import paper
 from esol_lib.atomic import atomic_write_text
-from esol_lib.errors import ConfigError, DivergenceError
+from esol_lib.config import apply_overrides, config_to_dict
+from esol_lib.errors import ConfigError, DivergenceError, StageError
 from esol_lib.run import RunDir, fork_run
+from esol_lib.stages import STAGE_COMMAND, current_cam_metrics, eval_cam, expand, make_cam, shrink
 
 __all__ = [
     "Variant",
@@ -171,7 +173,6 @@ def score_stage(run: RunDir, stage: str, split: str | None = None, *, progress: 
     """Seed metrics of a finished ``stage`` of ``run`` on ``split`` (default: ``ablation.split``, else
     ``data.cam_split``): CAMs and threshold sweep, computed once, then read back from the metrics
     file while it scores the CAMs as they are (:func:`esol_lib.stages.current_cam_metrics`)."""
-    from esol_lib.stages import current_cam_metrics, eval_cam, make_cam
 
     cfg = run.load_config()
     split = split or cfg.ablation.split or cfg.data.cam_split
@@ -194,8 +195,6 @@ def run_variant(
     A variant whose training diverges returns ``{"variant": name, "diverged": message}``; the
     message is kept in ``root/<name>/diverged.txt`` so that a re-run does not train it again.
     """
-    from esol_lib.config import apply_overrides, config_to_dict
-    from esol_lib.esol import expand, shrink
 
     main = reference_run(main, root, progress=progress)
     main_cfg = main.load_config()
@@ -236,7 +235,6 @@ def reference_run(main: RunDir, root: str | Path, *, progress: bool = False) -> 
     ``main``'s baseline). Variants then fork from the reference, so each one differs from it in its
     own overrides only, at the same training length.
     """
-    from esol_lib.esol import expand, shrink
 
     steps = main.load_config().ablation.max_steps
     if steps is None:
@@ -254,8 +252,6 @@ def reference_run(main: RunDir, root: str | Path, *, progress: bool = False) -> 
 
 
 def _require_stage(run: RunDir, stage: str) -> None:
-    from esol_lib.errors import StageError
-    from esol_lib.stages import STAGE_COMMAND
 
     if not run.checkpoint(stage).is_file():
         raise StageError(

@@ -341,7 +341,7 @@ def jupyter_book_command() -> list[str]:
     return [sys.executable, "-m", "jupyter_book.cli.main"]
 
 
-def _toc_files(toc: dict) -> Iterable[str]:
+def toc_files(toc: dict) -> Iterable[str]:
     """Every ``file:`` named by a Jupyter Book 1.x ``_toc.yml`` (root included)."""
     if "root" in toc:
         yield toc["root"]
@@ -457,7 +457,7 @@ def build_book(
                 shutil.copy2(f, src / "book" / f.name)
     if executed_dir.is_dir():
         for f in sorted(executed_dir.glob("*.ipynb")):
-            why = _not_this_build(f, expect)
+            why = not_this_build(f, expect)
             if why:
                 log.warning("book: leaving out %s: %s", f.name, why)
                 continue
@@ -742,7 +742,7 @@ def claim_build_folder(out: Path) -> None:
     (out / OWNER_FILE).write_text("made by `esol book`; it may delete src/ and executed/ here\n", encoding="utf-8")
 
 
-def _not_this_build(executed: Path, expect: dict | None) -> str | None:
+def not_this_build(executed: Path, expect: dict | None) -> str | None:
     """Why the executed chapter ``executed`` does not belong in a build for ``expect``; None if it does."""
     if not expect:
         return None

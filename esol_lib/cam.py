@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from esol_lib.atomic import atomic_path, atomic_write_text, read_json
+from esol_lib.data.synth import load_part_mask, part_recall
 from esol_lib.data.transforms import to_tensor
 from esol_lib.errors import StageError
 from esol_lib.metrics import ThresholdSweep, confusion_matrix
@@ -313,7 +314,6 @@ def seed_part_recall(cam_dir: str | Path, dataset, part_root: str | Path, thresh
 
     Uses the generated benchmark's ``SegmentationPart`` masks; measures partial localization.
     """
-    from esol_lib.data.synth import load_part_mask, part_recall
 
     part_sum = np.zeros(2, np.int64)
     rest_sum = np.zeros(2, np.int64)

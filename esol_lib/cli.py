@@ -1,7 +1,10 @@
-"""The ``esol`` command line (also ``python -m esol_lib``); subcommands as fixed in DESIGN.md.
+"""The ``esol`` command line (also ``python -m esol_lib``); subcommands as fixed in docs/DESIGN.md.
 
 Every stage reads and writes one run folder. Errors raised on purpose (:class:`EsolError`) are
 printed as one message without a traceback and exit with status 2.
+
+Each command imports its stage inside its function, the one place in the package that does so on
+purpose: ``esol --help``, ``esol config`` and a mistyped flag answer without loading torch.
 """
 
 from __future__ import annotations
@@ -228,8 +231,7 @@ def cmd_train_cam(args: argparse.Namespace) -> int:
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
-    from esol_lib.esol import expand
-    from esol_lib.stages import open_run
+    from esol_lib.stages import expand, open_run
 
     run, _ = open_run(args.run, args.overrides)
     result = expand(run)
@@ -238,8 +240,7 @@ def cmd_expand(args: argparse.Namespace) -> int:
 
 
 def cmd_shrink(args: argparse.Namespace) -> int:
-    from esol_lib.esol import shrink
-    from esol_lib.stages import open_run
+    from esol_lib.stages import open_run, shrink
 
     run, _ = open_run(args.run, args.overrides)
     result = shrink(run)
@@ -280,8 +281,8 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    from esol_lib.refine import refine
     from esol_lib.stages import open_run
+    from esol_lib.stages.refinement import refine
 
     m = refine(open_run(args.run, args.overrides)[0], args.stage)
     print(
@@ -292,8 +293,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def cmd_train_seg(args: argparse.Namespace) -> int:
-    from esol_lib.segmentation import train_seg
     from esol_lib.stages import open_run
+    from esol_lib.stages.segmentation import train_seg
 
     result = train_seg(open_run(args.run, args.overrides)[0], args.stage)
     print(f"DeepLab-v2 on {args.stage} pseudo masks: {result}")
@@ -301,8 +302,8 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_seg(args: argparse.Namespace) -> int:
-    from esol_lib.segmentation import eval_seg
     from esol_lib.stages import open_run
+    from esol_lib.stages.segmentation import eval_seg
 
     m = eval_seg(open_run(args.run, args.overrides)[0], args.stage, args.split)
     print(f"DeepLab-v2 ({args.stage} pseudo masks) on {m['split']}: mIoU {100 * m['miou']:.1f}")

@@ -13,8 +13,9 @@ written after IRN's public code (``step/cam_to_ir_label.py``, ``net/resnet50_irn
    offsets ``(dy, dx)``, each with the grid points of the segment from the source to the target.
    :func:`affinity_labels` labels every pair: same class → positive (background-background or
    foreground-foreground), different classes → negative, a 255 at either end → ignored.
-3. **Class boundary map** (:class:`BoundaryNet`): 1×1 conv + GroupNorm + ReLU on every level of a
-   frozen backbone, upsampled to the first level's stride, concatenated, a 1×1 conv and a sigmoid.
+3. **Class boundary map** (:class:`~esol_lib.models.boundary.BoundaryNet`): 1×1 conv + GroupNorm +
+   ReLU on every level of a frozen backbone, upsampled to the first level's stride, concatenated,
+   a 1×1 conv and a sigmoid.
    The affinity of a pair is ``1 − max boundary along its segment`` (:func:`path_affinities`),
    trained with IRN's class-balanced loss (:func:`affinity_loss`).
 4. **Random walk** (:func:`transition_matrix`, :func:`random_walk`): affinities to the power β,
@@ -42,17 +43,15 @@ from functools import cache
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from esol_lib.models.backbone import STAGE_NAMES, Backbone
+from esol_lib.crf import crf_from_labelings
 
 __all__ = [
     "IGNORE",
-    "BoundaryNet",
     "affinity_labels",
     "affinity_loss",
     "affinity_pairs",
-    "boundary_map",
     "ir_labels",
     "mask_from_scores",
     "neighbourhood",
@@ -60,6 +59,7 @@ __all__ = [
     "path_points",
     "pseudo_mask",
     "random_walk",
+    "stride_ratio",
     "transition_matrix",
     "walked_scores",
 ]
@@ -95,7 +95,6 @@ def ir_labels(
     i.e. the class where the high-threshold seed says foreground, 0 where the low-threshold seed
     says background too, 255 (ignored) in between.
     """
-    from esol_lib.crf import crf_from_labelings
 
     cams = np.asarray(cams, dtype=np.float32)
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
@@ -338,97 +337,14 @@ class _AffinityLoss(torch.autograd.Function):
         return (grad * grad_loss.double()).to(dtype), None, None, None
 
 
-# ----------------------------------------------------------------------------- 3. boundary network
+# ----------------------------------------------------------------------------- 3. strides (network: models/)
 
 
-def _ratio(big: int, small: int) -> int:
+def stride_ratio(big: int, small: int) -> int:
     """The power-of-two stride between a map of size ``big`` and one of size ``small`` (ceil rounding)."""
     if small >= big:
         return 1
     return 2 ** max(0, round(math.log2(big / small)))
-
-
-class BoundaryNet(nn.Module):
-    """IRN's class boundary branch on a frozen backbone (``resnet50_irn.Net``, edge layers only).
-
-    Every level in ``levels`` (default: stem, layer1 … layer4) goes through a 1×1 conv to
-    ``channels`` (32), GroupNorm(``groups``) and — after bilinear upsampling to the first level's
-    resolution, cropped to its size — a ReLU; the levels are concatenated and a 1×1 conv with bias
-    gives the boundary logit. The backbone's features are computed without gradient (IRN detaches
-    them) and the backbone stays in eval mode (IRN's ``train`` override), so only the head learns.
-
-    The map has the first level's stride: 4 for IRN's ResNet-50 (stem = conv1 + max-pool), 1 for the
-    ``small`` backbone with strides ``[1, 2, 2, 1]``.
-    """
-
-    def __init__(
-        self, backbone: Backbone, channels: int = 32, groups: int = 4, levels: Sequence[str] = STAGE_NAMES
-    ) -> None:
-        super().__init__()
-        levels = tuple(levels)
-        unknown = [lv for lv in levels if lv not in STAGE_NAMES]
-        if not levels or unknown:
-            raise ValueError(f"BoundaryNet levels must be among {', '.join(STAGE_NAMES)}, got {levels!r}")
-        self.backbone = backbone
-        self.backbone.requires_grad_(False)
-        self.levels = levels
-        in_ch = dict(zip(STAGE_NAMES, [backbone.stem_channels, *backbone.stage_channels]))
-        self.edge_layers = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_ch[lv], channels, 1, bias=False), nn.GroupNorm(groups, channels))
-            for lv in levels
-        )
-        self.edge_out = nn.Conv2d(channels * len(levels), 1, 1, bias=True)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> BoundaryNet:
-        """Set the head's mode; the frozen backbone always stays in eval mode (IRN)."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The head's parameters (the backbone is frozen)."""
-        return [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
-
-    def logits(self, x: Tensor) -> Tensor:
-        """Boundary logits ``(B, h, w)`` of a normalised image batch ``(B, 3, H, W)``."""
-        with torch.no_grad():
-            feats = self.backbone(x)
-        outs: list[Tensor] = []
-        size: tuple[int, int] | None = None
-        for level, layer in zip(self.levels, self.edge_layers):
-            y = layer(feats[level])
-            if size is None:
-                size = (y.shape[-2], y.shape[-1])
-            elif y.shape[-2:] != size:
-                s = _ratio(max(size), max(y.shape[-2:]))
-                y = F.interpolate(y, scale_factor=s, mode="bilinear", align_corners=False)
-                if y.shape[-2] < size[0] or y.shape[-1] < size[1]:  # odd sizes: never smaller than level 1
-                    y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-                y = y[..., : size[0], : size[1]]
-            outs.append(F.relu(y))
-        return self.edge_out(torch.cat(outs, 1))[:, 0]
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Boundary probabilities ``(B, h, w)`` in ``[0, 1]``."""
-        return torch.sigmoid(self.logits(x))
-
-
-@torch.no_grad()
-def boundary_map(model: BoundaryNet, image: Tensor, flip: bool = True) -> Tensor:
-    """The boundary map ``(h, w)`` of one normalised image ``(3, H, W)`` (IRN's ``EdgeDisplacement``).
-
-    With ``flip`` the logits of the image and of its mirror (mirrored back) are averaged before
-    the sigmoid, as IRN does at inference.
-    """
-    if image.ndim != 3:
-        raise ValueError(f"boundary_map: image must be (3, H, W), got {tuple(image.shape)}")
-    x = image[None]
-    if flip:
-        x = torch.cat([x, x.flip(-1)], 0)
-    out = model.logits(x)
-    logit = (out[0] + out[1].flip(-1)) / 2 if flip else out[0]
-    return torch.sigmoid(logit)
 
 
 # ----------------------------------------------------------------------------- 4. random walk
@@ -512,7 +428,7 @@ def _to_resolution(cams: Tensor, size: tuple[int, int]) -> Tensor:
 def _upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
     """IRN's ``F.interpolate(rw, scale_factor=stride)[..., :H, :W]`` for any power-of-two stride."""
     h, w = x.shape[-2:]
-    s = _ratio(max(size), max(h, w))
+    s = stride_ratio(max(size), max(h, w))
     if s == 1 and (h, w) == tuple(size):
         return x
     up = F.interpolate(x[None], scale_factor=s, mode="bilinear", align_corners=False)[0]

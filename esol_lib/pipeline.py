@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from esol_lib.run import RunDir, holds_run_lock
+from esol_lib.stages import current_cam_metrics, eval_cam, expand, make_cam, shrink, train_cam
+from esol_lib.stages.refinement import refine as refine_stage
+from esol_lib.stages.segmentation import current_seg_metrics, eval_seg, train_seg
 
 __all__ = ["PipelineStep", "pipeline_steps", "run_pipeline"]
 
@@ -35,10 +38,6 @@ def pipeline_steps(
     shrinkage stage, IRN pseudo masks (``refine``) and DeepLab-v2 trained on them and scored on
     ``data.val_split`` (``segment``).
     """
-    from esol_lib.esol import expand, shrink
-    from esol_lib.refine import refine as refine_stage
-    from esol_lib.segmentation import current_seg_metrics, eval_seg, train_seg
-    from esol_lib.stages import current_cam_metrics, eval_cam, make_cam, train_cam
 
     cfg = run.load_config()
     split = cfg.data.cam_split

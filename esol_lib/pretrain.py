@@ -38,7 +38,8 @@ from esol_lib.atomic import atomic_save, atomic_write_text
 from esol_lib.data.emoji import render_glyph_on_texture
 from esol_lib.data.openmoji import other_glyphs
 from esol_lib.errors import ConfigError
-from esol_lib.models.backbone import OPENMOJI_WEIGHTS, Backbone, build_backbone
+from esol_lib.models.backbone import OPENMOJI_WEIGHTS, build_backbone
+from esol_lib.models.glyph import GlyphClassifier
 
 __all__ = [
     "PretrainRecipe",
@@ -93,19 +94,6 @@ def recipe_fingerprint(recipe: PretrainRecipe) -> str:
     """A 12-hex-digit hash of the recipe and the glyph classes (same recipe and classes → same file)."""
     payload = json.dumps({"recipe": recipe.to_json(), "classes": list(other_glyphs())}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-class GlyphClassifier(nn.Module):
-    """Backbone → global average pooling → linear layer over the glyph classes."""
-
-    def __init__(self, backbone: Backbone, num_classes: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.fc = nn.Linear(backbone.out_channels, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat = self.backbone(x)["out"]
-        return self.fc(F.adaptive_avg_pool2d(feat, 1).flatten(1))
 
 
 def render_glyph_set(

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from esol_lib.atomic import TEMP_NAME, atomic_write_text, link_or_copy, read_json
-from esol_lib.config import Config, config_from_dict, config_to_dict, read_yaml_mapping, save_config
+from esol_lib.config import Config, apply_overrides, config_from_dict, config_to_dict, read_yaml_mapping, save_config
 from esol_lib.errors import ConfigError, StageError
 
 STAGES = ("baseline", "expansion", "shrinkage")
@@ -550,7 +550,6 @@ def fork_run(
     Re-forking with the same overrides reopens ``dst``; other overrides are refused as in
     :func:`create_run`.
     """
-    from esol_lib.config import apply_overrides
 
     source = RunDir(Path(src))
     cfg = config_from_dict(apply_overrides(config_to_dict(source.load_config()), list(overrides)))

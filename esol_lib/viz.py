@@ -12,7 +12,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from esol_lib.cam import load_cam
+from esol_lib.data.openmoji import glyph_sprite
 from esol_lib.data.palette import VOID, voc_palette
+from esol_lib.metrics import read_metrics
+from esol_lib.run import RunDir
 
 __all__ = [
     "overlay",
@@ -52,8 +56,6 @@ def stage_heats(run, stages: Sequence[str], image_ids: Sequence[str]) -> dict[st
     ``run`` is a :class:`~esol_lib.run.RunDir` or a run folder path (an ablation variant's ``run_dir``).
     A missing CAM file raises the :class:`~esol_lib.errors.StageError` that names ``esol make-cam``.
     """
-    from esol_lib.cam import load_cam
-    from esol_lib.run import RunDir
 
     run = run if isinstance(run, RunDir) else RunDir(Path(run))
     return {st: [cam_heat(load_cam(run.cams(st), image_id)[0]) for image_id in image_ids] for st in stages}
@@ -188,7 +190,7 @@ def draw_sampling_points(
     """The kernel's sampling points before (white) and after (red) the learned offsets, on the image.
 
     ``regular``/``deformed`` are ``(k·k, 2)`` (row, col) feature-map coordinates from
-    :func:`esol_lib.samplers.sampling_points`; ``stride`` maps them to pixels (cell centres).
+    :func:`esol_lib.models.samplers.sampling_points`; ``stride`` maps them to pixels (cell centres).
     """
     ax.imshow(image)
     to_px = lambda p: (np.asarray(p, dtype=float) + 0.5) * stride - 0.5  # noqa: E731
@@ -329,7 +331,6 @@ def file_table(rows: Mapping[str, Mapping[str, object]], key: str = "miou", miss
     another key; any other cell (a number quoted from the paper, a note) is shown as it is.
     Columns are the union of the rows' columns in first-seen order; absent cells are '–'.
     """
-    from esol_lib.metrics import read_metrics
 
     def cell(value) -> str:
         k = key
@@ -430,7 +431,6 @@ __all__ += ["sensitivity_plot", "ablation_bars"]
 
 def glyph_table(glyphs: Mapping[str, Sequence[int]], per_row: int = 12):
     """The dataset card's class table: each VOC class (a row) with every OpenMoji glyph that draws it."""
-    from esol_lib.data.openmoji import glyph_sprite
 
     names = list(glyphs)
     cols = min(per_row, max(len(v) for v in glyphs.values()))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from esol_lib.data.transforms import to_tensor
 from esol_lib.losses import feature_clip
 from esol_lib.viz import overlay
 
@@ -50,7 +51,6 @@ class ClipProbe:
 @torch.no_grad()
 def clip_probe(model: torch.nn.Module, samples: Sequence[dict], mean, std) -> ClipProbe:
     """Run the frozen part of ``model`` (backbone → ES → ReLU) once for ``samples``."""
-    from esol_lib.data.transforms import to_tensor
 
     x = torch.stack([to_tensor(s["image"], mean, std) for s in samples])
     feat = model.features(x)

@@ -15,8 +15,6 @@ from esol_lib.book import (
     REPO_ROOT,
     TIMING_FILE,
     WIDGET_PLACEHOLDER,
-    _not_this_build,
-    _toc_files,
     build_book,
     build_time_page,
     check_published,
@@ -24,7 +22,9 @@ from esol_lib.book import (
     execute_notebooks,
     machine_paths,
     make_book,
+    not_this_build,
     publishable_notebook,
+    toc_files,
 )
 from esol_lib.errors import StageError
 
@@ -51,7 +51,7 @@ def _outputs_text(path: Path) -> str:
 def test_toc_lists_every_chapter_and_every_page_exists():
     toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
     assert toc["format"] == "jb-book"
-    files = list(_toc_files(toc))
+    files = list(toc_files(toc))
     notebooks = [f for f in files if f.startswith("notebooks/")]
     assert [Path(f).name + ".ipynb" for f in notebooks] == CHAPTERS  # all nine, in book order
     pages = [f for f in files if not f.startswith("notebooks/")]
@@ -217,12 +217,12 @@ def test_a_chapter_executed_for_another_profile_or_run_folder_is_not_published(e
     """`esol book --only 01` used to publish a 00 lying in executed/ from another build (item 3)."""
     root, paths = executed
     run = str((root / "run").resolve())
-    assert _not_this_build(paths[0], {"profile": "smoke", "run_dir": run}) is None
-    assert "profile='smoke'" in _not_this_build(paths[0], {"profile": "cpu", "run_dir": run})
-    assert "run_dir" in _not_this_build(paths[0], {"profile": "smoke", "run_dir": str(tmp_path)})
+    assert not_this_build(paths[0], {"profile": "smoke", "run_dir": run}) is None
+    assert "profile='smoke'" in not_this_build(paths[0], {"profile": "cpu", "run_dir": run})
+    assert "run_dir" in not_this_build(paths[0], {"profile": "smoke", "run_dir": str(tmp_path)})
     broken = tmp_path / "x.ipynb"
     broken.write_text("{")
-    assert "unreadable" in _not_this_build(broken, {"profile": "smoke"})
+    assert "unreadable" in not_this_build(broken, {"profile": "smoke"})
 
 
 # ----------------------------------------------------------------------------- (d) publishing

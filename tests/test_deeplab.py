@@ -13,9 +13,6 @@ from torch import nn
 
 from esol_lib.config import CRFConfig, SegConfig, load_config
 from esol_lib.deeplab import (
-    ASPP,
-    DeepLabV2,
-    build_deeplab,
     crf_postprocess,
     param_groups,
     predict,
@@ -23,7 +20,8 @@ from esol_lib.deeplab import (
     upsample_logits,
 )
 from esol_lib.errors import ConfigError, StageError
-from esol_lib.segmentation import eval_seg, prediction_dir, train_seg, training_split
+from esol_lib.models.deeplab import ASPP, DeepLabV2, build_deeplab
+from esol_lib.stages.segmentation import eval_seg, prediction_dir, train_seg, training_split
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

@@ -15,10 +15,10 @@ from esol_lib.data import VOCSegmentation, emoji_spec_from_config, resolve_data_
 from esol_lib.data.emoji import (
     ALPHA_CUT,
     EmojiSpec,
-    _transformed_sprite,
     emoji_stats,
     generate_emoji_benchmark,
     render_emoji_sample,
+    transformed_sprite,
 )
 from esol_lib.data.openmoji import VOC_GLYPHS, glyph_sprite, other_glyphs, voc_codepoints
 from esol_lib.data.palette import VOID
@@ -92,7 +92,7 @@ def test_mask_is_the_rendered_alpha():
         rng.choice([obj["cls"]], size=0)
         glyphs = VOC_GLYPHS[obj["class"]]
         rng.integers(len(glyphs))
-        _, alpha = _transformed_sprite(
+        _, alpha = transformed_sprite(
             rng, int(obj["glyph"][2:], 16), rng.uniform(*spec.object_scale) * spec.size, spec.max_rotation
         )
         h, w = alpha.shape

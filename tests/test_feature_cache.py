@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-from esol_lib.esol import ESOLModel
 from esol_lib.feature_cache import CachedBackbone, FeatureCache, input_key, module_fingerprint
 from esol_lib.losses import expansion_loss
 from esol_lib.models import CAMClassifier, build_backbone
+from esol_lib.models.esol import ESOLModel
 from tests.test_esol import _cfg
 
 
@@ -92,9 +92,8 @@ def test_features_cached_under_inference_mode_can_train_the_offsets():
 
 def test_expansion_and_shrinkage_stages_are_identical_with_and_without_the_cache(tmp_path, monkeypatch):
     from esol_lib.config import load_config
-    from esol_lib.esol import expand, shrink
     from esol_lib.feature_cache import shared_feature_cache
-    from esol_lib.stages import start_run, train_cam
+    from esol_lib.stages import expand, shrink, start_run, train_cam
 
     monkeypatch.chdir(tmp_path)
     states = {}

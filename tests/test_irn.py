@@ -11,11 +11,9 @@ import torch
 from PIL import Image
 
 from esol_lib.irn import (
-    BoundaryNet,
     affinity_labels,
     affinity_loss,
     affinity_pairs,
-    boundary_map,
     ir_labels,
     mask_from_scores,
     neighbourhood,
@@ -27,6 +25,7 @@ from esol_lib.irn import (
     walked_scores,
 )
 from esol_lib.models import build_backbone
+from esol_lib.models.boundary import BoundaryNet, boundary_map
 
 # ----------------------------------------------------------------------------- pairs and paths
 
@@ -294,7 +293,7 @@ def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
     from esol_lib import stages
     from esol_lib.config import load_config, save_config
     from esol_lib.errors import ConfigError, StageError
-    from esol_lib.refine import ir_label_dir, refine
+    from esol_lib.stages.refinement import ir_label_dir, refine
 
     monkeypatch.chdir(tmp_path)  # start_run generates data/synth-smoke relative to the cwd
     run = stages.start_run(tmp_path / "run", load_config("smoke"), data_root=None)
@@ -313,8 +312,8 @@ def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
     save_config(cfg, run.config_path)
     metrics = refine(run, "baseline", progress=False)
 
-    ids = stages._dataset(cfg, cfg.data.cam_split).ids
-    k = len(stages._dataset(cfg, cfg.data.cam_split).classes)
+    ids = stages.common.split_dataset(cfg, cfg.data.cam_split).ids
+    k = len(stages.common.split_dataset(cfg, cfg.data.cam_split).classes)
     for folder in (ir_label_dir(run, "baseline"), run.pseudo_masks("baseline")):
         assert sorted(p.stem for p in folder.glob("*.png")) == sorted(ids)
     assert run.checkpoint("irn-baseline").is_file()
@@ -327,7 +326,7 @@ def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
     for key in ("stage", "split", "miou", "precision", "recall", "f1", "per_class_iou"):
         assert key in saved
     assert saved["stage"] == "baseline" and 0.0 <= saved["miou"] <= 1.0
-    assert set(saved["per_class_iou"]) == {"background", *stages._dataset(cfg, cfg.data.cam_split).classes}
+    assert set(saved["per_class_iou"]) == {"background", *stages.common.split_dataset(cfg, cfg.data.cam_split).classes}
     assert metrics["miou"] == saved["miou"]
 
     mtime = path.stat().st_mtime_ns
@@ -347,8 +346,8 @@ def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
 def test_irn_backbone_choices(tmp_path):
     from esol_lib.config import load_config
     from esol_lib.errors import ConfigError
-    from esol_lib.refine import irn_backbone
     from esol_lib.run import RunDir
+    from esol_lib.stages.refinement import irn_backbone
 
     cfg = load_config("smoke", ["irn.backbone=random"])
     run = RunDir(tmp_path / "run")  # no checkpoint: 'random' and 'pretrained' do not read the run
@@ -370,8 +369,8 @@ def test_irn_backbone_choices(tmp_path):
 
 def test_irn_backbone_pretrained_reads_model_pretrained(tmp_path):
     from esol_lib.config import load_config
-    from esol_lib.refine import irn_backbone
     from esol_lib.run import RunDir
+    from esol_lib.stages.refinement import irn_backbone
 
     weights = build_backbone("small", (1, 2, 2, 1))
     path = tmp_path / "small.pth"

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from esol_lib import widgets
-from esol_lib.esol import ESOLModel
 from esol_lib.models import CAMClassifier, build_backbone
+from esol_lib.models.esol import ESOLModel
 
 
 def _png(view) -> str:

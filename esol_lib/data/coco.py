@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from esol_lib.atomic import link_or_copy
 from esol_lib.data.drawing import write_lines
 from esol_lib.data.palette import VOID, save_label_png
-from esol_lib.data.voc import IMAGE_DIR, SPLIT_DIR, MissingDependencyError, _unsafe_name
+from esol_lib.data.voc import IMAGE_DIR, SPLIT_DIR, MissingDependencyError, unsafe_name
 from esol_lib.errors import DatasetError
 
 __all__ = ["convert_coco", "coco_semantic_mask", "split_list_name"]
@@ -152,7 +152,7 @@ def _convert_split(
     ids = []
     for info in tqdm(infos, desc=f"convert {split}", unit="image"):
         image_id = Path(info["file_name"]).stem
-        if _unsafe_name(image_id):
+        if unsafe_name(image_id):
             raise DatasetError(f"COCO file name {info['file_name']!r} is not a plain file name")
         _place_image(image_root / info["file_name"], out / IMAGE_DIR / f"{image_id}.jpg")
         mask_path = out / MASK_DIR / f"{image_id}.png"

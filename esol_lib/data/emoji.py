@@ -167,7 +167,7 @@ def _jitter(rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _transformed_sprite(
+def transformed_sprite(
     rng: np.random.Generator, cp: int, long_side: float, max_rotation: float, jitter: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """The glyph ``cp`` scaled to ``long_side`` px, maybe flipped and rotated: (float RGB, uint8 alpha)."""
@@ -208,7 +208,7 @@ def render_glyph_on_texture(
     to a tenth of its size, flipped, rotated and colour-jittered.
     """
     img = background_texture(rng, size, size)
-    rgb, alpha = _transformed_sprite(rng, cp, rng.uniform(*scale) * size, max_rotation)
+    rgb, alpha = transformed_sprite(rng, cp, rng.uniform(*scale) * size, max_rotation)
     h, w = alpha.shape
     slack_y, slack_x = size - h, size - w
     top = int(rng.integers(min(0, slack_y) - h // 10, max(0, slack_y) + h // 10 + 1))
@@ -240,7 +240,7 @@ def render_emoji_sample(spec: EmojiSpec, index: int, split: str = "train") -> Em
     clutter_pool = other_glyphs()
     for _ in range(int(rng.integers(spec.clutter[0], spec.clutter[1] + 1))):
         cp = int(clutter_pool[int(rng.integers(len(clutter_pool)))])
-        rgb, alpha = _transformed_sprite(rng, cp, rng.uniform(0.15, 0.45) * n, 30.0)
+        rgb, alpha = transformed_sprite(rng, cp, rng.uniform(0.15, 0.45) * n, 30.0)
         rgb = rgb * 0.7 + 0.3 * rgb.mean(axis=-1, keepdims=True)  # a little duller than objects
         h, w = alpha.shape
         _paste(img, rgb, alpha, int(rng.integers(-h // 3, n - 2 * h // 3)), int(rng.integers(-w // 3, n - 2 * w // 3)))
@@ -250,7 +250,7 @@ def render_emoji_sample(spec: EmojiSpec, index: int, split: str = "train") -> Em
         glyphs = VOC_GLYPHS[VOC_CLASS_NAMES[k - 1]]
         cp = int(glyphs[int(rng.integers(len(glyphs)))])
         for _attempt in range(20):
-            rgb, alpha = _transformed_sprite(rng, cp, rng.uniform(*spec.object_scale) * n, spec.max_rotation)
+            rgb, alpha = transformed_sprite(rng, cp, rng.uniform(*spec.object_scale) * n, spec.max_rotation)
             h, w = alpha.shape
             # the centre anywhere in the frame: objects near the border are truncated
             top = int(rng.integers(-h // 3, max(n - 2 * h // 3, -h // 3 + 1)))

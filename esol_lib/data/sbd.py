@@ -14,10 +14,10 @@ from esol_lib.data.voc import (
     IMAGE_DIR,
     SPLIT_DIR,
     MissingDependencyError,
-    _listing,
-    _missing_files,
-    _unsafe_name,
+    missing_files,
     read_split,
+    split_listing,
+    unsafe_name,
 )
 from esol_lib.errors import DatasetError
 
@@ -42,9 +42,9 @@ def read_sbd_list(sbd_root: Path, name: str) -> list[str]:
             "(benchmark_RELEASE/dataset, holding train.txt, val.txt and cls/)"
         )
     ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    bad = [i for i in ids if _unsafe_name(i)]
+    bad = [i for i in ids if unsafe_name(i)]
     if bad:
-        raise DatasetError(f"{path} lists ids that are not plain file stems: {_listing(bad)}")
+        raise DatasetError(f"{path} lists ids that are not plain file stems: {split_listing(bad)}")
     return ids
 
 
@@ -85,17 +85,17 @@ def make_train_aug(
     PNGs are kept unless ``overwrite`` (the conversion is resumable). Needs scipy.
     """
     voc_root, sbd_root = Path(voc_root), _sbd_dataset_dir(Path(sbd_root))
-    if not out_name or _unsafe_name(out_name):
+    if not out_name or unsafe_name(out_name):
         raise DatasetError(f"out_name {out_name!r} is not a plain split name such as 'train_aug'")
     _loadmat()  # fail before doing any work when scipy is missing
     voc_train, voc_val = read_split(voc_root, "train"), read_split(voc_root, "val")
     sbd_ids = set(read_sbd_list(sbd_root, "train")) | set(read_sbd_list(sbd_root, "val"))
     ids = sorted((sbd_ids | set(voc_train)) - set(voc_val))
-    missing = _missing_files(voc_root / IMAGE_DIR, ids, ".jpg") if (voc_root / IMAGE_DIR).is_dir() else ids
+    missing = missing_files(voc_root / IMAGE_DIR, ids, ".jpg") if (voc_root / IMAGE_DIR).is_dir() else ids
     if missing:
         raise DatasetError(
             f"{len(missing)} train_aug id(s) have no image in {voc_root / IMAGE_DIR}: "
-            f"{_listing(missing)}; SBD's images are all part of VOC 2012's JPEGImages, "
+            f"{split_listing(missing)}; SBD's images are all part of VOC 2012's JPEGImages, "
             "so point --voc-root at VOCdevkit/VOC2012"
         )
     voc_masks, aug = voc_root / "SegmentationClass", voc_root / AUG_DIR
@@ -111,7 +111,7 @@ def make_train_aug(
     if no_mask:
         raise DatasetError(
             f"{len(no_mask)} VOC train id(s) have no mask in {voc_masks} and are not in "
-            f"SBD: {_listing(no_mask)}; re-copy VOC's SegmentationClass folder"
+            f"SBD: {split_listing(no_mask)}; re-copy VOC's SegmentationClass folder"
         )
     for image_id in tqdm(need_sbd, desc="convert SBD masks", unit="mask"):
         dst = aug / f"{image_id}.png"

@@ -67,12 +67,12 @@ CACHE_DIR = ".esol_cache"
 _SHOW = 8  # how many offending ids/values an error message lists
 
 
-def _listing(items: Sequence[str], limit: int = _SHOW) -> str:
+def split_listing(items: Sequence[str], limit: int = _SHOW) -> str:
     shown = ", ".join(repr(x) for x in items[:limit])
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-def _unsafe_name(name: str) -> bool:
+def unsafe_name(name: str) -> bool:
     """True when ``name`` could point outside the folder it is joined to."""
     return "/" in name or "\\" in name or ".." in name or os.path.isabs(name) or name.startswith("~") or "\0" in name
 
@@ -100,7 +100,8 @@ def read_classes(root: str | Path) -> list[str]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DatasetError(
-            f"{path} lists these classes more than once: {_listing(dupes)}; each class must appear on exactly one line"
+            f"{path} lists these classes more than once: {split_listing(dupes)}; "
+            "each class must appear on exactly one line"
         )
     return names
 
@@ -125,7 +126,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
             f"{folder} is missing; a VOC-layout dataset lists its images in "
             f"ImageSets/Segmentation/<split>.txt under {root}"
         )
-    if not split or _unsafe_name(split):
+    if not split or unsafe_name(split):
         raise DatasetError(f"split name {split!r} is not a plain name; use e.g. 'train' or 'val'")
     path = folder / f"{split}.txt"
     if not path.is_file():
@@ -139,7 +140,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
         item = line.strip()
         if not item:
             continue
-        if _unsafe_name(item):
+        if unsafe_name(item):
             raise DatasetError(
                 f"{path}, line {lineno}: id {item!r} would leave the dataset root; "
                 "ids are plain file stems such as 2007_000032, fix that line"
@@ -236,7 +237,7 @@ def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
 # the dataset
 
 
-def _missing_files(folder: Path, ids: Sequence[str], suffix: str) -> list[str]:
+def missing_files(folder: Path, ids: Sequence[str], suffix: str) -> list[str]:
     """Ids whose ``folder/<id><suffix>`` does not exist (one directory listing, not one stat per id)."""
     with os.scandir(folder) as it:
         names = {entry.name for entry in it}
@@ -314,21 +315,21 @@ class VOCSegmentation(torch.utils.data.Dataset):
         self._labels: np.ndarray | None = None
 
     def _check_files(self, require_masks: bool) -> None:
-        missing = _missing_files(self.image_dir, self.ids, ".jpg")
+        missing = missing_files(self.image_dir, self.ids, ".jpg")
         if missing:
             raise DatasetError(
                 f"{len(missing)} id(s) of split {self.split!r} have no image in "
-                f"{self.image_dir}: {_listing(missing)}; copy <id>.jpg there or remove "
+                f"{self.image_dir}: {split_listing(missing)}; copy <id>.jpg there or remove "
                 "those ids from the split list"
             )
         if not self.mask_dir.is_dir():
             self._has_mask = set()
             return
-        missing = _missing_files(self.mask_dir, self.ids, ".png")
+        missing = missing_files(self.mask_dir, self.ids, ".png")
         if missing and require_masks:
             raise DatasetError(
                 f"{len(missing)} id(s) of split {self.split!r} have no mask in "
-                f"{self.mask_dir}: {_listing(missing)}; add <id>.png there, pass another "
+                f"{self.mask_dir}: {split_listing(missing)}; add <id>.png there, pass another "
                 "mask_dir (e.g. 'SegmentationClass'), or remove those ids from the split list"
             )
         absent = set(missing)
@@ -426,7 +427,7 @@ class VOCSegmentation(torch.utils.data.Dataset):
         if missing:
             raise DatasetError(
                 f"image-level labels come from the masks, but {len(missing)} id(s) of "
-                f"split {self.split!r} have none in {self.mask_dir}: {_listing(missing)}"
+                f"split {self.split!r} have none in {self.mask_dir}: {split_listing(missing)}"
             )
         signature = self._signature()
         path = self.cache_path()

@@ -28,13 +28,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from esol_lib.config import Config
+from esol_lib.cam import data_fingerprint, file_digest
+from esol_lib.config import Config, config_to_dict
 from esol_lib.data import VOCSegmentation, read_classes, read_split, save_label_png
 from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
 from esol_lib.data.voc import load_image, load_mask
+from esol_lib.deeplab import aspp_lr_mult, crf_postprocess, param_groups, predict, seg_loss
+from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
+from esol_lib.engine import JsonlLogger, PolyLR, load_stage_checkpoint, make_sgd, seed_everything, train_loop
 from esol_lib.errors import ConfigError, DatasetError, StageError
 from esol_lib.metrics import confusion_matrix, summarize, write_metrics
+from esol_lib.models.deeplab import build_deeplab
 from esol_lib.run import STAGES, RunDir, current_metrics, drop_damaged, holds_run_lock, record_sizes, signature_of
+from esol_lib.stages.common import resolve_device
 
 __all__ = [
     "PseudoMaskDataset",
@@ -165,10 +171,6 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     ``lr · (1 - t/T)^0.9`` for ``T = seg.max_steps`` steps of ``seg.batch_size`` crops. Returns the
     engine's :class:`~esol_lib.engine.StageResult`.
     """
-    from esol_lib.deeplab import aspp_lr_mult, build_deeplab, param_groups, seg_loss
-    from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
-    from esol_lib.engine import JsonlLogger, PolyLR, make_sgd, seed_everything, train_loop
-    from esol_lib.stages import resolve_device
 
     _check_stage(stage)
     cfg = run.load_config()
@@ -225,8 +227,6 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
 
 def load_seg_model(run: RunDir, cfg: Config, stage: str, num_classes: int, device: torch.device):
     """The trained DeepLab-v2 of ``stage`` (``checkpoints/seg-<stage>.pt``), in eval mode."""
-    from esol_lib.deeplab import build_deeplab
-    from esol_lib.engine import load_stage_checkpoint
 
     model = build_deeplab(cfg.seg, num_classes, pretrained=None, freeze_bn=False)
     load_stage_checkpoint(
@@ -238,8 +238,6 @@ def load_seg_model(run: RunDir, cfg: Config, stage: str, num_classes: int, devic
 def seg_metrics_inputs(run: RunDir, stage: str, split: str) -> str:
     """The signature of what :func:`eval_seg` scores: the DeepLab checkpoint's bytes, the split's data
     and the test-time settings (stored as the metrics file's ``inputs``)."""
-    from esol_lib.cam import data_fingerprint, file_digest
-    from esol_lib.config import config_to_dict
 
     cfg = run.load_config()
     ckpt = run.checkpoint(seg_stage_name(stage))
@@ -283,8 +281,6 @@ def eval_seg(
     background + classes with void ignored (mIoU as in IRN and the paper). With ``save_predictions``
     the label maps are written as palette PNGs to ``seg_predictions/<stage>/<id>.png``.
     """
-    from esol_lib.deeplab import crf_postprocess, predict
-    from esol_lib.stages import resolve_device
 
     _check_stage(stage)
     cfg = run.load_config()

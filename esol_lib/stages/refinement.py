@@ -49,13 +49,25 @@ from esol_lib.cam import file_digest, load_cam
 from esol_lib.config import Config
 from esol_lib.data import VOCSegmentation, load_image, load_mask, save_label_png
 from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
-from esol_lib.engine import load_checkpoint
-from esol_lib.errors import StageError
-from esol_lib.irn import BoundaryNet, affinity_loss, boundary_map, ir_labels, pseudo_mask
+from esol_lib.distributed import barrier, get_dist_info, init_distributed, is_main_process, make_loader, wrap_ddp
+from esol_lib.engine import (
+    PolyLR,
+    load_checkpoint,
+    load_stage_checkpoint,
+    make_sgd,
+    partial_checkpoint_path,
+    seed_everything,
+    train_loop,
+)
+from esol_lib.errors import ConfigError, StageError
+from esol_lib.irn import affinity_loss, ir_labels, pseudo_mask
 from esol_lib.metrics import confusion_matrix, summarize, write_metrics
+from esol_lib.models import build_backbone
 from esol_lib.models.backbone import Backbone
+from esol_lib.models.boundary import BoundaryNet, boundary_map
 from esol_lib.parallel import map_ordered
 from esol_lib.run import STAGES, RunDir, current_metrics, drop_damaged, holds_run_lock, record_sizes, signature_of
+from esol_lib.stages.common import load_baseline, require_cams, resolve_device, split_dataset
 
 __all__ = [
     "IRNTrainTransform",
@@ -159,7 +171,6 @@ def _folder_signature(out_dir: Path) -> str | None:
 
 def _prepare(out_dir: Path, signature: str) -> None:
     """Empty ``out_dir`` if it was made from other inputs; record ``signature`` (rank 0 only)."""
-    from esol_lib.distributed import barrier, is_main_process
 
     if is_main_process():
         if out_dir.is_dir() and _folder_signature(out_dir) != signature:
@@ -183,7 +194,6 @@ def _complete(out_dir: Path, ids: Sequence[str], signature: str) -> bool:
 
 
 def _record_pngs(out_dir: Path, ids: Sequence[str]) -> None:
-    from esol_lib.distributed import is_main_process
 
     if is_main_process():
         record_sizes(out_dir, [f"{i}.png" for i in ids])
@@ -191,22 +201,20 @@ def _record_pngs(out_dir: Path, ids: Sequence[str]) -> None:
 
 def _shard(items: list[str]) -> list[str]:
     """This process's share of ``items`` under torchrun (all of them otherwise)."""
-    from esol_lib.distributed import get_dist_info
 
     info = get_dist_info()
     return items[info.rank :: info.world_size]
 
 
-def _setup(run: RunDir, stage: str, split: str | None) -> tuple[Config, str, VOCSegmentation]:
+def stage_setup(run: RunDir, stage: str, split: str | None) -> tuple[Config, str, VOCSegmentation]:
     """The run's config, the split and its dataset; missing CAMs name ``esol make-cam``."""
-    from esol_lib.stages import _dataset, _require_cams
 
     if stage not in STAGES:
         raise StageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
     cfg = run.load_config()
     split = split or cfg.data.cam_split
-    ds = _dataset(cfg, split)
-    _require_cams(run, stage, ds, split)
+    ds = split_dataset(cfg, split)
+    require_cams(run, stage, ds, split)
     return cfg, split, ds
 
 
@@ -226,9 +234,8 @@ def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = No
     refined by DenseCRF with the run's ``crf`` settings (:func:`esol_lib.irn.ir_labels`); palette
     PNGs with class ids, 0 background, 255 ignored. Existing files are kept.
     """
-    from esol_lib.distributed import barrier
 
-    cfg, split, ds = _setup(run, stage, split)
+    cfg, split, ds = stage_setup(run, stage, split)
     out_dir = ir_label_dir(run, stage)
     _prepare(out_dir, _ir_signature(run, cfg, stage))
     drop_damaged(out_dir)
@@ -307,7 +314,7 @@ class _IRLabelled(torch.utils.data.Dataset):
         }
 
 
-def _labels_at(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def labels_at(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """IR labels ``(B, H, W)`` at the boundary map's ``size`` (nearest, IRN's ``pil_rescale(·, 0.25, 0)``)."""
     if tuple(label.shape[-2:]) == tuple(size):
         return label
@@ -327,8 +334,6 @@ def _trained_from(ckpt: dict, inputs: dict[str, str]) -> bool:
 
 def _drop_stale_checkpoints(run: RunDir, name: str, inputs: dict[str, str]) -> None:
     """Delete ``irn-<stage>`` checkpoints trained from other inputs (they would be skipped otherwise)."""
-    from esol_lib.distributed import barrier, is_main_process
-    from esol_lib.engine import partial_checkpoint_path
 
     if is_main_process():
         for path in (run.checkpoint(name), partial_checkpoint_path(run, name)):
@@ -347,7 +352,6 @@ def _irn_done(run: RunDir, stage: str, inputs: dict[str, str]) -> bool:
 
 def _check_irn_backbone(cfg: Config) -> None:
     """Raise ConfigError for an unknown ``irn.backbone`` or ``pretrained`` without ``model.pretrained``."""
-    from esol_lib.errors import ConfigError
 
     choice = cfg.irn.backbone
     if choice not in IRN_BACKBONES:
@@ -370,8 +374,6 @@ def irn_backbone(run: RunDir, cfg: Config, num_classes: int, device: torch.devic
     Raises:
         ConfigError: an unknown ``irn.backbone``, or ``pretrained`` without ``model.pretrained``.
     """
-    from esol_lib.models import build_backbone
-    from esol_lib.stages import load_baseline
 
     _check_irn_backbone(cfg)
     if cfg.irn.backbone == "classifier":
@@ -392,11 +394,8 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     ``irn.lr`` with the poly schedule. Resumable; skipped when done. Returns the engine's
     :class:`~esol_lib.engine.StageResult`.
     """
-    from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
-    from esol_lib.engine import PolyLR, make_sgd, seed_everything, train_loop
-    from esol_lib.stages import resolve_device
 
-    cfg, split, ds = _setup(run, stage, None)
+    cfg, split, ds = stage_setup(run, stage, None)
     ic = cfg.irn
     label_dir = ir_label_dir(run, stage)
     inputs = _irn_inputs(run, cfg, stage)
@@ -428,7 +427,7 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
 
     def loss_fn(m: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         edge = m(batch["image"].to(device))
-        label = _labels_at(batch["ir_label"].to(device), (edge.shape[-2], edge.shape[-1]))
+        label = labels_at(batch["ir_label"].to(device), (edge.shape[-2], edge.shape[-1]))
         return affinity_loss(edge, label, radius)
 
     return train_loop(
@@ -449,8 +448,6 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
 
 def load_irn(run: RunDir, cfg: Config, stage: str, device: torch.device | str = "cpu") -> BoundaryNet:
     """The trained boundary network of ``stage`` (backbone included in its checkpoint), in eval mode."""
-    from esol_lib.engine import load_stage_checkpoint
-    from esol_lib.models import build_backbone
 
     model = BoundaryNet(build_backbone(cfg.model.backbone, cfg.model.strides, pretrained=None))
     load_stage_checkpoint(
@@ -472,10 +469,8 @@ def make_pseudo_masks(
     (``irn.radius``, ``irn.beta``, ``irn.exp_times``), upsampling and the ``irn.sem_seg_bg_thres``
     background (:func:`esol_lib.irn.pseudo_mask`). Existing files are kept.
     """
-    from esol_lib.distributed import barrier
-    from esol_lib.stages import resolve_device
 
-    cfg, split, ds = _setup(run, stage, split)
+    cfg, split, ds = stage_setup(run, stage, split)
     ic = cfg.irn
     device = resolve_device(cfg)
     model = load_irn(run, cfg, stage, device)
@@ -507,12 +502,10 @@ def eval_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None =
     precision / recall / F1 (DESIGN.md). ``threshold`` is the background score of the masks
     (``irn.sem_seg_bg_thres``).
     """
-    from esol_lib.distributed import is_main_process
-    from esol_lib.stages import _dataset
 
     cfg = run.load_config()
     split = split or cfg.data.cam_split
-    ds = _dataset(cfg, split)
+    ds = split_dataset(cfg, split)
     mask_dir = run.pseudo_masks(stage)
     missing = [i for i in ds.ids if not (mask_dir / f"{i}.png").is_file()]
     if missing:
@@ -560,7 +553,7 @@ def refine(run: RunDir, stage: str = "shrinkage", *, progress: bool = True) -> d
     ``irn.backbone``; a metrics file newer than the masks). Returns the mask metrics. A bad
     ``irn.backbone`` is reported before any work starts.
     """
-    cfg, split, ds = _setup(run, stage, None)
+    cfg, split, ds = stage_setup(run, stage, None)
     _check_irn_backbone(cfg)
     if not _complete(ir_label_dir(run, stage), ds.ids, _ir_signature(run, cfg, stage)):
         make_ir_labels(run, stage, split, progress=progress)

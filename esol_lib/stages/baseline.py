@@ -1,0 +1,67 @@
+"""Step 1, chapter 01: the baseline CAM classifier (§3.1, Eq. (1)) → ``checkpoints/baseline.pt``."""
+
+from __future__ import annotations
+
+import torch
+
+from esol_lib.data.transforms import AugmentedDataset, TrainTransform
+from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
+from esol_lib.engine import DeadOutputGuard, PolyLR, make_sgd, seed_everything, train_loop
+from esol_lib.errors import StageError
+from esol_lib.models import build_classifier, multilabel_loss
+from esol_lib.run import RunDir, holds_run_lock
+from esol_lib.stages.common import LabelledOnly, resolve_device, split_dataset
+
+__all__ = ["train_cam"]
+
+
+@holds_run_lock
+def train_cam(run: RunDir, *, progress: bool = True):
+    """Train the baseline classifier (§3.1, Eq. (1)) → ``checkpoints/baseline.pt``. Resumes if interrupted."""
+
+    cfg = run.load_config()
+    tc = cfg.train_cam
+    seed_everything(cfg.seed)
+    info = init_distributed()
+    device = resolve_device(cfg)
+    base = split_dataset(cfg, cfg.data.train_split)
+    transform = TrainTransform(
+        resize_long=tuple(tc.resize_long), crop_size=tc.crop_size, mean=cfg.data.mean, std=cfg.data.std, flip=tc.flip
+    )
+    data = AugmentedDataset(LabelledOnly(base), transform, seed=cfg.seed)
+    loader = make_loader(
+        data, tc.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=True
+    )
+    if len(loader) == 0:
+        raise StageError(
+            f"split {cfg.data.train_split!r} has {len(base)} images, fewer than one batch of "
+            f"{tc.batch_size}; lower train_cam.batch_size"
+        )
+    max_steps = tc.max_steps or tc.epochs * len(loader)
+    model = build_classifier(cfg.model, base.num_classes).to(device)
+    optimizer = make_sgd(
+        model.param_groups(tc.lr, tc.new_layer_lr_mult), tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
+    )
+    model = wrap_ddp(model, info)
+    model.train()
+
+    dead = DeadOutputGuard("baseline", "train_cam.lr")
+
+    def loss_fn(m: torch.nn.Module, batch: dict) -> torch.Tensor:
+        logits = m(batch["image"].to(device))
+        dead.check(logits)
+        return multilabel_loss(logits, batch["label"].to(device))
+
+    return train_loop(
+        "baseline",
+        model,
+        optimizer,
+        loss_fn,
+        loader,
+        max_steps,
+        run,
+        scheduler=PolyLR(optimizer, max_steps),
+        checkpoint_every=tc.checkpoint_every,
+        seed=cfg.seed,
+        progress=progress,
+    )

@@ -1,0 +1,163 @@
+"""What every pipeline step shares: opening a run folder, the device, a split's dataset, the trained baseline.
+
+A step reads its inputs from the run folder and fails with the command to run first when one is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from esol_lib.atomic import read_json
+from esol_lib.cam import data_fingerprint, data_record
+from esol_lib.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
+from esol_lib.data import VOCSegmentation, load_image, resolve_data_root
+from esol_lib.data.voc import SPLIT_DIR, available_splits
+from esol_lib.distributed import init_distributed
+from esol_lib.engine import load_stage_checkpoint
+from esol_lib.errors import StageError
+from esol_lib.models import build_classifier
+from esol_lib.pretrain import ensure_openmoji_weights
+from esol_lib.run import RunDir, create_run
+
+__all__ = [
+    "STAGE_COMMAND",
+    "LabelledOnly",
+    "load_baseline",
+    "notebook_run",
+    "open_run",
+    "require_cams",
+    "resolve_device",
+    "split_dataset",
+    "start_run",
+]
+
+# What produces each stage's checkpoint, for error messages.
+STAGE_COMMAND = {"baseline": "esol train-cam", "expansion": "esol expand", "shrinkage": "esol shrink"}
+
+
+def start_run(run: str | Path, cfg: Config, data_root: str | Path | None = None) -> RunDir:
+    """Create (or re-open) a run folder for ``cfg`` with its dataset root resolved to an absolute path.
+
+    The root is stored in the run's ``config.yaml`` so later stages (``--run RUN`` only) find it,
+    from any working directory (a notebook runs in ``notebooks/``). A config that reads the shipped
+    ``openmoji`` backbone whose file is missing trains it first (:func:`ensure_openmoji_weights`).
+    """
+    root = resolve_data_root(cfg, data_root).resolve()
+    _check_splits(cfg, root)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
+    ensure_openmoji_weights(cfg)
+    return create_run(run, cfg)
+
+
+def _check_splits(cfg: Config, root: Path) -> None:
+    """Every split the pipeline will read exists, checked before the run folder is written (a missing
+    ``val`` used to surface at ``eval-seg``, after every training stage)."""
+
+    if not root.is_dir():
+        return  # VOCSegmentation names the missing root, with the fix
+    have = available_splits(root)
+    d = cfg.data
+    for key, split in (
+        ("data.train_split", d.train_split),
+        ("data.cam_split", d.cam_split),
+        ("data.val_split", d.val_split),
+    ):
+        if split not in have:
+            raise StageError(
+                f"{key} is {split!r}, but {root / SPLIT_DIR} has no {split}.txt (it has: "
+                f"{', '.join(have) or 'no split lists'}); write that list or pass --set {key}=<split>"
+            )
+
+
+def notebook_run(
+    profile: str, run_dir: str = "", data_root: str = "", overrides: Sequence[str] = ()
+) -> tuple[RunDir, Config]:
+    """The shared run folder a notebook works in, from its papermill parameters.
+
+    Paths default to the repository's ``runs/book-<profile>`` and ``data/<generator>-<profile>`` whether
+    the notebook runs from ``notebooks/`` (JupyterLab, papermill) or from the repository root.
+    """
+
+    here = Path.cwd()
+    root = here.parent if here.name == "notebooks" else here
+    cfg = load_config(profile, list(overrides))
+    if not data_root and not cfg.data.root:
+        data_root = str(resolve_data_root(cfg, None, synth_dir=root / "data"))
+    run = start_run(Path(run_dir) if run_dir else root / "runs" / f"book-{profile}", cfg, data_root or None)
+    return run, run.load_config()
+
+
+def open_run(run: str | Path, overrides: Sequence[str] = ()) -> tuple[RunDir, Config]:
+    """An existing run folder and its config (a missing config names the command that starts a run).
+
+    ``overrides`` (``key=value``) change the run's config first: what depended on the old values is
+    moved aside to be redone, and a key that shapes the baseline is refused
+    (:func:`esol_lib.run.supersede`).
+    """
+    rd = RunDir(Path(run))
+    cfg = rd.load_config()
+    if overrides:
+        cfg = config_from_dict(apply_overrides(config_to_dict(cfg), list(overrides)))
+        create_run(rd.root, cfg)
+    return rd, cfg
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    """``device: auto`` → CUDA when available (the local rank's GPU under torchrun), else CPU."""
+    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+
+    return torch.device("cuda", init_distributed().local_rank)
+
+
+def split_dataset(cfg: Config, split: str, **kwargs) -> VOCSegmentation:
+    """The dataset of ``split`` under the run's data root."""
+    return VOCSegmentation(cfg.data.root, split, **kwargs)
+
+
+class LabelledOnly(torch.utils.data.Dataset):
+    """Training items: the image and its image-level label (the mask is never shown to the classifier)."""
+
+    def __init__(self, base: VOCSegmentation) -> None:
+        self.base = base
+        self.labels = base.labels()  # from the masks, read once and cached on disk: no mask decode per step
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.base.ids[index]
+        return {
+            "id": image_id,
+            "image": load_image(self.base.image_path(image_id)),
+            "label": torch.from_numpy(self.labels[index].copy()),
+        }
+
+
+def load_baseline(run: RunDir, cfg: Config, num_classes: int, device: torch.device):
+    """The trained baseline classifier, in eval mode."""
+
+    model = build_classifier(cfg.model, num_classes)
+    load_stage_checkpoint(run, "baseline", model, hint=f"run `esol train-cam --run {run.root}` first")
+    return model.to(device).eval()
+
+
+def require_cams(run: RunDir, stage: str, ds: VOCSegmentation, split: str) -> None:
+    cam_dir = run.cams(stage)
+    missing = [i for i in ds.ids if not (cam_dir / f"{i}.npz").is_file()]
+    if missing:
+        raise StageError(
+            f"{len(missing)} CAM file(s) of stage {stage!r} on split {split!r} are missing in "
+            f"{cam_dir} (e.g. {missing[0]}); run `esol make-cam --run {run.root} --stage {stage} "
+            f"--split {split}` first"
+        )
+    if (read_json(data_record(cam_dir, split)) or {}).get("data") != data_fingerprint(ds):
+        raise StageError(
+            f"the CAMs in {cam_dir} were made from other data than split {split!r} of {ds.root} "
+            f"holds now (its ids, images or masks changed); run `esol make-cam --run {run.root} "
+            f"--stage {stage} --split {split}` to redo them"
+        )

@@ -1,0 +1,122 @@
+"""What the two ESOL stages share (§3.2–3.3): the model built on the trained baseline, its loader and loop.
+
+:mod:`esol_lib.stages.expansion` and :mod:`esol_lib.stages.shrinkage` each train one sampler's
+offsets of :class:`~esol_lib.models.esol.ESOLModel` with these; :class:`OffsetGuard` stops a stage
+whose offsets run away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from esol_lib.data.transforms import AugmentedDataset, TrainTransform
+from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
+from esol_lib.engine import PolyLR, load_stage_checkpoint, make_sgd, save_untrained_stage, train_loop
+from esol_lib.errors import DivergenceError, StageError
+from esol_lib.feature_cache import cached_backbone
+from esol_lib.models.esol import UNTRAINED_IN_EXPANSION, ESOLModel
+from esol_lib.stages.common import LabelledOnly, load_baseline, split_dataset
+
+__all__ = ["OffsetGuard", "build_esol_model", "load_stage_model", "stage_loader", "train_esol_stage"]
+
+
+@dataclass
+class OffsetGuard:
+    """Stops a stage whose offsets run away (§4.1 gives no bound; the CPU prototype saw tens of cells).
+
+    Loss maximisation has no natural end, and shrinkage at a high learning rate can push offsets
+    far outside the feature map while the loss still looks fine. Called after every step.
+    """
+
+    stage: str
+    sampler: nn.Module
+    max_offset: float
+
+    def __call__(self, step: int, model: nn.Module, logs: dict) -> None:
+        magnitude = float(getattr(self.sampler, "last_offset_magnitude", 0.0))
+        logs["offset"] = magnitude
+        if not magnitude == magnitude or magnitude > self.max_offset:  # NaN or runaway
+            raise DivergenceError(
+                f"stage {self.stage!r}, step {step}: the sampler's mean |offset| is {magnitude:.3g} feature "
+                f"cells, above the bound {self.stage}.max_offset = {self.max_offset}; the offsets ran away. "
+                f"Lower {self.stage}.lr (or expansion.alpha); the last good checkpoint is kept"
+            )
+
+
+def build_esol_model(cfg, num_classes: int, run=None, device: torch.device | str = "cpu") -> ESOLModel:
+    """The ESOL model on top of the run's trained baseline (``checkpoints/baseline.pt``)."""
+
+    baseline = load_baseline(run, cfg, num_classes, torch.device(device))
+    model = ESOLModel(baseline, cfg.expansion, cfg.shrinkage).to(device)
+    return model.use_feature_cache(
+        cached_backbone(model.backbone, cfg.feature_cache_mb, run.feature_cache() if run is not None else None)
+    )
+
+
+def load_stage_model(run, cfg, stage: str, num_classes: int, device: torch.device) -> ESOLModel:
+    """The ESOL model after ``stage`` (``expansion`` or ``shrinkage``), in eval mode."""
+
+    model = build_esol_model(cfg, num_classes, run, device)
+    command = {"expansion": "esol expand", "shrinkage": "esol shrink"}[stage]
+    load_stage_checkpoint(
+        run,
+        stage,
+        model,
+        hint=f"run `{command} --run {run.root}` first",
+        optional=UNTRAINED_IN_EXPANSION if stage == "expansion" else (),
+    )
+    return model.eval()
+
+
+def stage_loader(cfg, stage_cfg, split: str):
+
+    base = split_dataset(cfg, split)
+    tc = cfg.train_cam
+    transform = TrainTransform(
+        resize_long=tuple(tc.resize_long), crop_size=tc.crop_size, mean=cfg.data.mean, std=cfg.data.std, flip=tc.flip
+    )
+    data = AugmentedDataset(LabelledOnly(base), transform, seed=cfg.seed + 1)
+    loader = make_loader(
+        data, stage_cfg.batch_size, shuffle=True, seed=cfg.seed + 1, num_workers=cfg.data.num_workers, drop_last=True
+    )
+    if len(loader) == 0:
+        raise StageError(
+            f"split {split!r} has {len(base)} images, fewer than one batch of "
+            f"{stage_cfg.batch_size}; lower the stage's batch_size"
+        )
+    return base, loader
+
+
+def train_esol_stage(run, stage: str, model: ESOLModel, loss_fn, stage_cfg, cfg, loader, progress: bool):
+
+    params = model.stage_parameters(stage)
+    sampler = model.es if stage == "expansion" else model.ss
+    if not params:  # an ablation with nothing to learn (no offsets, frozen weights): save as is
+        return save_untrained_stage(run, stage, model, f"{stage}: no offsets and frozen regular weights")
+    max_steps = stage_cfg.max_steps
+    optimizer = make_sgd(
+        [{"params": params, "lr": stage_cfg.lr}],
+        stage_cfg.lr,
+        momentum=stage_cfg.momentum,
+        weight_decay=stage_cfg.weight_decay,
+    )
+    wrapped = wrap_ddp(model, init_distributed())
+    wrapped.train()  # ESOLModel.train keeps the backbone's batch-norm statistics frozen
+    return train_loop(
+        stage,
+        wrapped,
+        optimizer,
+        loss_fn,
+        loader,
+        max_steps,
+        run,
+        scheduler=PolyLR(optimizer, max_steps),
+        checkpoint_every=cfg.train_cam.checkpoint_every,
+        seed=cfg.seed,
+        after_step=OffsetGuard(stage, sampler, stage_cfg.max_offset),
+        progress=progress,
+        optional=UNTRAINED_IN_EXPANSION if stage == "expansion" else (),
+    )
