@@ -47,7 +47,7 @@ def run_seed(seed: int, run_dir: Path, sets: list[str], segment: bool = True) ->
     from esol_lib import ablation as ab
     from esol_lib.config import load_config
     from esol_lib.pipeline import run_pipeline
-    from esol_lib.stages import start_run
+    from esol_lib.steps import start_run
 
     cfg = load_config("cpu", [f"profile=cpu-seed{seed}", f"data.emoji.seed={seed}", *sets])
     start = time.perf_counter()

@@ -80,7 +80,7 @@ def train_on_ground_truth(run, cfg, ds):
     from esol_lib.engine import PolyLR, make_sgd
     from esol_lib.irn import affinity_loss
     from esol_lib.models.boundary import BoundaryNet
-    from esol_lib.stages.refinement import (
+    from esol_lib.steps.refinement import (
         MOMENTUM,
         TRAIN_RADIUS_FACTOR,
         WEIGHT_DECAY,
@@ -134,7 +134,7 @@ def main() -> None:
     from esol_lib.metrics import confusion_matrix, read_metrics, summarize
     from esol_lib.models.boundary import boundary_map
     from esol_lib.run import RunDir
-    from esol_lib.stages.refinement import stage_setup
+    from esol_lib.steps.refinement import stage_setup
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a run folder whose `esol refine` finished")

@@ -43,7 +43,7 @@ def _gains(a: dict, b: dict, key: str) -> tuple[float, float]:
 def run_benchmark(name: str, overrides: list[str], args) -> dict:
     from esol_lib import ablation as ab
     from esol_lib.config import load_config
-    from esol_lib.stages import expand, shrink, start_run, train_cam
+    from esol_lib.steps import expand, shrink, start_run, train_cam
 
     cfg = load_config(args.config, [f"profile={args.config}-{name}", *overrides, *args.set])
     run = start_run(Path(args.out) / name, cfg)

@@ -28,7 +28,7 @@ from esol_lib.atomic import atomic_write_text
 from esol_lib.config import apply_overrides, config_to_dict
 from esol_lib.errors import ConfigError, DivergenceError, StageError
 from esol_lib.run import RunDir, fork_run
-from esol_lib.stages import STAGE_COMMAND, current_cam_metrics, eval_cam, expand, make_cam, shrink
+from esol_lib.steps import STAGE_COMMAND, current_cam_metrics, eval_cam, expand, make_cam, shrink
 
 __all__ = [
     "Variant",
@@ -172,7 +172,7 @@ def _yaml_number(value: float) -> str:
 def score_stage(run: RunDir, stage: str, split: str | None = None, *, progress: bool = False) -> dict:
     """Seed metrics of a finished ``stage`` of ``run`` on ``split`` (default: ``ablation.split``, else
     ``data.cam_split``): CAMs and threshold sweep, computed once, then read back from the metrics
-    file while it scores the CAMs as they are (:func:`esol_lib.stages.current_cam_metrics`)."""
+    file while it scores the CAMs as they are (:func:`esol_lib.steps.current_cam_metrics`)."""
 
     cfg = run.load_config()
     split = split or cfg.ablation.split or cfg.data.cam_split

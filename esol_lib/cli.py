@@ -222,7 +222,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_train_cam(args: argparse.Namespace) -> int:
     from esol_lib.config import load_config
-    from esol_lib.stages import start_run, train_cam
+    from esol_lib.steps import start_run, train_cam
 
     run = start_run(args.run, load_config(args.config, args.overrides), args.data_root)
     result = train_cam(run)
@@ -231,7 +231,7 @@ def cmd_train_cam(args: argparse.Namespace) -> int:
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
-    from esol_lib.stages import expand, open_run
+    from esol_lib.steps import expand, open_run
 
     run, _ = open_run(args.run, args.overrides)
     result = expand(run)
@@ -240,7 +240,7 @@ def cmd_expand(args: argparse.Namespace) -> int:
 
 
 def cmd_shrink(args: argparse.Namespace) -> int:
-    from esol_lib.stages import open_run, shrink
+    from esol_lib.steps import open_run, shrink
 
     run, _ = open_run(args.run, args.overrides)
     result = shrink(run)
@@ -249,7 +249,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
 
 
 def cmd_make_cam(args: argparse.Namespace) -> int:
-    from esol_lib.stages import make_cam, open_run
+    from esol_lib.steps import make_cam, open_run
 
     run, _ = open_run(args.run, args.overrides)
     out = make_cam(run, args.stage, args.split)
@@ -258,7 +258,7 @@ def cmd_make_cam(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_cam(args: argparse.Namespace) -> int:
-    from esol_lib.stages import eval_cam, open_run
+    from esol_lib.steps import eval_cam, open_run
 
     run, cfg = open_run(args.run, args.overrides)
     split = args.split or cfg.data.cam_split
@@ -281,8 +281,8 @@ def cmd_book(args: argparse.Namespace) -> int:
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    from esol_lib.stages import open_run
-    from esol_lib.stages.refinement import refine
+    from esol_lib.steps import open_run
+    from esol_lib.steps.refinement import refine
 
     m = refine(open_run(args.run, args.overrides)[0], args.stage)
     print(
@@ -293,8 +293,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def cmd_train_seg(args: argparse.Namespace) -> int:
-    from esol_lib.stages import open_run
-    from esol_lib.stages.segmentation import train_seg
+    from esol_lib.steps import open_run
+    from esol_lib.steps.segmentation import train_seg
 
     result = train_seg(open_run(args.run, args.overrides)[0], args.stage)
     print(f"DeepLab-v2 on {args.stage} pseudo masks: {result}")
@@ -302,8 +302,8 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_seg(args: argparse.Namespace) -> int:
-    from esol_lib.stages import open_run
-    from esol_lib.stages.segmentation import eval_seg
+    from esol_lib.steps import open_run
+    from esol_lib.steps.segmentation import eval_seg
 
     m = eval_seg(open_run(args.run, args.overrides)[0], args.stage, args.split)
     print(f"DeepLab-v2 ({args.stage} pseudo masks) on {m['split']}: mIoU {100 * m['miou']:.1f}")
@@ -313,7 +313,7 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from esol_lib.config import load_config
     from esol_lib.pipeline import run_pipeline
-    from esol_lib.stages import start_run
+    from esol_lib.steps import start_run
 
     run = start_run(args.run, load_config(args.config, args.overrides), args.data_root)
     print(f"run: {run.root}")

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from esol_lib.run import RunDir, holds_run_lock
-from esol_lib.stages import current_cam_metrics, eval_cam, expand, make_cam, shrink, train_cam
-from esol_lib.stages.refinement import refine as refine_stage
-from esol_lib.stages.segmentation import current_seg_metrics, eval_seg, train_seg
+from esol_lib.steps import current_cam_metrics, eval_cam, expand, make_cam, shrink, train_cam
+from esol_lib.steps.refinement import refine as refine_stage
+from esol_lib.steps.segmentation import current_seg_metrics, eval_seg, train_seg
 
 __all__ = ["PipelineStep", "pipeline_steps", "run_pipeline"]
 

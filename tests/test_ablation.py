@@ -10,7 +10,7 @@ import pytest
 from esol_lib import ablation as ab
 from esol_lib.config import apply_overrides, config_to_dict, load_config
 from esol_lib.errors import ConfigError
-from esol_lib.stages import expand, shrink, start_run, train_cam
+from esol_lib.steps import expand, shrink, start_run, train_cam
 
 
 def test_variant_checks_its_name_stage_and_overrides():

@@ -21,7 +21,7 @@ from esol_lib.deeplab import (
 )
 from esol_lib.errors import ConfigError, StageError
 from esol_lib.models.deeplab import ASPP, DeepLabV2, build_deeplab
-from esol_lib.stages.segmentation import eval_seg, prediction_dir, train_seg, training_split
+from esol_lib.steps.segmentation import eval_seg, prediction_dir, train_seg, training_split
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -191,7 +191,7 @@ def test_crf_postprocess_keeps_a_confident_labelling():
 def smoke_run(tmp_path_factory):
     """A smoke run whose 'baseline' pseudo masks are the ground truth of the cam split (stand-in for refine)."""
     from esol_lib.data import read_split
-    from esol_lib.stages import start_run
+    from esol_lib.steps import start_run
 
     tmp = tmp_path_factory.mktemp("seg")
     mp = pytest.MonkeyPatch()

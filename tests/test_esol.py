@@ -14,7 +14,7 @@ from esol_lib.losses import area_loss, area_maps, expansion_loss, feature_clip, 
 from esol_lib.models import CAMClassifier, build_backbone
 from esol_lib.models.esol import ESOLModel
 from esol_lib.models.samplers import DeformableSampler, kernel_grid, sampling_points
-from esol_lib.stages.esol_training import OffsetGuard
+from esol_lib.steps.esol_training import OffsetGuard
 
 
 def _baseline(kernel: int = 3) -> CAMClassifier:
@@ -191,8 +191,8 @@ def test_grid_sample_path_equals_torchvision_deform_conv2d_in_values_and_gradien
 def test_stage_with_nothing_to_learn_finishes_without_training(tmp_path, monkeypatch):
     """Table 5 row 'FL only': expansion without offsets has no parameter; it is saved untouched."""
     from esol_lib.config import load_config
-    from esol_lib.stages import expand, make_cam, shrink, start_run, train_cam
-    from esol_lib.stages.esol_training import load_stage_model
+    from esol_lib.steps import expand, make_cam, shrink, start_run, train_cam
+    from esol_lib.steps.esol_training import load_stage_model
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config("smoke", ["expansion.offsets=false"])

@@ -93,7 +93,7 @@ def test_features_cached_under_inference_mode_can_train_the_offsets():
 def test_expansion_and_shrinkage_stages_are_identical_with_and_without_the_cache(tmp_path, monkeypatch):
     from esol_lib.config import load_config
     from esol_lib.feature_cache import shared_feature_cache
-    from esol_lib.stages import expand, shrink, start_run, train_cam
+    from esol_lib.steps import expand, shrink, start_run, train_cam
 
     monkeypatch.chdir(tmp_path)
     states = {}
@@ -136,7 +136,7 @@ def test_a_forked_run_shares_its_source_cache(tmp_path):
 def test_baseline_cams_through_the_cache_equal_the_plain_ones(tmp_path, monkeypatch):
     """The baseline's CAM pass reads the backbone through the cache (it fills it for the ESOL stages)."""
     from esol_lib.config import load_config
-    from esol_lib.stages import load_baseline, stage_cam_fn, start_run, train_cam
+    from esol_lib.steps import load_baseline, stage_cam_fn, start_run, train_cam
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config("smoke", ["feature_cache_mb=64"])

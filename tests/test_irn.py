@@ -290,17 +290,17 @@ def test_boundary_net_odd_sizes():
 
 @pytest.mark.slow
 def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
-    from esol_lib import stages
+    from esol_lib import steps
     from esol_lib.config import load_config, save_config
     from esol_lib.errors import ConfigError, StageError
-    from esol_lib.stages.refinement import ir_label_dir, refine
+    from esol_lib.steps.refinement import ir_label_dir, refine
 
     monkeypatch.chdir(tmp_path)  # start_run generates data/synth-smoke relative to the cwd
-    run = stages.start_run(tmp_path / "run", load_config("smoke"), data_root=None)
-    stages.train_cam(run, progress=False)
+    run = steps.start_run(tmp_path / "run", load_config("smoke"), data_root=None)
+    steps.train_cam(run, progress=False)
     with pytest.raises(StageError, match="esol make-cam --run .* --stage baseline"):
         refine(run, "baseline", progress=False)
-    stages.make_cam(run, "baseline", progress=False)
+    steps.make_cam(run, "baseline", progress=False)
     cfg = run.load_config()
     good = cfg.irn.backbone
     cfg.irn.backbone = "imagenet"  # a wrong irn.backbone is reported before the IR labels are made
@@ -312,8 +312,8 @@ def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
     save_config(cfg, run.config_path)
     metrics = refine(run, "baseline", progress=False)
 
-    ids = stages.common.split_dataset(cfg, cfg.data.cam_split).ids
-    k = len(stages.common.split_dataset(cfg, cfg.data.cam_split).classes)
+    ids = steps.common.split_dataset(cfg, cfg.data.cam_split).ids
+    k = len(steps.common.split_dataset(cfg, cfg.data.cam_split).classes)
     for folder in (ir_label_dir(run, "baseline"), run.pseudo_masks("baseline")):
         assert sorted(p.stem for p in folder.glob("*.png")) == sorted(ids)
     assert run.checkpoint("irn-baseline").is_file()
@@ -326,7 +326,7 @@ def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
     for key in ("stage", "split", "miou", "precision", "recall", "f1", "per_class_iou"):
         assert key in saved
     assert saved["stage"] == "baseline" and 0.0 <= saved["miou"] <= 1.0
-    assert set(saved["per_class_iou"]) == {"background", *stages.common.split_dataset(cfg, cfg.data.cam_split).classes}
+    assert set(saved["per_class_iou"]) == {"background", *steps.common.split_dataset(cfg, cfg.data.cam_split).classes}
     assert metrics["miou"] == saved["miou"]
 
     mtime = path.stat().st_mtime_ns
@@ -347,7 +347,7 @@ def test_irn_backbone_choices(tmp_path):
     from esol_lib.config import load_config
     from esol_lib.errors import ConfigError
     from esol_lib.run import RunDir
-    from esol_lib.stages.refinement import irn_backbone
+    from esol_lib.steps.refinement import irn_backbone
 
     cfg = load_config("smoke", ["irn.backbone=random"])
     run = RunDir(tmp_path / "run")  # no checkpoint: 'random' and 'pretrained' do not read the run
@@ -370,7 +370,7 @@ def test_irn_backbone_choices(tmp_path):
 def test_irn_backbone_pretrained_reads_model_pretrained(tmp_path):
     from esol_lib.config import load_config
     from esol_lib.run import RunDir
-    from esol_lib.stages.refinement import irn_backbone
+    from esol_lib.steps.refinement import irn_backbone
 
     weights = build_backbone("small", (1, 2, 2, 1))
     path = tmp_path / "small.pth"

@@ -1,4 +1,4 @@
-"""The package's shape: networks in ``models/``, one module per pipeline step in ``stages/``, no import
+"""The package's shape: networks in ``models/``, one module per pipeline step in ``steps/``, no import
 cycle, no private name used outside its module, and one namespace for the chapters."""
 
 from __future__ import annotations
@@ -91,10 +91,10 @@ def test_every_network_lives_in_models():
     assert not outside, f"nn.Module classes outside esol_lib/models/: {outside}"
 
 
-def test_stages_folder_reads_as_the_pipeline():
-    from esol_lib import stages
+def test_steps_folder_reads_as_the_pipeline():
+    from esol_lib import steps
 
-    steps = {
+    pipeline = {
         "baseline": "train_cam",
         "expansion": "expand",
         "shrinkage": "shrink",
@@ -102,10 +102,10 @@ def test_stages_folder_reads_as_the_pipeline():
         "refinement": "refine",
         "segmentation": "train_seg",
     }
-    for module, step in steps.items():
-        assert getattr(stages, step).__module__ == f"esol_lib.stages.{module}", step
-    assert stages.eval_cam.__module__ == "esol_lib.stages.cams"
-    assert stages.eval_seg.__module__ == "esol_lib.stages.segmentation"
+    for module, step in pipeline.items():
+        assert getattr(steps, step).__module__ == f"esol_lib.steps.{module}", step
+    assert steps.eval_cam.__module__ == "esol_lib.steps.cams"
+    assert steps.eval_seg.__module__ == "esol_lib.steps.segmentation"
 
 
 def test_the_chapter_namespace_names_no_submodule():

@@ -353,7 +353,7 @@ def test_cams_and_scores_follow_the_data_not_only_the_model(tmp_path):
     import shutil
 
     from esol_lib.config import load_config, save_config
-    from esol_lib.stages import eval_cam, make_cam, start_run, train_cam
+    from esol_lib.steps import eval_cam, make_cam, start_run, train_cam
 
     spec = SynthSpec(train=10, val=4, size=32, num_classes=3)
     d0 = generate_benchmark(tmp_path / "d0", spec, progress=False)
@@ -390,7 +390,7 @@ def test_cams_and_scores_follow_the_data_not_only_the_model(tmp_path):
 def test_a_missing_split_is_found_before_the_run_folder_is_written(tmp_path):
     """A missing val split used to surface at eval-seg, after every training stage (issue 18, item 9)."""
     from esol_lib.config import load_config
-    from esol_lib.stages import start_run
+    from esol_lib.steps import start_run
 
     data = generate_benchmark(tmp_path / "d", SynthSpec(train=4, val=2, size=32, num_classes=3), progress=False)
     (data / "ImageSets" / "Segmentation" / "val.txt").unlink()

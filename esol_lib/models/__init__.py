@@ -1,5 +1,5 @@
 """Every network of esol: backbones, the CAM classifier, the samplers and the ESOL model, IRN's boundary
-branch, DeepLab-v2 and the pretraining classifier. The code that trains them is in :mod:`esol_lib.stages`."""
+branch, DeepLab-v2 and the pretraining classifier. The code that trains them is in :mod:`esol_lib.steps`."""
 
 from esol_lib.models.backbone import BACKBONES, IMAGENET_FILES, STAGE_NAMES, Backbone, build_backbone
 from esol_lib.models.boundary import BoundaryNet, boundary_map

@@ -5,7 +5,7 @@
 
 The clipping sits after ES during expansion training and stays on whenever the expansion or
 shrinkage model computes features (training and CAMs alike), as in Fig. 2. The two stages that
-train it are :mod:`esol_lib.stages.expansion` and :mod:`esol_lib.stages.shrinkage`.
+train it are :mod:`esol_lib.steps.expansion` and :mod:`esol_lib.steps.shrinkage`.
 """
 
 from __future__ import annotations

@@ -13,13 +13,18 @@ In order (chapters 01-06; ``esol <command>`` runs each alone, ``esol pipeline`` 
     segmentation.eval_seg    → seg_predictions/, metrics/seg-<stage>_<split>  esol eval-seg    (06)
 
 ``common`` opens run folders and holds what the steps share; ``esol_training`` what the two ESOL
-stages share. Any step can be re-run alone; one whose inputs are missing names the command to run
-first. The word *stage* names the three CAM models (``baseline``, ``expansion``, ``shrinkage``)
-whose outputs the steps read and write.
+steps share. Any step can be re-run alone; one whose inputs are missing names the command to run
+first.
+
+Words: a **step** is one of these functions (one ``esol`` command). A **stage** is one of the
+paper's three CAM models, ``baseline``, ``expansion`` and ``shrinkage`` (``--stage``, ``cams/<stage>/``);
+the refinement and segmentation steps run once per stage they refine, under the checkpoint names
+``irn-<stage>`` and ``seg-<stage>``. The backbone's levels (stem, layer1-4) are *levels*; only the
+config key ``frozen_stages`` keeps IRN's and mmdetection's name for them.
 """
 
-from esol_lib.stages.baseline import train_cam
-from esol_lib.stages.cams import (
+from esol_lib.steps.baseline import train_cam
+from esol_lib.steps.cams import (
     cam_metrics_inputs,
     current_cam_metrics,
     eval_cam,
@@ -27,7 +32,7 @@ from esol_lib.stages.cams import (
     part_localization,
     stage_cam_fn,
 )
-from esol_lib.stages.common import (
+from esol_lib.steps.common import (
     STAGE_COMMAND,
     load_baseline,
     notebook_run,
@@ -35,11 +40,11 @@ from esol_lib.stages.common import (
     resolve_device,
     start_run,
 )
-from esol_lib.stages.esol_training import load_stage_model
-from esol_lib.stages.expansion import expand
-from esol_lib.stages.refinement import refine
-from esol_lib.stages.segmentation import current_seg_metrics, eval_seg, train_seg
-from esol_lib.stages.shrinkage import shrink
+from esol_lib.steps.esol_training import load_stage_model
+from esol_lib.steps.expansion import expand
+from esol_lib.steps.refinement import refine
+from esol_lib.steps.segmentation import current_seg_metrics, eval_seg, train_seg
+from esol_lib.steps.shrinkage import shrink
 
 __all__ = [
     "STAGE_COMMAND",

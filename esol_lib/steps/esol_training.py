@@ -1,6 +1,6 @@
 """What the two ESOL stages share (§3.2–3.3): the model built on the trained baseline, its loader and loop.
 
-:mod:`esol_lib.stages.expansion` and :mod:`esol_lib.stages.shrinkage` each train one sampler's
+:mod:`esol_lib.steps.expansion` and :mod:`esol_lib.steps.shrinkage` each train one sampler's
 offsets of :class:`~esol_lib.models.esol.ESOLModel` with these; :class:`OffsetGuard` stops a stage
 whose offsets run away.
 """
@@ -18,7 +18,7 @@ from esol_lib.engine import PolyLR, load_stage_checkpoint, make_sgd, save_untrai
 from esol_lib.errors import DivergenceError, StageError
 from esol_lib.feature_cache import cached_backbone
 from esol_lib.models.esol import UNTRAINED_IN_EXPANSION, ESOLModel
-from esol_lib.stages.common import LabelledOnly, load_baseline, split_dataset
+from esol_lib.steps.common import LabelledOnly, load_baseline, split_dataset
 
 __all__ = ["OffsetGuard", "build_esol_model", "load_stage_model", "stage_loader", "train_esol_stage"]
 

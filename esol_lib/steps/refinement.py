@@ -67,7 +67,7 @@ from esol_lib.models.backbone import Backbone
 from esol_lib.models.boundary import BoundaryNet, boundary_map
 from esol_lib.parallel import map_ordered
 from esol_lib.run import STAGES, RunDir, current_metrics, drop_damaged, holds_run_lock, record_sizes, signature_of
-from esol_lib.stages.common import load_baseline, require_cams, resolve_device, split_dataset
+from esol_lib.steps.common import load_baseline, require_cams, resolve_device, split_dataset
 
 __all__ = [
     "IRNTrainTransform",

@@ -31,8 +31,8 @@ from esol_lib.errors import StageError
 from esol_lib.feature_cache import cached_backbone
 from esol_lib.metrics import read_metrics, write_metrics
 from esol_lib.run import STAGES, RunDir, current_metrics, holds_run_lock, signature_of
-from esol_lib.stages.common import load_baseline, require_cams, resolve_device, split_dataset
-from esol_lib.stages.esol_training import load_stage_model
+from esol_lib.steps.common import load_baseline, require_cams, resolve_device, split_dataset
+from esol_lib.steps.esol_training import load_stage_model
 
 __all__ = ["make_cam", "eval_cam", "stage_cam_fn", "part_localization", "cam_metrics_inputs", "current_cam_metrics"]
 

@@ -12,8 +12,8 @@ import torch.nn as nn
 from esol_lib.engine import seed_everything
 from esol_lib.losses import expansion_loss
 from esol_lib.run import holds_run_lock
-from esol_lib.stages.common import resolve_device
-from esol_lib.stages.esol_training import build_esol_model, stage_loader, train_esol_stage
+from esol_lib.steps.common import resolve_device
+from esol_lib.steps.esol_training import build_esol_model, stage_loader, train_esol_stage
 
 __all__ = ["expand"]
 

@@ -40,7 +40,7 @@ from esol_lib.errors import ConfigError, DatasetError, StageError
 from esol_lib.metrics import confusion_matrix, summarize, write_metrics
 from esol_lib.models.deeplab import build_deeplab
 from esol_lib.run import STAGES, RunDir, current_metrics, drop_damaged, holds_run_lock, record_sizes, signature_of
-from esol_lib.stages.common import resolve_device
+from esol_lib.steps.common import resolve_device
 
 __all__ = [
     "PseudoMaskDataset",

@@ -10,7 +10,7 @@ from esol_lib.engine import DeadOutputGuard, PolyLR, make_sgd, seed_everything, 
 from esol_lib.errors import StageError
 from esol_lib.models import build_classifier, multilabel_loss
 from esol_lib.run import RunDir, holds_run_lock
-from esol_lib.stages.common import LabelledOnly, resolve_device, split_dataset
+from esol_lib.steps.common import LabelledOnly, resolve_device, split_dataset
 
 __all__ = ["train_cam"]
 

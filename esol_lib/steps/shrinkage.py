@@ -13,8 +13,8 @@ from esol_lib.engine import load_stage_checkpoint, seed_everything
 from esol_lib.losses import shrinkage_loss
 from esol_lib.models.esol import UNTRAINED_IN_EXPANSION
 from esol_lib.run import holds_run_lock
-from esol_lib.stages.common import resolve_device
-from esol_lib.stages.esol_training import build_esol_model, stage_loader, train_esol_stage
+from esol_lib.steps.common import resolve_device
+from esol_lib.steps.esol_training import build_esol_model, stage_loader, train_esol_stage
 
 __all__ = ["shrink"]
 
