@@ -1,10 +1,12 @@
-"""The paper's claims on the emoji benchmark, over several generator seeds (issue 17).
+"""The paper's claims on a generated benchmark, over several generator seeds (issue 17).
 
-    python benchmarks/emoji_seeds.py [--seeds 0 1 2] [--out runs/emoji-seeds] [--run-for-seed 0=runs/book-cpu]
-                                     [--table5] [--json book/results/emoji_seeds.json]
+    python benchmarks/emoji_seeds.py [--profile cpu] [--seeds 0 1 2] [--out runs/emoji-seeds]
+                                     [--run-for-seed 0=runs/book-cpu] [--table5] [--json FILE]
 
-For each generator seed S, the full ``esol pipeline`` of the ``cpu`` profile runs on its own
-benchmark (``data/emoji-cpu-seedS``, generated first) in ``OUT/seedS``: baseline, expansion and
+``--profile cpu`` (the default) runs the emoji benchmark, the book's; ``--profile toy`` the earlier
+toy benchmark (``esol data synth``), whose results chapter 08 shows beside it. For each generator
+seed S, the full ``esol pipeline`` of the profile runs on its own benchmark
+(``data/<generator>-<profile>-seedS``, generated first) in ``OUT/seedS``: baseline, expansion and
 shrinkage seeds on train (± DenseCRF), IRN pseudo masks from the baseline and the shrinkage seeds,
 DeepLab-v2 trained on each and scored on val. Then every stage's seeds are also scored on val.
 ``--table5`` adds chapter 07's Table 5 variants on each seed (forked runs under ``OUT/seedS/ablations``,
@@ -42,14 +44,19 @@ def _pick(metrics: dict | None) -> dict | None:
     }
 
 
-def run_seed(seed: int, run_dir: Path, sets: list[str], segment: bool = True) -> float:
-    """Run the whole pipeline of the cpu profile on generator seed ``seed``; return seconds spent."""
+#: profile → (the benchmark's name in the results, the config key of its generator seed)
+BENCHMARKS = {"cpu": ("emoji", "data.emoji.seed"), "toy": ("toy", "data.synth.seed")}
+
+
+def run_seed(profile: str, seed: int, run_dir: Path, sets: list[str], segment: bool = True) -> float:
+    """Run the whole pipeline of ``profile`` on generator seed ``seed``; return seconds spent."""
     from esol_lib import ablation as ab
     from esol_lib.config import load_config
     from esol_lib.pipeline import run_pipeline
     from esol_lib.steps import start_run
 
-    cfg = load_config("cpu", [f"profile=cpu-seed{seed}", f"data.emoji.seed={seed}", *sets])
+    seed_key = BENCHMARKS[profile][1]
+    cfg = load_config(profile, [f"profile={profile}-seed{seed}", f"{seed_key}={seed}", *sets])
     start = time.perf_counter()
     run = start_run(run_dir, cfg)  # generates data/emoji-cpu-seed<S> (resolve_data_root) when missing
     run_pipeline(run, progress=False, segment=segment)
@@ -158,8 +165,9 @@ def summarise(per_seed: dict[str, dict]) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", choices=sorted(BENCHMARKS), default="cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "emoji-seeds")
+    p.add_argument("--out", type=Path, default=None, help="default: runs/<benchmark>-seeds")
     p.add_argument(
         "--run-for-seed",
         action="append",
@@ -167,7 +175,7 @@ def main() -> int:
         metavar="S=RUN",
         help="read seed S from this finished run folder instead of running it",
     )
-    p.add_argument("--json", type=Path, default=ROOT / "book" / "results" / "emoji_seeds.json")
+    p.add_argument("--json", type=Path, default=None, help="default: book/results/<benchmark>_seeds.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--collect-only", action="store_true", help="only gather the metrics of finished runs")
     p.add_argument("--no-segment", action="store_true", help="skip DeepLab (train-seg, eval-seg): the slowest stage")
@@ -177,12 +185,15 @@ def main() -> int:
         help="also train and score Table 5's variants on each seed, as chapter 07 does (ablation.*)",
     )
     args = p.parse_args()
+    benchmark = BENCHMARKS[args.profile][0]
+    args.out = args.out or ROOT / "runs" / f"{benchmark}-seeds"
+    args.json = args.json or ROOT / "book" / "results" / f"{benchmark}_seeds.json"
     given = {int(k): Path(v) for k, v in (s.split("=", 1) for s in args.run_for_seed)}
     per_seed, seconds = {}, {}
     for seed in args.seeds:
         run_dir = given.get(seed, args.out / f"seed{seed}")
         if seed not in given and not args.collect_only:
-            seconds[str(seed)] = round(run_seed(seed, run_dir, args.set, not args.no_segment), 1)
+            seconds[str(seed)] = round(run_seed(args.profile, seed, run_dir, args.set, not args.no_segment), 1)
             print(f"seed {seed}: {seconds[str(seed)]:.0f} s", flush=True)
         if args.table5 and not args.collect_only:
             seconds[f"{seed}-table5"] = round(run_table5(run_dir), 1)
@@ -195,8 +206,8 @@ def main() -> int:
     )
     history.append({"command": command, "seconds": seconds})  # what each invocation ran, and its time
     result = {
-        "profile": "cpu",
-        "benchmark": "emoji",
+        "profile": args.profile,
+        "benchmark": benchmark,
         "seeds": per_seed,
         "summary": summarise(per_seed),
         "history": history,
