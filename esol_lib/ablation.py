@@ -173,7 +173,6 @@ def score_stage(run: RunDir, stage: str, split: str | None = None, *, progress: 
     """Seed metrics of a finished ``stage`` of ``run`` on ``split`` (default: ``ablation.split``, else
     ``data.cam_split``): CAMs and threshold sweep, computed once, then read back from the metrics
     file while it scores the CAMs as they are (:func:`esol_lib.steps.current_cam_metrics`)."""
-
     cfg = run.load_config()
     split = split or cfg.ablation.split or cfg.data.cam_split
     make_cam(run, stage, split, progress=progress)  # a no-op while the CAMs fit the checkpoint and data
@@ -195,7 +194,6 @@ def run_variant(
     A variant whose training diverges returns ``{"variant": name, "diverged": message}``; the
     message is kept in ``root/<name>/diverged.txt`` so that a re-run does not train it again.
     """
-
     main = reference_run(main, root, progress=progress)
     main_cfg = main.load_config()
     split = split or main_cfg.ablation.split or main_cfg.data.cam_split
@@ -235,7 +233,6 @@ def reference_run(main: RunDir, root: str | Path, *, progress: bool = False) -> 
     ``main``'s baseline). Variants then fork from the reference, so each one differs from it in its
     own overrides only, at the same training length.
     """
-
     steps = main.load_config().ablation.max_steps
     if steps is None:
         return main

@@ -314,7 +314,6 @@ def seed_part_recall(cam_dir: str | Path, dataset, part_root: str | Path, thresh
 
     Uses the generated benchmark's ``SegmentationPart`` masks; measures partial localization.
     """
-
     part_sum = np.zeros(2, np.int64)
     rest_sum = np.zeros(2, np.int64)
     for i, image_id in enumerate(dataset.ids):

@@ -182,7 +182,6 @@ def crf_postprocess(image: np.ndarray, probs: np.ndarray, crf_cfg: Any) -> np.nd
     Uses the ``seg_*`` fields of :class:`~esol_lib.config.CRFConfig` (POS_W 3, POS_XY_STD 1, BI_W 4,
     BI_XY_STD 67, BI_RGB_STD 3 by default) and ``crf_cfg.iterations`` mean-field steps.
     """
-
     q = crf_from_probs(
         image,
         probs,

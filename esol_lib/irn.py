@@ -95,7 +95,6 @@ def ir_labels(
     i.e. the class where the high-threshold seed says foreground, 0 where the low-threshold seed
     says background too, 255 (ignored) in between.
     """
-
     cams = np.asarray(cams, dtype=np.float32)
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
     if cams.ndim != 3 or len(keys) != cams.shape[0]:

@@ -38,7 +38,6 @@ def pipeline_steps(
     shrinkage stage, IRN pseudo masks (``refine``) and DeepLab-v2 trained on them and scored on
     ``data.val_split`` (``segment``).
     """
-
     cfg = run.load_config()
     split = cfg.data.cam_split
     trainers = {"baseline": train_cam, "expansion": expand, "shrinkage": shrink}

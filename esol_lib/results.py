@@ -243,7 +243,6 @@ def table5_table(results: dict) -> str:
     The paper's drop is its row minus its full ESOL (53.6, VOC train). "Held on" counts the seeds where
     removing the component lowered the mIoU, as the paper's table says it does.
     """
-
     seeds = [s.get("table5_val") or {} for s in results["seeds"].values()]
     seeds = [s for s in seeds if "reference" in s]
     if not seeds:

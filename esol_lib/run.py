@@ -550,7 +550,6 @@ def fork_run(
     Re-forking with the same overrides reopens ``dst``; other overrides are refused as in
     :func:`create_run`.
     """
-
     source = RunDir(Path(src))
     cfg = config_from_dict(apply_overrides(config_to_dict(source.load_config()), list(overrides)))
     run = create_run(dst, cfg)

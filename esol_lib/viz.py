@@ -56,7 +56,6 @@ def stage_heats(run, stages: Sequence[str], image_ids: Sequence[str]) -> dict[st
     ``run`` is a :class:`~esol_lib.run.RunDir` or a run folder path (an ablation variant's ``run_dir``).
     A missing CAM file raises the :class:`~esol_lib.errors.StageError` that names ``esol make-cam``.
     """
-
     run = run if isinstance(run, RunDir) else RunDir(Path(run))
     return {st: [cam_heat(load_cam(run.cams(st), image_id)[0]) for image_id in image_ids] for st in stages}
 
@@ -431,7 +430,6 @@ __all__ += ["sensitivity_plot", "ablation_bars"]
 
 def glyph_table(glyphs: Mapping[str, Sequence[int]], per_row: int = 12):
     """The dataset card's class table: each VOC class (a row) with every OpenMoji glyph that draws it."""
-
     names = list(glyphs)
     cols = min(per_row, max(len(v) for v in glyphs.values()))
     fig, axes = plt.subplots(

@@ -51,7 +51,6 @@ class ClipProbe:
 @torch.no_grad()
 def clip_probe(model: torch.nn.Module, samples: Sequence[dict], mean, std) -> ClipProbe:
     """Run the frozen part of ``model`` (backbone → ES → ReLU) once for ``samples``."""
-
     x = torch.stack([to_tensor(s["image"], mean, std) for s in samples])
     feat = model.features(x)
     expanded = F.relu(model.es(feat))

@@ -18,7 +18,6 @@ __all__ = ["train_cam"]
 @holds_run_lock
 def train_cam(run: RunDir, *, progress: bool = True):
     """Train the baseline classifier (§3.1, Eq. (1)) → ``checkpoints/baseline.pt``. Resumes if interrupted."""
-
     cfg = run.load_config()
     tc = cfg.train_cam
     seed_everything(cfg.seed)

@@ -1,4 +1,4 @@
-"""Steps 2 and 3 of every CAM stage, chapters 01-04: multi-scale CAMs (Eq. (2)) and their threshold sweep.
+"""The two steps run for every stage, chapters 01-04: its multi-scale CAMs (Eq. (2)) and their sweep.
 
 ``make_cam``   → ``cams/<stage>/<id>.npz``           (needs ``checkpoints/<stage>.pt``)
 ``eval_cam``   → ``metrics/<stage>[_crf]_<split>.json`` (needs the CAMs)
@@ -100,7 +100,6 @@ def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -
     """The signature of what ``eval_cam`` scores: the CAM folder's model signature, the split's data
     fingerprint, the thresholds and (with ``crf``) the CRF settings. Stored in the metrics file as
     ``inputs``; the file is current while they match (:func:`esol_lib.run.current_metrics`)."""
-
     cfg = run.load_config()
     folder = run.cams(stage)
     return signature_of(

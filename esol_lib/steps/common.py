@@ -56,7 +56,6 @@ def start_run(run: str | Path, cfg: Config, data_root: str | Path | None = None)
 def _check_splits(cfg: Config, root: Path) -> None:
     """Every split the pipeline will read exists, checked before the run folder is written (a missing
     ``val`` used to surface at ``eval-seg``, after every training stage)."""
-
     if not root.is_dir():
         return  # VOCSegmentation names the missing root, with the fix
     have = available_splits(root)
@@ -81,7 +80,6 @@ def notebook_run(
     Paths default to the repository's ``runs/book-<profile>`` and ``data/<generator>-<profile>`` whether
     the notebook runs from ``notebooks/`` (JupyterLab, papermill) or from the repository root.
     """
-
     here = Path.cwd()
     root = here.parent if here.name == "notebooks" else here
     cfg = load_config(profile, list(overrides))
@@ -140,7 +138,6 @@ class LabelledOnly(torch.utils.data.Dataset):
 
 def load_baseline(run: RunDir, cfg: Config, num_classes: int, device: torch.device):
     """The trained baseline classifier, in eval mode."""
-
     model = build_classifier(cfg.model, num_classes)
     load_stage_checkpoint(run, "baseline", model, hint=f"run `esol train-cam --run {run.root}` first")
     return model.to(device).eval()

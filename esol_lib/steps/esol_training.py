@@ -48,7 +48,6 @@ class OffsetGuard:
 
 def build_esol_model(cfg, num_classes: int, run=None, device: torch.device | str = "cpu") -> ESOLModel:
     """The ESOL model on top of the run's trained baseline (``checkpoints/baseline.pt``)."""
-
     baseline = load_baseline(run, cfg, num_classes, torch.device(device))
     model = ESOLModel(baseline, cfg.expansion, cfg.shrinkage).to(device)
     return model.use_feature_cache(
@@ -58,7 +57,6 @@ def build_esol_model(cfg, num_classes: int, run=None, device: torch.device | str
 
 def load_stage_model(run, cfg, stage: str, num_classes: int, device: torch.device) -> ESOLModel:
     """The ESOL model after ``stage`` (``expansion`` or ``shrinkage``), in eval mode."""
-
     model = build_esol_model(cfg, num_classes, run, device)
     command = {"expansion": "esol expand", "shrinkage": "esol shrink"}[stage]
     load_stage_checkpoint(

@@ -21,7 +21,6 @@ __all__ = ["expand"]
 @holds_run_lock
 def expand(run, *, progress: bool = True):
     """Expansion stage (§3.2): ES's offsets learn by maximising Eq. (1), Eq. (5) → ``checkpoints/expansion.pt``."""
-
     cfg = run.load_config()
     seed_everything(cfg.seed)
     device = resolve_device(cfg)

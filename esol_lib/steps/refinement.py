@@ -171,7 +171,6 @@ def _folder_signature(out_dir: Path) -> str | None:
 
 def _prepare(out_dir: Path, signature: str) -> None:
     """Empty ``out_dir`` if it was made from other inputs; record ``signature`` (rank 0 only)."""
-
     if is_main_process():
         if out_dir.is_dir() and _folder_signature(out_dir) != signature:
             shutil.rmtree(out_dir)
@@ -201,14 +200,12 @@ def _record_pngs(out_dir: Path, ids: Sequence[str]) -> None:
 
 def _shard(items: list[str]) -> list[str]:
     """This process's share of ``items`` under torchrun (all of them otherwise)."""
-
     info = get_dist_info()
     return items[info.rank :: info.world_size]
 
 
 def stage_setup(run: RunDir, stage: str, split: str | None) -> tuple[Config, str, VOCSegmentation]:
     """The run's config, the split and its dataset; missing CAMs name ``esol make-cam``."""
-
     if stage not in STAGES:
         raise StageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
     cfg = run.load_config()
@@ -234,7 +231,6 @@ def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = No
     refined by DenseCRF with the run's ``crf`` settings (:func:`esol_lib.irn.ir_labels`); palette
     PNGs with class ids, 0 background, 255 ignored. Existing files are kept.
     """
-
     cfg, split, ds = stage_setup(run, stage, split)
     out_dir = ir_label_dir(run, stage)
     _prepare(out_dir, _ir_signature(run, cfg, stage))
@@ -334,7 +330,6 @@ def _trained_from(ckpt: dict, inputs: dict[str, str]) -> bool:
 
 def _drop_stale_checkpoints(run: RunDir, name: str, inputs: dict[str, str]) -> None:
     """Delete ``irn-<stage>`` checkpoints trained from other inputs (they would be skipped otherwise)."""
-
     if is_main_process():
         for path in (run.checkpoint(name), partial_checkpoint_path(run, name)):
             if path.is_file() and not _trained_from(load_checkpoint(path), inputs):
@@ -352,7 +347,6 @@ def _irn_done(run: RunDir, stage: str, inputs: dict[str, str]) -> bool:
 
 def _check_irn_backbone(cfg: Config) -> None:
     """Raise ConfigError for an unknown ``irn.backbone`` or ``pretrained`` without ``model.pretrained``."""
-
     choice = cfg.irn.backbone
     if choice not in IRN_BACKBONES:
         raise ConfigError(f"irn.backbone: unknown choice {choice!r}; use one of {', '.join(IRN_BACKBONES)}")
@@ -374,7 +368,6 @@ def irn_backbone(run: RunDir, cfg: Config, num_classes: int, device: torch.devic
     Raises:
         ConfigError: an unknown ``irn.backbone``, or ``pretrained`` without ``model.pretrained``.
     """
-
     _check_irn_backbone(cfg)
     if cfg.irn.backbone == "classifier":
         return load_baseline(run, cfg, num_classes, device).backbone
@@ -394,7 +387,6 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     ``irn.lr`` with the poly schedule. Resumable; skipped when done. Returns the engine's
     :class:`~esol_lib.engine.StageResult`.
     """
-
     cfg, split, ds = stage_setup(run, stage, None)
     ic = cfg.irn
     label_dir = ir_label_dir(run, stage)
@@ -448,7 +440,6 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
 
 def load_irn(run: RunDir, cfg: Config, stage: str, device: torch.device | str = "cpu") -> BoundaryNet:
     """The trained boundary network of ``stage`` (backbone included in its checkpoint), in eval mode."""
-
     model = BoundaryNet(build_backbone(cfg.model.backbone, cfg.model.strides, pretrained=None))
     load_stage_checkpoint(
         run, irn_stage_name(stage), model, hint=f"run `esol refine --run {run.root} --stage {stage}` first"
@@ -469,7 +460,6 @@ def make_pseudo_masks(
     (``irn.radius``, ``irn.beta``, ``irn.exp_times``), upsampling and the ``irn.sem_seg_bg_thres``
     background (:func:`esol_lib.irn.pseudo_mask`). Existing files are kept.
     """
-
     cfg, split, ds = stage_setup(run, stage, split)
     ic = cfg.irn
     device = resolve_device(cfg)
@@ -502,7 +492,6 @@ def eval_pseudo_masks(run: RunDir, stage: str = "shrinkage", split: str | None =
     precision / recall / F1 (DESIGN.md). ``threshold`` is the background score of the masks
     (``irn.sem_seg_bg_thres``).
     """
-
     cfg = run.load_config()
     split = split or cfg.data.cam_split
     ds = split_dataset(cfg, split)

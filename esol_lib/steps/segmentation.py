@@ -171,7 +171,6 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     ``lr · (1 - t/T)^0.9`` for ``T = seg.max_steps`` steps of ``seg.batch_size`` crops. Returns the
     engine's :class:`~esol_lib.engine.StageResult`.
     """
-
     _check_stage(stage)
     cfg = run.load_config()
     sc = cfg.seg
@@ -227,7 +226,6 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
 
 def load_seg_model(run: RunDir, cfg: Config, stage: str, num_classes: int, device: torch.device):
     """The trained DeepLab-v2 of ``stage`` (``checkpoints/seg-<stage>.pt``), in eval mode."""
-
     model = build_deeplab(cfg.seg, num_classes, pretrained=None, freeze_bn=False)
     load_stage_checkpoint(
         run, seg_stage_name(stage), model, hint=f"run `esol train-seg --run {run.root} --stage {stage}` first"
@@ -238,7 +236,6 @@ def load_seg_model(run: RunDir, cfg: Config, stage: str, num_classes: int, devic
 def seg_metrics_inputs(run: RunDir, stage: str, split: str) -> str:
     """The signature of what :func:`eval_seg` scores: the DeepLab checkpoint's bytes, the split's data
     and the test-time settings (stored as the metrics file's ``inputs``)."""
-
     cfg = run.load_config()
     ckpt = run.checkpoint(seg_stage_name(stage))
     return signature_of(
@@ -281,7 +278,6 @@ def eval_seg(
     background + classes with void ignored (mIoU as in IRN and the paper). With ``save_predictions``
     the label maps are written as palette PNGs to ``seg_predictions/<stage>/<id>.png``.
     """
-
     _check_stage(stage)
     cfg = run.load_config()
     sc = cfg.seg

@@ -22,7 +22,6 @@ __all__ = ["shrink"]
 @holds_run_lock
 def shrink(run, *, progress: bool = True):
     """Shrinkage stage (§3.3): SS's offsets learn with Eq. (6) → ``checkpoints/shrinkage.pt``."""
-
     cfg = run.load_config()
     seed_everything(cfg.seed)
     device = resolve_device(cfg)
