@@ -249,7 +249,6 @@ def reference_run(main: RunDir, root: str | Path, *, progress: bool = False) -> 
 
 
 def _require_stage(run: RunDir, stage: str) -> None:
-
     if not run.checkpoint(stage).is_file():
         raise StageError(
             f"the main run {run.root} has not finished stage {stage!r}; run "

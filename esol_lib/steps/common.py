@@ -108,7 +108,6 @@ def resolve_device(cfg: Config) -> torch.device:
     """``device: auto`` → CUDA when available (the local rank's GPU under torchrun), else CPU."""
     if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-
     return torch.device("cuda", init_distributed().local_rank)
 
 
@@ -144,6 +143,8 @@ def load_baseline(run: RunDir, cfg: Config, num_classes: int, device: torch.devi
 
 
 def require_cams(run: RunDir, stage: str, ds: VOCSegmentation, split: str) -> None:
+    """Every image of ``split`` has a CAM file of ``stage``, made from the data the split holds now;
+    else a :class:`StageError` that names the ``esol make-cam`` command to run."""
     cam_dir = run.cams(stage)
     missing = [i for i in ds.ids if not (cam_dir / f"{i}.npz").is_file()]
     if missing:

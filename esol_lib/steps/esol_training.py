@@ -70,7 +70,10 @@ def load_stage_model(run, cfg, stage: str, num_classes: int, device: torch.devic
 
 
 def stage_loader(cfg, stage_cfg, split: str):
+    """The training split and a loader of labelled, augmented crops for an ESOL stage (``stage_cfg.batch_size``).
 
+    Augmented as the baseline was (``train_cam``'s resize, crop and flip), drawn with seed + 1.
+    """
     base = split_dataset(cfg, split)
     tc = cfg.train_cam
     transform = TrainTransform(
@@ -89,7 +92,11 @@ def stage_loader(cfg, stage_cfg, split: str):
 
 
 def train_esol_stage(run, stage: str, model: ESOLModel, loss_fn, stage_cfg, cfg, loader, progress: bool):
+    """Train ``stage``'s sampler (``expansion``: ES, ``shrinkage``: SS) with ``loss_fn`` → ``checkpoints/<stage>.pt``.
 
+    SGD on the sampler's learnable parameters at ``stage_cfg.lr`` with the poly schedule, guarded by
+    :class:`OffsetGuard`; a stage with nothing to learn (an ablation) saves the model as it is.
+    """
     params = model.stage_parameters(stage)
     sampler = model.es if stage == "expansion" else model.ss
     if not params:  # an ablation with nothing to learn (no offsets, frozen weights): save as is

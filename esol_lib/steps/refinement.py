@@ -193,7 +193,6 @@ def _complete(out_dir: Path, ids: Sequence[str], signature: str) -> bool:
 
 
 def _record_pngs(out_dir: Path, ids: Sequence[str]) -> None:
-
     if is_main_process():
         record_sizes(out_dir, [f"{i}.png" for i in ids])
 
