@@ -1,4 +1,4 @@
-"""CAM inference speed (issue #3): images/s of Eq. (2) for a profile, and the cost of one multi-scale
+"""CAM inference speed: images/s of Eq. (2) for a profile, and the cost of one multi-scale
 CAM relative to the plain forward passes it needs.
 
     python benchmarks/bench_cam.py --config cpu [--images 64] [--batch 8]

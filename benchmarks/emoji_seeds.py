@@ -1,4 +1,4 @@
-"""The paper's claims on a generated benchmark, over several generator seeds (issue 17).
+"""The paper's claims on a generated benchmark, over several generator seeds.
 
     python benchmarks/emoji_seeds.py [--profile cpu] [--seeds 0 1 2] [--out runs/emoji-seeds]
                                      [--run-for-seed 0=runs/book-cpu] [--table5] [--json FILE]

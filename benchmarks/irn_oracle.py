@@ -1,4 +1,4 @@
-"""Is IRN limited by its boundary labels or by its machinery? (issue #5 diagnostic)
+"""Is IRN limited by its boundary labels or by its machinery? (a diagnostic)
 
     python benchmarks/irn_oracle.py --run runs/book-cpu [--stage baseline] [--images 200]
                                     [--boundary trained|drawn] [--bg-thres 0.1 0.25 0.4]
@@ -17,39 +17,10 @@ Then the pseudo masks of the stage's CAMs are scored at each ``--bg-thres`` (def
 ``irn.sem_seg_bg_thres``). Compare with ``metrics/mask-<stage>_<split>.json`` (IR-label boundaries)
 and ``metrics/<stage>_<split>.json`` (the seeds). Needs a run whose ``esol refine`` finished.
 
-Measured on ``runs/book-cpu`` (first 300 train images, background score 0.25 unless said;
-seeds on all images: baseline 52.8, ESOL 53.8), with ``irn.backbone: classifier``, the ``cpu``
-default until the backbone probes at the end:
-
-- ``drawn``: baseline CAMs 71.6 (73.8 at 0.5); ESOL CAMs 51.2, but 73.5 at 0.5: the clipped,
-  flatter ESOL CAMs keep more score outside the objects, so IRN's VOC background score is too low
-  for them. With a right boundary the walk lifts both far above their seeds.
-- ``trained`` (200 images): 43.0 with IRN's poly schedule; a one-off probe with a constant learning
-  rate reached 62.7. Against the IR-label masks' 37.3 / 35.9: the IR labels mislead the branch.
-  Their boundary maps ring the objects' discriminative part (the disc the CAM fires on), so the walk
-  stays inside it. None of these lifted the IR-label masks above the seeds (probes with
-  ``esol refine`` on copies of the run): 600 steps instead of 186 (baseline 38.1, ESOL 36.7); a
-  constant learning rate instead of poly (baseline 36.9, ESOL 34.2); IR labels without
-  their CRF, ``crf.iterations: 0`` (baseline 40.5); confidence thresholds scaled to each seed's
-  best threshold, 2× and 1/3× as IRN's 0.30 / 0.05 are of VOC's 0.15 (baseline 39.5, ESOL 34.6).
-
-Backbone probes (``esol refine`` on copies of the runs, IR-label masks at 0.25, baseline / ESOL):
-the classifier's backbone unfrozen and trained with the head gives 37.8 on baseline CAMs (frozen:
-37.3); a frozen, seeded random initialisation (``irn.backbone: random``) gives 40.1 / 43.7 on the
-book run (600 steps: 40.1), and on the robustness runs' val CAMs (200 images, 186 steps) 49.9 / 35.1
-against the classifier's 42.0 / 27.1 (seed1) and 25.8 / 21.6 against 20.5 / 20.9 (small-objects). The
-random backbone is better everywhere it was measured, and became the ``cpu`` default; still below
-the seeds.
-
-``trained`` on the random backbone (session 8, baseline CAMs, 300 images, 186 steps): 47.7 at 0.25
-with IRN's poly schedule (50.0 at 0.15), 54.7 with a constant learning rate (56.4 at 0.15). Even on
-true masks, the boundary branch on class-agnostic features this benchmark can offer without
-downloads only just passes the seeds, and a constant learning rate on IR labels moves the masks both
-ways (baseline 43.8, ESOL 41.4 against 40.1 / 43.7 with poly); on the classifier's features it
-reached 62.7, but those features ring the discriminative part when trained on IR labels (37.3). Both
-limits — IR labels that cover little of each object (the baseline's mark 28 % of object pixels
-foreground and 62 % ignored; ESOL's 60 % foreground, but 8 % of the background too), and no ImageNet
-features — are IRN's inputs, not its walk (``drawn``: 71.6 / 73.5).
+It prints one JSON row of mIoU, precision and recall per background score. On the toy benchmark
+its answer was: IRN's inputs (IR labels that cover little of each object, features trained from
+scratch), not its walk (a drawn boundary lifted the CAMs far above their seeds). That is why the
+``cpu`` profile moved to the emoji benchmark with a pretrained backbone.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Do ESOL's claims hold beyond one generated dataset? (issue #4: seeds, classes, object sizes)
+"""Do ESOL's claims hold beyond one generated dataset? (seeds, classes, object sizes)
 
     python benchmarks/robustness.py [--config toy] [--out runs/robustness] [--set key=value ...]
 
 Runs the chain baseline -> expansion -> shrinkage of a profile on several generated benchmarks —
 three generator seeds, then more classes, then smaller objects — and scores every stage's seeds on
 each benchmark's val split with the full threshold sweep. Per benchmark it reports the three
-claims of the paper as the issue measures them:
+claims of the paper, measured as follows:
 
 - expansion raises recall over the baseline (mean and minimum gain across the sweep);
 - shrinkage raises precision over expansion (mean and minimum gain across the sweep);

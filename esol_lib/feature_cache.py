@@ -4,8 +4,8 @@ Both ESOL stages freeze everything before their sampler and detach the backbone 
 backbone maps an input to the same features every time it sees it. The expansion and shrinkage
 stages of one run draw the same training batches (same seed), every ablation of chapter 07 shares
 the trained baseline, and every variant computes CAMs of the same images: the backbone's output
-can be computed once per input and reused. On the 2-core benchmark this takes 40 % off a training
-step and 60 % off an ESOL stage's CAMs.
+can be computed once per input and reused; on a CPU that is a large share of an ESOL step and of its
+CAMs (the book's Build time page shows the stages' times).
 
 The cache is keyed by *content*: a fingerprint of the backbone's weights and the bytes of the
 input batch. A cached value is therefore exactly what the backbone would return — nothing

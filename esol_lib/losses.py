@@ -34,9 +34,9 @@ def area_maps(cams: torch.Tensor, kind: str = "cam") -> torch.Tensor:
 
     ``'cam'`` (default): ReLU'd CAMs divided by their spatial max — Eq. (2)'s localization map, the
     map that is thresholded into seeds.
-    ``'sigmoid'``: ``σ(w_k^T F)``, each pixel's own classification probability. Measured on the
-    generated benchmark it hardly changes during shrinkage: the sampler cannot make scores negative,
-    and near objects large scores saturate the sigmoid (book, method page).
+    ``'sigmoid'``: ``σ(w_k^T F)``, each pixel's own classification probability. It hardly changes
+    during shrinkage: the sampler cannot make scores negative, and near objects large scores saturate
+    the sigmoid (book, method page).
     """
     if kind == "sigmoid":
         return torch.sigmoid(cams)

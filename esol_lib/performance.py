@@ -1,4 +1,4 @@
-"""The book's performance page: esol beside the tools a user would otherwise pick (issue 20).
+"""The book's performance page: esol beside the tools a user would otherwise pick.
 
 ``benchmarks/compare.py`` measures each comparison on one machine and writes one JSON file
 (``book/results/compare.json``: per device, per comparison, the rows and the machine). This module

@@ -49,7 +49,7 @@ def stage_cam_fn(
         model = load_baseline(run, cfg, num_classes, device)
     else:
         model = load_stage_model(run, cfg, stage, num_classes, device)
-    if device.type == "cpu":  # oneDNN's CPU convolutions are faster in NHWC: CAMs 15-25 % faster (equal up to rounding)
+    if device.type == "cpu":  # oneDNN's CPU convolutions are faster in NHWC (equal up to rounding)
         model = model.to(memory_format=torch.channels_last)
     if stage == "baseline":
         features = cached_backbone(model.backbone, cfg.feature_cache_mb, run.feature_cache())
