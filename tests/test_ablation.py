@@ -3,14 +3,13 @@ and a runaway variant recorded as a result instead of stopping the sweep."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from conftest import copy_run
 
 from esol_lib import ablation as ab
 from esol_lib.config import apply_overrides, config_to_dict, load_config
 from esol_lib.errors import ConfigError
-from esol_lib.steps import expand, shrink, start_run, train_cam
+from esol_lib.steps import expand
 
 
 def test_variant_checks_its_name_stage_and_overrides():
@@ -86,20 +85,10 @@ def test_metrics_table_marks_diverged_runs_and_quotes_the_paper():
 
 
 @pytest.fixture(scope="module")
-def main_run(tmp_path_factory):
-    """A finished smoke run (baseline, expansion, shrinkage): seconds on 12 images of 32 px."""
-    tmp = tmp_path_factory.mktemp("ablation")
-    cwd = os.getcwd()
-    os.chdir(tmp)  # the smoke benchmark is generated under ./data
-    try:
-        # ablation.max_steps off: these tests check forks of the main run itself
-        run = start_run(tmp / "main", load_config("smoke", ["ablation.max_steps=null"]), data_root=None)
-        train_cam(run, progress=False)
-        expand(run, progress=False)
-        shrink(run, progress=False)
-    finally:
-        os.chdir(cwd)
-    return run
+def main_run(smoke_stages, tmp_path_factory):
+    """The session's finished smoke run, copied: ablation.max_steps off, these tests check forks of
+    the main run itself."""
+    return copy_run(smoke_stages, tmp_path_factory.mktemp("ablation") / "main", ["ablation.max_steps=null"])
 
 
 def _log_stages(run) -> list[str]:

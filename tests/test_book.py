@@ -102,6 +102,7 @@ def executed(tmp_path_factory):
     return root, paths
 
 
+@pytest.mark.slow  # papermill starts a kernel per chapter
 def test_execute_notebooks_injects_the_parameters(executed):
     root, paths = executed
     assert [p.name for p in paths] == [CHAPTERS[0], CHAPTERS[2]]  # book order; missing chapters skipped
@@ -114,6 +115,7 @@ def test_execute_notebooks_injects_the_parameters(executed):
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
 
 
+@pytest.mark.slow  # papermill starts a kernel per chapter
 def test_execute_notebooks_writes_each_chapters_time_and_the_page_shows_it(executed):
     root, paths = executed
     timing = json.loads((root / "executed" / TIMING_FILE).read_text())
@@ -155,6 +157,7 @@ def test_the_build_time_page_shows_each_chapters_stages_and_the_rest():
     assert page.index("| refine |") < page.index("| eval_cam |")  # largest first
 
 
+@pytest.mark.slow  # papermill starts a kernel per chapter
 def test_execute_notebooks_stops_at_a_failing_notebook(executed, tmp_path):
     root, _ = executed
     nb_dir = tmp_path / "notebooks"
@@ -213,6 +216,7 @@ def test_claim_build_folder_accepts_new_empty_marked_and_earlier_build_folders(t
         claim_build_folder(tmp_path / "file")
 
 
+@pytest.mark.slow  # papermill starts a kernel per chapter
 def test_a_chapter_executed_for_another_profile_or_run_folder_is_not_published(executed, tmp_path):
     """`esol book --only 01` used to publish a 00 lying in executed/ from another build (item 3)."""
     root, paths = executed

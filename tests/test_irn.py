@@ -289,15 +289,16 @@ def test_boundary_net_odd_sizes():
 
 
 @pytest.mark.slow
-def test_refine_end_to_end_on_smoke(tmp_path, monkeypatch):
+def test_refine_end_to_end_on_smoke(smoke_stages, tmp_path, monkeypatch):
+    from conftest import copy_run
+
     from esol_lib import steps
-    from esol_lib.config import load_config, save_config
+    from esol_lib.config import save_config
     from esol_lib.errors import ConfigError, StageError
     from esol_lib.steps.refinement import ir_label_dir, refine
 
-    monkeypatch.chdir(tmp_path)  # start_run generates data/synth-smoke relative to the cwd
-    run = steps.start_run(tmp_path / "run", load_config("smoke"), data_root=None)
-    steps.train_cam(run, progress=False)
+    monkeypatch.chdir(tmp_path)
+    run = copy_run(smoke_stages, tmp_path / "run")  # the baseline trained, no CAMs yet
     with pytest.raises(StageError, match="esol make-cam --run .* --stage baseline"):
         refine(run, "baseline", progress=False)
     steps.make_cam(run, "baseline", progress=False)

@@ -44,6 +44,7 @@ def test_pretrain_writes_a_backbone_that_model_pretrained_loads(tmp_path):
     assert pretrain_backbone(out, other, progress=False)["fingerprint"] != card["fingerprint"]
 
 
+@pytest.mark.slow  # trains a backbone end to end through the command line
 def test_cli_pretrain(tmp_path, monkeypatch, capsys):
     import esol_lib.pretrain as pretrain
 
