@@ -103,6 +103,10 @@ def test_the_built_smoke_book_reads_offline(book):
         )
     assert check_published(html, forbidden) == []
     assert "tex-chtml.js" in (html / "notebooks" / "04_shrinkage.html").read_text(encoding="utf-8")  # Eq. (6)
+    # display(Markdown(table)) outputs are tables on the page, not a paragraph of pipes
+    for chapter in ("05_refinement.html", "08_reproduction.html"):
+        page = (html / "notebooks" / chapter).read_text(encoding="utf-8")
+        assert "<table" in page and "|---|" not in page and "|—|" not in page, f"{chapter}: a Markdown table as text"
     slider_page = (html / "notebooks" / "07_ablations.html").read_text(encoding="utf-8")
     assert html_lib.escape(WIDGET_PLACEHOLDER) in slider_page or WIDGET_PLACEHOLDER in slider_page
     assert "alpha_explorer" in slider_page  # the code stays: the reader sees what to run in JupyterLab
