@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,21 @@ def _infer(d, unary: np.ndarray, n_labels: int, iterations: int, shape: tuple[in
     d.setUnaryEnergy(np.ascontiguousarray(unary.astype(np.float32)))
     q = d.inference(iterations)
     return np.asarray(q, dtype=np.float32).reshape(n_labels, *shape)
+
+
+def label_crf_kwargs(crf_cfg: Any) -> dict[str, float]:
+    """A config's ``crf`` section (:class:`~esol_lib.config.CRFConfig`) as the keyword arguments of
+    :func:`crf_from_labels` and :func:`crf_from_labelings` (IRN's label CRF)."""
+    c = crf_cfg
+    return {
+        "gt_prob": c.gt_prob,
+        "iterations": c.iterations,
+        "gauss_sxy": c.gauss_sxy,
+        "gauss_compat": c.gauss_compat,
+        "bilateral_sxy": c.bilateral_sxy,
+        "bilateral_srgb": c.bilateral_srgb,
+        "bilateral_compat": c.bilateral_compat,
+    }
 
 
 def crf_from_labels(

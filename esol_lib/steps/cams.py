@@ -26,7 +26,7 @@ from esol_lib.cam import (
     seed_part_recall,
 )
 from esol_lib.config import Config, config_to_dict
-from esol_lib.crf import crf_from_labelings
+from esol_lib.crf import crf_from_labelings, label_crf_kwargs
 from esol_lib.errors import StageError
 from esol_lib.feature_cache import cached_backbone
 from esol_lib.metrics import read_metrics, write_metrics
@@ -139,21 +139,10 @@ def eval_cam(
         plain = current_cam_metrics(run, stage, split) or eval_cam(run, stage, split, progress=progress)
         i = min(range(len(thresholds)), key=lambda j: abs(thresholds[j] - plain["threshold"]))
         thresholds = thresholds[max(0, i - 2) : i + 3]
-        c = cfg.crf
+        kwargs = label_crf_kwargs(cfg.crf)
 
         def crf_fn(image, labellings, n):
-            return crf_from_labelings(
-                image,
-                labellings,
-                n,
-                gt_prob=c.gt_prob,
-                iterations=c.iterations,
-                gauss_sxy=c.gauss_sxy,
-                gauss_compat=c.gauss_compat,
-                bilateral_sxy=c.bilateral_sxy,
-                bilateral_srgb=c.bilateral_srgb,
-                bilateral_compat=c.bilateral_compat,
-            )
+            return crf_from_labelings(image, labellings, n, **kwargs)
 
         name = f"{stage}_crf_{split}"
     metrics = evaluate_cams(

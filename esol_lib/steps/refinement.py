@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from esol_lib.atomic import atomic_write_text, read_json
 from esol_lib.cam import file_digest, load_cam
 from esol_lib.config import Config
+from esol_lib.crf import label_crf_kwargs
 from esol_lib.data import VOCSegmentation, load_image, load_mask, save_label_png
 from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
 from esol_lib.distributed import barrier, get_dist_info, init_distributed, is_main_process, make_loader, wrap_ddp
@@ -71,7 +72,6 @@ from esol_lib.steps.common import load_baseline, require_cams, resolve_device, s
 
 __all__ = [
     "IRNTrainTransform",
-    "crf_kwargs",
     "eval_pseudo_masks",
     "ir_label_dir",
     "irn_backbone",
@@ -105,20 +105,6 @@ def irn_stage_name(stage: str) -> str:
     return f"irn-{stage}"
 
 
-def crf_kwargs(cfg: Config) -> dict[str, float]:
-    """The run's ``crf`` section as keyword arguments of :func:`esol_lib.crf.crf_from_labels`."""
-    c = cfg.crf
-    return {
-        "gt_prob": c.gt_prob,
-        "iterations": c.iterations,
-        "gauss_sxy": c.gauss_sxy,
-        "gauss_compat": c.gauss_compat,
-        "bilateral_sxy": c.bilateral_sxy,
-        "bilateral_srgb": c.bilateral_srgb,
-        "bilateral_compat": c.bilateral_compat,
-    }
-
-
 def _hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -140,7 +126,7 @@ def _ir_signature(run: RunDir, cfg: Config, stage: str) -> str:
             "cams": _cam_signature(run, stage),
             "conf_fg": cfg.irn.conf_fg_thres,
             "conf_bg": cfg.irn.conf_bg_thres,
-            "crf": crf_kwargs(cfg),
+            "crf": label_crf_kwargs(cfg.crf),
         }
     )
 
@@ -235,7 +221,7 @@ def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = No
     _prepare(out_dir, _ir_signature(run, cfg, stage))
     drop_damaged(out_dir)
     todo = _shard([i for i in ds.ids if not (out_dir / f"{i}.png").is_file()])
-    kwargs = crf_kwargs(cfg)
+    kwargs = label_crf_kwargs(cfg.crf)
     cam_dir = run.cams(stage)
 
     def one(image_id: str) -> None:  # two CRFs on one core: the images are spread over the cores
