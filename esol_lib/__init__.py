@@ -65,6 +65,7 @@ _EXPORTS: dict[str, str] = {
     "load_seed_results": "esol_lib.results",
     "claims_table": "esol_lib.results",
     "stage_table": "esol_lib.results",
+    "seed_report": "esol_lib.results",
     "offsets_table": "esol_lib.results",
     "table5_table": "esol_lib.results",
 }

@@ -23,6 +23,7 @@ __all__ = [
     "Claim",
     "CLAIMS",
     "load_seed_results",
+    "seed_report",
     "claim_gains",
     "claims_table",
     "stage_table",
@@ -222,6 +223,27 @@ def stage_table(
             cells.append(_mean_std(vals, signed=False, empty="–"))
         rows.append(f"| {st} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+#: The stage tables of :func:`seed_report`: (group of the seed results, title).
+REPORT_GROUPS: tuple[tuple[str, str], ...] = (
+    ("seeds_train", "seeds (train)"),
+    ("seeds_val", "seeds (val)"),
+    ("crf_train", "seeds + CRF (train)"),
+    ("masks_train", "IRN pseudo masks (train)"),
+    ("seg_val", "DeepLab-v2 (val)"),
+)
+
+
+def seed_report(results: dict, groups: tuple[tuple[str, str], ...] = REPORT_GROUPS) -> str:
+    """Chapter 08's report of one benchmark's seed results (Markdown): :func:`claims_table`, then a
+    :func:`stage_table` per group that holds any numbers, each under its title."""
+    seeds = list(results["seeds"].values())
+    parts = [claims_table(results)]
+    for group, title in groups:
+        if any(s.get(group) for s in seeds):
+            parts.append(f"**{title}**, mean ± std over the seeds (%)\n\n" + stage_table(results, group))
+    return "\n\n".join(parts)
 
 
 def offsets_table(results: dict) -> str:

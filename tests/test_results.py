@@ -2,7 +2,16 @@
 
 from pathlib import Path
 
-from esol_lib.results import CLAIMS, Claim, claim_gains, claims_table, headline_table, load_seed_results, stage_table
+from esol_lib.results import (
+    CLAIMS,
+    Claim,
+    claim_gains,
+    claims_table,
+    headline_table,
+    load_seed_results,
+    seed_report,
+    stage_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,3 +98,11 @@ def test_the_readme_results_are_the_committed_seed_results():
     block = readme.split("<!-- results:", 1)[1].split("-->", 1)[1].split("<!-- /results -->", 1)[0].strip()
     expected = headline_table(load_seed_results(ROOT / "book" / "results" / "emoji_seeds.json"))
     assert block == expected, "README's results table is stale: paste esol_lib.results.headline_table's output"
+
+
+def test_seed_report_puts_the_claims_first_and_a_table_per_group_with_numbers():
+    report = seed_report(RESULTS)
+    assert report.startswith(claims_table(RESULTS))
+    assert "**seeds (train)**, mean ± std over the seeds (%)\n\n" + stage_table(RESULTS, "seeds_train") in report
+    assert "**IRN pseudo masks (train)**" in report
+    assert "**seeds (val)**" not in report and "**seeds + CRF (train)**" not in report  # no numbers: no table
