@@ -10,7 +10,6 @@ from __future__ import annotations
 
 __all__ = [
     "TABLE1",
-    "TABLE3",
     "TABLE5",
     "TABLE5_BASELINE_SEED",
     "TABLE5_ESOL_SEED",
@@ -31,11 +30,6 @@ TABLE1: dict[str, dict[str, dict[str, float]]] = {
         "baseline": {"Seed": 33.5, "Mask": 42.9, "val": 41.4},
         "shrinkage": {"Seed": 35.7, "Mask": 44.6, "val": 42.6},
     },
-}
-#: The DeepLab-v2 columns of :data:`TABLE1` (Table 3 for VOC, Table 2 for COCO).
-TABLE3 = {
-    ds: {st: {k: v for k, v in row.items() if k in ("val", "test")} for st, row in t.items()}
-    for ds, t in TABLE1.items()
 }
 
 #: Table 5 (CAM seed mIoU on VOC train): each ESOL component switched off, by ablation variant name
