@@ -24,9 +24,9 @@ Choices that differ from IRN's public setup (all documented where they are made)
   CAMs were made for (``data.cam_split``), the images whose pseudo masks are scored.
 - **Radius.** IRN trains with pairs within radius 10 and walks with radius 5 (feature cells);
   training here uses ``2 * irn.radius`` (:data:`TRAIN_RADIUS_FACTOR`) and inference ``irn.radius``.
-- **Optimizer.** SGD, poly schedule, ``irn.lr``, weight decay 1e-4 (IRN). IRN's PolyOptimizer
-  passes its weight decay into SGD's momentum slot, so its momentum is effectively 1e-4; we use
-  momentum 0 (:data:`MOMENTUM`), the behaviour IRN actually trained with.
+- **Optimizer.** SGD, poly schedule, ``irn.lr``, weight decay 1e-4 (IRN's param groups set it).
+  IRN's PolyOptimizer passes its weight decay positionally into SGD's momentum slot, so its
+  momentum is effectively 1e-4 (:data:`MOMENTUM`): the optimiser IRN actually trained with.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ __all__ = [
 IRN_BACKBONES = ("pretrained", "random", "classifier")  # irn.backbone
 TRAIN_RADIUS_FACTOR = 2  # IRN: radius 10 for training, 5 for the random walk
 SCALE_RANGE = (0.5, 1.5)  # IRN's random rescale of the training images
-MOMENTUM = 0.0  # IRN's effective momentum (see the module docstring)
+MOMENTUM = 1e-4  # IRN's effective momentum (see the module docstring)
 WEIGHT_DECAY = 1e-4
 CHECKPOINT_EVERY = 200
 _META = "_meta.json"
