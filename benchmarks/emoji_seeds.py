@@ -73,7 +73,9 @@ def collect(run_dir: Path) -> dict:
     cfg = run.load_config()
     m = lambda name: _pick(_read(run.metrics(name)))  # noqa: E731
     train, val = cfg.data.cam_split, cfg.data.val_split
+    tc = cfg.train_cam
     out: dict = {
+        "train_cam": {"lr": tc.lr, "momentum": tc.momentum, "weight_decay": tc.weight_decay},
         "seeds_train": {},
         "seeds_val": {},
         "crf_train": {},
@@ -143,7 +145,7 @@ def summarise(per_seed: dict[str, dict]) -> dict:
     first = next(iter(per_seed.values()))
     summary: dict = {}
     for group, stages in first.items():
-        if group in ("offsets", "table5_val"):
+        if group in ("offsets", "table5_val", "train_cam"):
             continue
         summary[group] = {}
         for st in stages:

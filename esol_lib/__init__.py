@@ -10,7 +10,7 @@ esol_lib`` (and the ``esol`` command) costs nothing until a name is asked for.
                               ``expand``, ``shrink``, ``refine``, ``train_seg``, ``eval_seg``
     data                      ``VOCSegmentation``, ``load_mask``, ``load_cam``, ``to_tensor``, ...
     figures and tables        ``viz``, ``widgets``
-    the paper and the runs    ``paper``, ``ablation``, ``results``, ``RunDir``
+    the paper and the runs    ``paper``, ``ablation``, ``results``, ``readings``, ``RunDir``
     ========================  ===============================================================
 """
 
@@ -68,9 +68,10 @@ _EXPORTS: dict[str, str] = {
     "seed_report": "esol_lib.results",
     "offsets_table": "esol_lib.results",
     "table5_table": "esol_lib.results",
+    "run_sentences": "esol_lib.readings",
 }
 #: Submodules the chapters use as namespaces (``viz.show_cams``, ``paper.TABLE6``).
-_MODULES = ("viz", "widgets", "ablation", "paper", "results")
+_MODULES = ("viz", "widgets", "ablation", "paper", "results", "readings")
 
 __all__ = sorted([*_EXPORTS, *_MODULES])
 

@@ -63,6 +63,7 @@ CHAPTERS: list[str] = [
     "06_deeplab.ipynb",
     "07_ablations.ipynb",
     "08_reproduction.ipynb",
+    "09_where_the_stages_lose_it.ipynb",
 ]
 
 #: Written by :func:`execute_notebooks` beside the executed copies: seconds per chapter and the machine.

@@ -93,7 +93,12 @@ class TrainCamConfig:
     max_steps: int | None = None  # overrides epochs when set
     lr: float = 0.1
     new_layer_lr_mult: float = 10.0
-    momentum: float = 0.9
+    # IRN's *effective* optimiser, which the paper follows ("we implement CAM following Ahn et al."):
+    # IRN's PolyOptimizer calls ``SGD(params, lr, weight_decay)``, so the 1e-4 meant as weight decay
+    # lands in SGD's positional momentum slot, while each of train_cam's param groups sets
+    # ``weight_decay: 1e-4`` itself. IRN therefore trained with momentum 1e-4 and weight decay 1e-4.
+    # The momentum 0.9 that its code meant is a setting (``train_cam.momentum=0.9``), not IRN.
+    momentum: float = 1e-4
     weight_decay: float = 1e-4
     resize_long: list[int] = field(default_factory=lambda: [320, 640])
     crop_size: int = 512
@@ -122,10 +127,13 @@ class ExpansionConfig:
     weight_decay: float = 1e-4
     max_steps: int = 6610
     batch_size: int = 16
-    clip: bool = True  # FL: feature clipping (Eq. 7)
+    clip: bool = True  # FL: feature clipping (Eq. 7); false switches it off everywhere (Table 5)
     beta: float = 0.15
+    # Where Eq. (7) acts, and how (the paper is silent; readings of benchmarks/readings.py):
+    clip_in_training: bool = True  # clip while expansion trains (false: clip only once ES is trained)
+    clip_in_cams: bool = True  # clip when the expansion and shrinkage models compute CAMs (Fig. 2)
+    clip_gradient: bool = False  # let the gradient pass through the ceiling β·max (false: a statistic)
     train_regular: bool = False  # Appendix A.1.3: regular weights trainable
-    sampler_layer: int = 1  # which extra conv the expansion sampler replaces (1 or 2)
     max_offset: float = 8.0  # divergence guard: mean |offset| in feature cells
 
 
@@ -134,8 +142,13 @@ class ShrinkageConfig:
     """Shrinkage stage (§3.3, Eq. 6)."""
 
     offsets: bool = True  # DT_s
+    # which extra conv SS deforms: 'second' (stacked after ES and the clipping, Fig. 2) or 'first'
+    # (the conv ES replaced: SS's offsets add to ES's, and the second conv stays the baseline's)
+    placement: str = "second"
     area_loss: bool = True
-    area_map: str = "cam"  # what P_k is: the max-normalised CAM of Eq. (2) ('cam') or 'sigmoid' class maps
+    # what P_k is: the max-normalised CAM of Eq. (2) ('cam'), the same with the max held constant
+    # ('cam-detached'), or each pixel's class probability ('sigmoid')
+    area_map: str = "cam"
     area_classes: str = "present"  # the image's GT classes ('present') or all C classes ('all', Eq. 6 as written)
     gamma: float = 1.0
     mu: float = 1.0
@@ -366,7 +379,8 @@ _CHOICES = {
     "model.backbone": ("resnet50", "resnet101", "small"),
     "seg.backbone": ("resnet50", "resnet101", "small"),
     "irn.backbone": ("pretrained", "random", "classifier"),
-    "shrinkage.area_map": ("cam", "sigmoid"),
+    "shrinkage.area_map": ("cam", "cam-detached", "sigmoid"),
+    "shrinkage.placement": ("second", "first"),
     "shrinkage.area_classes": ("present", "all"),
 }
 

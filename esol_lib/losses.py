@@ -17,15 +17,17 @@ def expansion_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float) -> 
     return -alpha * multilabel_loss(logits, labels)
 
 
-def feature_clip(x: torch.Tensor, beta: float) -> torch.Tensor:
+def feature_clip(x: torch.Tensor, beta: float, gradient: bool = False) -> torch.Tensor:
     """Eq. (7): per image and channel, values above ``β · max`` (spatial max) are set to ``β · max``.
 
     Flattens the activation bias left by expansion so every pixel has a fair chance in shrinkage.
-    ``x`` is ``(B, C, H, W)``; the threshold is not differentiated through (it is a statistic).
+    ``x`` is ``(B, C, H, W)``. The paper does not say whether the ceiling is differentiated:
+    ``gradient=False`` (``expansion.clip_gradient``) treats it as a statistic, so a clipped cell
+    passes no gradient at all; ``True`` lets the gradient reach the channel's maximum through it.
     """
     if not 0.0 < beta <= 1.0:
         raise ValueError(f"feature clipping needs 0 < beta <= 1, got {beta}")
-    ceiling = beta * x.detach().amax(dim=(-2, -1), keepdim=True)
+    ceiling = beta * (x if gradient else x.detach()).amax(dim=(-2, -1), keepdim=True)
     return torch.minimum(x, ceiling)
 
 
@@ -33,17 +35,21 @@ def area_maps(cams: torch.Tensor, kind: str = "cam") -> torch.Tensor:
     """The localization maps ``P_k`` the area loss measures (the paper leaves them undefined; DESIGN.md).
 
     ``'cam'`` (default): ReLU'd CAMs divided by their spatial max — Eq. (2)'s localization map, the
-    map that is thresholded into seeds.
+    map that is thresholded into seeds. The gradient passes through the max too, so raising a
+    class's peak lowers the whole map's area.
+    ``'cam-detached'``: the same map with the max held constant: the area falls only where the
+    class score itself falls.
     ``'sigmoid'``: ``σ(w_k^T F)``, each pixel's own classification probability. It hardly changes
     during shrinkage: the sampler cannot make scores negative, and near objects large scores saturate
     the sigmoid (book, method page).
     """
     if kind == "sigmoid":
         return torch.sigmoid(cams)
-    if kind == "cam":
+    if kind in ("cam", "cam-detached"):
         cams = F.relu(cams)
-        return cams / (cams.amax(dim=(-2, -1), keepdim=True) + 1e-5)
-    raise ValueError(f"shrinkage.area_map must be 'sigmoid' or 'cam', got {kind!r}")
+        peak = cams.amax(dim=(-2, -1), keepdim=True)
+        return cams / ((peak.detach() if kind == "cam-detached" else peak) + 1e-5)
+    raise ValueError(f"shrinkage.area_map must be 'cam', 'cam-detached' or 'sigmoid', got {kind!r}")
 
 
 def area_loss(maps: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -484,3 +484,113 @@ def show_images(images: Sequence[np.ndarray], titles: Sequence[str] | None = Non
             if titles:
                 ax.set_title(titles[i], fontsize=6)
     return fig
+
+
+def reading_tradeoff(result: Mapping, split: str = "val"):
+    """Each reading as one point per seed: expansion's change in recall (x) against shrinkage's change in
+    precision over expansion (y), both at the best threshold, from ``readings.json``. The paper's
+    direction (Table 6 on VOC: +24.5 recall, +26.0 precision) is the upper right quadrant."""
+    from esol_lib import readings as rd
+
+    effects = rd.effects_by_reading(result, split)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    markers = "osD^v<>pPX*h"
+    for k, (name, per_seed) in enumerate(effects.items()):
+        xs = [e["expansion_recall"] for e in per_seed if e["expansion_recall"] is not None]
+        ys = [e["shrinkage_precision"] for e in per_seed if e["expansion_recall"] is not None]
+        if xs:
+            ax.scatter(xs, ys, marker=markers[k % len(markers)], s=36, label=name, alpha=0.85)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("expansion: Δ recall over the baseline (points)")
+    ax.set_ylabel("shrinkage: Δ precision over expansion (points)")
+    ax.set_title(f"what each stage did, per reading ({split}; the paper: upper right)", fontsize=9)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def reading_offsets(result: Mapping, seed: str = "0"):
+    """Mean |offset| (feature cells) over training steps, per reading, for both stages (the runs' logs)."""
+    from esol_lib import readings as rd
+
+    runs = result.get("seeds", {}).get(seed, {})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, stage in zip(axes, ("expansion", "shrinkage")):
+        for name in rd.reading_names(result):
+            curve = ((runs.get(name) or {}).get("offsets") or {}).get(stage)
+            if curve:
+                steps, values = zip(*curve)
+                ax.plot(steps, values, lw=1, label=name)
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_xlabel("step")
+        ax.set_title(f"{stage}: mean |offset| (cells)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def reading_gradients(result: Mapping, seed: str = "0", key: str = "expansion_start"):
+    """The gradient reaching the offsets (``∂L/∂Δp``, mean L2 norm per cell) on object, background and
+    clipped cells, per reading, at one point (``expansion_start``, ``expansion_end``, ``shrinkage_start``, ...)."""
+    from esol_lib import readings as rd
+
+    runs = result.get("seeds", {}).get(seed, {})
+    names, series = [], {"object": [], "background": [], "clipped": []}
+    for name in rd.reading_names(result):
+        d = ((runs.get(name) or {}).get("diagnostics") or {}).get(key)
+        if not d or "skipped" in d:
+            continue
+        names.append(name)
+        for kind in series:
+            v = d.get(f"grad_{kind}")
+            series[kind].append(None if v is None or not np.isfinite(v) or v <= 0 else v)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(names) + 2), 3.4))
+    if names:
+        colors = {"object": "#d62728", "background": "#7f7f7f", "clipped": "#1f77b4"}
+        grouped_bars(ax, series, names, colors=colors)
+        ax.set_yscale("log")
+        ax.tick_params(axis="x", labelrotation=35, labelsize=7)
+    ax.set_ylabel("mean ‖∂L/∂Δp‖ per cell")
+    ax.set_title(f"{key.replace('_', ' at its ')}: gradient reaching the offsets, by cell", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def reading_sampling(result: Mapping, seed: str = "0", max_rows: int = 12):
+    """Where ES and SS sample after training, per reading, on the same val image (``readings.json``):
+    white the regular 3×3 grid of each drawn output cell, red the learned positions."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from esol_lib import readings as rd
+
+    runs = result.get("seeds", {}).get(seed, {})
+    picture = runs.get("_image")
+    names = [n for n in rd.reading_names(result) if (runs.get(n) or {}).get("sampling")][:max_rows]
+    if not picture or not names:
+        return None
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(picture["png"]))).convert("RGB"))
+    fig, axes = plt.subplots(len(names), 2, figsize=(5.0, 2.5 * len(names)), squeeze=False)
+    for row, name in enumerate(names):
+        s = runs[name]["sampling"]
+        for col, stage in enumerate(("expansion", "shrinkage")):
+            ax = axes[row, col]
+            points = s.get(stage)
+            if not points:
+                ax.imshow(image)
+                ax.set_title(f"{name}: {stage} has no offsets", fontsize=8)
+                ax.axis("off")
+                continue
+            regular = np.concatenate([np.asarray(p[0]) for p in points])
+            deformed = np.concatenate([np.asarray(p[1]) for p in points])
+            draw_sampling_points(ax, image, regular, deformed, s["stride"], title=f"{name}: {stage}")
+            ax.title.set_fontsize(8)
+    fig.suptitle(f"val image {picture['id']} (generator seed {seed})", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -4,8 +4,12 @@
           → SS (extra conv 2 → ShrinkageSampler) → ReLU → GAP → classifier (frozen, bias-free)
 
 The clipping sits after ES during expansion training and stays on whenever the expansion or
-shrinkage model computes features (training and CAMs alike), as in Fig. 2. The two stages that
-train it are :mod:`esol_lib.steps.expansion` and :mod:`esol_lib.steps.shrinkage`.
+shrinkage model computes features (training and CAMs alike), as in Fig. 2; the paper leaves
+where it acts open, so ``expansion.clip_in_training`` and ``expansion.clip_in_cams`` turn it off
+in expansion training or in the CAMs (:meth:`ESOLModel.clipping`). With ``shrinkage.placement:
+first`` SS deforms the same conv as ES (its offsets add to ES's, before the clipping) and the
+second conv stays the baseline's. The two stages that train it are
+:mod:`esol_lib.steps.expansion` and :mod:`esol_lib.steps.shrinkage`.
 """
 
 from __future__ import annotations
@@ -45,9 +49,25 @@ class ESOLModel(nn.Module):
             deformable=expansion.deformable,
             train_regular=expansion.train_regular,
         )
-        self.ss = ShrinkageSampler(baseline.extra2, offsets=shrinkage.offsets, train_regular=shrinkage.train_regular)
+        self.ss_on_first = getattr(shrinkage, "placement", "second") == "first"
+        self.ss = ShrinkageSampler(
+            baseline.extra2,
+            offsets=shrinkage.offsets and not self.ss_on_first,
+            train_regular=shrinkage.train_regular,
+        )
+        if self.ss_on_first and shrinkage.offsets:
+            # SS's offset branch reads ES's input and adds to ES's offsets; the second conv stays
+            # plain. It keeps the name ``ss.offset_conv`` so an expansion checkpoint serves both.
+            k = self.es.kernel_size
+            self.ss.offset_conv = nn.Conv2d(self.es.in_channels, 2 * k * k, k, padding=k // 2)
+            nn.init.zeros_(self.ss.offset_conv.weight)
+            nn.init.zeros_(self.ss.offset_conv.bias)
         self.clip = bool(expansion.clip)
         self.beta = float(expansion.beta)
+        self.clip_in_training = bool(getattr(expansion, "clip_in_training", True))
+        self.clip_in_cams = bool(getattr(expansion, "clip_in_cams", True))
+        self.clip_gradient = bool(getattr(expansion, "clip_gradient", False))
+        self.training_stage: str | None = None  # set by stage_parameters: which stage is training
         self.use_feature_cache(None)
         for p in list(self.backbone.parameters()) + list(self.classifier.parameters()):
             p.requires_grad_(False)
@@ -74,13 +94,28 @@ class ESOLModel(nn.Module):
         with torch.no_grad():
             return self.backbone(x)["out"]
 
+    def clipping(self) -> bool:
+        """Whether Eq. (7) acts now: in training (``clip_in_training`` concerns the expansion stage
+        alone: shrinkage trains on the features its CAMs will see) or in CAMs (``clip_in_cams``)."""
+        if not self.clip:
+            return False
+        if not self.training:
+            return self.clip_in_cams
+        return self.clip_in_training or self.training_stage != "expansion"
+
     def expanded(self, feat: torch.Tensor) -> torch.Tensor:
         """ES, ReLU and (when on) feature clipping: ``F'_clip`` of Eq. (7)."""
-        f = F.relu(self.es(feat))
-        return feature_clip(f, self.beta) if self.clip else f
+        extra = None
+        if self.ss_on_first:  # SS on the same conv: its offsets add to ES's
+            extra = self.ss.offsets(feat)
+            if extra is not None:
+                self.ss.last_offset_magnitude = float(extra.detach().abs().mean())
+        f = F.relu(self.es(feat, extra_offset=extra))
+        return feature_clip(f, self.beta, gradient=self.clip_gradient) if self.clipping() else f
 
     def head(self, feat: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.ss(self.expanded(feat)))
+        f = self.expanded(feat)
+        return F.relu(self.ss.regular(f) if self.ss_on_first else self.ss(f))
 
     def cam_from_head(self, f: torch.Tensor) -> torch.Tensor:
         return F.conv2d(f, self.classifier.weight)
@@ -99,6 +134,7 @@ class ESOLModel(nn.Module):
 
     def stage_parameters(self, stage: str) -> list[nn.Parameter]:
         """What a stage trains: ES's learnable parameters (expansion) or SS's (shrinkage)."""
+        self.training_stage = stage
         sampler = self.es if stage == "expansion" else self.ss
         for other in (self.es, self.ss):
             if other is not sampler:

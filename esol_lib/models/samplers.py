@@ -104,14 +104,21 @@ class DeformableSampler(nn.Module):
         """Offsets ``(B, 2·k·k, H, W)`` as ``(Δy, Δx)`` pairs per kernel point, or None without DT."""
         return None if self.offset_conv is None else self.offset_conv(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, extra_offset: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. (4); ``extra_offset`` (another sampler's offsets on the same input) adds to this one's."""
         offset = self.offsets(x)
+        if extra_offset is not None:
+            offset = extra_offset if offset is None else offset + extra_offset
         if offset is None:
-            return F.conv2d(x, self.weight, self.bias, padding=self.padding)
+            return self.regular(x)
         self.last_offset_magnitude = float(offset.detach().abs().mean())
         if x.is_cuda:
             return deform_conv2d(x, offset, self.weight, self.bias, padding=(self.padding, self.padding))
         return deform_conv2d_sampled(x, offset, self.weight, self.bias)
+
+    def regular(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain convolution with the regular weights (no offsets)."""
+        return F.conv2d(x, self.weight, self.bias, padding=self.padding)
 
     def learnable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

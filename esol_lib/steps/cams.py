@@ -92,7 +92,8 @@ def _cam_settings(cfg: Config, stage: str) -> str:
     settings: dict = {"model": dataclasses.asdict(cfg.model)}
     if stage != "baseline":
         e = cfg.expansion
-        settings["esol"] = [e.clip, e.beta, e.offsets, e.deformable, e.sampler_layer, cfg.shrinkage.offsets]
+        sc = cfg.shrinkage
+        settings["esol"] = [e.clip, e.beta, e.clip_in_cams, e.offsets, e.deformable, sc.offsets, sc.placement]
     return json.dumps(settings, sort_keys=True)
 
 

@@ -15,7 +15,20 @@ from esol_lib.run import holds_run_lock
 from esol_lib.steps.common import resolve_device
 from esol_lib.steps.esol_training import build_esol_model, stage_loader, train_esol_stage
 
-__all__ = ["expand"]
+__all__ = ["expand", "expansion_objective"]
+
+
+def expansion_objective(cfg, device: torch.device | str = "cpu"):
+    """The expansion stage's ``loss_fn(model, batch)``: Eq. (5) at ``expansion.alpha``, with the
+    classification loss it maximises logged as ``cls``."""
+    alpha = cfg.expansion.alpha
+
+    def loss_fn(m: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        logits = m(batch["image"].to(device))
+        loss = expansion_loss(logits, batch["label"].to(device), alpha)
+        return loss, {"cls": float(-loss.detach()) / alpha if alpha else 0.0}
+
+    return loss_fn
 
 
 @holds_run_lock
@@ -26,11 +39,5 @@ def expand(run, *, progress: bool = True):
     device = resolve_device(cfg)
     base, loader = stage_loader(cfg, cfg.expansion, cfg.data.train_split)
     model = build_esol_model(cfg, base.num_classes, run, device)
-    alpha = cfg.expansion.alpha
-
-    def loss_fn(m: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
-        logits = m(batch["image"].to(device))
-        loss = expansion_loss(logits, batch["label"].to(device), alpha)
-        return loss, {"cls": float(-loss.detach()) / alpha if alpha else 0.0}
-
+    loss_fn = expansion_objective(cfg, device)
     return train_esol_stage(run, "expansion", model, loss_fn, cfg.expansion, cfg, loader, progress)

@@ -16,20 +16,11 @@ from esol_lib.run import holds_run_lock
 from esol_lib.steps.common import resolve_device
 from esol_lib.steps.esol_training import build_esol_model, stage_loader, train_esol_stage
 
-__all__ = ["shrink"]
+__all__ = ["shrink", "shrinkage_objective"]
 
 
-@holds_run_lock
-def shrink(run, *, progress: bool = True):
-    """Shrinkage stage (§3.3): SS's offsets learn with Eq. (6) → ``checkpoints/shrinkage.pt``."""
-    cfg = run.load_config()
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg)
-    base, loader = stage_loader(cfg, cfg.shrinkage, cfg.data.train_split)
-    model = build_esol_model(cfg, base.num_classes, run, device)
-    load_stage_checkpoint(
-        run, "expansion", model, hint=f"run `esol expand --run {run.root}` first", optional=UNTRAINED_IN_EXPANSION
-    )
+def shrinkage_objective(cfg, device: torch.device | str = "cpu"):
+    """The shrinkage stage's ``loss_fn(model, batch)``: Eq. (6) with the ``shrinkage`` section's terms."""
     sc = cfg.shrinkage
 
     def loss_fn(m: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -45,4 +36,20 @@ def shrink(run, *, progress: bool = True):
             area_classes=sc.area_classes,
         )
 
-    return train_esol_stage(run, "shrinkage", model, loss_fn, sc, cfg, loader, progress)
+    return loss_fn
+
+
+@holds_run_lock
+def shrink(run, *, progress: bool = True):
+    """Shrinkage stage (§3.3): SS's offsets learn with Eq. (6) → ``checkpoints/shrinkage.pt``."""
+    cfg = run.load_config()
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg)
+    base, loader = stage_loader(cfg, cfg.shrinkage, cfg.data.train_split)
+    model = build_esol_model(cfg, base.num_classes, run, device)
+    load_stage_checkpoint(
+        run, "expansion", model, hint=f"run `esol expand --run {run.root}` first", optional=UNTRAINED_IN_EXPANSION
+    )
+    return train_esol_stage(
+        run, "shrinkage", model, shrinkage_objective(cfg, device), cfg.shrinkage, cfg, loader, progress
+    )
