@@ -182,7 +182,8 @@ def sampling_image(profile: str, seed: int, sets: list[str]) -> dict:
 
 
 def add_sampling(profile: str, seed: int, out: Path, sets: list[str], result: dict, save) -> None:
-    """The sampling-points figure's data for every trained run of one seed (cheap: one image)."""
+    """Recompute the diagnostics, and the sampling-points figure's data, of every trained run of one
+    seed (cheap: 16 crops and one image per run; no training)."""
     from esol_lib.run import RunDir
 
     runs = result.get("seeds", {}).get(str(seed), {})
@@ -192,10 +193,11 @@ def add_sampling(profile: str, seed: int, out: Path, sets: list[str], result: di
     runs["_image"] = {"id": image["id"], "png": image["png"]}
     main = out / f"seed{seed}"
     for name, rec in runs.items():
-        if name.startswith("_") or not isinstance(rec, dict) or "scores" not in rec or "sampling" in rec:
+        if name.startswith("_") or not isinstance(rec, dict) or "scores" not in rec:
             continue
         folder = main if name == "as-built" else main / "readings" / name
         if (folder / "checkpoints" / "shrinkage.pt").is_file():
+            rec["diagnostics"] = diagnostics(RunDir(folder))
             rec["sampling"] = sampling(RunDir(folder), image)
     save()
 
@@ -295,7 +297,11 @@ def main() -> int:
     p.add_argument("--skip", nargs="*", default=[], help="readings to leave out this time")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--select-only", action="store_true", help="apply the protocol to what is measured; train nothing")
-    p.add_argument("--sampling", action="store_true", help="add the sampling-points figure's data to trained runs")
+    p.add_argument(
+        "--sampling",
+        action="store_true",
+        help="recompute the diagnostics and the sampling-points figure's data of trained runs; train nothing",
+    )
     args = p.parse_args()
     names = {r.name for r in rd.READINGS} if args.only is None else set(args.only)
     names -= set(args.skip)
@@ -338,9 +344,10 @@ def main() -> int:
 
         with FileLock(str(args.json) + ".lock"):
             disk = json.loads(args.json.read_text(encoding="utf-8")) if args.json.is_file() else {}
-            for key, seeds in mine.items():
-                disk.setdefault(key, {}).update({s: v for s, v in result.get(key, {}).items() if s in seeds})
-                result[key] = disk[key]  # and see what the others measured
+            for key, seeds in mine.items():  # per seed and run: processes may share a seed, not a run
+                for s in seeds & set(result.get(key, {})):
+                    disk.setdefault(key, {}).setdefault(s, {}).update(result[key][s])
+                result[key] = disk.get(key, {})  # and see what the others measured
             history = disk.get("history", [])
             history += [h for h in result.get("history", []) if h not in history]
             for key, value in result.items():

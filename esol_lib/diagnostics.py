@@ -21,9 +21,12 @@ import torch.nn.functional as F
 __all__ = ["CELL_KINDS", "cell_kinds", "offset_gradients"]
 
 #: The cell classes the gradient is reported on: ``object`` (at least half its pixels foreground),
-#: ``background`` (no foreground pixel), ``clipped`` (at least half its channels at the Eq. (7)
-#: ceiling, object or not) and ``all``.
+#: ``background`` (no foreground pixel), ``clipped`` (at least :data:`CLIPPED_SHARE` of its channels
+#: at the Eq. (7) ceiling, object or not) and ``all``.
 CELL_KINDS = ("object", "background", "clipped", "all")
+#: The share of a cell's channels at the ceiling that makes it a clipped cell. Clipping acts per
+#: channel, so few cells have most of their channels clipped; a quarter marks the cells it shapes.
+CLIPPED_SHARE = 0.25
 
 
 def cell_kinds(masks: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +61,8 @@ def offset_gradients(
         ``grad_<kind>``: the mean over cells of that kind of the L2 norm (over the ``2·k·k`` offset
         channels) of ``∂loss/∂Δp``, for each kind in :data:`CELL_KINDS` (NaN where no cell is of
         that kind); ``cells_<kind>``: the share of cells of that kind; ``clipped_fraction``: the
-        share of the expanded feature values at the clipping ceiling; ``confidence``: the mean
+        share of the expanded feature values at the clipping ceiling, ``clipped_share_object`` and
+        ``clipped_share_background`` the mean share of clipped channels per cell of each kind; ``confidence``: the mean
         ``σ(z_k)`` over the classes present; ``offset``: the mean ``|Δp|`` of the stage's sampler.
     """
     sampler = model.es if stage == "expansion" else model.ss
@@ -95,7 +99,8 @@ def offset_gradients(
     f = F.relu(captured["expanded"])  # ES's output before the clipping
     ceiling = model.beta * f.amax(dim=(-2, -1), keepdim=True)
     at_ceiling = (f >= ceiling) & (ceiling > 0)  # (B, C, h, w)
-    clipped = at_ceiling.float().mean(dim=1) >= 0.5
+    share = at_ceiling.float().mean(dim=1)  # (B, h, w): the share of each cell's channels at the ceiling
+    clipped = share >= CLIPPED_SHARE
     kinds = {"object": obj, "background": bg, "clipped": clipped, "all": torch.ones_like(obj)}
     result: dict[str, float] = {}
     for name, where in kinds.items():
@@ -103,7 +108,9 @@ def offset_gradients(
         result[f"cells_{name}"] = float(where.float().mean())
     labels = batch["label"].bool()
     result["clipped_fraction"] = float(at_ceiling.float().mean())
+    result["clipped_share_object"] = float(share[obj].mean()) if bool(obj.any()) else float("nan")
+    result["clipped_share_background"] = float(share[bg].mean()) if bool(bg.any()) else float("nan")
     result["confidence"] = float(torch.sigmoid(logits)[labels].mean()) if bool(labels.any()) else float("nan")
     result["offset"] = float(offset.detach().abs().mean())
     result["loss"] = float(loss.detach())
-    return {k: (round(v, 8) if np.isfinite(v) else v) for k, v in result.items()}
+    return {k: (float(f"{v:.4g}") if np.isfinite(v) else v) for k, v in result.items()}

@@ -312,12 +312,13 @@ def stage_verdicts(
         ms = mean_std([e.get(key) for e in effects[name]])
         return None if ms is None else ms[0]
 
+    names = [n for n in effects if n != selected]
     recall_up = [
-        n for n in effects if (mean(n, "expansion_recall") or 0) > 0 and (mean(n, "expansion_recall_sweep") or 0) > 0
+        n for n in names if (mean(n, "expansion_recall") or 0) > 0 and (mean(n, "expansion_recall_sweep") or 0) > 0
     ]
-    precision_up = [n for n in effects if (mean(n, "shrinkage_precision") or 0) > 0]
-    esol_up = [n for n in effects if (mean(n, "esol_miou") or 0) > 0]
-    total = len(effects)
+    precision_up = [n for n in names if (mean(n, "shrinkage_precision") or 0) > 0]
+    esol_up = [n for n in names if (mean(n, "esol_miou") or 0) > 0]
+    total = len(names)
     lines = [
         (
             f"Expansion raised recall at the best threshold and across the sweep under {len(recall_up)} of "
@@ -405,42 +406,50 @@ def _signed(v: float | None) -> str:
     return "–" if v is None else f"{v:+.1f}"
 
 
+def readings_list(result: Mapping) -> str:
+    """The factors and their readings as a Markdown list: each level, its overrides, its support in
+    the paper's text and the words (or silence) behind it."""
+    lines = []
+    for factor, info in result.get("factors", {}).items():
+        lines.append(f"- **{factor}**: {info['label']} (as built; {info['support']}: {info['why']})")
+        for r in result.get("readings", []):
+            if r["factor"] == factor:
+                overrides = ", ".join(f"`{o}`" for o in r["overrides"])
+                lines.append(f"  - `{r['name']}`: {r['label']}, {overrides} ({r['support']}: {r['why']})")
+    return "\n".join(lines)
+
+
 def readings_table(result: Mapping, seed: str = "0", split: str = "val") -> str:
-    """One seed's readings side by side: each stage's seeds (mIoU, precision, recall, AP at the best
-    threshold; precision and recall averaged over the sweep) and the two effects the paper claims."""
-    labels = {r["name"]: (r["factor"], r["label"], r["support"]) for r in result.get("readings", [])}
-    head = (
-        "| reading | factor | support | stage | mIoU | P | R | F1 | AP | sweep P / R | expansion: Δ recall "
-        "(best / sweep) | shrinkage: Δ precision (best / sweep) |"
-    )
-    lines = [head, "|" + "---|" * 12]
+    """One seed's readings side by side: each stage's seeds (mIoU, precision, recall, F1, AP at the best
+    threshold; precision and recall averaged over the sweep) and the effect the paper claims for it:
+    expansion's change in recall over the baseline, shrinkage's in precision over expansion (best
+    threshold / averaged over the sweep, points)."""
+    head = "| reading | stage | mIoU | P | R | F1 | AP | sweep P / R | the paper's effect: Δ best / sweep |"
+    lines = [head, "|" + "---|" * 9]
     ref = _stages(result, seed, REFERENCE, split)
     if ref is None:
         return "no as-built run on this seed"
     b = ref["baseline"]
     lines.append(
-        f"| baseline (no ESOL) | – | – | baseline | {_pct(b, 'miou')} | {_pct(b, 'precision')} | {_pct(b, 'recall')} | "
-        f"{_pct(b, 'f1')} | {_pct(b, 'ap')} | {_sweep_mean(b, 'precision')} / {_sweep_mean(b, 'recall')} | – | – |"
+        f"| baseline (no ESOL) | baseline | {_pct(b, 'miou')} | {_pct(b, 'precision')} | {_pct(b, 'recall')} | "
+        f"{_pct(b, 'f1')} | {_pct(b, 'ap')} | {_sweep_mean(b, 'precision')} / {_sweep_mean(b, 'recall')} | – |"
     )
     for name in reading_names(result):
         stages = _stages(result, seed, name, split)
-        factor, label, support = labels.get(name, ("–", "as built (every factor's reference)", "–"))
         if stages is None:
-            lines.append(f"| {label} (`{name}`) | {factor} | {support} | – | not run | | | | | | | |")
+            lines.append(f"| `{name}` | not run | | | | | | | |")
             continue
         e = stage_effects(stages)
         for st in ("expansion", "shrinkage"):
             m = stages[st]
-            lead = f"{label} (`{name}`) | {factor} | {support}" if st == "expansion" else " | |"
-            effect = (
-                f"{_signed(e['expansion_recall'])} / {_signed(e['expansion_recall_sweep'])} | |"
-                if st == "expansion"
-                else f" | {_signed(e['shrinkage_precision'])} / {_signed(e['shrinkage_precision_sweep'])} |"
-            )
+            if st == "expansion":
+                effect = f"recall {_signed(e['expansion_recall'])} / {_signed(e['expansion_recall_sweep'])}"
+            else:
+                effect = f"precision {_signed(e['shrinkage_precision'])} / {_signed(e['shrinkage_precision_sweep'])}"
             lines.append(
-                f"| {lead} | {st} | {_pct(m, 'miou')} | {_pct(m, 'precision')} | {_pct(m, 'recall')} | "
-                f"{_pct(m, 'f1')} | {_pct(m, 'ap')} | {_sweep_mean(m, 'precision')} / {_sweep_mean(m, 'recall')} | "
-                f"{effect}"
+                f"| {f'`{name}`' if st == 'expansion' else ''} | {st} | {_pct(m, 'miou')} | {_pct(m, 'precision')} | "
+                f"{_pct(m, 'recall')} | {_pct(m, 'f1')} | {_pct(m, 'ap')} | "
+                f"{_sweep_mean(m, 'precision')} / {_sweep_mean(m, 'recall')} | {effect} |"
             )
     return "\n".join(lines)
 
@@ -452,7 +461,7 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def _percent(v) -> str:
-    return "–" if v is None else f"{100 * v:.1f} %"
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
 
 
 def diagnostics_table(result: Mapping, seed: str = "0") -> str:
@@ -461,8 +470,8 @@ def diagnostics_table(result: Mapping, seed: str = "0") -> str:
     the classes present, and the mean |offset| each stage ended with (feature cells)."""
     runs = result.get("seeds", {}).get(seed, {})
     head = (
-        "| reading | stage | when | ∂L/∂Δp: object | background | clipped | clipped cells | clipped values | "
-        "σ(z) present | mean abs offset |"
+        "| reading | stage | when | ∂L/∂Δp: object | background | clipped | clipped cells | "
+        "clipped channels: object / background | σ(z) | offset |"
     )
     lines = [head, "|" + "---|" * 10]
     for name in reading_names(result):
@@ -475,7 +484,8 @@ def diagnostics_table(result: Mapping, seed: str = "0") -> str:
             if "skipped" in d:
                 lines.append(f"| `{name}` | {stage} | {when} | no offsets | | | | | | |")
                 continue
-            share = [_percent(d.get("cells_clipped")), _percent(d.get("clipped_fraction"))]
+            share = [_percent(d.get("cells_clipped"))]
+            share.append(f"{_percent(d.get('clipped_share_object'))} / {_percent(d.get('clipped_share_background'))}")
             cells = [_fmt(d.get(f"grad_{k}")) for k in ("object", "background", "clipped")]
             cells += [*share, _fmt(d.get("confidence")), _fmt(d.get("offset"))]
             lines.append(f"| `{name}` | {stage} | {when} | " + " | ".join(cells) + " |")
@@ -598,8 +608,30 @@ def mechanism_sentences(result: Mapping, seed: str = "0", split: str = "val") ->
             f"the regular grid on average. At its start the loss it maximises sent {_fmt(start['grad_object'])} "
             f"(per cell, norm of ∂L/∂Δp) to the offsets of object cells, {_fmt(start['grad_background'])} to "
             f"background cells and {_fmt(start['grad_clipped'])} to clipped cells; {_percent(start['cells_clipped'])} "
-            f"of the cells were clipped, and the classifier's confidence in the classes present was "
-            f"{_fmt(start['confidence'])}."
+            f"of the cells were clipped ({_percent(start.get('clipped_share_object'))} of an object cell's channels "
+            f"on average, {_percent(start.get('clipped_share_background'))} of a background cell's), and the "
+            f"classifier's confidence in the classes present was {_fmt(start['confidence'])}."
+        )
+    ref_stages, noclip = _stages(result, seed, REFERENCE, split), _stages(result, seed, "cam-noclip", split)
+    if (
+        ref_stages
+        and noclip
+        and all(
+            m and not m.get("diverged") for m in (ref_stages["baseline"], ref_stages["expansion"], noclip["expansion"])
+        )
+    ):
+        base, built, bare = (
+            100 * m["miou"] for m in (ref_stages["baseline"], ref_stages["expansion"], noclip["expansion"])
+        )
+        share = (built - bare) / (built - base) if abs(built - base) >= 0.5 else None
+        out.append(
+            f"Expansion's seeds scored {built:.1f} mIoU as built and {bare:.1f} with the same offsets but no clipping "
+            f"in the CAMs (`cam-noclip`), against the baseline's {base:.1f}"
+            + (
+                f": {100 * share:.0f} % of expansion's change in mIoU comes from the clipping, not from the offsets."
+                if share is not None
+                else "."
+            )
         )
     effects = {}
     for name in moved.get("expansion", {}):

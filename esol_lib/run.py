@@ -371,7 +371,11 @@ class RunDir:
             "it is written when the run starts: restore it, or start over in a new --run folder "
             "(this one's results were made with the config it held)"
         )
-        return config_from_dict(read_yaml_mapping(self.config_path, empty_ok=False, fix=fix))
+        values = read_yaml_mapping(self.config_path, empty_ok=False, fix=fix)
+        try:
+            return config_from_dict(values)
+        except ConfigError as err:  # a damaged or hand-edited file: name it, not only the key
+            raise ConfigError(f"{self.config_path}: {err}; {fix}") from err
 
 
 def create_run(root: str | Path, cfg: Config) -> RunDir:

@@ -148,12 +148,11 @@ def test_stage_effects_and_verdicts_come_from_the_numbers():
     e = rd.stage_effects(run)
     assert e["expansion_recall"] == pytest.approx(10.0) and e["expansion_recall_sweep"] == pytest.approx(10.0)
     assert e["shrinkage_precision"] == pytest.approx(5.0) and e["esol_miou"] == pytest.approx(-2.0)
-    lines = rd.stage_verdicts(
-        {"as-built": [e, e], "other": [rd.stage_effects({"baseline": run["baseline"]})]}, "as-built"
-    )
+    other = rd.stage_effects({"baseline": run["baseline"]})
+    lines = rd.stage_verdicts({"as-built": [e, e], "other": [other], "selected": [e, e]}, "selected")
     assert lines[0].startswith("Expansion raised recall") and "1 of 2 readings (as-built)" in lines[0]
-    assert "under none of them" in lines[2]
-    assert "-2.0 ± 0.0 points (2 seeds) mIoU" in lines[3]
+    assert "under none of them" in lines[2]  # the selected combination is not counted as a reading
+    assert lines[3].startswith("The selected combination") and "-2.0 ± 0.0 points (2 seeds) mIoU" in lines[3]
 
 
 @pytest.mark.slow
