@@ -345,9 +345,14 @@ def main() -> int:
         with FileLock(str(args.json) + ".lock"):
             disk = json.loads(args.json.read_text(encoding="utf-8")) if args.json.is_file() else {}
             for key, seeds in mine.items():  # per seed and run: processes may share a seed, not a run
-                for s in seeds & set(result.get(key, {})):
-                    disk.setdefault(key, {}).setdefault(s, {}).update(result[key][s])
-                result[key] = disk.get(key, {})  # and see what the others measured
+                memory = result.setdefault(key, {})  # keeps its dicts: callers hold them
+                for s, theirs in disk.get(key, {}).items():
+                    if s in seeds and s in memory:
+                        for name, record in theirs.items():
+                            memory[s].setdefault(name, record)  # ours win; theirs are added
+                    else:
+                        memory[s] = theirs
+                disk[key] = memory
             history = disk.get("history", [])
             history += [h for h in result.get("history", []) if h not in history]
             for key, value in result.items():
