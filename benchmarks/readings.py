@@ -193,9 +193,13 @@ def add_sampling(profile: str, seed: int, out: Path, sets: list[str], result: di
     runs["_image"] = {"id": image["id"], "png": image["png"]}
     main = out / f"seed{seed}"
     for name, rec in runs.items():
-        if name.startswith("_") or not isinstance(rec, dict) or "scores" not in rec:
+        if name.startswith("_") or not isinstance(rec, dict):
             continue
         folder = main if name == "as-built" else main / "readings" / name
+        if rec.get("diverged") and "scores" not in rec and (folder / "checkpoints" / "expansion.pt").is_file():
+            rec["scores"] = score(RunDir(folder), ("expansion",), ("val",))
+        if "scores" not in rec:
+            continue
         if (folder / "checkpoints" / "shrinkage.pt").is_file():
             rec["diagnostics"] = diagnostics(RunDir(folder))
             rec["sampling"] = sampling(RunDir(folder), image)
@@ -223,6 +227,8 @@ def reading_record(main, variant, root: Path, splits=("val",)) -> dict:
     if result.get("diverged"):
         record["diverged"] = result["diverged"]
         record["offsets"] = offsets_over_steps(fork)
+        if fork.checkpoint("expansion").is_file():  # shrinkage ran away: the expansion it started from still scores
+            record["scores"] = score(fork, ("expansion",), splits)
         return record
     record["scores"] = score(fork, ("expansion", "shrinkage"), splits)
     record["diagnostics"] = diagnostics(fork)

@@ -359,12 +359,9 @@ def _stages_of(runs: Mapping, name: str, split: str) -> dict | None:
     if not ref or not rec:
         return None
     base = ref.get("scores", {}).get(split, {}).get("baseline")
-    if rec.get("diverged"):
-        return {
-            "baseline": base,
-            "expansion": {"diverged": rec["diverged"]},
-            "shrinkage": {"diverged": rec["diverged"]},
-        }
+    if rec.get("diverged"):  # a shrinkage-only reading keeps its (shared) expansion's scores
+        expansion = rec.get("scores", {}).get(split, {}).get("expansion") or {"diverged": rec["diverged"]}
+        return {"baseline": base, "expansion": expansion, "shrinkage": {"diverged": rec["diverged"]}}
     scores = rec.get("scores", {}).get(split)
     if not scores:
         return None
@@ -421,10 +418,10 @@ def readings_list(result: Mapping) -> str:
 
 def readings_table(result: Mapping, seed: str = "0", split: str = "val") -> str:
     """One seed's readings side by side: each stage's seeds (mIoU, precision, recall, F1, AP at the best
-    threshold; precision and recall averaged over the sweep) and the effect the paper claims for it:
-    expansion's change in recall over the baseline, shrinkage's in precision over expansion (best
-    threshold / averaged over the sweep, points)."""
-    head = "| reading | stage | mIoU | P | R | F1 | AP | sweep P / R | the paper's effect: Δ best / sweep |"
+    threshold; precision and recall averaged over the sweep) and the effect the paper claims for it
+    (``Δ``): expansion's change in recall over the baseline (``R``), shrinkage's in precision over
+    expansion (``P``), at the best threshold / averaged over the sweep, in points."""
+    head = "| reading | stage | mIoU | P | R | F1 | AP | sweep P/R | Δ best/sweep |"
     lines = [head, "|" + "---|" * 9]
     ref = _stages(result, seed, REFERENCE, split)
     if ref is None:
@@ -443,9 +440,9 @@ def readings_table(result: Mapping, seed: str = "0", split: str = "val") -> str:
         for st in ("expansion", "shrinkage"):
             m = stages[st]
             if st == "expansion":
-                effect = f"recall {_signed(e['expansion_recall'])} / {_signed(e['expansion_recall_sweep'])}"
+                effect = f"R {_signed(e['expansion_recall'])} / {_signed(e['expansion_recall_sweep'])}"
             else:
-                effect = f"precision {_signed(e['shrinkage_precision'])} / {_signed(e['shrinkage_precision_sweep'])}"
+                effect = f"P {_signed(e['shrinkage_precision'])} / {_signed(e['shrinkage_precision_sweep'])}"
             lines.append(
                 f"| {f'`{name}`' if st == 'expansion' else ''} | {st} | {_pct(m, 'miou')} | {_pct(m, 'precision')} | "
                 f"{_pct(m, 'recall')} | {_pct(m, 'f1')} | {_pct(m, 'ap')} | "
@@ -470,8 +467,7 @@ def diagnostics_table(result: Mapping, seed: str = "0") -> str:
     the classes present, and the mean |offset| each stage ended with (feature cells)."""
     runs = result.get("seeds", {}).get(seed, {})
     head = (
-        "| reading | stage | when | ∂L/∂Δp: object | background | clipped | clipped cells | "
-        "clipped channels: object / background | σ(z) | offset |"
+        "| reading | stage | when | ∂L/∂Δp object | bg | clipped | clipped cells | clipped ch. obj/bg | σ(z) | offset |"
     )
     lines = [head, "|" + "---|" * 10]
     for name in reading_names(result):
