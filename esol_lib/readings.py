@@ -319,19 +319,26 @@ def stage_verdicts(
     precision_up = [n for n in names if (mean(n, "shrinkage_precision") or 0) > 0]
     esol_up = [n for n in names if (mean(n, "esol_miou") or 0) > 0]
     total = len(names)
+
+    from esol_lib import paper
+
+    (p_base, r_base, _), (p_exp, r_exp, _), (p_shr, _, _) = (
+        paper.TABLE6[s] for s in ("baseline", "expansion", "shrinkage")
+    )
+    claimed = {"expansion_recall": r_exp - r_base, "shrinkage_precision": p_shr - p_exp}
+
+    def listed(found: list[str], key: str) -> str:
+        values = ", ".join(f"`{n}` {mean(n, key):+.1f}" for n in found)
+        paper_says = f"; the paper: {claimed[key]:+.1f} on VOC" if key in claimed else ""
+        return f" ({values} points on average{paper_says})." if found else f": under none of them{paper_says}."
+
     lines = [
-        (
-            f"Expansion raised recall at the best threshold and across the sweep under {len(recall_up)} of "
-            f"{total} readings" + (f" ({', '.join(recall_up)})." if recall_up else ": under none of them.")
-        ),
-        (
-            f"Shrinkage raised precision over expansion under {len(precision_up)} of {total} readings"
-            + (f" ({', '.join(precision_up)})." if precision_up else ": under none of them.")
-        ),
-        (
-            f"ESOL's seeds scored above the baseline's (mIoU) under {len(esol_up)} of {total} readings"
-            + (f" ({', '.join(esol_up)})." if esol_up else ": under none of them.")
-        ),
+        f"Expansion raised recall at the best threshold and across the sweep under {len(recall_up)} of {total} "
+        f"readings" + listed(recall_up, "expansion_recall"),
+        f"Shrinkage raised precision over expansion under {len(precision_up)} of {total} readings"
+        + listed(precision_up, "shrinkage_precision"),
+        f"ESOL's seeds scored above the baseline's (mIoU) under {len(esol_up)} of {total} readings"
+        + listed(esol_up, "esol_miou"),
     ]
     if selected is not None and selected in effects:
         e = effects[selected]

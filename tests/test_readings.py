@@ -150,7 +150,7 @@ def test_stage_effects_and_verdicts_come_from_the_numbers():
     assert e["shrinkage_precision"] == pytest.approx(5.0) and e["esol_miou"] == pytest.approx(-2.0)
     other = rd.stage_effects({"baseline": run["baseline"]})
     lines = rd.stage_verdicts({"as-built": [e, e], "other": [other], "selected": [e, e]}, "selected")
-    assert lines[0].startswith("Expansion raised recall") and "1 of 2 readings (as-built)" in lines[0]
+    assert lines[0].startswith("Expansion raised recall") and "1 of 2 readings (`as-built` +10.0 points" in lines[0]
     assert "under none of them" in lines[2]  # the selected combination is not counted as a reading
     assert lines[3].startswith("The selected combination") and "-2.0 ± 0.0 points (2 seeds) mIoU" in lines[3]
 
