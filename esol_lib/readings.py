@@ -469,29 +469,31 @@ def _percent(v) -> str:
 
 
 def diagnostics_table(result: Mapping, seed: str = "0") -> str:
-    """Why the offsets move or not, per reading: the gradient reaching them on object, background and
-    clipped cells at each stage's start and end, the share of clipped values, the confidence σ(z) in
-    the classes present, and the mean |offset| each stage ended with (feature cells)."""
+    """Why the offsets move or not, per reading and stage (start → end of the stage): the gradient
+    reaching them on object, background and clipped cells (mean norm of ∂L/∂Δp per cell), the share
+    of object and background cells' channels at the clipping ceiling, the confidence σ(z) in the
+    classes present, and the mean |offset| the stage ended with (feature cells)."""
     runs = result.get("seeds", {}).get(seed, {})
-    head = (
-        "| reading | stage | when | ∂L/∂Δp object | bg | clipped | clipped cells | clipped ch. obj/bg | σ(z) | offset |"
-    )
-    lines = [head, "|" + "---|" * 10]
+    head = "| reading | stage | ∂L/∂Δp object | background | clipped | clipped ch. obj / bg | σ(z) | offset |"
+    lines = [head, "|" + "---|" * 8]
     for name in reading_names(result):
         diag = (runs.get(name) or {}).get("diagnostics")
         if not diag:
             continue
-        for key in ("expansion_start", "expansion_end", "shrinkage_start", "shrinkage_end"):
-            d = diag.get(key) or {}
-            stage, when = key.split("_")
-            if "skipped" in d:
-                lines.append(f"| `{name}` | {stage} | {when} | no offsets | | | | | | |")
+        for stage in ("expansion", "shrinkage"):
+            a, b = diag.get(f"{stage}_start") or {}, diag.get(f"{stage}_end") or {}
+            if "skipped" in a or "skipped" in b:
+                lines.append(f"| `{name}` | {stage} | no offsets | | | | | |")
                 continue
-            share = [_percent(d.get("cells_clipped"))]
-            share.append(f"{_percent(d.get('clipped_share_object'))} / {_percent(d.get('clipped_share_background'))}")
-            cells = [_fmt(d.get(f"grad_{k}")) for k in ("object", "background", "clipped")]
-            cells += [*share, _fmt(d.get("confidence")), _fmt(d.get("offset"))]
-            lines.append(f"| `{name}` | {stage} | {when} | " + " | ".join(cells) + " |")
+
+            def span(key: str, a: Mapping = a, b: Mapping = b) -> str:
+                return f"{_fmt(a.get(key))} → {_fmt(b.get(key))}"
+
+            clipped = f"{_percent(b.get('clipped_share_object'))} / {_percent(b.get('clipped_share_background'))}"
+            lines.append(
+                f"| `{name}` | {stage} | {span('grad_object')} | {span('grad_background')} | {span('grad_clipped')} | "
+                f"{clipped} | {span('confidence')} | {_fmt(b.get('offset'))} |"
+            )
     return "\n".join(lines)
 
 
