@@ -11,7 +11,8 @@ protocol of :func:`select_readings`, fixed before any result was seen:
 2. The chosen levels together are the *selected* combination; it is reported untouched on the
    other seeds (train and val) and on the toy benchmark.
 3. A profile's default changes only to a chosen level that the paper's text supports at least as
-   well as the current one (:attr:`Reading.support`).
+   well as the current one (:attr:`Reading.support`), and only once the selected combination has
+   been reported on every seed.
 
 :func:`stage_verdicts` then states, from the numbers, whether expansion raised recall and
 shrinkage raised precision, per reading and for the selected combination.
@@ -612,9 +613,14 @@ def mechanism_sentences(result: Mapping, seed: str = "0", split: str = "val") ->
             f"As built (seed {seed}), expansion's offsets ended {_fmt(moved['expansion'].get(REFERENCE))} cells from "
             f"the regular grid on average. At its start the loss it maximises sent {_fmt(start['grad_object'])} "
             f"(per cell, norm of ∂L/∂Δp) to the offsets of object cells, {_fmt(start['grad_background'])} to "
-            f"background cells and {_fmt(start['grad_clipped'])} to clipped cells; {_percent(start['cells_clipped'])} "
-            f"of the cells were clipped ({_percent(start.get('clipped_share_object'))} of an object cell's channels "
-            f"on average, {_percent(start.get('clipped_share_background'))} of a background cell's), and the "
+            f"background cells"
+            + (
+                f" and {_fmt(start['grad_clipped'])} to clipped cells ({_percent(start['cells_clipped'])} of all)"
+                if start.get("cells_clipped")
+                else " (no cell had a quarter of its channels clipped)"
+            )
+            + f"; the clipping held {_percent(start.get('clipped_share_object'))} of an object cell's channels on "
+            f"average and {_percent(start.get('clipped_share_background'))} of a background cell's, and the "
             f"classifier's confidence in the classes present was {_fmt(start['confidence'])}."
         )
     ref_stages, noclip = _stages(result, seed, REFERENCE, split), _stages(result, seed, "cam-noclip", split)
