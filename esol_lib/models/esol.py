@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from esol_lib import losses  # a module, not its names: losses imports models.classifier, which imports this
 from esol_lib.feature_cache import CachedBackbone
-from esol_lib.losses import feature_clip
 from esol_lib.models.samplers import ExpansionSampler, ShrinkageSampler
 
 __all__ = ["ESOLModel", "UNTRAINED_IN_EXPANSION"]
@@ -111,7 +111,7 @@ class ESOLModel(nn.Module):
             if extra is not None:
                 self.ss.last_offset_magnitude = float(extra.detach().abs().mean())
         f = F.relu(self.es(feat, extra_offset=extra))
-        return feature_clip(f, self.beta, gradient=self.clip_gradient) if self.clipping() else f
+        return losses.feature_clip(f, self.beta, gradient=self.clip_gradient) if self.clipping() else f
 
     def head(self, feat: torch.Tensor) -> torch.Tensor:
         f = self.expanded(feat)
