@@ -18,6 +18,7 @@ The HTML lands in ``OUT/_build/html/index.html``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from esol_lib.atomic import atomic_write_text
 from esol_lib.errors import StageError
 from esol_lib.performance import load_comparisons, performance_page
 from esol_lib.run import stage_times
@@ -74,9 +76,9 @@ PERFORMANCE_PAGE = "performance.md"  # generated from book/results/compare.json 
 COMPARE_FILE = "compare.json"
 #: Beside the executed chapters: where a chapter runs, and where a failed one is kept (neither is published).
 RUNNING_DIR, FAILED_DIR = ".running", "failed"
-#: The file that marks a build folder as made by ``esol book``; only such a folder is cleaned.
+#: The file that marks a build folder as made by ``esol book``: the manifest of what builds wrote there
+#: (:func:`claim_build_folder`); only files it lists are ever deleted.
 OWNER_FILE = ".esol-book"
-_OWN_ENTRIES = {"src", "executed", "_build", "jupyter-book.log", "check_published.txt", OWNER_FILE}
 
 
 # ----------------------------------------------------------------------------- execution
@@ -446,18 +448,23 @@ def build_book(
 
     claim_build_folder(out)
     src = out / "src"
-    if src.exists():
-        shutil.rmtree(src)
-    (src / "book").mkdir(parents=True)
-    (src / "notebooks").mkdir(parents=True)
-    shutil.copy2(config, src / "_config.yml")
+    clear_owned(out, "src")
     pages = root / "book"
-    if pages.is_dir():
-        for pattern in ("*.md", "*.bib", "*.png"):
-            for f in sorted(pages.glob(pattern)):
-                shutil.copy2(f, src / "book" / f.name)
+    page_files = sorted(f for pattern in ("*.md", "*.bib", "*.png") for f in pages.glob(pattern))
+    chapters = sorted(executed_dir.glob("*.ipynb")) if executed_dir.is_dir() else []
+    own(
+        out,
+        ["src/_config.yml", "src/_toc.yml", f"src/book/{BUILD_TIME_PAGE}", f"src/book/{PERFORMANCE_PAGE}"]
+        + [f"src/book/{f.name}" for f in page_files]
+        + [f"src/notebooks/{f.name}" for f in chapters],
+    )
+    (src / "book").mkdir(parents=True, exist_ok=True)
+    (src / "notebooks").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(config, src / "_config.yml")
+    for f in page_files:
+        shutil.copy2(f, src / "book" / f.name)
     if executed_dir.is_dir():
-        for f in sorted(executed_dir.glob("*.ipynb")):
+        for f in chapters:
             why = not_this_build(f, expect)
             if why:
                 log.warning("book: leaving out %s: %s", f.name, why)
@@ -712,8 +719,13 @@ def make_book(
     run_dir = Path(run_dir).resolve() if run_dir else REPO_ROOT / "runs" / f"book-{profile}"
     run_dir.mkdir(parents=True, exist_ok=True)
     executed_dir = out / "executed"
-    if executed_dir.exists() and not only:
-        shutil.rmtree(executed_dir)  # a full build never publishes a stale chapter
+    if not only:
+        clear_owned(out, "executed")  # a full build never publishes a stale chapter
+    own(
+        out,
+        [f"executed/{d}{name}" for name in _select(only) for d in ("", f"{RUNNING_DIR}/", f"{FAILED_DIR}/")]
+        + [f"executed/{TIMING_FILE}"],
+    )
     execute_notebooks(
         profile, REPO_ROOT / "notebooks", executed_dir, run_dir, data_root=data_root, only=only, progress=progress
     )
@@ -721,26 +733,122 @@ def make_book(
 
 
 def claim_build_folder(out: Path) -> None:
-    """Make sure ``out`` is a folder ``esol book`` may clean (it deletes ``out/src`` and
-    ``out/executed``): new, empty, marked by :data:`OWNER_FILE`, or holding only what a build
-    writes (a build folder from before the marker). Then mark it.
+    """Make sure ``esol book`` may write into ``out``, then mark it as a build folder.
+
+    ``out`` must be new, empty, or marked by :data:`OWNER_FILE` (a build made it). The marker is the
+    build's manifest: the files under ``src/`` and ``executed/`` a build wrote, the only ones a later
+    build deletes (:func:`clear_owned`); a file a user put there is kept. No symbolic link may sit at
+    or under ``out/src``, ``out/executed`` or ``out/_build``: a build never follows or removes one,
+    so it stops here, before any chapter runs.
 
     Raises:
-        StageError: ``out`` holds anything else (``--out`` pointed at a project folder).
+        StageError: ``out`` is a file, holds anything while unmarked (``--out`` pointed at a project
+            folder), or holds a symbolic link where the build writes.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
+    if out.is_symlink() and not out.is_dir() or out.exists() and not out.is_dir():
         raise StageError(f"book: --out {out} is a file; give a folder for the build")
     if out.is_dir() and not (out / OWNER_FILE).is_file():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_ENTRIES)
+        foreign = sorted(p.name for p in out.iterdir())
         if foreign:
             raise StageError(
                 f"book: --out {out} is not empty and was not made by `esol book` (it holds "
-                f"{', '.join(foreign[:5])}); the build deletes its src/ and executed/, so give "
+                f"{', '.join(foreign[:5])}); the build writes src/ and executed/ there, so give "
                 f"a new or empty folder"
             )
+    for top in _WRITTEN_TOPS:
+        link = _first_link(out, top)
+        if link is not None:
+            raise StageError(
+                f"book: {link} is a symbolic link (to {os.readlink(link)}); the build writes under "
+                f"{out / top} and never follows or removes links: remove the link (its target is "
+                f"not touched), or give another --out"
+            )
     out.mkdir(parents=True, exist_ok=True)
-    (out / OWNER_FILE).write_text("made by `esol book`; it may delete src/ and executed/ here\n", encoding="utf-8")
+    if not (out / OWNER_FILE).is_file():
+        _write_manifest(out, set())
+
+
+#: What a build writes under ``--out`` (besides ``jupyter-book.log`` and ``check_published.txt``).
+_WRITTEN_TOPS = ("src", "executed", "_build")
+
+
+def _first_link(out: Path, top: str) -> Path | None:
+    """The first symbolic link at or below ``out/top`` (links are not followed); None if none."""
+    path = out / top
+    if path.is_symlink():
+        return path
+    if not path.is_dir():
+        return None
+    for dirpath, dirs, files in os.walk(path):
+        for name in sorted(dirs + files):
+            if (Path(dirpath) / name).is_symlink():
+                return Path(dirpath) / name
+    return None
+
+
+def owned_files(out: Path) -> set[str] | None:
+    """The files (paths relative to ``out``) that builds wrote into ``out``, from its manifest; None
+    for a marker written before manifests (it promised the build all of ``src/`` and ``executed/``)."""
+    try:
+        record = json.loads((Path(out) / OWNER_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    owned = record.get("owned") if isinstance(record, dict) else None
+    return set(owned) if isinstance(owned, list) else None
+
+
+def _write_manifest(out: Path, owned: set[str]) -> None:
+    record = {"made_by": "esol book", "note": "a build deletes only the files listed here", "owned": sorted(owned)}
+    atomic_write_text(Path(out) / OWNER_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def own(out: Path, paths: Iterable[str]) -> None:
+    """Add ``paths`` (relative to ``out``) to the manifest before the build writes them: a build
+    killed in between leaves nothing it wrote unlisted."""
+    owned = recorded = owned_files(out)
+    if owned is None:  # an old marker: all of src/ and executed/ is the build's; start listing
+        owned = {
+            p.relative_to(out).as_posix()
+            for top in ("src", "executed")
+            if (out / top).is_dir()
+            for p in (out / top).rglob("*")
+            if p.is_file() and not p.is_symlink()
+        }
+    new = owned | set(paths)
+    if new != recorded:
+        _write_manifest(out, new)
+
+
+def clear_owned(out: Path, top: str) -> list[str]:
+    """Delete the files under ``out/top`` that the manifest lists (all of them under an old marker),
+    then the folders left empty; return what was deleted. A user's file is kept, and a symbolic link
+    is never followed or removed (:func:`claim_build_folder` refuses them first)."""
+    out = Path(out)
+    folder = out / top
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    owned = owned_files(out)
+    removed = []
+    for dirpath, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = Path(dirpath) / name
+            rel = path.relative_to(out).as_posix()
+            if not path.is_symlink() and (owned is None or rel in owned):
+                path.unlink()
+                removed.append(rel)
+        for name in dirs:
+            sub = Path(dirpath) / name
+            if not sub.is_symlink():
+                with contextlib.suppress(OSError):
+                    sub.rmdir()  # only when empty
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+    if owned is not None:
+        _write_manifest(out, owned - set(removed))
+    else:
+        own(out, [])
+    return removed
 
 
 def not_this_build(executed: Path, expect: dict | None) -> str | None:

@@ -17,6 +17,7 @@ mapping a normalised image batch ``(B, 3, H, W)`` to raw class maps ``(B, K, h, 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 from collections.abc import Callable, Iterable, Sequence
@@ -33,7 +34,7 @@ from esol_lib.data.transforms import to_tensor
 from esol_lib.errors import StageError
 from esol_lib.metrics import ThresholdSweep, confusion_matrix
 from esol_lib.parallel import map_ordered
-from esol_lib.run import drop_damaged, record_sizes
+from esol_lib.run import damaged, drop_damaged, file_digest, read_verified, record_sizes
 
 __all__ = [
     "CamFn",
@@ -86,15 +87,6 @@ def multiscale_cam(
     return total / (peak + eps)
 
 
-def file_digest(path: str | Path) -> str:
-    """The content hash (BLAKE2b) of one file: a copy, a touch or a restore from backup keeps it."""
-    h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cam_dir_signature(checkpoint: Path | None, scales: Sequence[float], flip: bool, extra: str = "") -> str:
     """A fingerprint of the model side of a CAM folder: the checkpoint's bytes, scales, flip, ``extra``."""
     h = hashlib.sha1(json.dumps({"scales": list(scales), "flip": flip, "extra": extra}).encode())
@@ -110,14 +102,30 @@ def data_fingerprint(dataset) -> str:
     Another dataset generated with the same ids (``esol data emoji --seed 1``), an edited mask or a
     re-encoded image all change it; the split's CAMs are then recomputed and its scores redone.
     """
-    h = hashlib.blake2b(digest_size=20)
-    h.update(json.dumps([list(getattr(dataset, "classes", [])), list(dataset.ids)]).encode())
+    head = json.dumps([list(getattr(dataset, "classes", [])), list(dataset.ids)])
     has_mask = getattr(dataset, "has_mask", lambda image_id: True)
+    files = []
     for image_id in dataset.ids:
-        h.update(file_digest(dataset.image_path(image_id)).encode())
+        files.append(Path(dataset.image_path(image_id)))
         if has_mask(image_id):
-            h.update(file_digest(dataset.mask_path(image_id)).encode())
+            files.append(Path(dataset.mask_path(image_id)))
+    h = hashlib.blake2b(head.encode(), digest_size=20)
+    for path in files:
+        h.update(_memo_digest(path).encode())
     return h.hexdigest()
+
+
+#: This process's file digests by (path, inode, size, mtime): a pipeline asks for the same split's
+#: fingerprint at every step; a file rewritten in place gets a new mtime and is hashed again.
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _memo_digest(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_digest(path)
+    return _DIGESTS[key]
 
 
 def data_record(out_dir: Path, split: str) -> Path:
@@ -244,10 +252,16 @@ def _image_size(dataset, index: int) -> tuple[int, int]:
 def load_cam(cam_dir: str | Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     """``(cams (K_gt, H, W) float32, keys (K_gt,) 1-based class ids)`` of one image."""
     path = _cam_path(Path(cam_dir), image_id)
+    cam_dir = Path(cam_dir)
+    fix = f"run `esol make-cam --run {cam_dir.parent.parent} --stage {cam_dir.name}` for this split (it redoes it)"
     if not path.is_file():
-        raise StageError(f"CAM file {path} is missing; run `esol make-cam` for this stage and split first")
-    with np.load(path) as z:
-        return z["cams"].astype(np.float32), z["keys"]
+        raise StageError(f"CAM file {path} is missing; {fix}")
+    data = read_verified(path, fix)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return z["cams"].astype(np.float32), z["keys"]
+    except Exception as e:  # not a CAM file: cut short, random bytes, another format
+        raise damaged(path, fix, f"unreadable: {type(e).__name__}") from None
 
 
 def cams_to_label(cams: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:

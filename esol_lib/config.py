@@ -344,6 +344,9 @@ def config_from_dict(values: dict) -> Config:
 
 # --------------------------------------------------------------------------- ranges
 
+#: The largest ``irn.radius`` accepted: IRN's is 5 (10 when training the boundary branch).
+MAX_IRN_RADIUS = 20
+
 _POSITIVE_INT = (
     "batch_size",
     "crop_size",
@@ -401,8 +404,10 @@ def check_ranges(cfg: Config) -> None:
     Sizes, steps and counts are positive (``max_steps: 0`` does not mean "unset": write ``null``);
     learning rates and the loss-maximisation weight α are positive (α = 0 would make expansion a
     no-op stage); the clipping ceiling β of Eq. (7) lies in (0, 1] (the maps it clips are
-    max-normalised); probabilities and thresholds in [0, 1]; lists of scales are non-empty and
-    positive; names come from their documented choices.
+    max-normalised); probabilities and thresholds in [0, 1], IRN's background one below its
+    foreground one; ``irn.radius`` at most :data:`MAX_IRN_RADIUS`; ``data.mean`` and ``data.std``
+    three numbers each, the std positive; lists of scales are non-empty and positive; names come
+    from their documented choices.
 
     Raises:
         ConfigError: naming the first offending key, its value and the allowed range.
@@ -453,6 +458,25 @@ def check_ranges(cfg: Config) -> None:
             raise bad(key, pair, "[low, high] with 0 < low <= high")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise bad("device", cfg.device, "auto, cpu or cuda (torchrun picks each rank's GPU)")
+    for key, values in (("data.mean", cfg.data.mean), ("data.std", cfg.data.std)):
+        if len(values) != 3 or any(not math.isfinite(v) for v in values):
+            raise bad(key, values, "three finite numbers, one per RGB channel")
+    if any(v <= 0 for v in cfg.data.std):
+        raise bad("data.std", cfg.data.std, "three numbers > 0 (images are divided by them)")
+    if cfg.irn.radius > MAX_IRN_RADIUS:
+        raise bad(
+            "irn.radius",
+            cfg.irn.radius,
+            f"an integer in [1, {MAX_IRN_RADIUS}] (IRN uses 5; the pixel pairs grow as radius², and 100 turned "
+            "one IRN step on 32 px images into ten minutes)",
+        )
+    if not cfg.irn.conf_bg_thres < cfg.irn.conf_fg_thres:
+        raise bad(
+            "irn.conf_bg_thres",
+            cfg.irn.conf_bg_thres,
+            f"a number below irn.conf_fg_thres ({cfg.irn.conf_fg_thres}): IRN's confident background is "
+            "where every CAM is under it, confident foreground where one is over the other",
+        )
 
 
 def config_to_dict(cfg: Config) -> dict:

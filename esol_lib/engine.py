@@ -219,16 +219,46 @@ def partial_checkpoint_path(run_dir: RunDir, stage: str) -> Path:
 
 
 def load_checkpoint(path: Path, fix: str = "run the same command again: the stage that wrote it retrains") -> dict:
-    """``torch.load`` of a checkpoint (``weights_only``); an unreadable one (cut short, or not a
-    checkpoint) is one :class:`StageError` naming the file and ``fix``."""
+    """``torch.load`` of a checkpoint (``weights_only``); an unreadable one (empty, cut short, or not
+    a checkpoint) is one :class:`StageError` naming the file and ``fix``."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise StageError(
-            f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete it and {fix}"
-        ) from None
+        lines = str(e).strip().splitlines()  # an empty file's EOFError has no text at all
+        why = f"{type(e).__name__}: {lines[0][:120]}" if lines else type(e).__name__
+        raise StageError(f"{path} is unreadable ({why}); delete it and {fix}") from None
+    if not isinstance(ckpt, dict):
+        raise StageError(f"{path} is not a checkpoint (it holds a {type(ckpt).__name__}); delete it and {fix}")
+    return ckpt
+
+
+#: Key of a checkpoint's record of what it was trained from (:func:`train_loop`'s ``inputs``).
+INPUTS_KEY = "inputs"
+
+
+def stale_inputs(ckpt: dict, inputs: dict[str, str] | None) -> list[str]:
+    """The names of ``inputs`` whose value differs from what checkpoint ``ckpt`` records it was
+    trained from (its data's fingerprint, the upstream checkpoints' digests, ...). A checkpoint
+    written before these records existed (no ``inputs`` key) is trusted, as it always was."""
+    recorded = ckpt.get(INPUTS_KEY)
+    if not inputs or not isinstance(recorded, dict):
+        return []
+    return sorted(k for k, v in inputs.items() if recorded.get(k) != v)
+
+
+def set_aside(run_dir: RunDir, path: Path, why: str) -> Path:
+    """Move a checkpoint trained from other inputs to ``RUN/superseded/<time>/checkpoints/`` (nothing
+    a user trained is deleted); log one warning naming it and ``why``. Rank 0 only."""
+    import logging
+
+    dest = run_dir.root / "superseded" / time.strftime("%Y%m%d-%H%M%S") / "checkpoints" / path.name
+    if get_dist_info().is_main and path.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        logging.getLogger(__name__).warning("%s was trained from other %s: moved to %s, to retrain", path, why, dest)
+    return dest
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -349,9 +379,21 @@ def _diverged_message(stage: str, step: int, loss: float, partial: Path) -> str:
     )
 
 
-def _check_done(run_dir: RunDir, stage: str, model: nn.Module, optional: Sequence[str] = ()) -> dict | None:
-    """The final checkpoint's dict (weights loaded into ``model``) if the stage is done."""
-    final = run_dir.checkpoint(stage)
+def _check_done(
+    run_dir: RunDir, stage: str, model: nn.Module, optional: Sequence[str] = (), inputs: dict[str, str] | None = None
+) -> dict | None:
+    """The final checkpoint's dict (weights loaded into ``model``) if the stage is done from ``inputs``.
+
+    A final or partial checkpoint trained from other inputs is set aside (:func:`set_aside`): the
+    stage trains again instead of reporting an old model as done on new data.
+    """
+    final, partial = run_dir.checkpoint(stage), partial_checkpoint_path(run_dir, stage)
+    for path in (final, partial):
+        if path.is_file():
+            stale = stale_inputs(load_checkpoint(path), inputs)
+            if stale:
+                set_aside(run_dir, path, " and ".join(stale))
+    barrier()
     if not final.is_file():
         return None
     ckpt = load_checkpoint(final)
@@ -414,6 +456,7 @@ def _save_partial(
     extra_state: Any,
     loss: float,
     is_main: bool,
+    inputs: dict[str, str] | None = None,
 ) -> None:
     """Write the resumable checkpoint (collective: every rank contributes its RNG state)."""
     rng = all_gather_object(_rng_state())
@@ -433,6 +476,7 @@ def _save_partial(
                 "extra": _state_of(extra_state),
                 "rng": rng,
                 "world_size": len(rng),
+                INPUTS_KEY: inputs,
             },
             path,
         )
@@ -458,6 +502,7 @@ def train_loop(
     progress: bool = True,
     log_every: int = 10,
     optional: Sequence[str] = (),
+    inputs: dict[str, str] | None = None,
 ) -> StageResult:
     """Train ``model`` for ``max_steps`` optimizer steps as stage ``stage`` of ``run_dir``.
 
@@ -474,6 +519,8 @@ def train_loop(
       the last one (rank 0 only) to ``run_dir.log_path``.
     - A NaN/inf loss raises :class:`DivergenceError`; the last partial checkpoint is kept.
     - A stage already done is loaded, not retrained; ``optional`` is as in :func:`load_stage_checkpoint`.
+    - ``inputs`` (name → signature: the data's fingerprint, upstream checkpoints' digests) is
+      recorded in the checkpoints; one trained from other inputs is set aside and the stage retrains.
 
     The model's mode is left to the caller (``model.train()``, frozen BatchNorm layers kept in
     eval, ...). Only rank 0 writes files; every rank reads them. Returns a :class:`StageResult`.
@@ -486,7 +533,7 @@ def train_loop(
     final_path = run_dir.checkpoint(stage)
     partial = partial_checkpoint_path(run_dir, stage)
 
-    done = _check_done(run_dir, stage, model, optional)
+    done = _check_done(run_dir, stage, model, optional, inputs)
     if done is not None:
         logger.log(stage=stage, step=done.get("step", max_steps), event="already done", checkpoint=str(final_path))
         return StageResult(
@@ -538,12 +585,22 @@ def train_loop(
             bar.set_postfix(loss=f"{loss_value:.4g}")
             if checkpoint_every > 0 and pos.step % checkpoint_every == 0 and pos.step < max_steps:
                 _save_partial(
-                    partial, stage, max_steps, pos, model, optimizer, scheduler, extra_state, loss_value, info.is_main
+                    partial,
+                    stage,
+                    max_steps,
+                    pos,
+                    model,
+                    optimizer,
+                    scheduler,
+                    extra_state,
+                    loss_value,
+                    info.is_main,
+                    inputs,
                 )
     finally:
         bar.close()
 
-    _save_final(final_path, partial, stage, max_steps, model, extra_state, loss_value, info.is_main)
+    _save_final(final_path, partial, stage, max_steps, model, extra_state, loss_value, info.is_main, inputs)
     seconds = time.perf_counter() - t0
     logger.log(stage=stage, step=max_steps, event="done", checkpoint=str(final_path), seconds=seconds)
     return StageResult(stage, max_steps - start, loss_value, seconds, resumed_from=start)
@@ -579,6 +636,7 @@ def _save_final(
     extra_state: Any,
     loss: float,
     is_main: bool,
+    inputs: dict[str, str] | None = None,
 ) -> None:
     """Write ``<stage>.pt`` (done) and drop the partial checkpoint; every rank waits for it."""
     if is_main:
@@ -590,6 +648,7 @@ def _save_final(
                 "final_loss": loss,
                 "model": unwrap(model).state_dict(),
                 "extra": _state_of(extra_state),
+                INPUTS_KEY: inputs,
             },
             final_path,
         )
@@ -597,7 +656,9 @@ def _save_final(
     barrier()
 
 
-def save_untrained_stage(run_dir: RunDir, stage: str, model: nn.Module, reason: str) -> StageResult:
+def save_untrained_stage(
+    run_dir: RunDir, stage: str, model: nn.Module, reason: str, inputs: dict[str, str] | None = None
+) -> StageResult:
     """Finish ``stage`` without a single step: its final checkpoint holds ``model`` as it is.
 
     For ablations whose stage has nothing to learn (e.g. ESOL's expansion with the offsets switched
@@ -605,7 +666,9 @@ def save_untrained_stage(run_dir: RunDir, stage: str, model: nn.Module, reason: 
     """
     info = get_dist_info()
     final_path = run_dir.checkpoint(stage)
-    _save_final(final_path, partial_checkpoint_path(run_dir, stage), stage, 0, model, None, math.nan, info.is_main)
+    _save_final(
+        final_path, partial_checkpoint_path(run_dir, stage), stage, 0, model, None, math.nan, info.is_main, inputs
+    )
     JsonlLogger(run_dir.log_path, enabled=info.is_main).log(
         stage=stage, step=0, event="done without training", reason=reason, checkpoint=str(final_path)
     )
@@ -613,7 +676,13 @@ def save_untrained_stage(run_dir: RunDir, stage: str, model: nn.Module, reason: 
 
 
 def load_stage_checkpoint(
-    run_dir: RunDir, stage: str, model: nn.Module, *, hint: str = "", optional: Sequence[str] = ()
+    run_dir: RunDir,
+    stage: str,
+    model: nn.Module,
+    *,
+    hint: str = "",
+    optional: Sequence[str] = (),
+    inputs: dict[str, str] | None = None,
 ) -> dict:
     """Load the finished stage's weights (``RUN/checkpoints/<stage>.pt``) into ``model``.
 
@@ -622,6 +691,9 @@ def load_stage_checkpoint(
     "run `esol train-cam` first"). Parameters whose names start with one of the ``optional``
     prefixes may be absent from either side: absent from the file, the model keeps its own;
     absent from the model, the file's are ignored. Every other parameter must match exactly.
+    A checkpoint trained from other ``inputs`` than the run holds now (:func:`stale_inputs`: new
+    data in place, a retrained upstream stage) is refused with ``hint``: it would score an old
+    model on new data.
     """
     path = run_dir.checkpoint(stage)
     if not path.is_file():
@@ -630,6 +702,13 @@ def load_stage_checkpoint(
     ckpt = load_checkpoint(path, hint or "run that stage again")
     if "model" not in ckpt:
         raise StageError(f"{path} holds no model weights; delete it and {hint or 'run that stage again'}")
+    stale = stale_inputs(ckpt, inputs)
+    if stale:
+        raise StageError(
+            f"{path} was trained from other {' and '.join(stale)} than this run holds now (the data changed in "
+            f"place, or an earlier stage was retrained); {(hint or 'run that stage again').removesuffix(' first')} "
+            f"(it retrains)"
+        )
     try:
         _load_weights(model, ckpt["model"], optional)
     except RuntimeError as e:  # size mismatch / missing keys: another dataset's classes or another model

@@ -11,9 +11,10 @@ The cache is keyed by *content*: a fingerprint of the backbone's weights and the
 input batch. A cached value is therefore exactly what the backbone would return — nothing
 depends on batch order or on which run asked first — and a retrained baseline simply misses.
 It lives in memory, in one process, within a byte budget (least recently used first out), and
-optionally on disk (``RUN/cache/features/``, one file per input batch) so that the next chapter's
-kernel — another process — finds what this one computed; ablation forks share their main run's
-folder. It is off by default (``feature_cache_mb: 0``): on a GPU with VOC-sized inputs, hashing
+optionally on disk (``RUN/cache/features/``, one file per input batch, with a checksum checked
+on every read: a damaged entry is recomputed with a warning) so that the next chapter's kernel —
+another process — finds what this one computed; ablation forks share their main run's folder. It
+is off by default (``feature_cache_mb: 0``): on a GPU with VOC-sized inputs, hashing
 inputs and holding ResNet features costs more than it saves. The CPU profiles switch it on; the
 disk folder of the ``cpu`` book holds about 2.5 GB and can be deleted at any time.
 """
@@ -39,6 +40,8 @@ __all__ = [
     "cached_backbone",
     "module_fingerprint",
     "input_key",
+    "read_entry",
+    "tensor_checksum",
     "shared_feature_cache",
 ]
 
@@ -122,12 +125,8 @@ class FeatureCache:
         hit = self.get(key)
         path = Path(directory) / key[:2] / f"{key}.pt" if directory else None
         if hit is None and path is not None and path.is_file():
-            try:
-                with torch.inference_mode(False):
-                    hit = torch.load(path, map_location=x.device, weights_only=True)
-            except Exception:  # unreadable (a full disk, a foreign file): recompute and overwrite
-                hit = None
-            else:
+            hit = read_entry(path, x.device)
+            if hit is not None:
                 self.put(key, hit)
         if hit is not None:
             self.hits += 1
@@ -140,10 +139,37 @@ class FeatureCache:
         self.put(key, out)
         if path is not None:
             try:  # the cache is optional: a failed write (a full disk) costs a warning, not the stage
-                atomic_save(out.cpu(), path, durable=False)  # a memo, checked when read: no fsync
+                value = out.cpu()  # a memo, checked when read (its checksum): no fsync
+                atomic_save({"features": value, "checksum": tensor_checksum(value)}, path, durable=False)
             except (OSError, RuntimeError) as e:
                 log.warning("feature cache: could not write %s (%s); going on without caching it", path, e)
         return out
+
+
+def tensor_checksum(t: torch.Tensor) -> str:
+    """A digest of a tensor's shape, dtype and bytes, stored beside each cache entry on disk."""
+    t = t.detach().cpu().contiguous()
+    h = hashlib.blake2b(f"{tuple(t.shape)}|{t.dtype}|".encode(), digest_size=16)
+    h.update(_bytes(t))
+    return h.hexdigest()
+
+
+def read_entry(path: Path, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The features stored in cache file ``path`` if they read back and match their checksum; else
+    None (the caller recomputes and overwrites), with one warning naming a damaged file. An entry
+    written before checksums (a bare tensor) cannot be verified and is recomputed too."""
+    try:
+        with torch.inference_mode(False):
+            entry = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # cut short, zeroed, a foreign file
+        log.warning("feature cache: %s is unreadable (%s); recomputing it", path, type(e).__name__)
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("features"), torch.Tensor):
+        return None  # the format before checksums: recompute silently
+    if entry.get("checksum") != tensor_checksum(entry["features"]):
+        log.warning("feature cache: %s does not match its checksum (damaged); recomputing it", path)
+        return None
+    return entry["features"]
 
 
 _SHARED: FeatureCache | None = None

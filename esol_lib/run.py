@@ -6,7 +6,7 @@ RUN/checkpoints/<stage>.pt      resumable
 RUN/cams/<stage>/<id>.npz       high-res CAMs of the GT classes
 RUN/cams/<stage>/_meta.json     the model's signature (content hash of the checkpoint, CAM settings)
 RUN/cams/<stage>/_data_<split>.json   the split's data fingerprint (ids, image and mask bytes)
-RUN/cams/<stage>/_sizes.json    the byte size of every finished file (also in ir_labels/, pseudo_masks/, ...)
+RUN/cams/<stage>/_sizes.json    size and digest of every finished file (also in ir_labels/, pseudo_masks/, ...)
 RUN/metrics/<stage>_<split>.json   with ``inputs``: the signature of what it scored
 RUN/pseudo_masks/<stage>/<id>.png
 RUN/log.jsonl
@@ -18,8 +18,11 @@ an output is current is decided here, by content, never by time stamps (a ``cp -
 folder keeps it current):
 
 - a folder of per-image files is current when its ``_meta.json`` signature equals its inputs'
-  and every file is there; a file whose size differs from ``_sizes.json`` is damaged and redone
-  (:func:`drop_damaged`);
+  and every file is there; a file whose size or digest differs from ``_sizes.json`` is damaged
+  and redone (:func:`drop_damaged`), and one found so when read is deleted and named
+  (:func:`read_verified`);
+- a trained model is current when the ``inputs`` its checkpoint records (its data's fingerprint,
+  the checkpoint it started from) equal the current ones (:mod:`esol_lib.engine`);
 - a metrics file is current when it reads back and its ``inputs`` equal the signature of what it
   would score now (:func:`current_metrics`).
 """
@@ -116,12 +119,30 @@ def run_lock(root: str | Path, command: str | None = None, *, create: bool = Fal
         except OSError:
             pass  # the description is optional; the lock is what counts
         sweep_dead_temps(root)
+        refuse_links(root)
         yield
     finally:
         _HELD.discard(key)
         with contextlib.suppress(OSError):  # a holder file left behind would describe the wrong process
             (root / HOLDER_FILE).unlink()
         lock.release()
+
+
+def refuse_links(root: Path) -> None:
+    """A run folder's outputs are never written, emptied or deleted through a symbolic link: a link
+    at ``RUN/<outputs>`` or ``RUN/<outputs>/<stage>`` (``cams/baseline`` pointed at another folder)
+    stops the command before any work, with one line naming it. ``cache`` may be one (a forked
+    run's points at its source's: entries are keyed by content)."""
+    for name in _OUTPUTS + ("superseded",):
+        top = root / name
+        candidates = [top] + (sorted(top.iterdir()) if top.is_dir() and not top.is_symlink() else [])
+        for path in candidates:
+            if path.is_symlink() and (path == top or path.is_dir()):  # a linked file is replaced, not followed
+                raise StageError(
+                    f"{path} is a symbolic link (to {os.readlink(path)}); a run folder's outputs are never "
+                    f"written or deleted through links: remove the link (its target is not touched) and run "
+                    f"the command again"
+                )
 
 
 def current_holder(root: Path, wait: float = 2.0) -> dict:
@@ -221,21 +242,39 @@ def stage_times(root: str | Path, since: float = 0.0, until: float = float("inf"
     totals: dict[str, float] = {}
     for log_file in sorted(root.rglob("log.jsonl")):
         prefix = "ablation " if "ablations" in log_file.relative_to(root).parts else ""
-        try:
-            lines = log_file.read_text(encoding="utf-8").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            if STAGE_TIME_EVENT not in line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
+        for rec in read_log(log_file):
             if rec.get("event") == STAGE_TIME_EVENT and rec.get("depth") == 0 and since <= rec.get("time", 0) <= until:
                 name = prefix + str(rec.get("stage"))
                 totals[name] = totals.get(name, 0.0) + float(rec.get("seconds", 0.0))
     return totals
+
+
+def read_log(path: Path) -> list[dict]:
+    """The JSON-object lines of log file ``path``; [] when it is missing or unreadable. Lines that are
+    not (a line cut by a kill: silently; others: one warning naming the file) are skipped."""
+    import logging
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return []
+    records, bad = [], 0
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            bad += i < len(lines) - 1  # the last line may be one a kill cut short
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad += 1
+    if bad:
+        logging.getLogger(__name__).warning("%s: %d unreadable line(s) skipped", path, bad)
+    return records
 
 
 SIZES_FILE = "_sizes.json"
@@ -254,23 +293,50 @@ def current_metrics(path: str | Path, inputs: str) -> dict | None:
     return metrics if metrics is not None and metrics.get("inputs") == inputs else None
 
 
+def file_digest(path: str | Path) -> str:
+    """The content hash (BLAKE2b) of one file: a copy, a touch or a restore from backup keeps it."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _bytes_digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def _recorded(entry) -> tuple[int | None, str | None]:
+    """``(size, digest)`` of one ``_sizes.json`` entry: ``[size, digest]``, or a bare size (older runs)."""
+    if isinstance(entry, list) and len(entry) == 2:
+        return entry[0], entry[1]
+    return (entry, None) if isinstance(entry, int) else (None, None)
+
+
 def record_sizes(folder: str | Path, names: Sequence[str]) -> None:
-    """Add the byte sizes of ``folder``'s finished files ``names`` to its ``_sizes.json`` (called
-    again on a complete folder, it fills in what a kill between the last file and the record left out)."""
+    """Add the byte size and content digest of ``folder``'s finished files ``names`` to its
+    ``_sizes.json`` (called again on a complete folder, it fills in what a kill between the last
+    file and the record left out). Files already recorded at their size are not hashed again."""
     folder = Path(folder)
     old = read_json(folder / SIZES_FILE) or {}
     sizes = dict(old)
     for name in names:
         with contextlib.suppress(OSError):
-            sizes[name] = (folder / name).stat().st_size
+            size = (folder / name).stat().st_size
+            if _recorded(sizes.get(name))[0] != size or _recorded(sizes.get(name))[1] is None:
+                sizes[name] = [size, file_digest(folder / name)]
     if sizes != old or not (folder / SIZES_FILE).is_file():  # written only when it changes
         atomic_write_text(folder / SIZES_FILE, json.dumps(sizes, sort_keys=True) + "\n")
 
 
 def drop_damaged(folder: str | Path) -> list[str]:
-    """Delete the files of ``folder`` whose size differs from what :func:`record_sizes` recorded
-    (cut short by a full disk, a copy or an editor); return their names. Every file it covers is
-    derived, so the stage that writes it redoes exactly those. One ``stat`` per file."""
+    """Delete the files of ``folder`` whose size or content differs from what :func:`record_sizes`
+    recorded (cut short by a full disk, overwritten by a copy or an editor); return their names.
+    Every file it covers is derived, so the stage that writes it redoes exactly those."""
     import logging
 
     folder = Path(folder)
@@ -278,10 +344,11 @@ def drop_damaged(folder: str | Path) -> list[str]:
     if not sizes:
         return []
     damaged = []
-    for name, size in sizes.items():
+    for name, entry in sizes.items():
         path = folder / name
+        size, digest = _recorded(entry)
         try:
-            if path.stat().st_size != size:
+            if path.stat().st_size != size or digest is not None and file_digest(path) != digest:
                 path.unlink()
                 damaged.append(name)
         except FileNotFoundError:
@@ -294,6 +361,36 @@ def drop_damaged(folder: str | Path) -> list[str]:
             folder / SIZES_FILE, json.dumps({k: v for k, v in sizes.items() if k not in damaged}, sort_keys=True) + "\n"
         )
     return damaged
+
+
+class DamagedFileError(StageError):
+    """A derived file does not match the checksum recorded when it was written (it was deleted)."""
+
+
+def read_verified(path: str | Path, fix: str) -> bytes:
+    """The bytes of derived file ``path``, checked against the digest its folder's ``_sizes.json``
+    recorded. A file that differs is deleted (it is derived: the step that makes it redoes it) and
+    :class:`DamagedFileError` names it and ``fix``, the command that remakes it. A file not (yet)
+    recorded is returned as it is."""
+    path = Path(path)
+    data = path.read_bytes()
+    entry = (read_json(path.parent / SIZES_FILE) or {}).get(path.name)
+    size, digest = _recorded(entry)
+    if digest is not None and (len(data) != size or _bytes_digest(data) != digest):
+        raise damaged(path, fix, "it differs from what was written: its checksum in _sizes.json does not match")
+    return data
+
+
+def damaged(path: Path, fix: str, why: str) -> DamagedFileError:
+    """Delete derived file ``path`` (and its record) and return the error that says so and names ``fix``."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+    sizes = read_json(path.parent / SIZES_FILE)
+    if sizes and path.name in sizes:
+        del sizes[path.name]
+        with contextlib.suppress(OSError):
+            atomic_write_text(path.parent / SIZES_FILE, json.dumps(sizes, sort_keys=True) + "\n")
+    return DamagedFileError(f"{path} is damaged ({why}); it was deleted: {fix}")
 
 
 @dataclass(frozen=True)
@@ -328,16 +425,9 @@ class RunDir:
         return self.root / "cache" / "features"
 
     def log_records(self) -> list[dict]:
-        """Every record of ``log.jsonl`` in order; none when there is no log, a line cut by a kill skipped."""
-        try:
-            lines = self.log_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        records = []
-        for line in lines:
-            with contextlib.suppress(json.JSONDecodeError):
-                records.append(json.loads(line))
-        return records
+        """Every record of ``log.jsonl`` in order; none when there is no log. Unreadable lines (one cut
+        by a kill, bytes that are not UTF-8 JSON objects) are skipped with one warning naming the file."""
+        return read_log(self.log_path)
 
     def training_log(self, stage: str) -> dict[str, list[float]]:
         """The step records of training stage ``stage`` (``baseline``, ``irn-shrinkage``, ``seg-baseline``, ...)
@@ -378,8 +468,12 @@ class RunDir:
             raise ConfigError(f"{self.config_path}: {err}; {fix}") from err
 
 
-def create_run(root: str | Path, cfg: Config) -> RunDir:
+def create_run(root: str | Path, cfg: Config, *, unchanged: Sequence[str] = ()) -> RunDir:
     """Open run folder ``root`` for ``cfg``; write ``config.yaml`` first.
+
+    ``unchanged``: keys whose new value is known to change no result (``data.root`` of a dataset
+    that moved with its content intact, :func:`esol_lib.steps.common.start_run` checks that);
+    they are taken without moving anything aside.
 
     Re-opening a run with the same config resumes it. Before any stage has written into the folder
     (a typo in ``--data-root`` or ``--set`` caught by the first stage) a corrected config replaces
@@ -388,7 +482,7 @@ def create_run(root: str | Path, cfg: Config) -> RunDir:
     """
     run = RunDir(Path(root))
     with run_lock(run.root, create=True):
-        return _open_or_start(run, cfg)
+        return _open_or_start(run, cfg, unchanged)
 
 
 #: What a stage leaves in a run folder; while none of it exists, the config has not been used yet.
@@ -396,15 +490,20 @@ _OUTPUTS = ("checkpoints", "cams", "metrics", "ir_labels", "pseudo_masks", "seg_
 
 
 def _started(run: RunDir) -> bool:
-    """Whether any stage has written into ``run`` (even a partial checkpoint)."""
+    """Whether any stage has written into ``run`` (even a partial checkpoint). A log that holds only
+    the timings of stages that failed (a bad batch size, a wrong data root) does not count: the
+    corrected command must be able to replace the config."""
     for name in _OUTPUTS:
         p = run.root / name
-        if p.is_file() or (p.is_dir() and any(p.iterdir())):
+        if name == "log.jsonl" and p.is_file():
+            if any(not (r.get("event") == STAGE_TIME_EVENT and r.get("ok") is False) for r in run.log_records()):
+                return True
+        elif p.is_file() or (p.is_dir() and any(p.iterdir())):
             return True
     return False
 
 
-def _open_or_start(run: RunDir, cfg: Config) -> RunDir:
+def _open_or_start(run: RunDir, cfg: Config, unchanged: Sequence[str] = ()) -> RunDir:
     if run.config_path.is_file():
         try:
             old = config_to_dict(run.load_config())
@@ -418,7 +517,7 @@ def _open_or_start(run: RunDir, cfg: Config) -> RunDir:
             save_config(cfg, run.config_path)  # nothing was made with the old one: take the corrected config
             return run
         if diff:
-            supersede(run, diff)  # or a ConfigError saying why not
+            supersede(run, [k for k in diff if k not in unchanged])  # or a ConfigError saying why not
             save_config(cfg, run.config_path)
         return run
     run.root.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,13 @@ from esol_lib.book import (
     build_time_page,
     check_published,
     claim_build_folder,
+    clear_owned,
     execute_notebooks,
     machine_paths,
     make_book,
     not_this_build,
+    own,
+    owned_files,
     publishable_notebook,
     toc_files,
 )
@@ -202,18 +205,70 @@ def test_book_refuses_an_out_folder_it_did_not_make_and_deletes_nothing(tmp_path
     assert not (proj / OWNER_FILE).exists()
 
 
-def test_claim_build_folder_accepts_new_empty_marked_and_earlier_build_folders(tmp_path):
+def test_claim_build_folder_accepts_new_empty_and_marked_folders_only(tmp_path):
     claim_build_folder(tmp_path / "new")
-    assert (tmp_path / "new" / OWNER_FILE).is_file()
+    assert owned_files(tmp_path / "new") == set()
     claim_build_folder(tmp_path / "new")  # marked: fine again
-    old = tmp_path / "old"  # a build folder from before the marker
-    for d in ("src", "executed", "_build"):
-        (old / d).mkdir(parents=True)
-    claim_build_folder(old)
-    assert (old / OWNER_FILE).is_file()
+    (tmp_path / "empty").mkdir()
+    claim_build_folder(tmp_path / "empty")
     (tmp_path / "file").write_text("")
     with pytest.raises(StageError, match="is a file"):
         claim_build_folder(tmp_path / "file")
+
+
+@pytest.mark.parametrize("top", ["src", "executed"])
+def test_an_unmarked_folder_holding_only_a_build_name_is_refused_before_any_chapter_runs(tmp_path, top):
+    """`mkdir -p proj/src && echo x > proj/src/important.py && esol book --out proj` deleted the file:
+    `src` passed as one of the build's names (issue 30, case 3)."""
+    proj = tmp_path / "proj"
+    (proj / top).mkdir(parents=True)
+    (proj / top / "important.py").write_text("x")
+    with pytest.raises(StageError, match=rf"--out .*proj is not empty and was not made by `esol book` .*{top}"):
+        make_book("smoke", out=proj, only=["00"], progress=False)
+    assert (proj / top / "important.py").read_text() == "x"
+    assert not (proj / OWNER_FILE).exists()
+
+
+def test_a_build_deletes_only_what_its_manifest_lists(tmp_path):
+    out = tmp_path / "out"
+    claim_build_folder(out)
+    own(out, ["src/book/intro.md", "executed/00_setup.ipynb"])
+    for rel in ("src/book/intro.md", "executed/00_setup.ipynb", "src/book/mine.md", "src/notes.py"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(rel)
+    assert clear_owned(out, "src") == ["src/book/intro.md"]
+    assert clear_owned(out, "executed") == ["executed/00_setup.ipynb"]
+    assert (out / "src/book/mine.md").read_text() == "src/book/mine.md" and (out / "src/notes.py").is_file()
+    assert not (out / "executed").exists()  # left empty: removed
+    assert owned_files(out) == set()
+
+
+def test_a_marker_from_before_manifests_still_owns_src_and_executed(tmp_path):
+    out = tmp_path / "out"
+    (out / "src" / "book").mkdir(parents=True)
+    (out / "src" / "book" / "old.md").write_text("x")
+    (out / "executed").mkdir()
+    (out / "executed" / "01_cam.ipynb").write_text("{}")
+    (out / OWNER_FILE).write_text("made by `esol book`; it may delete src/ and executed/ here\n")
+    claim_build_folder(out)
+    assert clear_owned(out, "src") == ["src/book/old.md"]
+    assert owned_files(out) == {"executed/01_cam.ipynb"}  # from now on listed
+
+
+@pytest.mark.parametrize("link", ["src", "src/notebooks", "executed", "_build"])
+def test_a_symlink_where_the_build_writes_is_one_error_line_before_any_chapter_runs(tmp_path, link):
+    """A symlinked `src` used to end in `OSError: Cannot call rmtree on a symbolic link` after a
+    chapter's work (issue 30, case 7); a build never follows or removes a link."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep")
+    out = tmp_path / "out"
+    claim_build_folder(out)
+    (out / link).parent.mkdir(parents=True, exist_ok=True)
+    (out / link).symlink_to(outside, target_is_directory=True)
+    with pytest.raises(StageError, match=rf"{link} is a symbolic link .*remove the link"):
+        make_book("smoke", out=out, only=["00"], progress=False)
+    assert (outside / "precious.txt").read_text() == "keep" and (out / link).is_symlink()
 
 
 @pytest.mark.slow  # papermill starts a kernel per chapter

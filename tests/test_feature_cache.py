@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from esol_lib.feature_cache import CachedBackbone, FeatureCache, input_key, module_fingerprint
+from esol_lib.feature_cache import CachedBackbone, FeatureCache, input_key, module_fingerprint, read_entry
 from esol_lib.losses import expansion_loss
 from esol_lib.models import CAMClassifier, build_backbone
 from esol_lib.models.esol import ESOLModel
@@ -122,6 +122,36 @@ def test_disk_layer_serves_another_process_and_survives_a_torn_file(tmp_path):
     files[0].write_bytes(b"not a tensor")  # a damaged entry is recomputed, not trusted
     again = FeatureCache(max_mb=1).compute(fn, fp, x, tmp_path)
     assert torch.equal(again, first) and len(calls) == 2
+
+
+@pytest.mark.parametrize("damage", ["zeros of the same shape", "one flipped bit", "a bare tensor"])
+def test_a_cache_entry_that_does_not_match_its_checksum_is_recomputed(tmp_path, damage, caplog):
+    """Overwriting every entry with zeros of the same shape, or flipping one bit, used to load
+    without error and change 7 of 10 metrics of a rerun (issue 30, case 4)."""
+    calls: list = []
+    conv, fn = _backbone_fn(calls)
+    fp = module_fingerprint(conv)
+    x = torch.randn(2, 3, 8, 8)
+    first = FeatureCache(max_mb=1).compute(fn, fp, x, tmp_path)
+    (path,) = tmp_path.rglob("*.pt")
+    entry = torch.load(path, weights_only=True)
+    if damage == "zeros of the same shape":
+        torch.save({"features": torch.zeros_like(first), "checksum": entry["checksum"]}, path)
+    elif damage == "one flipped bit":
+        data = bytearray(path.read_bytes())
+        raw = first.numpy().tobytes()
+        at = bytes(data).find(raw[:64])  # the tensor's storage inside the zip archive
+        assert at >= 0
+        data[at + 5] ^= 0x10
+        path.write_bytes(bytes(data))
+    else:  # the format before checksums: unverifiable
+        torch.save(torch.zeros_like(first), path)
+    with caplog.at_level("WARNING", logger="esol_lib.feature_cache"):
+        again = FeatureCache(max_mb=1).compute(fn, fp, x, tmp_path)
+    assert torch.equal(again, first) and len(calls) == 2
+    if damage != "a bare tensor":
+        assert path.name in caplog.text
+    assert read_entry(path) is not None  # overwritten with a good entry
 
 
 def test_a_forked_run_shares_its_source_cache(tmp_path):

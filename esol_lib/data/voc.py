@@ -118,7 +118,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
     if not root.is_dir():
         raise DatasetError(
             f"dataset root {root} does not exist; pass --data-root (or set data.root) "
-            "to a folder in VOC layout (see data/README.md)"
+            "to a folder in VOC layout (see data/README.md); a run's data that moved: --set data.root=<new place>"
         )
     folder = root / SPLIT_DIR
     if not folder.is_dir():
@@ -288,8 +288,8 @@ class VOCSegmentation(torch.utils.data.Dataset):
         self.transform = transform
         if not self.root.is_dir():
             raise DatasetError(
-                f"dataset root {self.root} does not exist; pass --data-root (or set "
-                "data.root) to a folder in VOC layout (see data/README.md)"
+                f"dataset root {self.root} does not exist; pass --data-root (or set data.root) to a folder "
+                "in VOC layout (see data/README.md); a run's data that moved: --set data.root=<new place>"
             )
         self.image_dir = self.root / IMAGE_DIR
         if not self.image_dir.is_dir():

@@ -10,7 +10,7 @@ from esol_lib.engine import DeadOutputGuard, PolyLR, make_sgd, seed_everything, 
 from esol_lib.errors import StageError
 from esol_lib.models import build_classifier, multilabel_loss
 from esol_lib.run import RunDir, holds_run_lock
-from esol_lib.steps.common import LabelledOnly, resolve_device, split_dataset
+from esol_lib.steps.common import LabelledOnly, resolve_device, split_dataset, stage_inputs
 
 __all__ = ["train_cam"]
 
@@ -63,4 +63,5 @@ def train_cam(run: RunDir, *, progress: bool = True):
         checkpoint_every=tc.checkpoint_every,
         seed=cfg.seed,
         progress=progress,
+        inputs=stage_inputs(run, cfg, "baseline"),
     )

@@ -5,6 +5,7 @@ A step reads its inputs from the run folder and fails with the command to run fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,13 +13,13 @@ from pathlib import Path
 import torch
 
 from esol_lib.atomic import read_json
-from esol_lib.cam import data_fingerprint, data_record
+from esol_lib.cam import data_fingerprint, data_record, file_digest
 from esol_lib.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
 from esol_lib.data import VOCSegmentation, load_image, resolve_data_root
 from esol_lib.data.voc import SPLIT_DIR, available_splits
 from esol_lib.distributed import init_distributed
-from esol_lib.engine import load_stage_checkpoint
-from esol_lib.errors import StageError
+from esol_lib.engine import INPUTS_KEY, load_checkpoint, load_stage_checkpoint
+from esol_lib.errors import ConfigError, EsolError, StageError
 from esol_lib.models import build_classifier
 from esol_lib.pretrain import ensure_openmoji_weights
 from esol_lib.run import RunDir, create_run
@@ -32,6 +33,7 @@ __all__ = [
     "require_cams",
     "resolve_device",
     "split_dataset",
+    "stage_inputs",
     "start_run",
 ]
 
@@ -50,7 +52,62 @@ def start_run(run: str | Path, cfg: Config, data_root: str | Path | None = None)
     _check_splits(cfg, root)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
     ensure_openmoji_weights(cfg)
-    return create_run(run, cfg)
+    return create_run(run, cfg, unchanged=_moved_data(RunDir(Path(run)), cfg))
+
+
+def recorded_data(run: RunDir) -> dict[str, str]:
+    """The data fingerprints a run folder recorded, by split: of its CAM folders' splits
+    (``cams/*/_data_<split>.json``) and of the training split in the baseline's checkpoint."""
+    found: dict[str, str] = {}
+    for record in sorted(run.root.glob("cams/*/_data_*.json")):
+        fingerprint = (read_json(record) or {}).get("data")
+        if fingerprint:
+            found.setdefault(record.stem[len("_data_") :], fingerprint)
+    ckpt = run.checkpoint("baseline")
+    if ckpt.is_file():
+        with contextlib.suppress(StageError):
+            inputs = load_checkpoint(ckpt).get(INPUTS_KEY) or {}
+            cfg = run.load_config()
+            if inputs.get("data"):
+                found.setdefault(cfg.data.train_split, inputs["data"])
+    return found
+
+
+def _moved_data(run: RunDir, cfg: Config) -> tuple[str, ...]:
+    """``("data.root",)`` when ``cfg`` differs from the run's config only by being pointed at a new
+    data root that holds the same data (every fingerprint the run recorded matches), else ``()``.
+
+    A moved dataset (``mv data/voc /mnt/voc``) is then accepted by ``--data-root`` on the existing
+    run, with one line saying nothing needs redoing; other data there is still refused
+    (:func:`esol_lib.run.supersede`), since the baseline was trained on the old."""
+    import logging
+
+    if not run.config_path.is_file():
+        return ()
+    try:
+        old = run.load_config()
+    except (ConfigError, StageError):
+        return ()
+    if old.data.root == cfg.data.root or not old.data.root:
+        return ()
+    records = recorded_data(run)
+    if not records:
+        return ()
+    for split, fingerprint in records.items():
+        try:
+            now = data_fingerprint(VOCSegmentation(cfg.data.root, split))
+        except (OSError, EsolError):
+            return ()
+        if now != fingerprint:
+            return ()
+    logging.getLogger(__name__).warning(
+        "data.root moved from %s to %s: the data there is the same (split(s) %s match what this run "
+        "recorded); nothing needs redoing",
+        old.data.root,
+        cfg.data.root,
+        ", ".join(sorted(records)),
+    )
+    return ("data.root",)
 
 
 def _check_splits(cfg: Config, root: Path) -> None:
@@ -100,7 +157,9 @@ def open_run(run: str | Path, overrides: Sequence[str] = ()) -> tuple[RunDir, Co
     cfg = rd.load_config()
     if overrides:
         cfg = config_from_dict(apply_overrides(config_to_dict(cfg), list(overrides)))
-        create_run(rd.root, cfg)
+        if cfg.data.root:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(Path(cfg.data.root).resolve())))
+        create_run(rd.root, cfg, unchanged=_moved_data(rd, cfg))
     return rd, cfg
 
 
@@ -135,10 +194,39 @@ class LabelledOnly(torch.utils.data.Dataset):
         }
 
 
+#: The checkpoint each CAM stage starts from.
+UPSTREAM = {"baseline": None, "expansion": "baseline", "shrinkage": "expansion"}
+
+
+def stage_inputs(run: RunDir, cfg: Config, stage: str) -> dict[str, str]:
+    """What ``checkpoints/<stage>.pt`` of a CAM stage is trained from: the training split's data
+    fingerprint (ids, image and mask bytes) and the digest of the checkpoint it starts from.
+
+    Recorded in the checkpoint by :func:`~esol_lib.engine.train_loop`; a dataset whose contents were
+    replaced in place, or a retrained earlier stage, makes the stage train again instead of being
+    reported as done, and a model loaded for CAMs is refused until then (its settings are the
+    config's, which :func:`esol_lib.run.supersede` already covers).
+    """
+    if not cfg.data.root:  # a config as loaded, not the run's (whose root start_run resolved)
+        cfg = run.load_config()
+    inputs = {"data": data_fingerprint(split_dataset(cfg, cfg.data.train_split))}
+    upstream = UPSTREAM[stage]
+    if upstream is not None:
+        ckpt = run.checkpoint(upstream)
+        inputs[upstream] = file_digest(ckpt) if ckpt.is_file() else ""
+    return inputs
+
+
 def load_baseline(run: RunDir, cfg: Config, num_classes: int, device: torch.device):
-    """The trained baseline classifier, in eval mode."""
+    """The trained baseline classifier, in eval mode (refused when trained from other data than the run holds)."""
     model = build_classifier(cfg.model, num_classes)
-    load_stage_checkpoint(run, "baseline", model, hint=f"run `esol train-cam --run {run.root}` first")
+    load_stage_checkpoint(
+        run,
+        "baseline",
+        model,
+        hint=f"run `esol train-cam --run {run.root}`",
+        inputs=stage_inputs(run, cfg, "baseline"),
+    )
     return model.to(device).eval()
 
 

@@ -18,7 +18,7 @@ from esol_lib.engine import PolyLR, load_stage_checkpoint, make_sgd, save_untrai
 from esol_lib.errors import DivergenceError, StageError
 from esol_lib.feature_cache import cached_backbone
 from esol_lib.models.esol import UNTRAINED_IN_EXPANSION, ESOLModel
-from esol_lib.steps.common import LabelledOnly, load_baseline, split_dataset
+from esol_lib.steps.common import LabelledOnly, load_baseline, split_dataset, stage_inputs
 
 __all__ = ["OffsetGuard", "build_esol_model", "load_stage_model", "stage_loader", "train_esol_stage"]
 
@@ -65,6 +65,7 @@ def load_stage_model(run, cfg, stage: str, num_classes: int, device: torch.devic
         model,
         hint=f"run `{command} --run {run.root}` first",
         optional=UNTRAINED_IN_EXPANSION if stage == "expansion" else (),
+        inputs=stage_inputs(run, cfg, stage),
     )
     return model.eval()
 
@@ -99,8 +100,9 @@ def train_esol_stage(run, stage: str, model: ESOLModel, loss_fn, stage_cfg, cfg,
     """
     params = model.stage_parameters(stage)
     sampler = model.es if stage == "expansion" else model.ss
+    inputs = stage_inputs(run, cfg, stage)
     if not params:  # an ablation with nothing to learn (no offsets, frozen weights): save as is
-        return save_untrained_stage(run, stage, model, f"{stage}: no offsets and frozen regular weights")
+        return save_untrained_stage(run, stage, model, f"{stage}: no offsets and frozen regular weights", inputs)
     max_steps = stage_cfg.max_steps
     optimizer = make_sgd(
         [{"params": params, "lr": stage_cfg.lr}],
@@ -124,4 +126,5 @@ def train_esol_stage(run, stage: str, model: ESOLModel, loss_fn, stage_cfg, cfg,
         after_step=OffsetGuard(stage, sampler, stage_cfg.max_offset),
         progress=progress,
         optional=UNTRAINED_IN_EXPANSION if stage == "expansion" else (),
+        inputs=inputs,
     )

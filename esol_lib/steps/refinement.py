@@ -32,6 +32,7 @@ Choices that differ from IRN's public setup (all documented where they are made)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 from collections.abc import Sequence
@@ -67,7 +68,17 @@ from esol_lib.models import build_backbone
 from esol_lib.models.backbone import Backbone
 from esol_lib.models.boundary import BoundaryNet, boundary_map
 from esol_lib.parallel import map_ordered
-from esol_lib.run import STAGES, RunDir, current_metrics, drop_damaged, holds_run_lock, record_sizes, signature_of
+from esol_lib.run import (
+    STAGES,
+    RunDir,
+    current_metrics,
+    damaged,
+    drop_damaged,
+    holds_run_lock,
+    read_verified,
+    record_sizes,
+    signature_of,
+)
 from esol_lib.steps.common import load_baseline, require_cams, resolve_device, split_dataset
 
 __all__ = [
@@ -200,9 +211,15 @@ def stage_setup(run: RunDir, stage: str, split: str | None) -> tuple[Config, str
     return cfg, split, ds
 
 
-def _read_label(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img, dtype=np.uint8).copy()
+def _read_label(path: Path, fix: str = "run `esol refine` for this stage (it remakes what is missing)") -> np.ndarray:
+    """A label PNG this module wrote, checked against its recorded checksum; a damaged one is deleted
+    and named with ``fix`` (:func:`esol_lib.run.read_verified`)."""
+    data = read_verified(path, fix)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img, dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise damaged(path, fix, f"unreadable: {type(e).__name__}") from None
 
 
 # ----------------------------------------------------------------------------- 1. IR labels

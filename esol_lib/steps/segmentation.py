@@ -20,6 +20,7 @@ be complete.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from esol_lib.atomic import read_json
 from esol_lib.cam import data_fingerprint, file_digest
 from esol_lib.config import Config, config_to_dict
 from esol_lib.data import VOCSegmentation, read_classes, read_split, save_label_png
@@ -39,7 +41,17 @@ from esol_lib.engine import JsonlLogger, PolyLR, load_stage_checkpoint, make_sgd
 from esol_lib.errors import ConfigError, DatasetError, StageError
 from esol_lib.metrics import confusion_matrix, summarize, write_metrics
 from esol_lib.models.deeplab import build_deeplab
-from esol_lib.run import STAGES, RunDir, current_metrics, drop_damaged, holds_run_lock, record_sizes, signature_of
+from esol_lib.run import (
+    STAGES,
+    RunDir,
+    current_metrics,
+    damaged,
+    drop_damaged,
+    holds_run_lock,
+    read_verified,
+    record_sizes,
+    signature_of,
+)
 from esol_lib.steps.common import resolve_device
 
 __all__ = [
@@ -86,11 +98,15 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
     is why :class:`~esol_lib.data.VOCSegmentation` is not used directly.
     """
 
-    def __init__(self, image_root: str | Path, ids: Sequence[str], mask_dir: str | Path, num_classes: int) -> None:
+    def __init__(
+        self, image_root: str | Path, ids: Sequence[str], mask_dir: str | Path, num_classes: int, fix: str = ""
+    ) -> None:
         self.image_dir = Path(image_root) / "JPEGImages"
         self.mask_dir = Path(mask_dir)
         self.ids = list(ids)
         self.num_classes = num_classes
+        #: The command that remakes a damaged pseudo mask (they are derived: never "remove the id").
+        self.fix = fix or "run `esol refine` for this stage (it remakes what is missing)"
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,7 +114,12 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         image_id = self.ids[index]
         image = load_image(self.image_dir / f"{image_id}.jpg")
-        mask = load_mask(self.mask_dir / f"{image_id}.png", self.num_classes)
+        path = self.mask_dir / f"{image_id}.png"
+        read_verified(path, self.fix)  # against the checksum recorded when refine wrote it
+        try:
+            mask = load_mask(path, self.num_classes)
+        except DatasetError as e:
+            raise damaged(path, self.fix, str(e).split(";")[0].removeprefix(f"mask {path} is ")) from None
         if mask.shape != image.shape[:2]:
             raise DatasetError(
                 f"pseudo mask {self.mask_dir / (image_id + '.png')} is {mask.shape[1]}x{mask.shape[0]} "
@@ -182,7 +203,7 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     info = init_distributed()
     device = resolve_device(cfg)
     num_classes = len(read_classes(cfg.data.root)) + 1
-    base = PseudoMaskDataset(cfg.data.root, ids, mask_dir, num_classes - 1)
+    base = PseudoMaskDataset(cfg.data.root, ids, mask_dir, num_classes - 1, fix=_refine_hint(run, stage))
     transform = SegTrainTransform(sc.scale_range, sc.crop_size, cfg.data.mean, cfg.data.std)
     data = AugmentedDataset(base, transform, seed=cfg.seed)
     loader = make_loader(
@@ -218,17 +239,38 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
         checkpoint_every=SEG_CHECKPOINT_EVERY,
         seed=cfg.seed,
         progress=progress,
+        inputs=seg_inputs(cfg, mask_dir, split),
     )
+
+
+def seg_inputs(cfg: Config, mask_dir: Path, split: str) -> dict[str, str]:
+    """What ``checkpoints/seg-<stage>.pt`` is trained from: the pseudo masks' signature (their
+    ``_meta.json``: the CAMs, IRN and their data) and the training split's images and masks. Recorded
+    in the checkpoint: new data or new pseudo masks retrain DeepLab instead of reporting it done."""
+    return {
+        "pseudo_masks": str((read_json(mask_dir / "_meta.json") or {}).get("signature")),
+        "data": data_fingerprint(VOCSegmentation(cfg.data.root, split)),
+    }
 
 
 # --------------------------------------------------------------------------------------- evaluate
 
 
 def load_seg_model(run: RunDir, cfg: Config, stage: str, num_classes: int, device: torch.device):
-    """The trained DeepLab-v2 of ``stage`` (``checkpoints/seg-<stage>.pt``), in eval mode."""
+    """The trained DeepLab-v2 of ``stage`` (``checkpoints/seg-<stage>.pt``), in eval mode; refused when
+    trained from other pseudo masks or data than the run holds (checked while its pseudo masks exist)."""
     model = build_deeplab(cfg.seg, num_classes, pretrained=None, freeze_bn=False)
+    mask_dir = run.pseudo_masks(stage)
+    inputs = None
+    if (mask_dir / "_meta.json").is_file():
+        with contextlib.suppress(StageError):  # masks half gone: the model is still scored as it is
+            inputs = seg_inputs(cfg, mask_dir, training_split(cfg, mask_dir)[0])
     load_stage_checkpoint(
-        run, seg_stage_name(stage), model, hint=f"run `esol train-seg --run {run.root} --stage {stage}` first"
+        run,
+        seg_stage_name(stage),
+        model,
+        hint=f"run `esol train-seg --run {run.root} --stage {stage}` first",
+        inputs=inputs,
     )
     return model.to(device).eval()
 

@@ -13,7 +13,7 @@ from esol_lib.engine import load_stage_checkpoint, seed_everything
 from esol_lib.losses import shrinkage_loss
 from esol_lib.models.esol import UNTRAINED_IN_EXPANSION
 from esol_lib.run import holds_run_lock
-from esol_lib.steps.common import resolve_device
+from esol_lib.steps.common import resolve_device, stage_inputs
 from esol_lib.steps.esol_training import build_esol_model, stage_loader, train_esol_stage
 
 __all__ = ["shrink", "shrinkage_objective"]
@@ -48,7 +48,12 @@ def shrink(run, *, progress: bool = True):
     base, loader = stage_loader(cfg, cfg.shrinkage, cfg.data.train_split)
     model = build_esol_model(cfg, base.num_classes, run, device)
     load_stage_checkpoint(
-        run, "expansion", model, hint=f"run `esol expand --run {run.root}` first", optional=UNTRAINED_IN_EXPANSION
+        run,
+        "expansion",
+        model,
+        hint=f"run `esol expand --run {run.root}` first",
+        optional=UNTRAINED_IN_EXPANSION,
+        inputs=stage_inputs(run, cfg, "expansion"),
     )
     return train_esol_stage(
         run, "shrinkage", model, shrinkage_objective(cfg, device), cfg.shrinkage, cfg, loader, progress
