@@ -348,9 +348,9 @@ def test_two_make_cam_on_one_stage_end_with_one_complete_folder(tmp_path):
 @pytest.mark.slow
 def test_cams_and_scores_follow_the_data_not_only_the_model(tmp_path):
     """Repointing a run at another dataset with the same ids used to keep the old CAMs and score them
-    (18.7 mIoU where fresh CAMs gave 22.9); with other classes make-cam crashed in load_state_dict."""
+    (18.7 mIoU where fresh CAMs gave 22.9); then make-cam redid the CAMs with the model trained on the
+    old data (issue 30, case 1); with other classes make-cam crashed in load_state_dict."""
     import dataclasses
-    import shutil
 
     from esol_lib.config import load_config, save_config
     from esol_lib.steps import eval_cam, make_cam, start_run, train_cam
@@ -373,17 +373,20 @@ def test_cams_and_scores_follow_the_data_not_only_the_model(tmp_path):
     repoint(run, d1)
     with pytest.raises(StageError, match="made from other data .*make-cam"):
         eval_cam(run, progress=False)
+    with pytest.raises(StageError, match="baseline.pt was trained from other data .*esol train-cam"):
+        make_cam(run, progress=False)
+    train_cam(run, progress=False)  # retrains on d1 (the old model is kept aside)
     make_cam(run, progress=False)
     after = eval_cam(run, progress=False)
+    assert list(run.root.glob("superseded/*/checkpoints/baseline.pt"))
 
     fresh = start_run(tmp_path / "fresh", load_config("smoke"), d1)
-    fresh.checkpoint("baseline").parent.mkdir(parents=True)
-    shutil.copy2(run.checkpoint("baseline"), fresh.checkpoint("baseline"))  # the same model, fresh CAMs
+    train_cam(fresh, progress=False)
     make_cam(fresh, progress=False)
     assert after["miou"] == pytest.approx(eval_cam(fresh, progress=False)["miou"])
 
     repoint(run, d4)
-    with pytest.raises(StageError, match="does not fit the model .*new --run"):
+    with pytest.raises(StageError, match="trained from other data|does not fit the model .*new --run"):
         make_cam(run, progress=False)
 
 
