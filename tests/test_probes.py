@@ -72,6 +72,9 @@ def test_1_data_replaced_in_place_retrains_every_model_and_scores_as_a_fresh_run
     ok(esol(*pipeline(data, run), cwd=tmp_path))
     shutil.rmtree(data)
     shutil.copytree(ws / "d7", data)  # same path, other images
+    # a step run alone refuses the old model
+    line = one_error(esol("make-cam", "--run", str(run), "--stage", "expansion", cwd=tmp_path))
+    assert "baseline.pt was trained from other data" in line and "esol train-cam --run" in line
     proc = ok(esol(*pipeline(data, run), cwd=tmp_path))
     for ckpt in ("baseline", "expansion", "shrinkage", "seg-baseline", "seg-shrinkage"):
         assert f"{ckpt}.pt was trained from other" in proc.stderr, ckpt
@@ -83,24 +86,15 @@ def test_1_data_replaced_in_place_retrains_every_model_and_scores_as_a_fresh_run
     )  # the old models are kept aside, not deleted
 
 
-def test_1_a_step_alone_refuses_an_old_model_on_new_data(ws, tmp_path):
-    data, run = tmp_path / "data", tmp_path / "run"
-    shutil.copytree(ws / "d0", data)
-    ok(esol(*pipeline(data, run), cwd=tmp_path))
-    shutil.rmtree(data)
-    shutil.copytree(ws / "d7", data)
-    line = one_error(esol("make-cam", "--run", str(run), "--stage", "expansion", cwd=tmp_path))
-    assert "baseline.pt was trained from other data" in line and "esol train-cam --run" in line
-
-
 def test_2_a_moved_dataset_is_accepted_on_the_existing_run_and_nothing_is_redone(ws, tmp_path):
-    data, run = tmp_path / "data", tmp_path / "run"
-    shutil.copytree(ws / "d0", data)
-    ok(esol(*pipeline(data, run), cwd=tmp_path))
+    run = tmp_path / "run"
+    shutil.copytree(ws / "ref0", run)  # made on ws/d0
     before = metrics(run)
-    data.rename(tmp_path / "moved")
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace(str(ws / "d0"), str(tmp_path / "gone")))  # the data moved away
     line = one_error(esol("eval-cam", "--run", str(run), "--stage", "baseline", cwd=tmp_path))
     assert "--set data.root=" in line
+    shutil.copytree(ws / "d0", tmp_path / "moved")
     proc = ok(esol("eval-cam", "--run", str(run), "--stage", "baseline", "--set", "data.root=moved", cwd=tmp_path))
     assert "nothing needs redoing" in proc.stderr
     models = {p.name: p.read_bytes() for p in run.glob("checkpoints/*.pt")}
@@ -109,8 +103,7 @@ def test_2_a_moved_dataset_is_accepted_on_the_existing_run_and_nothing_is_redone
     assert {p.name: p.read_bytes() for p in run.glob("checkpoints/*.pt")} == models
     assert metrics(run) == before
     # other data at the new place is refused, as any change of the baseline's data is
-    shutil.copytree(ws / "d7", tmp_path / "other")
-    line = one_error(esol(*pipeline(tmp_path / "other", run), cwd=tmp_path))
+    line = one_error(esol(*pipeline(ws / "d7", run), cwd=tmp_path))
     assert "data.root" in line and "new --run folder" in line
 
 
