@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from esol_lib.atomic import atomic_path, atomic_write_text, read_json
 from esol_lib.data.synth import load_part_mask, part_recall
 from esol_lib.data.transforms import to_tensor
-from esol_lib.errors import StageError
+from esol_lib.errors import DivergenceError, StageError
 from esol_lib.metrics import ThresholdSweep, confusion_matrix
 from esol_lib.parallel import map_ordered
 from esol_lib.run import damaged, drop_damaged, file_digest, read_verified, record_sizes
@@ -158,6 +158,7 @@ def compute_cams(
     progress: bool = True,
     desc: str = "CAMs",
     data_signature: str | None = None,
+    diverged_fix: str = "",
 ) -> Path:
     """Write ``out_dir/<id>.npz`` (``cams``: float16 ``(K_gt, H, W)``, ``keys``: 1-based class ids) per image.
 
@@ -167,7 +168,9 @@ def compute_cams(
     With ``data_signature`` (:func:`data_fingerprint` of ``dataset``, a split), CAMs of that split
     made from other data are recomputed (:func:`data_record`). Images of equal size are batched
     (``batch_size`` None: :func:`cam_batch_size` of ``device``), in batches cut from the whole split,
-    so a resumed folder holds the bytes an uninterrupted run writes.
+    so a resumed folder holds the bytes an uninterrupted run writes. A CAM that is not finite (a
+    model that diverged while its loss stayed finite) stops it with :class:`DivergenceError` and
+    ``diverged_fix``, before it is written.
     """
     batch_size = cam_batch_size(device) if batch_size is None else batch_size
     out_dir = Path(out_dir)
@@ -195,21 +198,29 @@ def compute_cams(
         atomic_write_text(meta_path, json.dumps({"signature": signature, "scales": list(scales), "flip": flip}) + "\n")
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
     missing = set(todo)
-    with torch.inference_mode():
-        # Batches are cut from the whole split, not from what is missing: a batch's numbers depend
-        # (in the last bits) on which images share it, so a resumed run must batch as a whole run did.
-        for group in _size_batches(dataset, range(len(dataset.ids)), batch_size):
-            if missing.isdisjoint(group):
-                continue
-            samples = [dataset[i] for i in group]
-            images = torch.stack([to_tensor(s["image"], mean, std) for s in samples]).to(device)
-            cams = multiscale_cam(cam_fn, images, scales, flip).float().cpu().numpy()
-            for i, s, cam in zip(group, samples, cams):
-                if i in missing:
-                    keys = np.nonzero(s["label"].numpy() > 0.5)[0]
-                    _save_cam(_cam_path(out_dir, s["id"]), cam[keys], keys + 1)
-            bar.update(len(missing.intersection(group)))
-    bar.close()
+    try:
+        with torch.inference_mode():
+            # Batches are cut from the whole split, not from what is missing: a batch's numbers depend
+            # (in the last bits) on which images share it, so a resumed run must batch as a whole run did.
+            for group in _size_batches(dataset, range(len(dataset.ids)), batch_size):
+                if missing.isdisjoint(group):
+                    continue
+                samples = [dataset[i] for i in group]
+                images = torch.stack([to_tensor(s["image"], mean, std) for s in samples]).to(device)
+                cams = multiscale_cam(cam_fn, images, scales, flip).float().cpu().numpy()
+                for i, s, cam in zip(group, samples, cams):
+                    if i in missing:
+                        keys = np.nonzero(s["label"].numpy() > 0.5)[0]
+                        if not np.isfinite(cam[keys].astype(np.float16)).all():
+                            raise DivergenceError(
+                                f"the CAMs of image {s['id']} ({out_dir}) are not finite (NaN or inf): the model "
+                                f"they come from diverged although its loss stayed finite; nothing was written for "
+                                f"it. {diverged_fix or 'Retrain that stage with a lower learning rate'}"
+                            )
+                        _save_cam(_cam_path(out_dir, s["id"]), cam[keys], keys + 1)
+                bar.update(len(missing.intersection(group)))
+    finally:  # the error line starts on a line of its own
+        bar.close()
     record_sizes(out_dir, [_cam_path(out_dir, image_id).name for image_id in dataset.ids])
     return out_dir
 

@@ -98,6 +98,34 @@ def test_compute_store_and_evaluate_round_trip(tmp_path):
         load_cam(out, "missing_id")
 
 
+def test_a_nonfinite_cam_stops_make_cam_before_it_is_written(tmp_path):
+    """A model that diverged while its loss stayed finite (issue 29: voc12 on random weights at IRN's
+    lr) used to write NaN CAMs that eval-cam scored and expansion trained on, until "loss is nan"."""
+    from esol_lib.errors import DivergenceError
+
+    root = generate_benchmark(tmp_path / "d", SynthSpec(train=3, val=1, size=32, num_classes=3), progress=False)
+    ds = VOCSegmentation(root, "train")
+
+    def diverged(x):
+        return torch.full((x.shape[0], 3, 2, 2), float("nan"))
+
+    out = tmp_path / "cams"
+    with pytest.raises(DivergenceError, match=r"not finite .*lower train_cam\.lr"):
+        compute_cams(
+            diverged,
+            ds,
+            out,
+            mean=[0.5] * 3,
+            std=[0.5] * 3,
+            scales=[1.0],
+            flip=False,
+            signature="s",
+            progress=False,
+            diverged_fix="lower train_cam.lr",
+        )
+    assert not list(out.glob("*.npz"))
+
+
 def test_adding_another_splits_cams_keeps_the_folders_time_stamp(tmp_path):
     """Metrics are current when newer than ``_meta.json``; val CAMs added later must not make train's stale."""
     root = generate_benchmark(tmp_path / "d", SynthSpec(train=2, val=1, size=32, num_classes=3), progress=False)

@@ -82,6 +82,16 @@ def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
         desc=f"CAMs {stage}/{split}",
         data_signature=data,
         batch_size=cam_batch_size(device, feature_cache=cfg.feature_cache_mb > 0),
+        diverged_fix=_diverged_fix(run, stage),
+    )
+
+
+def _diverged_fix(run: RunDir, stage: str) -> str:
+    """What to do when a stage's CAMs come out non-finite: retrain it at a lower learning rate."""
+    key = {"baseline": "train_cam"}.get(stage, stage)
+    return (
+        f"Train stage {stage!r} again with a lower {key}.lr in a new run folder: `esol pipeline --config "
+        f"{run.config_path} --set {key}.lr=<smaller> --run <new folder>`"
     )
 
 
