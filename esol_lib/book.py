@@ -30,9 +30,9 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from esol_lib.atomic import atomic_write_text
+from esol_lib.atomic import atomic_write_text, read_json
 from esol_lib.errors import StageError
-from esol_lib.performance import load_comparisons, performance_page
+from esol_lib.performance import GPU_CHECK_FILE, gpu_check_section, load_comparisons, performance_page
 from esol_lib.run import stage_times
 
 __all__ = [
@@ -477,7 +477,9 @@ def build_book(
             )
     comparisons = root / "book" / "results" / COMPARE_FILE
     if comparisons.is_file():
-        (src / "book" / PERFORMANCE_PAGE).write_text(performance_page(load_comparisons(comparisons)), encoding="utf-8")
+        gpu = root / "book" / "results" / GPU_CHECK_FILE
+        page = performance_page(load_comparisons(comparisons)) + "\n" + gpu_check_section(read_json(gpu))
+        (src / "book" / PERFORMANCE_PAGE).write_text(page, encoding="utf-8")
 
     toc_data = yaml.safe_load(toc.read_text(encoding="utf-8")) or {}
     if "root" not in toc_data or not _source_exists(src, toc_data["root"]):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from esol_lib.errors import EsolError
+from esol_lib.errors import ConfigError, EsolError
 
 # Subcommands that later work builds; until then they say where they belong instead of faking output.
 PENDING: dict[str, str] = {}
@@ -131,7 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="every stage in order, resumable")
     _add_config_args(p)
     p.add_argument("--data-root", type=Path, default=None)
-    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--run", type=Path, default=None, help="the run folder (required unless --dry-run)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print each training step's iterations, batch (per process and global) and peak memory; run nothing",
+    )
+    p.add_argument(
+        "--processes", type=int, default=None, help="with --dry-run: plan for N torchrun processes (default 1)"
+    )
     p = sub.add_parser("book", help="execute every notebook with papermill, then build the Jupyter Book")
     p.add_argument("--profile", default="cpu", help="config preset the notebooks run (smoke, cpu, voc12, coco14)")
     p.add_argument("--out", type=Path, default=Path("_build"), help="build folder (HTML in OUT/_build/html)")
@@ -315,7 +323,17 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from esol_lib.pipeline import run_pipeline
     from esol_lib.steps import start_run
 
-    run = start_run(args.run, load_config(args.config, args.overrides), args.data_root)
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from esol_lib.plan import plan_pipeline, plan_table
+
+        if args.data_root:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(args.data_root)))
+        print(plan_table(plan_pipeline(cfg, world_size=args.processes), cfg))
+        return 0
+    if args.run is None:
+        raise ConfigError("esol pipeline needs --run FOLDER (the run folder every step writes), or --dry-run")
+    run = start_run(args.run, cfg, args.data_root)
     print(f"run: {run.root}")
     run_pipeline(run)
     return 0
@@ -375,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from esol_lib import run as run_folder
 
         run_folder.COMMAND = " ".join(["esol", *(argv if argv is not None else sys.argv[1:])])
-        if getattr(args, "run", None) is not None and args.command != "book":  # the book's kernels lock it
+        writes = args.command != "book" and not getattr(args, "dry_run", False)  # the book's kernels lock it
+        if getattr(args, "run", None) is not None and writes:
             # held from before the run's config is written to the end: a second command cannot slip in between
             with run_folder.run_lock(args.run, create=args.command in ("train-cam", "pipeline")):
                 return handler(args)

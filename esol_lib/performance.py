@@ -352,3 +352,48 @@ def performance_page(record: dict) -> str:
                     "",
                 ]
     return "\n".join(lines)
+
+
+#: Written by ``benchmarks/gpu_check.py`` on a CUDA machine; the Performance page shows it.
+GPU_CHECK_FILE = "gpu_check.json"
+
+
+def gpu_check_section(record: dict | None) -> str:
+    """The Performance page's "On a GPU" section from ``benchmarks/gpu_check.py``'s record (None: not run)."""
+    lines = ["## On a GPU: `benchmarks/gpu_check.py`", ""]
+    if not record or record.get("device") != "cuda":
+        return "\n".join(
+            lines
+            + [
+                "This code has not run on a GPU yet: every number in this book comes from CPUs. On a "
+                "machine with CUDA, `python benchmarks/gpu_check.py` compares torchvision's CUDA "
+                "`deform_conv2d` with the CPU `grid_sample` path at the voc12 shapes (values and "
+                "offset gradients), measures each training step's peak memory, and runs the voc12 "
+                "pipeline at toy length; it writes `book/results/gpu_check.json`, which this section "
+                "then shows.",
+                "",
+            ]
+        )
+    m, sp = record.get("machine", {}), record.get("sampler", {})
+    lines += [
+        f"*{m.get('gpu', '?')}, torch {m.get('torch', '?')}, {m.get('date', '?')}.*",
+        "",
+        f"Sampling paths at {sp.get('channels')} channels on a {sp.get('size')}² map, batch {sp.get('batch')}: "
+        f"outputs differ by {sp.get('output_relative', float('nan')):.1e} of their largest value, offset "
+        f"gradients by {sp.get('offset_grad_relative', float('nan')):.1e}, weight gradients by "
+        f"{sp.get('weight_grad_relative', float('nan')):.1e}.",
+        "",
+        "| step | iterations | batch | crop | peak memory (GiB) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in record.get("plan", []):
+        lines.append(
+            f"| {row['step']} | {row.get('iterations') or '-'} | {row['batch']} | {row['crop']} | {row['peak_gib']} |"
+        )
+    pipe = record.get("pipeline", {})
+    if pipe.get("returncode") == 0:
+        stages = ", ".join(f"{k} {v} s" for k, v in pipe.get("stage_seconds", {}).items())
+        lines += ["", f"The voc12 pipeline at toy length ran every step in {pipe.get('seconds')} s ({stages})."]
+    else:
+        lines += ["", f"The voc12 pipeline at toy length failed: {' '.join(pipe.get('error', ['?']))}"]
+    return "\n".join(lines + [""])

@@ -164,3 +164,20 @@ def test_a_ratio_that_the_table_shows_as_1_00_is_not_called_slower():
     assert "| 1.00 |" in markdown_table("crf", tie) and slower_rows("crf", tie) == []
     tie["rows"][0]["pool_s"] = 1.006
     assert slower_rows("crf", tie) == ["64 px, 8 images: the pool takes 1.01× one process"]
+
+
+def test_the_gpu_section_says_plainly_when_no_gpu_has_run_it():
+    from esol_lib.performance import gpu_check_section
+
+    assert "has not run on a GPU yet" in gpu_check_section(None)
+    assert "has not run on a GPU yet" in gpu_check_section({"device": "cpu", "reduced": True})
+    record = {
+        "device": "cuda",
+        "machine": {"gpu": "NVIDIA H100", "torch": "2.x", "date": "2027-01-01"},
+        "sampler": {"channels": 2048, "size": 32, "batch": 16, "output_relative": 1e-6, "offset_grad_relative": 2e-6,
+                    "weight_grad_relative": 3e-6},
+        "plan": [{"step": "train-cam", "iterations": None, "batch": 16, "crop": 512, "peak_gib": 11.5}],
+        "pipeline": {"returncode": 0, "seconds": 40.0, "stage_seconds": {"train_cam": 3.0}},
+    }  # fmt: skip
+    page = gpu_check_section(record)
+    assert "NVIDIA H100" in page and "| train-cam | - | 16 | 512 | 11.5 |" in page and "train_cam 3.0 s" in page
