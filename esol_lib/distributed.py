@@ -13,17 +13,23 @@ torchrun), and whose samplers can skip the first samples of an epoch cheaply.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from esol_lib.errors import StageError
+
+_T = TypeVar("_T")
+
 __all__ = [
+    "main_process_only",
     "DistInfo",
     "SeededDistributedSampler",
     "SeededSampler",
@@ -156,6 +162,33 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def main_process_only(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """Decorate a step that does not distribute (CAMs, scores): under ``torchrun`` rank 0 runs it and
+    the other ranks wait and return rank 0's result; a failure on rank 0 fails every rank with its
+    message. Two ranks running it would each compute everything and race on the same folder (one
+    emptying it while the other writes). Without torchrun it is just a call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        info = init_distributed()
+        if info.world_size <= 1:
+            return fn(*args, **kwargs)
+        outcome: tuple[str, Any] = ("ok", None)
+        if info.is_main:
+            try:
+                outcome = ("ok", fn(*args, **kwargs))
+            except Exception as e:
+                outcome = ("error", f"{type(e).__name__}: {e}")
+                all_gather_object(outcome)
+                raise
+        kind, value = all_gather_object(outcome)[0]
+        if kind == "error":
+            raise StageError(f"{fn.__name__} failed on rank 0: {value}")
+        return value
+
+    return wrapper
 
 
 class SeededSampler(Sampler[int]):

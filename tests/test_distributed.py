@@ -132,3 +132,54 @@ def test_two_process_ddp_stays_in_sync_and_only_rank0_writes(tmp_path):
     assert (run0 / "checkpoints" / "ddp.pt").is_file()
     assert not (run0 / "checkpoints" / "ddp.partial.pt").exists()
     assert not run1.exists() or not any(run1.rglob("*")), "rank 1 wrote files"
+
+
+def _main_only_worker(rank: int, port: int, tmp: str) -> None:
+    """Two torchrun-like processes call a step that does not distribute."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
+    )
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    from esol_lib.distributed import cleanup_distributed, main_process_only
+    from esol_lib.errors import StageError
+
+    calls = Path(tmp) / "calls"
+
+    @main_process_only
+    def step(x: int) -> int:
+        with open(calls, "a") as f:
+            f.write(f"{rank}\n")
+        return x * 10
+
+    @main_process_only
+    def failing() -> None:
+        raise ValueError("disk on fire")
+
+    try:
+        got = step(4)
+        try:
+            failing()
+            failed = ""
+        except (ValueError, StageError) as e:
+            failed = str(e)
+        (Path(tmp) / f"rank{rank}.json").write_text(json.dumps({"got": got, "failed": failed}))
+    finally:
+        cleanup_distributed()
+
+
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="gloo backend unavailable")
+@pytest.mark.slow
+def test_a_step_that_does_not_distribute_runs_on_rank_zero_only(tmp_path):
+    """Under torchrun make-cam ran on every rank: each computed every CAM, and one could empty the
+    folder the other was writing (issue 29). Now rank 0 runs it; the others get its result."""
+    ctx = mp.start_processes(
+        _main_only_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 60
+    while not ctx.join(timeout=1):
+        assert time.monotonic() < deadline, "the processes did not finish"
+    assert (tmp_path / "calls").read_text() == "0\n"
+    for r in range(WORLD):
+        out = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert out["got"] == 40 and "disk on fire" in out["failed"]

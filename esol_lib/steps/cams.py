@@ -27,6 +27,7 @@ from esol_lib.cam import (
 )
 from esol_lib.config import Config, config_to_dict
 from esol_lib.crf import crf_from_labelings, label_crf_kwargs
+from esol_lib.distributed import main_process_only
 from esol_lib.errors import StageError
 from esol_lib.feature_cache import cached_backbone
 from esol_lib.metrics import read_metrics, write_metrics
@@ -58,6 +59,7 @@ def stage_cam_fn(
     return model.cam
 
 
+@main_process_only
 @holds_run_lock
 def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, progress: bool = True) -> Path:
     """Multi-scale CAMs (Eq. (2)) of ``stage``'s model on ``split`` → ``cams/<stage>/<id>.npz``."""
@@ -130,6 +132,7 @@ def current_cam_metrics(run: RunDir, stage: str, split: str, crf: bool = False) 
     return current_metrics(run.metrics(name), cam_metrics_inputs(run, stage, split, crf))
 
 
+@main_process_only
 @holds_run_lock
 def eval_cam(
     run: RunDir, stage: str = "baseline", split: str | None = None, *, crf: bool = False, progress: bool = True

@@ -36,7 +36,7 @@ from esol_lib.data import VOCSegmentation, read_classes, read_split, save_label_
 from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
 from esol_lib.data.voc import load_image, load_mask
 from esol_lib.deeplab import aspp_lr_mult, crf_postprocess, param_groups, predict, seg_loss
-from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
+from esol_lib.distributed import init_distributed, main_process_only, make_loader, wrap_ddp
 from esol_lib.engine import JsonlLogger, PolyLR, load_stage_checkpoint, make_sgd, seed_everything, train_loop
 from esol_lib.errors import ConfigError, DatasetError, StageError
 from esol_lib.metrics import confusion_matrix, summarize, write_metrics
@@ -304,6 +304,7 @@ def current_seg_metrics(run: RunDir, stage: str, split: str) -> dict | None:
     return metrics
 
 
+@main_process_only
 @holds_run_lock
 def eval_seg(
     run: RunDir,
