@@ -111,21 +111,8 @@ def data_fingerprint(dataset) -> str:
             files.append(Path(dataset.mask_path(image_id)))
     h = hashlib.blake2b(head.encode(), digest_size=20)
     for path in files:
-        h.update(_memo_digest(path).encode())
+        h.update(file_digest(path).encode())
     return h.hexdigest()
-
-
-#: This process's file digests by (path, inode, size, mtime): a pipeline asks for the same split's
-#: fingerprint at every step; a file rewritten in place gets a new mtime and is hashed again.
-_DIGESTS: dict[tuple, str] = {}
-
-
-def _memo_digest(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = file_digest(path)
-    return _DIGESTS[key]
 
 
 def data_record(out_dir: Path, split: str) -> Path:

@@ -294,14 +294,26 @@ def current_metrics(path: str | Path, inputs: str) -> dict | None:
 
 
 def file_digest(path: str | Path) -> str:
-    """The content hash (BLAKE2b) of one file: a copy, a touch or a restore from backup keeps it."""
+    """The content hash (BLAKE2b) of one file: a copy, a touch or a restore from backup keeps it.
+
+    Remembered for this process by (path, inode, size, mtime): a pipeline asks for the same
+    checkpoint's digest at several steps, and a voc12 checkpoint is 400 MB. A file rewritten in
+    place gets a new mtime (or inode, through an atomic rename) and is hashed again."""
     import hashlib
 
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
     h = hashlib.blake2b(digest_size=20)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple, str] = {}
 
 
 def _bytes_digest(data: bytes) -> str:
