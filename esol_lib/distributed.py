@@ -164,6 +164,11 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+#: How many :func:`main_process_only` calls enclose the running code on rank 0: a nested one must not
+#: start a collective the other ranks are not in.
+_MAIN_ONLY_DEPTH = 0
+
+
 def main_process_only(fn: Callable[..., _T]) -> Callable[..., _T]:
     """Decorate a step that does not distribute (CAMs, scores): under ``torchrun`` rank 0 runs it and
     the other ranks wait and return rank 0's result; a failure on rank 0 fails every rank with its
@@ -172,17 +177,21 @@ def main_process_only(fn: Callable[..., _T]) -> Callable[..., _T]:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        global _MAIN_ONLY_DEPTH
         info = init_distributed()
-        if info.world_size <= 1:
+        if info.world_size <= 1 or _MAIN_ONLY_DEPTH:  # nested (eval-cam --crf scores without CRF first): rank 0 alone
             return fn(*args, **kwargs)
         outcome: tuple[str, Any] = ("ok", None)
         if info.is_main:
+            _MAIN_ONLY_DEPTH += 1
             try:
                 outcome = ("ok", fn(*args, **kwargs))
             except Exception as e:
                 outcome = ("error", f"{type(e).__name__}: {e}")
                 all_gather_object(outcome)
                 raise
+            finally:
+                _MAIN_ONLY_DEPTH -= 1
         kind, value = all_gather_object(outcome)[0]
         if kind == "error":
             raise StageError(f"{fn.__name__} failed on rank 0: {value}")

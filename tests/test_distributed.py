@@ -156,8 +156,12 @@ def _main_only_worker(rank: int, port: int, tmp: str) -> None:
     def failing() -> None:
         raise ValueError("disk on fire")
 
+    @main_process_only
+    def outer() -> int:
+        return step(1) + 1  # nested: must not start a collective of its own (eval-cam --crf calls eval-cam)
+
     try:
-        got = step(4)
+        got = step(4) + outer() - 11
         try:
             failing()
             failed = ""
@@ -179,7 +183,7 @@ def test_a_step_that_does_not_distribute_runs_on_rank_zero_only(tmp_path):
     deadline = time.monotonic() + 60
     while not ctx.join(timeout=1):
         assert time.monotonic() < deadline, "the processes did not finish"
-    assert (tmp_path / "calls").read_text() == "0\n"
+    assert (tmp_path / "calls").read_text() == "0\n0\n"
     for r in range(WORLD):
         out = json.loads((tmp_path / f"rank{r}.json").read_text())
         assert out["got"] == 40 and "disk on fire" in out["failed"]
