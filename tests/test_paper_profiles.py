@@ -5,7 +5,8 @@ IRN's boundary branch on its own frozen ResNet-50, DeepLab-v2 on ResNet-101 with
 four-scale CAMs with flips, the random walk at radius 5, ``train_aug`` and COCO's split names. Only
 lengths, batches, crops and the device are set small, and the baseline's learning rate: the weights
 are random stand-ins (:mod:`esol_lib.models.random_imagenet`), and IRN's 0.1 makes them diverge in
-two steps, which the first test shows ends in one error line naming ``train_cam.lr``.
+two steps (measured: loss 0.7 → 1.9e4 on 64 px crops) while the loss stays finite; the CAMs then
+come out NaN, and make-cam stops there with one line naming ``train_cam.lr`` (``test_cam``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -102,19 +102,6 @@ def check_profile_kept(run: Path, profile: str) -> None:
     assert cfg["irn"]["backbone"] == "pretrained" and cfg["irn"]["radius"] == 5
     assert cfg["seg"]["backbone"] == "resnet101" and cfg["seg"]["dilations"] == [6, 12, 18, 24]
     assert cfg["cam"]["scales"] == [1.0, 0.5, 1.5, 2.0] and cfg["cam"]["flip"]
-
-
-def test_voc12_at_irns_lr_on_stand_in_weights_stops_with_one_line_naming_a_learning_rate(ws, tmp_path):
-    """The first try of issue 29: `expand` stopped at step 1 with "loss is nan". The cause: the
-    baseline diverged on random weights at IRN's lr 0.1 (loss 0.7 → 1.9e4 in two steps on 64 px
-    crops) while its loss stayed finite, so its CAMs came out NaN; make-cam now stops at the first
-    non-finite CAM (``test_cam``). On these 32 px crops the baseline's CAMs stay finite and the
-    expansion offsets run away instead; either way one line names the learning rate to lower."""
-    args = ["pipeline", "--config", "voc12", "--data-root", str(ws / "voc"), "--run", str(tmp_path / "run")]
-    proc = run_esol(args + sets(*TOY_LENGTH), tmp_path, ws / "torch")
-    errors = [line for line in proc.stderr.replace("\r", "\n").splitlines() if ": error:" in line]
-    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
-    assert re.search(r"(train_cam|expansion)\.lr", errors[0]) and "Traceback" not in proc.stderr, errors[0]
 
 
 def test_voc12_runs_every_step_at_toy_length(ws, tmp_path):

@@ -186,9 +186,12 @@ def test_5_damaged_derived_files_are_named_with_the_command_that_remakes_them(ws
         ("expansion.sampler_layer=7", "expansion.sampler_layer"),
     ],
 )
-def test_6_a_setting_out_of_range_is_one_line_naming_the_key(ws, tmp_path, setting, named):
-    line = one_error(esol(*pipeline(ws / "d0", tmp_path / "run", "--set", setting), cwd=tmp_path))
-    assert named in line
+def test_6_a_setting_out_of_range_is_one_line_naming_the_key(ws, tmp_path, setting, named, capsys):
+    from esol_lib.cli import main
+
+    assert main(pipeline(ws / "d0", tmp_path / "run", "--set", setting)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ": error:" in err[0] and named in err[0], err
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
