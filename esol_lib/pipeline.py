@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from esol_lib.distributed import all_gather_object, init_distributed
 from esol_lib.run import RunDir, holds_run_lock
 from esol_lib.steps import current_cam_metrics, eval_cam, expand, make_cam, shrink, train_cam
 from esol_lib.steps.refinement import refine as refine_stage
@@ -88,8 +89,11 @@ def run_pipeline(
 ) -> dict[str, float]:
     """Run every step not yet complete; returns seconds per step (0 for skipped ones)."""
     times: dict[str, float] = {}
+    init_distributed()  # under torchrun: the group every rank's decisions below go through
     for step in pipeline_steps(run, progress=progress, crf=crf, refine=refine, segment=segment):
-        if step.done():
+        # Under torchrun every rank takes rank 0's answer: a rank asking later could find the outputs
+        # rank 0 is writing, skip the step and fall out of step with the others' collectives.
+        if all_gather_object(step.done())[0]:
             log(f"[skip] {step.name}: outputs complete")
             times[step.name] = 0.0
             continue
