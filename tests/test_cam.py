@@ -98,6 +98,10 @@ def test_compute_store_and_evaluate_round_trip(tmp_path):
         load_cam(out, "missing_id")
 
 
+#: compute_cams at one scale, without flips, on images normalised by 0.5.
+ONE_SCALE = {"mean": [0.5] * 3, "std": [0.5] * 3, "scales": [1.0], "flip": False, "signature": "s", "progress": False}
+
+
 def test_a_nonfinite_cam_stops_make_cam_before_it_is_written(tmp_path):
     """A model that diverged while its loss stayed finite (issue 29: voc12 on random weights at IRN's
     lr) used to write NaN CAMs that eval-cam scored and expansion trained on, until "loss is nan"."""
@@ -111,18 +115,7 @@ def test_a_nonfinite_cam_stops_make_cam_before_it_is_written(tmp_path):
 
     out = tmp_path / "cams"
     with pytest.raises(DivergenceError, match=r"not finite .*lower train_cam\.lr"):
-        compute_cams(
-            diverged,
-            ds,
-            out,
-            mean=[0.5] * 3,
-            std=[0.5] * 3,
-            scales=[1.0],
-            flip=False,
-            signature="s",
-            progress=False,
-            diverged_fix="lower train_cam.lr",
-        )
+        compute_cams(diverged, ds, out, **ONE_SCALE, diverged_fix="lower train_cam.lr")
     assert not list(out.glob("*.npz"))
 
 
