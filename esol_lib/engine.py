@@ -388,15 +388,20 @@ def _check_done(
     stage trains again instead of reporting an old model as done on new data.
     """
     final, partial = run_dir.checkpoint(stage), partial_checkpoint_path(run_dir, stage)
-    for path in (final, partial):
-        if path.is_file():
-            stale = stale_inputs(load_checkpoint(path), inputs)
-            if stale:
-                set_aside(run_dir, path, " and ".join(stale))
-    barrier()
+    kept = None  # the final checkpoint, read once (a voc12 one is 400 MB)
+    if inputs:
+        for path in (final, partial):
+            if path.is_file():
+                ckpt = load_checkpoint(path)
+                stale = stale_inputs(ckpt, inputs)
+                if stale:
+                    set_aside(run_dir, path, " and ".join(stale))
+                elif path == final:
+                    kept = ckpt
+        barrier()
     if not final.is_file():
         return None
-    ckpt = load_checkpoint(final)
+    ckpt = kept if kept is not None else load_checkpoint(final)
     if not ckpt.get("done"):
         return None
     _load_weights(model, ckpt["model"], optional)

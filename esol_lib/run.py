@@ -386,11 +386,26 @@ def read_verified(path: str | Path, fix: str) -> bytes:
     recorded is returned as it is."""
     path = Path(path)
     data = path.read_bytes()
-    entry = (read_json(path.parent / SIZES_FILE) or {}).get(path.name)
-    size, digest = _recorded(entry)
+    size, digest = _recorded(_sizes_record(path.parent).get(path.name))
     if digest is not None and (len(data) != size or _bytes_digest(data) != digest):
         raise damaged(path, fix, "it differs from what was written: its checksum in _sizes.json does not match")
     return data
+
+
+def _sizes_record(folder: Path) -> dict:
+    """``folder/_sizes.json``, parsed once per version of the file: readers verify one file at a time,
+    and a VOC folder's record lists thousands."""
+    try:
+        st = (folder / SIZES_FILE).stat()
+    except OSError:
+        return {}
+    key = (str(folder.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if _SIZES_CACHE.get("key") != key:
+        _SIZES_CACHE.update(key=key, record=read_json(folder / SIZES_FILE) or {})
+    return _SIZES_CACHE["record"]
+
+
+_SIZES_CACHE: dict = {}
 
 
 def damaged(path: Path, fix: str, why: str) -> DamagedFileError:
