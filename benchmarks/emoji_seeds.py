@@ -76,6 +76,12 @@ def collect(run_dir: Path) -> dict:
     tc = cfg.train_cam
     out: dict = {
         "train_cam": {"lr": tc.lr, "momentum": tc.momentum, "weight_decay": tc.weight_decay},
+        # the ESOL stages' levels of the factors chapter 09's readings study changed
+        "esol_levels": {
+            "expansion.momentum": cfg.expansion.momentum,
+            "shrinkage.momentum": cfg.shrinkage.momentum,
+            "shrinkage.area_map": cfg.shrinkage.area_map,
+        },
         "seeds_train": {},
         "seeds_val": {},
         "crf_train": {},
@@ -145,7 +151,7 @@ def summarise(per_seed: dict[str, dict]) -> dict:
     first = next(iter(per_seed.values()))
     summary: dict = {}
     for group, stages in first.items():
-        if group in ("offsets", "table5_val", "train_cam"):
+        if group in ("offsets", "table5_val", "train_cam", "esol_levels"):
             continue
         summary[group] = {}
         for st in stages:

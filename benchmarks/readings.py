@@ -51,14 +51,18 @@ def pick(metrics: dict | None) -> dict | None:
 
 
 def main_run(profile: str, seed: int, out: Path, sets: list[str]):
-    """The as-built run of one seed: baseline and both ESOL stages, seeds scored on train and val."""
+    """The as-built run of one seed: baseline and both ESOL stages, seeds scored on train and val.
+
+    The as-built levels are pinned (:data:`esol_lib.readings.AS_BUILT`): the profiles' defaults
+    have since moved to the levels the protocol permitted."""
     from esol_lib.config import load_config
     from esol_lib.pipeline import pipeline_steps
+    from esol_lib.readings import AS_BUILT
     from esol_lib.steps import start_run
 
     cfg = load_config(
         profile,
-        [f"profile={profile}-seed{seed}", f"{SEED_KEY[profile]}={seed}", "ablation.max_steps=null", *sets],
+        [f"profile={profile}-seed{seed}", f"{SEED_KEY[profile]}={seed}", "ablation.max_steps=null", *AS_BUILT, *sets],
     )
     run = start_run(out / f"seed{seed}", cfg)  # generates data/<generator>-<profile>-seed<S> when missing
     for step in pipeline_steps(run, progress=False, crf=False, refine=False):

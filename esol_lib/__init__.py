@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "prediction_dir": "esol_lib.steps.segmentation",
     "seg_stage_name": "esol_lib.steps.segmentation",
     "RunDir": "esol_lib.run",
+    "load_config": "esol_lib.config",
     # data
     "VOCSegmentation": "esol_lib.data",
     "load_mask": "esol_lib.data",

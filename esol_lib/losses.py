@@ -34,14 +34,14 @@ def feature_clip(x: torch.Tensor, beta: float, gradient: bool = False) -> torch.
 def area_maps(cams: torch.Tensor, kind: str = "cam") -> torch.Tensor:
     """The localization maps ``P_k`` the area loss measures (the paper leaves them undefined; DESIGN.md).
 
-    ``'cam'`` (default): ReLU'd CAMs divided by their spatial max — Eq. (2)'s localization map, the
-    map that is thresholded into seeds. The gradient passes through the max too, so raising a
-    class's peak lowers the whole map's area.
+    ``'cam'`` (``shrinkage.area_map``'s default): ReLU'd CAMs divided by their spatial max —
+    Eq. (2)'s localization map, the map that is thresholded into seeds. The gradient passes through
+    the max too, so raising a class's peak lowers the whole map's area.
     ``'cam-detached'``: the same map with the max held constant: the area falls only where the
     class score itself falls.
-    ``'sigmoid'``: ``σ(w_k^T F)``, each pixel's own classification probability. It hardly changes
-    during shrinkage: the sampler cannot make scores negative, and near objects large scores saturate
-    the sigmoid (book, method page).
+    ``'sigmoid'``: ``σ(w_k^T F)``, each pixel's own classification probability (not in the
+    paper's text). The sampler cannot make scores negative, so it lowers this area only by reading
+    features that score lower, and a saturated sigmoid passes little gradient.
     """
     if kind == "sigmoid":
         return torch.sigmoid(cams)

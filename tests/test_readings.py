@@ -139,6 +139,29 @@ def test_every_reading_names_a_known_factor_and_config_keys():
         load_config("cpu", list(r.overrides))  # every override is a valid key and value
 
 
+def test_profiles_carry_exactly_the_permitted_changes_and_the_study_its_reference():
+    """Step 3 checked on the real profiles: a chosen level is a default only where it is permitted."""
+    from esol_lib.config import load_config
+
+    sel = {f: {"chosen": rd.REFERENCE} for f in rd.FACTORS}
+    sel |= {"optimiser": {"chosen": "opt-irn"}, "pk-map": {"chosen": "pk-sigmoid"}, "length": {"chosen": "len-6610"}}
+    changes = {c["reading"]: c for c in rd.default_changes(sel)}
+    assert changes["opt-irn"]["allowed"] and not changes["pk-sigmoid"]["allowed"]  # implied ≥ silent; silent < implied
+    cpu = {c["reading"]: c for c in rd.profile_adoption("cpu", list(changes.values()))}
+    assert cpu["opt-irn"]["adopted"] and cpu["opt-irn"]["values"] == {
+        "expansion.momentum": 1e-4,
+        "shrinkage.momentum": 1e-4,
+    }
+    assert not cpu["pk-sigmoid"]["adopted"] and not cpu["len-6610"]["adopted"]  # cpu keeps 10 passes
+    voc = {c["reading"]: c for c in rd.profile_adoption(load_config("voc12"), list(changes.values()))}
+    assert voc["opt-irn"]["adopted"] and voc["len-6610"]["adopted"] and not voc["pk-sigmoid"]["adopted"]
+    # the as-built reference is pinned: the cpu profile under AS_BUILT is every factor's as-built level,
+    # and the toy profile (toy_seeds.json, the smoke tests) still carries it
+    for profile, extra in (("cpu", list(rd.AS_BUILT)), ("toy", [])):
+        adopted = rd.profile_adoption(load_config(profile, extra), list(changes.values()))
+        assert not any(c["adopted"] for c in adopted if c["reading"] != "len-6610"), profile
+
+
 def test_stage_effects_and_verdicts_come_from_the_numbers():
     def stage(p, r, miou):
         sweep = [{"threshold": 0.1, "precision": p, "recall": r, "miou": miou}]
