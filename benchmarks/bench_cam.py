@@ -14,9 +14,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from esol_lib.cam import multiscale_cam
-from esol_lib.config import load_config
+from esol_lib.method.cam import multiscale_cam
 from esol_lib.models import build_classifier
+from esol_lib.runtime.config import load_config
 
 
 def _time(fn, repeats: int) -> float:

@@ -2,7 +2,7 @@
 
 For each backbone (``small`` with strides [1, 2, 2, 1], ``resnet50`` with IRN's [2, 2, 2, 1], random
 weights) and input size (128 and 512 px) it times :func:`esol_lib.models.boundary.boundary_map` +
-:func:`esol_lib.irn.pseudo_mask` (radius 5, β 10, exp_times 8 → 256 walk steps) on a few random
+:func:`esol_lib.method.irn.pseudo_mask` (radius 5, β 10, exp_times 8 → 256 walk steps) on a few random
 images with two classes, and reports images/s, the peak memory the case added, and the size of the
 sparse transition matrix against the ``N²`` entries of IRN's dense one.
 
@@ -47,7 +47,7 @@ def _rss_mib() -> float:
 
 def run_case(backbone: str, size: int, n: int, radius: int, exp_times: int, device: str) -> dict:
     """One case, in this process: returns its timings and memory as a dict."""
-    from esol_lib.irn import affinity_pairs, pseudo_mask, transition_matrix
+    from esol_lib.method.irn import affinity_pairs, pseudo_mask, transition_matrix
     from esol_lib.models import build_backbone
     from esol_lib.models.boundary import BoundaryNet, boundary_map
 

@@ -6,14 +6,14 @@ Run from the repository root::
     .venv/bin/python benchmarks/bench_seg.py --backbones small --sizes 128 --batch 4
     .venv/bin/python benchmarks/bench_seg.py --json out.json      # also write the rows as JSON
 
-Every model is DeepLab-v2 as :func:`esol_lib.deeplab.build_deeplab` builds it (random weights, output
+Every model is DeepLab-v2 as :func:`esol_lib.method.seg_recipe.build_deeplab` builds it (random weights, output
 stride 8 for the ResNets: strides (2, 2, 1, 1) with atrous layer3/layer4; the ``small`` CPU net at
 strides (1, 2, 2, 1)), with 21 classes (VOC) and ASPP rates 6/12/18/24.
 
-- training: forward + :func:`~esol_lib.deeplab.seg_loss` + backward + SGD step (DeepLab's lr groups)
+- training: forward + :func:`~esol_lib.method.seg_recipe.seg_loss` + backward + SGD step (DeepLab's lr groups)
   on ``--batch`` random crops of ``size``×``size``;
 - inference: one forward pass of a single image plus bilinear upsampling to its size and softmax
-  (one scale, no flip — :func:`~esol_lib.deeplab.predict` costs ``len(test_scales) × 2`` of these).
+  (one scale, no flip — :func:`~esol_lib.method.seg_recipe.predict` costs ``len(test_scales) × 2`` of these).
 
 Each (case, mode) runs in its own subprocess, so peak memory is that mode's alone. On CPU the peak is
 the process's maximum resident set (``ru_maxrss``) minus its resident set just before the timed
@@ -93,10 +93,10 @@ def run_case(
     """One (backbone, size, mode) measurement in this process; returns a result row."""
     import torch
 
-    from esol_lib.config import SegConfig
-    from esol_lib.deeplab import param_groups, seg_loss, upsample_logits
-    from esol_lib.engine import make_sgd
+    from esol_lib.method.seg_recipe import param_groups, seg_loss, upsample_logits
     from esol_lib.models.deeplab import build_deeplab
+    from esol_lib.runtime.config import SegConfig
+    from esol_lib.runtime.engine import make_sgd
 
     if threads:
         torch.set_num_threads(threads)

@@ -6,7 +6,7 @@
 
 Comparisons (each is one Markdown table on stdout and one entry of the JSON file):
 
-``cam``      Multi-scale CAMs (Eq. 2, the profile's scales + flip) with :func:`esol_lib.cam.multiscale_cam`,
+``cam``      Multi-scale CAMs (Eq. 2, the profile's scales + flip) with :func:`esol_lib.method.cam.multiscale_cam`,
              against a per-image, per-scale loop written as IRN's ``make_cam.py`` does it, against
              ``pytorch-grad-cam``'s ``GradCAM`` looped over the same scales and flips (on a GAP + linear
              head GradCAM is the CAM), and against the floor: the plain forward passes the scales need.
@@ -22,7 +22,7 @@ Comparisons (each is one Markdown table on stdout and one entry of the JSON file
 Weights and images are random: speed does not depend on them. Each case runs in a fresh Python
 process, so its peak resident memory is its own. Written to ``book/results/compare.json`` (entries
 of other comparisons and devices are kept) and, from it, ``book/performance.md``, the book's
-Performance page (:func:`esol_lib.performance.performance_page`; ``esol book`` regenerates it).
+Performance page (:func:`esol_lib.book.performance.performance_page`; ``esol book`` regenerates it).
 """
 
 from __future__ import annotations
@@ -45,14 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esol_lib.cam import cam_batch_size, multiscale_cam
-from esol_lib.config import load_config
-from esol_lib.crf import crf_from_labels
-from esol_lib.irn import random_walk, transition_matrix
+from esol_lib.book.performance import COMPARISONS, markdown_table, performance_page
+from esol_lib.method.cam import cam_batch_size, multiscale_cam
+from esol_lib.method.crf import crf_from_labels
+from esol_lib.method.irn import random_walk, transition_matrix
 from esol_lib.models import build_backbone, build_classifier
 from esol_lib.models.samplers import deform_conv2d_sampled
-from esol_lib.parallel import cpu_workers, map_ordered
-from esol_lib.performance import COMPARISONS, markdown_table, performance_page
+from esol_lib.runtime.config import load_config
+from esol_lib.runtime.parallel import cpu_workers, map_ordered
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "book" / "results" / "compare.json"

@@ -48,9 +48,9 @@ def drawn_boundary(mask: np.ndarray) -> torch.Tensor:
 def train_on_ground_truth(run, cfg, ds):
     """IRN's boundary branch trained as ``esol refine`` trains it, on the true masks instead of IR labels."""
     from esol_lib.data.transforms import AugmentedDataset
-    from esol_lib.engine import PolyLR, make_sgd
-    from esol_lib.irn import affinity_loss
+    from esol_lib.method.irn import affinity_loss
     from esol_lib.models.boundary import BoundaryNet
+    from esol_lib.runtime.engine import PolyLR, make_sgd
     from esol_lib.steps.refinement import (
         MOMENTUM,
         TRAIN_RADIUS_FACTOR,
@@ -98,13 +98,13 @@ def train_on_ground_truth(run, cfg, ds):
 
 
 def main() -> None:
-    from esol_lib.cam import load_cam
     from esol_lib.data.transforms import to_tensor
-    from esol_lib.engine import seed_everything
-    from esol_lib.irn import mask_from_scores, walked_scores
-    from esol_lib.metrics import confusion_matrix, read_metrics, summarize
+    from esol_lib.method.cam import load_cam
+    from esol_lib.method.irn import mask_from_scores, walked_scores
+    from esol_lib.method.metrics import confusion_matrix, read_metrics, summarize
     from esol_lib.models.boundary import boundary_map
-    from esol_lib.run import RunDir
+    from esol_lib.runtime.engine import seed_everything
+    from esol_lib.runtime.run import RunDir
     from esol_lib.steps.refinement import stage_setup
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -6,13 +6,13 @@
 
 For each generator seed S of the emoji benchmark, the as-built pipeline runs in ``OUT/seedS``
 (baseline, expansion, shrinkage; seeds scored on train and val; no IRN, no DeepLab), and every
-reading of :data:`esol_lib.readings.READINGS` is a fork of it in ``OUT/seedS/readings/<name>``
-that shares its baseline and changes one factor (:mod:`esol_lib.ablation`). Each is scored on val,
-with the diagnostics of :mod:`esol_lib.diagnostics` (the gradient that reaches the offsets on
+reading of :data:`esol_lib.book.readings.READINGS` is a fork of it in ``OUT/seedS/readings/<name>``
+that shares its baseline and changes one factor (:mod:`esol_lib.book.ablation`). Each is scored on val,
+with the diagnostics of :mod:`esol_lib.method.diagnostics` (the gradient that reaches the offsets on
 object, background and clipped cells, before and after each stage; the clipped fraction; the
 confidence in the classes present) and the offsets over steps from its log.
 
-Then the protocol of :mod:`esol_lib.readings`: the levels are chosen on seed 0's val split only,
+Then the protocol of :mod:`esol_lib.book.readings`: the levels are chosen on seed 0's val split only,
 and the chosen combination (``selected``) is run untouched on every seed (train and val) and, with
 ``--toy-seeds``, on the toy benchmark. Everything lands in one JSON file that chapter 09 renders;
 the file is rewritten after every reading, so an interrupted study keeps what it measured, and a
@@ -53,11 +53,11 @@ def pick(metrics: dict | None) -> dict | None:
 def main_run(profile: str, seed: int, out: Path, sets: list[str]):
     """The as-built run of one seed: baseline and both ESOL stages, seeds scored on train and val.
 
-    The as-built levels are pinned (:data:`esol_lib.readings.AS_BUILT`): the profiles' defaults
+    The as-built levels are pinned (:data:`esol_lib.book.readings.AS_BUILT`): the profiles' defaults
     have since moved to the levels the protocol permitted."""
-    from esol_lib.config import load_config
+    from esol_lib.book.readings import AS_BUILT
     from esol_lib.pipeline import pipeline_steps
-    from esol_lib.readings import AS_BUILT
+    from esol_lib.runtime.config import load_config
     from esol_lib.steps import start_run
 
     cfg = load_config(
@@ -77,7 +77,7 @@ MEANT_OPTIMISER = ("train_cam.momentum=0.9", "train_cam.lr=0.01")
 
 def baseline_only(profile: str, seed: int, out: Path, sets: list[str], overrides) -> dict:
     """Train and score (val and train) only the baseline of one seed under other train_cam settings."""
-    from esol_lib.config import load_config
+    from esol_lib.runtime.config import load_config
     from esol_lib.steps import start_run, train_cam
 
     cfg = load_config(profile, [f"profile={profile}-seed{seed}", f"{SEED_KEY[profile]}={seed}", *sets, *overrides])
@@ -97,11 +97,11 @@ def diagnostics(run) -> dict:
     import torch
 
     from esol_lib.data.transforms import AugmentedDataset, TrainTransform
-    from esol_lib.diagnostics import offset_gradients
-    from esol_lib.engine import load_stage_checkpoint
+    from esol_lib.method.diagnostics import offset_gradients
     from esol_lib.models.esol import UNTRAINED_IN_EXPANSION
-    from esol_lib.steps.common import split_dataset
-    from esol_lib.steps.esol_training import build_esol_model
+    from esol_lib.runtime.engine import load_stage_checkpoint
+    from esol_lib.steps._esol_shared import build_esol_model
+    from esol_lib.steps._shared import split_dataset
     from esol_lib.steps.expansion import expansion_objective
     from esol_lib.steps.shrinkage import shrinkage_objective
 
@@ -136,7 +136,7 @@ def sampling(run, image: dict) -> dict:
 
     from esol_lib.data.transforms import to_tensor
     from esol_lib.models.samplers import sampling_points
-    from esol_lib.steps.esol_training import load_stage_model
+    from esol_lib.steps._esol_shared import load_stage_model
 
     cfg = run.load_config()
     x = to_tensor(image["image"], cfg.data.mean, cfg.data.std).unsqueeze(0)
@@ -174,8 +174,8 @@ def sampling_image(profile: str, seed: int, sets: list[str]) -> dict:
 
     from PIL import Image
 
-    from esol_lib.config import load_config
     from esol_lib.data import VOCSegmentation, resolve_data_root
+    from esol_lib.runtime.config import load_config
 
     cfg = load_config(profile, [f"profile={profile}-seed{seed}", f"{SEED_KEY[profile]}={seed}", *sets])
     ds = VOCSegmentation(resolve_data_root(cfg), cfg.data.val_split)
@@ -188,7 +188,7 @@ def sampling_image(profile: str, seed: int, sets: list[str]) -> dict:
 def add_sampling(profile: str, seed: int, out: Path, sets: list[str], result: dict, save) -> None:
     """Recompute the diagnostics, and the sampling-points figure's data, of every trained run of one
     seed (cheap: 16 crops and one image per run; no training)."""
-    from esol_lib.run import RunDir
+    from esol_lib.runtime.run import RunDir
 
     runs = result.get("seeds", {}).get(str(seed), {})
     if not runs:
@@ -222,7 +222,7 @@ def offsets_over_steps(run) -> dict:
 def reading_record(main, variant, root: Path, splits=("val",)) -> dict:
     """Train (if needed) and measure one reading's fork."""
     from esol_lib import ablation as ab
-    from esol_lib.run import RunDir
+    from esol_lib.runtime.run import RunDir
 
     t0 = time.perf_counter()
     result = ab.run_variant(main, variant, root, split="val")
@@ -246,7 +246,7 @@ def reading_record(main, variant, root: Path, splits=("val",)) -> dict:
 
 def run_seed(profile: str, seed: int, out: Path, sets: list[str], names, result: dict, save) -> None:
     """The as-built run and every reading in ``names`` on one seed, saved after each."""
-    from esol_lib.readings import READINGS, REFERENCE
+    from esol_lib.book.readings import READINGS, REFERENCE
 
     t0 = time.perf_counter()
     main = main_run(profile, seed, out, sets)
@@ -275,7 +275,7 @@ def run_seed(profile: str, seed: int, out: Path, sets: list[str], names, result:
 
 def run_selected(profile: str, seed: int, out: Path, sets: list[str], overrides, result: dict, key: str, save):
     """The selected combination on one seed, scored on val and train."""
-    from esol_lib.ablation import Variant
+    from esol_lib.book.ablation import Variant
 
     main = main_run(profile, seed, out, sets)
     runs = result.setdefault(key, {}).setdefault(str(seed), {})

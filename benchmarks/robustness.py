@@ -42,7 +42,7 @@ def _gains(a: dict, b: dict, key: str) -> tuple[float, float]:
 
 def run_benchmark(name: str, overrides: list[str], args) -> dict:
     from esol_lib import ablation as ab
-    from esol_lib.config import load_config
+    from esol_lib.runtime.config import load_config
     from esol_lib.steps import expand, shrink, start_run, train_cam
 
     cfg = load_config(args.config, [f"profile={args.config}-{name}", *overrides, *args.set])
@@ -166,7 +166,7 @@ def _write_summary(out: Path, results: dict, shrink_lrs) -> str:
     md += [
         "## seed mIoU of each stage (val, best threshold)",
         _stage_table(results, "miou"),
-        "## localization AP of each stage (val, threshold-free; esol_lib.metrics.localization_ap)",
+        "## localization AP of each stage (val, threshold-free; esol_lib.method.metrics.localization_ap)",
         _stage_table(results, "ap"),
     ]
     text = "\n\n".join(md) + "\n"

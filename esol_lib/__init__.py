@@ -39,8 +39,8 @@ _EXPORTS: dict[str, str] = {
     "eval_seg": "esol_lib.steps.segmentation",
     "prediction_dir": "esol_lib.steps.segmentation",
     "seg_stage_name": "esol_lib.steps.segmentation",
-    "RunDir": "esol_lib.run",
-    "load_config": "esol_lib.config",
+    "RunDir": "esol_lib.runtime.run",
+    "load_config": "esol_lib.runtime.config",
     # data
     "VOCSegmentation": "esol_lib.data",
     "load_mask": "esol_lib.data",
@@ -55,24 +55,27 @@ _EXPORTS: dict[str, str] = {
     "render_glyph_set": "esol_lib.pretrain",
     "OPENMOJI_WEIGHTS": "esol_lib.models.backbone",
     # what the chapters inspect
-    "load_cam": "esol_lib.cam",
+    "load_cam": "esol_lib.method.cam",
     "sampling_points": "esol_lib.models.samplers",
-    "affinity_pairs": "esol_lib.irn",
+    "affinity_pairs": "esol_lib.method.irn",
     "boundary_map": "esol_lib.models.boundary",
-    "BACKBONE_LR_MULT": "esol_lib.deeplab",
-    "aspp_lr_mult": "esol_lib.deeplab",
-    "at_best_thresholds": "esol_lib.metrics",
-    "read_metrics": "esol_lib.metrics",
-    "load_seed_results": "esol_lib.results",
-    "claims_table": "esol_lib.results",
-    "stage_table": "esol_lib.results",
-    "seed_report": "esol_lib.results",
-    "offsets_table": "esol_lib.results",
-    "table5_table": "esol_lib.results",
-    "run_sentences": "esol_lib.readings",
+    "BACKBONE_LR_MULT": "esol_lib.method.seg_recipe",
+    "aspp_lr_mult": "esol_lib.method.seg_recipe",
+    "at_best_thresholds": "esol_lib.method.metrics",
+    "read_metrics": "esol_lib.method.metrics",
+    "load_seed_results": "esol_lib.book.results",
+    "claims_table": "esol_lib.book.results",
+    "stage_table": "esol_lib.book.results",
+    "seed_report": "esol_lib.book.results",
+    "offsets_table": "esol_lib.book.results",
+    "table5_table": "esol_lib.book.results",
+    "run_sentences": "esol_lib.book.readings",
 }
-#: Submodules the chapters use as namespaces (``viz.show_cams``, ``paper.TABLE6``).
-_MODULES = ("viz", "widgets", "ablation", "paper", "results", "readings")
+#: Modules the chapters use as namespaces (``viz.show_cams``, ``paper.TABLE6``): name → the module.
+#: They live in ``esol_lib/book/``; ``from esol_lib import viz`` is the chapters' spelling.
+_MODULES: dict[str, str] = {
+    name: f"esol_lib.book.{name}" for name in ("viz", "widgets", "ablation", "paper", "results", "readings")
+}
 
 __all__ = sorted([*_EXPORTS, *_MODULES])
 
@@ -81,7 +84,7 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
     elif name in _MODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
+        value = importlib.import_module(_MODULES[name])
     else:
         raise AttributeError(f"module 'esol_lib' has no attribute {name!r}")
     globals()[name] = value

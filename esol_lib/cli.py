@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from esol_lib.errors import ConfigError, EsolError
+from esol_lib.runtime.errors import ConfigError, EsolError
 
 # Subcommands that later work builds; until then they say where they belong instead of faking output.
 PENDING: dict[str, str] = {}
@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from esol_lib.config import load_config
     from esol_lib.data import generate_benchmark, synth_spec_from_config
+    from esol_lib.runtime.config import load_config
 
     base = load_config(args.profile).data.synth if args.profile else None
     spec = synth_spec_from_config(base)
@@ -178,8 +178,8 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_emoji(args: argparse.Namespace) -> int:
-    from esol_lib.config import load_config
     from esol_lib.data import emoji_spec_from_config, generate_emoji_benchmark
+    from esol_lib.runtime.config import load_config
 
     base = load_config(args.profile).data.emoji if args.profile else None
     spec = emoji_spec_from_config(base)
@@ -221,7 +221,7 @@ def cmd_data_train_aug(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from esol_lib.config import config_to_dict, load_config
+    from esol_lib.runtime.config import config_to_dict, load_config
 
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
@@ -229,7 +229,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_train_cam(args: argparse.Namespace) -> int:
-    from esol_lib.config import load_config
+    from esol_lib.runtime.config import load_config
     from esol_lib.steps import start_run, train_cam
 
     run = start_run(args.run, load_config(args.config, args.overrides), args.data_root)
@@ -281,7 +281,7 @@ def cmd_eval_cam(args: argparse.Namespace) -> int:
 
 
 def cmd_book(args: argparse.Namespace) -> int:
-    from esol_lib.book import make_book
+    from esol_lib.book.build import make_book
 
     index = make_book(args.profile, out=args.out, run_dir=args.run, data_root=args.data_root, only=args.only)
     print(f"book built: {index}")
@@ -319,13 +319,13 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from esol_lib.config import load_config
     from esol_lib.pipeline import run_pipeline
+    from esol_lib.runtime.config import load_config
     from esol_lib.steps import start_run
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
-        from esol_lib.plan import plan_pipeline, plan_table
+        from esol_lib.runtime.plan import plan_pipeline, plan_table
 
         if args.data_root:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(args.data_root)))
@@ -390,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         handler = COMMANDS.get(args.command, cmd_pending)
     try:
-        from esol_lib import run as run_folder
+        from esol_lib.runtime import run as run_folder
 
         run_folder.COMMAND = " ".join(["esol", *(argv if argv is not None else sys.argv[1:])])
         writes = args.command != "book" and not getattr(args, "dry_run", False)  # the book's kernels lock it

@@ -34,12 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from esol_lib.atomic import atomic_save, atomic_write_text
 from esol_lib.data.emoji import render_glyph_on_texture
 from esol_lib.data.openmoji import other_glyphs
-from esol_lib.errors import ConfigError
 from esol_lib.models.backbone import OPENMOJI_WEIGHTS, build_backbone
 from esol_lib.models.glyph import GlyphClassifier
+from esol_lib.runtime.atomic import atomic_save, atomic_write_text
+from esol_lib.runtime.errors import ConfigError
 
 __all__ = [
     "PretrainRecipe",

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 import yaml
 
-from esol_lib.book import (
+from esol_lib.book.build import (
     CHAPTERS,
     OWNER_FILE,
     REPO_ROOT,
@@ -29,7 +29,7 @@ from esol_lib.book import (
     publishable_notebook,
     toc_files,
 )
-from esol_lib.errors import StageError
+from esol_lib.runtime.errors import StageError
 
 PARAMS = 'profile = "cpu"\nrun_dir = ""\ndata_root = ""'
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from esol_lib.cam import cam_batch_size, cams_to_label, compute_cams, evaluate_cams, load_cam, multiscale_cam
 from esol_lib.data.synth import SynthSpec, generate_benchmark
 from esol_lib.data.voc import VOCSegmentation
-from esol_lib.errors import StageError
+from esol_lib.method.cam import cam_batch_size, cams_to_label, compute_cams, evaluate_cams, load_cam, multiscale_cam
+from esol_lib.runtime.errors import StageError
 
 
 def test_single_scale_is_relu_then_max_normalisation_by_hand():
@@ -105,7 +105,7 @@ ONE_SCALE = {"mean": [0.5] * 3, "std": [0.5] * 3, "scales": [1.0], "flip": False
 def test_a_nonfinite_cam_stops_make_cam_before_it_is_written(tmp_path):
     """A model that diverged while its loss stayed finite (issue 29: voc12 on random weights at IRN's
     lr) used to write NaN CAMs that eval-cam scored and expansion trained on, until "loss is nan"."""
-    from esol_lib.errors import DivergenceError
+    from esol_lib.runtime.errors import DivergenceError
 
     root = generate_benchmark(tmp_path / "d", SynthSpec(train=3, val=1, size=32, num_classes=3), progress=False)
     ds = VOCSegmentation(root, "train")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from esol_lib.data.coco import convert_coco
 from esol_lib.data.voc import MissingDependencyError, VOCSegmentation, load_mask, read_split
-from esol_lib.errors import DatasetError
+from esol_lib.runtime.errors import DatasetError
 
 # pycocotools' own decode() warns under NumPy 2; nothing to do with the conversion
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from esol_lib.config import PRESETS, config_to_dict, load_config, save_config
-from esol_lib.errors import ConfigError
+from esol_lib.runtime.config import PRESETS, config_to_dict, load_config, save_config
+from esol_lib.runtime.errors import ConfigError
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -141,7 +141,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_overrides_never_modify_the_dict_they_patch():
-    from esol_lib.config import apply_overrides, config_to_dict
+    from esol_lib.runtime.config import apply_overrides, config_to_dict
 
     values = config_to_dict(load_config("cpu"))
     patched = apply_overrides(values, ["expansion.clip=false"])
@@ -189,7 +189,7 @@ def test_a_number_in_exponent_notation_is_a_number():
     ],
 )
 def test_a_damaged_run_config_is_one_clear_error(tmp_path, content, says):
-    from esol_lib.run import RunDir
+    from esol_lib.runtime.run import RunDir
 
     run = RunDir(tmp_path)
     run.config_path.write_bytes(content)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from esol_lib.crf import crf_from_labels, crf_from_probs
+from esol_lib.method.crf import crf_from_labels, crf_from_probs
 
 
 def _two_region_image():
@@ -47,7 +47,7 @@ def test_crf_input_validation():
 def test_several_labellings_of_one_image_give_what_fresh_crfs_give():
     """One CRF object, its pairwise lattices built once, serves every labelling (a seed at five
     thresholds, IRN's two confident seeds): each result equals that of a CRF made for it alone."""
-    from esol_lib.crf import crf_from_labelings
+    from esol_lib.method.crf import crf_from_labelings
 
     g = np.random.default_rng(3)
     size = 40

@@ -11,16 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esol_lib.config import CRFConfig, SegConfig, load_config
-from esol_lib.deeplab import (
+from esol_lib.method.seg_recipe import (
     crf_postprocess,
     param_groups,
     predict,
     seg_loss,
     upsample_logits,
 )
-from esol_lib.errors import ConfigError, StageError
 from esol_lib.models.deeplab import ASPP, DeepLabV2, build_deeplab
+from esol_lib.runtime.config import CRFConfig, SegConfig, load_config
+from esol_lib.runtime.errors import ConfigError, StageError
 from esol_lib.steps.segmentation import eval_seg, prediction_dir, train_seg, training_split
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -100,7 +100,7 @@ def test_param_groups_use_deeplab_lr_multipliers():
     all_ids = [id(p) for g in groups for p in g["params"]]
     assert len(all_ids) == len(set(all_ids)) == len(list(model.parameters()))
     # Through make_sgd + PolyLR the multipliers survive.
-    from esol_lib.engine import PolyLR, make_sgd
+    from esol_lib.runtime.engine import PolyLR, make_sgd
 
     opt = make_sgd(groups, 0.01, momentum=0.9, weight_decay=5e-4)
     sched = PolyLR(opt, 10)
@@ -270,9 +270,9 @@ def test_training_split_prefers_a_complete_train_split(smoke_run):
 
 
 def test_aspp_lr_mult_is_deeplabs_on_a_pretrained_backbone_and_one_from_scratch():
-    from esol_lib.config import load_config
-    from esol_lib.deeplab import aspp_lr_mult
-    from esol_lib.errors import ConfigError
+    from esol_lib.method.seg_recipe import aspp_lr_mult
+    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.errors import ConfigError
 
     assert aspp_lr_mult(load_config("voc12").seg) == (10.0, 20.0)
     cpu = load_config("toy").seg

@@ -40,7 +40,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     from torch import nn
     from torch.utils.data import TensorDataset
 
-    from esol_lib.distributed import (
+    from esol_lib.runtime.distributed import (
         SeededDistributedSampler,
         all_reduce_mean,
         cleanup_distributed,
@@ -49,8 +49,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         unwrap,
         wrap_ddp,
     )
-    from esol_lib.engine import PolyLR, make_sgd, train_loop
-    from esol_lib.run import RunDir
+    from esol_lib.runtime.engine import PolyLR, make_sgd, train_loop
+    from esol_lib.runtime.run import RunDir
 
     info = init_distributed()
     assert init_distributed() == info  # idempotent
@@ -141,8 +141,8 @@ def _main_only_worker(rank: int, port: int, tmp: str) -> None:
     )
     if sys.platform.startswith("linux"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    from esol_lib.distributed import cleanup_distributed, main_process_only
-    from esol_lib.errors import StageError
+    from esol_lib.runtime.distributed import cleanup_distributed, main_process_only
+    from esol_lib.runtime.errors import StageError
 
     calls = Path(tmp) / "calls"
 

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from esol_lib.cli import main
-from esol_lib.config import load_config
 from esol_lib.data import VOCSegmentation, emoji_spec_from_config, resolve_data_root
 from esol_lib.data.emoji import (
     ALPHA_CUT,
@@ -23,7 +22,8 @@ from esol_lib.data.emoji import (
 from esol_lib.data.openmoji import VOC_GLYPHS, glyph_sprite, other_glyphs, voc_codepoints
 from esol_lib.data.palette import VOID
 from esol_lib.data.voc import VOC_CLASSES
-from esol_lib.errors import DatasetError
+from esol_lib.runtime.config import load_config
+from esol_lib.runtime.errors import DatasetError
 
 TINY = EmojiSpec(train=6, val=3, size=48)
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from esol_lib.distributed import SeededSampler, make_loader
-from esol_lib.engine import (
+from esol_lib.runtime.distributed import SeededSampler, make_loader
+from esol_lib.runtime.engine import (
     DeadOutputGuard,
     JsonlLogger,
     PolyLR,
@@ -25,8 +25,8 @@ from esol_lib.engine import (
     seed_everything,
     train_loop,
 )
-from esol_lib.errors import DivergenceError, StageError
-from esol_lib.run import RunDir
+from esol_lib.runtime.errors import DivergenceError, StageError
+from esol_lib.runtime.run import RunDir
 
 # --------------------------------------------------------------------------- fixtures
 

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from esol_lib.errors import DivergenceError
-from esol_lib.losses import area_loss, area_maps, expansion_loss, feature_clip, multilabel_loss, shrinkage_loss
+from esol_lib.method.losses import area_loss, area_maps, expansion_loss, feature_clip, multilabel_loss, shrinkage_loss
 from esol_lib.models import CAMClassifier, build_backbone
 from esol_lib.models.esol import ESOLModel
 from esol_lib.models.samplers import DeformableSampler, kernel_grid, sampling_points
-from esol_lib.steps.esol_training import OffsetGuard
+from esol_lib.runtime.errors import DivergenceError
+from esol_lib.steps._esol_shared import OffsetGuard
 
 
 def _baseline(kernel: int = 3) -> CAMClassifier:
@@ -190,9 +190,9 @@ def test_grid_sample_path_equals_torchvision_deform_conv2d_in_values_and_gradien
 
 def test_stage_with_nothing_to_learn_finishes_without_training(tmp_path, monkeypatch):
     """Table 5 row 'FL only': expansion without offsets has no parameter; it is saved untouched."""
-    from esol_lib.config import load_config
+    from esol_lib.runtime.config import load_config
     from esol_lib.steps import expand, make_cam, shrink, start_run, train_cam
-    from esol_lib.steps.esol_training import load_stage_model
+    from esol_lib.steps._esol_shared import load_stage_model
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config("smoke", ["expansion.offsets=false"])
@@ -209,9 +209,9 @@ def test_stage_with_nothing_to_learn_finishes_without_training(tmp_path, monkeyp
 def test_one_expansion_checkpoint_serves_shrinkage_with_and_without_offsets(tmp_path):
     """Table 5 forks the expansion model into 'shrinkage without DT_s' and back: the shrinkage sampler's
     offset branch, untrained during expansion, may be present on one side only."""
-    from esol_lib.engine import atomic_save, load_stage_checkpoint
     from esol_lib.models.esol import UNTRAINED_IN_EXPANSION
-    from esol_lib.run import RunDir
+    from esol_lib.runtime.engine import atomic_save, load_stage_checkpoint
+    from esol_lib.runtime.run import RunDir
 
     run = RunDir(tmp_path)
     with_dts = ESOLModel(_baseline(), *_cfg(exp_clip=True))

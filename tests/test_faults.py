@@ -4,7 +4,7 @@ ends with a run folder bit-identical to an uninterrupted run's, or stops with on
 that names the file and the fix, having changed nothing.
 
 Kill points are counted in committed writes: every file reaches a run folder through
-``os.replace`` (:mod:`esol_lib.atomic`), so a process that SIGKILLs itself just before or just
+``os.replace`` (:mod:`esol_lib.runtime.atomic`), so a process that SIGKILLs itself just before or just
 after its k-th rename has died with a temp half-committed or a file just landed, at every kind of
 boundary the pipeline has (a checkpoint, a CAM, a label, a metrics file). Timed kills from outside
 add points in the middle of computing. Every command runs as a real process.

@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-from esol_lib.feature_cache import CachedBackbone, FeatureCache, input_key, module_fingerprint, read_entry
-from esol_lib.losses import expansion_loss
+from esol_lib.method.losses import expansion_loss
 from esol_lib.models import CAMClassifier, build_backbone
 from esol_lib.models.esol import ESOLModel
+from esol_lib.runtime.feature_cache import CachedBackbone, FeatureCache, input_key, module_fingerprint, read_entry
 from tests.test_esol import _cfg
 
 
@@ -91,8 +91,8 @@ def test_features_cached_under_inference_mode_can_train_the_offsets():
 
 
 def test_expansion_and_shrinkage_stages_are_identical_with_and_without_the_cache(tmp_path, monkeypatch):
-    from esol_lib.config import load_config
-    from esol_lib.feature_cache import shared_feature_cache
+    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.feature_cache import shared_feature_cache
     from esol_lib.steps import expand, shrink, start_run, train_cam
 
     monkeypatch.chdir(tmp_path)
@@ -146,7 +146,7 @@ def test_a_cache_entry_that_does_not_match_its_checksum_is_recomputed(tmp_path, 
         path.write_bytes(bytes(data))
     else:  # the format before checksums: unverifiable
         torch.save(torch.zeros_like(first), path)
-    with caplog.at_level("WARNING", logger="esol_lib.feature_cache"):
+    with caplog.at_level("WARNING", logger="esol_lib.runtime.feature_cache"):
         again = FeatureCache(max_mb=1).compute(fn, fp, x, tmp_path)
     assert torch.equal(again, first) and len(calls) == 2
     if damage != "a bare tensor":
@@ -155,8 +155,8 @@ def test_a_cache_entry_that_does_not_match_its_checksum_is_recomputed(tmp_path, 
 
 
 def test_a_forked_run_shares_its_source_cache(tmp_path):
-    from esol_lib.config import load_config
-    from esol_lib.run import create_run, fork_run
+    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.run import create_run, fork_run
 
     main = create_run(tmp_path / "main", load_config("smoke"))
     fork = fork_run(main.root, tmp_path / "main" / "ablations" / "a", ["expansion.beta=0.3"], share=())
@@ -165,7 +165,7 @@ def test_a_forked_run_shares_its_source_cache(tmp_path):
 
 def test_baseline_cams_through_the_cache_equal_the_plain_ones(tmp_path, monkeypatch):
     """The baseline's CAM pass reads the backbone through the cache (it fills it for the ESOL stages)."""
-    from esol_lib.config import load_config
+    from esol_lib.runtime.config import load_config
     from esol_lib.steps import load_baseline, stage_cam_fn, start_run, train_cam
 
     monkeypatch.chdir(tmp_path)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from esol_lib.irn import (
+from esol_lib.method.irn import (
     affinity_labels,
     affinity_loss,
     affinity_pairs,
@@ -293,8 +293,8 @@ def test_refine_end_to_end_on_smoke(smoke_stages, tmp_path, monkeypatch):
     from conftest import copy_run
 
     from esol_lib import steps
-    from esol_lib.config import save_config
-    from esol_lib.errors import ConfigError, StageError
+    from esol_lib.runtime.config import save_config
+    from esol_lib.runtime.errors import ConfigError, StageError
     from esol_lib.steps.refinement import ir_label_dir, refine
 
     monkeypatch.chdir(tmp_path)
@@ -345,9 +345,9 @@ def test_refine_end_to_end_on_smoke(smoke_stages, tmp_path, monkeypatch):
 
 
 def test_irn_backbone_choices(tmp_path):
-    from esol_lib.config import load_config
-    from esol_lib.errors import ConfigError
-    from esol_lib.run import RunDir
+    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.errors import ConfigError
+    from esol_lib.runtime.run import RunDir
     from esol_lib.steps.refinement import irn_backbone
 
     cfg = load_config("smoke", ["irn.backbone=random"])
@@ -369,8 +369,8 @@ def test_irn_backbone_choices(tmp_path):
 
 
 def test_irn_backbone_pretrained_reads_model_pretrained(tmp_path):
-    from esol_lib.config import load_config
-    from esol_lib.run import RunDir
+    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.run import RunDir
     from esol_lib.steps.refinement import irn_backbone
 
     weights = build_backbone("small", (1, 2, 2, 1))

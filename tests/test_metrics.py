@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from esol_lib.metrics import (
+from esol_lib.method.metrics import (
     ThresholdSweep,
     confusion_matrix,
     foreground_scores,
@@ -112,7 +112,7 @@ def test_sweep_at_gives_one_thresholds_scores_and_refuses_a_threshold_not_swept(
 
 
 def test_at_best_thresholds_puts_every_stage_at_every_stages_best_threshold():
-    from esol_lib.metrics import at_best_thresholds
+    from esol_lib.method.metrics import at_best_thresholds
 
     def stage(best, scores):
         sweep = [{"threshold": t, "miou": v, "precision": v, "recall": 1 - v, "f1": v} for t, v in scores]

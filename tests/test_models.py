@@ -7,8 +7,6 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from esol_lib.config import ModelConfig
-from esol_lib.errors import ConfigError, WeightsNotFoundError
 from esol_lib.models import (
     IMAGENET_FILES,
     Backbone,
@@ -17,6 +15,8 @@ from esol_lib.models import (
     build_classifier,
     multilabel_loss,
 )
+from esol_lib.runtime.config import ModelConfig
+from esol_lib.runtime.errors import ConfigError, WeightsNotFoundError
 
 
 def _small_classifier(num_classes: int = 4, **kwargs) -> CAMClassifier:

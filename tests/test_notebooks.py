@@ -2,7 +2,7 @@
 
 All chapters share one run folder, in book order, as ``esol book`` runs them, so each stage is
 computed once (the smoke profile trains each stage for a few steps on 12 images of 32 pixels).
-Also: the figure and table helpers of :mod:`esol_lib.viz` the chapters share, and the one namespace
+Also: the figure and table helpers of :mod:`esol_lib.book.viz` the chapters share, and the one namespace
 they import from.
 """
 
@@ -18,7 +18,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from esol_lib.book import CHAPTERS, REPO_ROOT, WIDGET_PLACEHOLDER, build_book, check_published, execute_notebooks
+from esol_lib.book.build import CHAPTERS, REPO_ROOT, WIDGET_PLACEHOLDER, build_book, check_published, execute_notebooks
 
 # One thread per kernel: the smoke tensors are tiny, and OpenMP threads that spin-wait for a busy core
 # make the IRN random walk (hundreds of small sparse products) up to 100x slower on a shared machine.
@@ -190,8 +190,8 @@ def test_grouped_bars_puts_each_series_beside_the_others_with_gaps_for_none():
 
 def test_stage_heats_reads_each_stages_cams_by_run_or_folder(tmp_path):
     from esol_lib import viz
-    from esol_lib.errors import StageError
-    from esol_lib.run import RunDir
+    from esol_lib.runtime.errors import StageError
+    from esol_lib.runtime.run import RunDir
 
     run = RunDir(tmp_path / "run")
     for stage, scale in (("baseline", 0.5), ("expansion", 1.0)):
@@ -220,7 +220,7 @@ def test_chapters_import_from_the_one_esol_lib_namespace_and_every_name_exists()
             for name in (n.strip().split(" as ")[0] for n in names.split(",")):
                 assert name in esol_lib.__all__, f"{chapter}: esol_lib has no {name!r}"
                 assert getattr(esol_lib, name) is not None
-    assert "stage_heats" in dir(esol_lib.viz) and "train_cam" in dir(esol_lib)
+    assert "stage_heats" in dir(esol_lib.book.viz) and "train_cam" in dir(esol_lib)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         esol_lib.nothing  # noqa: B018
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from esol_lib.cam import compute_cams, evaluate_cams
-from esol_lib.crf import crf_from_labels
 from esol_lib.data.synth import SynthSpec, generate_benchmark
 from esol_lib.data.voc import VOCSegmentation
-from esol_lib.errors import StageError
-from esol_lib.parallel import cpu_workers, map_ordered
+from esol_lib.method.cam import compute_cams, evaluate_cams
+from esol_lib.method.crf import crf_from_labels
+from esol_lib.runtime.errors import StageError
+from esol_lib.runtime.parallel import cpu_workers, map_ordered
 from tests.test_cam import _Subset
 
 
@@ -107,7 +107,7 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     pids = tmp_path / "pids"
     code = textwrap.dedent(f"""
         import os, time
-        from esol_lib.parallel import map_ordered
+        from esol_lib.runtime.parallel import map_ordered
         def slow(i):
             open({str(pids)!r}, "a").write(f"{{os.getpid()}}\\n")
             time.sleep(60)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from esol_lib.performance import COMPARISONS, load_comparisons, markdown_table, performance_page, slower_rows
+from esol_lib.book.performance import COMPARISONS, load_comparisons, markdown_table, performance_page, slower_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +167,7 @@ def test_a_ratio_that_the_table_shows_as_1_00_is_not_called_slower():
 
 
 def test_the_gpu_section_says_plainly_when_no_gpu_has_run_it():
-    from esol_lib.performance import gpu_check_section
+    from esol_lib.book.performance import gpu_check_section
 
     assert "has not run on a GPU yet" in gpu_check_section(None)
     assert "has not run on a GPU yet" in gpu_check_section({"device": "cpu", "reduced": True})

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from esol_lib.cli import main
-from esol_lib.config import load_config
 from esol_lib.models.backbone import OPENMOJI_WEIGHTS, build_backbone
 from esol_lib.models.classifier import build_classifier
 from esol_lib.pretrain import PretrainRecipe, pretrain_backbone, recipe_fingerprint, render_glyph_set
+from esol_lib.runtime.config import load_config
 
 TINY = PretrainRecipe(steps=2, batch_size=4, renders_per_class=1, heldout_per_class=1, size=32, warmup=1)
 
@@ -64,7 +64,7 @@ def test_shipped_backbone_loads_as_openmoji():
 
 
 def test_missing_weights_file_names_it(tmp_path):
-    from esol_lib.errors import WeightsNotFoundError
+    from esol_lib.runtime.errors import WeightsNotFoundError
 
     with pytest.raises(WeightsNotFoundError, match="nope.pth"):
         build_backbone("small", [2, 2, 2, 1], str(tmp_path / "nope.pth"))

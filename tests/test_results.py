@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from esol_lib.results import (
+from esol_lib.book.results import (
     CLAIMS,
     Claim,
     claim_gains,
@@ -51,15 +51,15 @@ def test_stage_table():
 
 
 def test_offsets_table():
-    from esol_lib.results import offsets_table
+    from esol_lib.book.results import offsets_table
 
     table = offsets_table({"seeds": {"0": {"offsets": {"expansion": 0.07, "shrinkage": 3.8}}, "1": {}}})
     assert "| 0 | 0.07 | 3.80 |" in table and "| 1 | – | – |" in table
 
 
 def test_table5_table_reports_each_variants_drop_from_the_reference_and_how_often_it_held():
-    from esol_lib.ablation import TABLE5
-    from esol_lib.results import table5_table
+    from esol_lib.book.ablation import TABLE5
+    from esol_lib.book.results import table5_table
 
     first, second = TABLE5[0], TABLE5[1]
     seeds = {
@@ -97,7 +97,7 @@ def test_the_readme_results_are_the_committed_seed_results():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("<!-- results:", 1)[1].split("-->", 1)[1].split("<!-- /results -->", 1)[0].strip()
     expected = headline_table(load_seed_results(ROOT / "book" / "results" / "emoji_seeds.json"))
-    assert block == expected, "README's results table is stale: paste esol_lib.results.headline_table's output"
+    assert block == expected, "README's results table is stale: paste esol_lib.book.results.headline_table's output"
 
 
 def test_seed_report_puts_the_claims_first_and_a_table_per_group_with_numbers():

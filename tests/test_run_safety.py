@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from esol_lib import run as run_mod
-from esol_lib.atomic import atomic_path, atomic_write_text, link_or_copy, read_json
-from esol_lib.cam import compute_cams
 from esol_lib.data import VOCSegmentation
 from esol_lib.data.synth import SynthSpec, generate_benchmark
-from esol_lib.errors import StageError
-from esol_lib.run import HOLDER_FILE, RunBusyError, holds_run_lock, run_lock
+from esol_lib.method.cam import compute_cams
+from esol_lib.runtime import run as run_mod
+from esol_lib.runtime.atomic import atomic_path, atomic_write_text, link_or_copy, read_json
+from esol_lib.runtime.errors import StageError
+from esol_lib.runtime.run import HOLDER_FILE, RunBusyError, holds_run_lock, run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def _holder(run: Path, ready: Path) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from esol_lib.run import run_lock
+        from esol_lib.runtime.run import run_lock
         with run_lock({str(run)!r}, command="esol train-cam --run {run}", create=True):
             Path({str(ready)!r}).touch()
             time.sleep(120)
@@ -259,7 +259,7 @@ def test_a_copy_cut_short_never_sits_at_the_destination(tmp_path, monkeypatch):
 
 
 def test_a_failed_feature_cache_write_warns_and_the_stage_goes_on(tmp_path, monkeypatch, caplog):
-    from esol_lib.feature_cache import FeatureCache
+    from esol_lib.runtime.feature_cache import FeatureCache
 
     cache = FeatureCache(max_mb=1)
 
@@ -274,7 +274,7 @@ def test_a_failed_feature_cache_write_warns_and_the_stage_goes_on(tmp_path, monk
 
 
 def test_config_yaml_is_written_atomically(tmp_path, monkeypatch):
-    from esol_lib.config import load_config, save_config
+    from esol_lib.runtime.config import load_config, save_config
 
     path = tmp_path / "config.yaml"
     save_config(load_config("smoke"), path)
@@ -352,7 +352,7 @@ def test_cams_and_scores_follow_the_data_not_only_the_model(tmp_path):
     old data (issue 30, case 1); with other classes make-cam crashed in load_state_dict."""
     import dataclasses
 
-    from esol_lib.config import load_config, save_config
+    from esol_lib.runtime.config import load_config, save_config
     from esol_lib.steps import eval_cam, make_cam, start_run, train_cam
 
     spec = SynthSpec(train=10, val=4, size=32, num_classes=3)
@@ -392,7 +392,7 @@ def test_cams_and_scores_follow_the_data_not_only_the_model(tmp_path):
 
 def test_a_missing_split_is_found_before_the_run_folder_is_written(tmp_path):
     """A missing val split used to surface at eval-seg, after every training stage (issue 18, item 9)."""
-    from esol_lib.config import load_config
+    from esol_lib.runtime.config import load_config
     from esol_lib.steps import start_run
 
     data = generate_benchmark(tmp_path / "d", SynthSpec(train=4, val=2, size=32, num_classes=3), progress=False)

@@ -19,7 +19,7 @@ from esol_lib.data.synth import (
     render_sample,
     sample_id,
 )
-from esol_lib.errors import DatasetError
+from esol_lib.runtime.errors import DatasetError
 
 SPEC = SynthSpec(train=10, val=4, size=32, num_classes=3)
 

@@ -20,7 +20,7 @@ from esol_lib.data.voc import (
     read_classes,
     read_split,
 )
-from esol_lib.errors import DatasetError
+from esol_lib.runtime.errors import DatasetError
 
 H, W = 6, 8
 CLASSES = ["cat", "dog", "car"]

@@ -18,7 +18,7 @@ from esol_lib.data.voc import (
     read_classes,
     read_split,
 )
-from esol_lib.errors import ConfigError, MissingDependencyError
+from esol_lib.runtime.errors import ConfigError, MissingDependencyError
 
 __all__ = [
     "VOID",

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from esol_lib.atomic import link_or_copy
 from esol_lib.data.drawing import write_lines
 from esol_lib.data.palette import VOID, save_label_png
 from esol_lib.data.voc import IMAGE_DIR, SPLIT_DIR, MissingDependencyError, unsafe_name
-from esol_lib.errors import DatasetError
+from esol_lib.runtime.atomic import link_or_copy
+from esol_lib.runtime.errors import DatasetError
 
 __all__ = ["convert_coco", "coco_semantic_mask", "split_list_name"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from esol_lib.atomic import atomic_path, atomic_write_text
-from esol_lib.errors import DatasetError
+from esol_lib.runtime.atomic import atomic_path, atomic_write_text
+from esol_lib.runtime.errors import DatasetError
 
 __all__ = ["hsv_to_rgb", "smooth_noise", "dilate", "save_jpeg", "write_lines", "open_benchmark_folder"]
 

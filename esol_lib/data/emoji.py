@@ -30,7 +30,6 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from esol_lib.atomic import atomic_write_text
 from esol_lib.data.drawing import (
     dilate,
     hsv_to_rgb,
@@ -41,7 +40,8 @@ from esol_lib.data.drawing import (
 )
 from esol_lib.data.openmoji import ATTRIBUTION, VOC_GLYPHS, glyph_sprite, other_glyphs
 from esol_lib.data.palette import VOID, save_label_png
-from esol_lib.errors import DatasetError
+from esol_lib.runtime.atomic import atomic_write_text
+from esol_lib.runtime.errors import DatasetError
 
 __all__ = [
     "EmojiSpec",

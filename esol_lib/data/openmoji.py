@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from esol_lib.errors import MissingDependencyError
+from esol_lib.runtime.errors import MissingDependencyError
 
 __all__ = ["VOC_GLYPHS", "ATTRIBUTION", "font_path", "glyph_sprite", "other_glyphs", "voc_codepoints", "glyph_name"]
 

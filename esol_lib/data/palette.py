@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from esol_lib.atomic import atomic_path
+from esol_lib.runtime.atomic import atomic_path
 
 VOID = 255
 

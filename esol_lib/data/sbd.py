@@ -19,7 +19,7 @@ from esol_lib.data.voc import (
     split_listing,
     unsafe_name,
 )
-from esol_lib.errors import DatasetError
+from esol_lib.runtime.errors import DatasetError
 
 __all__ = ["make_train_aug", "read_sbd_list", "load_sbd_mask"]
 

@@ -35,7 +35,7 @@ from esol_lib.data.drawing import (
     write_lines,
 )
 from esol_lib.data.palette import VOID, save_label_png
-from esol_lib.errors import DatasetError
+from esol_lib.runtime.errors import DatasetError
 
 __all__ = [
     "SynthSpec",

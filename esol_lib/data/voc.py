@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from esol_lib.data.palette import VOID
-from esol_lib.errors import DatasetError, MissingDependencyError
+from esol_lib.runtime.errors import DatasetError, MissingDependencyError
 
 __all__ = [
     "VOC_CLASSES",

@@ -11,7 +11,7 @@ drops its down-sampling (no dilation, as in IRN). For ``small`` the first
 stride applies to the 3x3 stem and there is no max-pool.
 
 Nothing is ever downloaded: ``pretrained="imagenet"`` reads torchvision's local
-cache and raises :class:`~esol_lib.errors.WeightsNotFoundError` when it is empty;
+cache and raises :class:`~esol_lib.runtime.errors.WeightsNotFoundError` when it is empty;
 ``pretrained="openmoji"`` reads the ``small`` backbone shipped in ``esol_lib/weights/``.
 """
 
@@ -25,7 +25,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from esol_lib.errors import ConfigError, WeightsNotFoundError
+from esol_lib.runtime.errors import ConfigError, WeightsNotFoundError
 
 BACKBONES = ("resnet50", "resnet101", "small")
 STAGE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")

@@ -1,5 +1,5 @@
 """IRN's class boundary branch (Ahn et al., CVPR 2019, ``resnet50_irn.Net``): the boundary map the
-random walk of :mod:`esol_lib.irn` propagates CAMs over."""
+random walk of :mod:`esol_lib.method.irn` propagates CAMs over."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esol_lib.irn import stride_ratio
+from esol_lib.method.irn import stride_ratio
 from esol_lib.models.backbone import STAGE_NAMES, Backbone
 
 __all__ = ["BoundaryNet", "boundary_map"]

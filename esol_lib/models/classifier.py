@@ -19,8 +19,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esol_lib.errors import ConfigError
 from esol_lib.models.backbone import Backbone, build_backbone
+from esol_lib.runtime.errors import ConfigError
 
 
 class CAMClassifier(nn.Module):
@@ -117,7 +117,7 @@ def multilabel_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def build_classifier(model_cfg: Any, num_classes: int) -> CAMClassifier:
-    """Build the CAM classifier from a :class:`~esol_lib.config.ModelConfig` (fields of ``cfg.model``)."""
+    """Build the CAM classifier from a :class:`~esol_lib.runtime.config.ModelConfig` (fields of ``cfg.model``)."""
     backbone = build_backbone(
         model_cfg.backbone,
         model_cfg.strides,

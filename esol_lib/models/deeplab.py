@@ -3,7 +3,7 @@
     f(x) = Σ_r  W_r ⊛_r x + b_r                                                  (DeepLab-v2, Fig. 7)
 
 The training recipe (learning-rate multipliers, loss, multi-scale inference, CRF) is
-:mod:`esol_lib.deeplab`; why the layouts are what they are is in its docstring.
+:mod:`esol_lib.method.seg_recipe`; why the layouts are what they are is in its docstring.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from esol_lib.errors import ConfigError
 from esol_lib.models.backbone import Backbone, build_backbone
+from esol_lib.runtime.errors import ConfigError
 
 __all__ = ["ASPP", "DeepLabV2", "DEEPLAB_LAYOUT", "build_deeplab", "dilate_stage"]
 
@@ -91,7 +91,7 @@ def dilate_stage(stage: nn.Module, rate: int) -> None:
 def build_deeplab(
     seg_cfg: Any, num_classes: int, *, pretrained: str | None = "config", freeze_bn: bool | None = None
 ) -> DeepLabV2:
-    """DeepLab-v2 from a :class:`~esol_lib.config.SegConfig` (``backbone``, ``strides``, ``pretrained``,
+    """DeepLab-v2 from a :class:`~esol_lib.runtime.config.SegConfig` (``backbone``, ``strides``, ``pretrained``,
     ``dilations``).
 
     Args:

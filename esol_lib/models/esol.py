@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from esol_lib import losses  # a module, not its names: losses imports models.classifier, which imports this
-from esol_lib.feature_cache import CachedBackbone
+from esol_lib.method import losses  # a module, not its names: losses imports models.classifier, which imports this
 from esol_lib.models.samplers import ExpansionSampler, ShrinkageSampler
+from esol_lib.runtime.feature_cache import CachedBackbone
 
 __all__ = ["ESOLModel", "UNTRAINED_IN_EXPANSION"]
 
@@ -79,7 +79,7 @@ class ESOLModel(nn.Module):
         return self
 
     def use_feature_cache(self, cached: CachedBackbone | None) -> ESOLModel:
-        """Read the frozen backbone's features through ``cached`` (:mod:`esol_lib.feature_cache`); None: off."""
+        """Read the frozen backbone's features through ``cached`` (:mod:`esol_lib.runtime.feature_cache`); None: off."""
         self.cached_features = cached
         return self
 

@@ -23,6 +23,15 @@ the refinement and segmentation steps run once per stage they refine, under the 
 config key ``frozen_stages`` keeps IRN's and mmdetection's name for them.
 """
 
+from esol_lib.steps._esol_shared import load_stage_model
+from esol_lib.steps._shared import (
+    STAGE_COMMAND,
+    load_baseline,
+    notebook_run,
+    open_run,
+    resolve_device,
+    start_run,
+)
 from esol_lib.steps.baseline import train_cam
 from esol_lib.steps.cams import (
     cam_metrics_inputs,
@@ -32,15 +41,6 @@ from esol_lib.steps.cams import (
     part_localization,
     stage_cam_fn,
 )
-from esol_lib.steps.common import (
-    STAGE_COMMAND,
-    load_baseline,
-    notebook_run,
-    open_run,
-    resolve_device,
-    start_run,
-)
-from esol_lib.steps.esol_training import load_stage_model
 from esol_lib.steps.expansion import expand
 from esol_lib.steps.refinement import refine
 from esol_lib.steps.segmentation import current_seg_metrics, eval_seg, train_seg

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from esol_lib.data.transforms import AugmentedDataset, TrainTransform
-from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
-from esol_lib.engine import DeadOutputGuard, PolyLR, make_sgd, seed_everything, train_loop
-from esol_lib.errors import StageError
 from esol_lib.models import build_classifier, multilabel_loss
-from esol_lib.run import RunDir, holds_run_lock
-from esol_lib.steps.common import LabelledOnly, resolve_device, split_dataset, stage_inputs
+from esol_lib.runtime.distributed import init_distributed, make_loader, wrap_ddp
+from esol_lib.runtime.engine import DeadOutputGuard, PolyLR, make_sgd, seed_everything, train_loop
+from esol_lib.runtime.errors import StageError
+from esol_lib.runtime.run import RunDir, holds_run_lock
+from esol_lib.steps._shared import LabelledOnly, resolve_device, split_dataset, stage_inputs
 
 __all__ = ["train_cam"]
 

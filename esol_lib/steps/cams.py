@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from esol_lib.atomic import read_json
-from esol_lib.cam import (
+from esol_lib.method.cam import (
     cam_batch_size,
     cam_dir_signature,
     compute_cams,
@@ -25,15 +24,16 @@ from esol_lib.cam import (
     evaluate_cams,
     seed_part_recall,
 )
-from esol_lib.config import Config, config_to_dict
-from esol_lib.crf import crf_from_labelings, label_crf_kwargs
-from esol_lib.distributed import main_process_only
-from esol_lib.errors import StageError
-from esol_lib.feature_cache import cached_backbone
-from esol_lib.metrics import read_metrics, write_metrics
-from esol_lib.run import STAGES, RunDir, current_metrics, holds_run_lock, signature_of
-from esol_lib.steps.common import load_baseline, require_cams, resolve_device, split_dataset
-from esol_lib.steps.esol_training import load_stage_model
+from esol_lib.method.crf import crf_from_labelings, label_crf_kwargs
+from esol_lib.method.metrics import read_metrics, write_metrics
+from esol_lib.runtime.atomic import read_json
+from esol_lib.runtime.config import Config, config_to_dict
+from esol_lib.runtime.distributed import main_process_only
+from esol_lib.runtime.errors import StageError
+from esol_lib.runtime.feature_cache import cached_backbone
+from esol_lib.runtime.run import STAGES, RunDir, current_metrics, holds_run_lock, signature_of
+from esol_lib.steps._esol_shared import load_stage_model
+from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset
 
 __all__ = ["make_cam", "eval_cam", "stage_cam_fn", "part_localization", "cam_metrics_inputs", "current_cam_metrics"]
 
@@ -112,7 +112,7 @@ def _cam_settings(cfg: Config, stage: str) -> str:
 def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -> str:
     """The signature of what ``eval_cam`` scores: the CAM folder's model signature, the split's data
     fingerprint, the thresholds and (with ``crf``) the CRF settings. Stored in the metrics file as
-    ``inputs``; the file is current while they match (:func:`esol_lib.run.current_metrics`)."""
+    ``inputs``; the file is current while they match (:func:`esol_lib.runtime.run.current_metrics`)."""
     cfg = run.load_config()
     folder = run.cams(stage)
     return signature_of(

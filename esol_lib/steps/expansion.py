@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from esol_lib.engine import seed_everything
-from esol_lib.losses import expansion_loss
-from esol_lib.run import holds_run_lock
-from esol_lib.steps.common import resolve_device
-from esol_lib.steps.esol_training import build_esol_model, stage_loader, train_esol_stage
+from esol_lib.method.losses import expansion_loss
+from esol_lib.runtime.engine import seed_everything
+from esol_lib.runtime.run import holds_run_lock
+from esol_lib.steps._esol_shared import build_esol_model, stage_loader, train_esol_stage
+from esol_lib.steps._shared import resolve_device
 
 __all__ = ["expand", "expansion_objective"]
 

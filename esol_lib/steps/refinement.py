@@ -8,7 +8,7 @@
 :func:`refine` runs them in order and skips every step whose outputs are complete. Each output
 folder keeps a ``_meta.json`` with a signature of what produced it (the CAM folder's signature, the
 settings, the IRN checkpoint); a folder made from other inputs is emptied and made again, as
-:func:`esol_lib.cam.compute_cams` does for CAMs. The IRN checkpoint records the signature of the IR
+:func:`esol_lib.method.cam.compute_cams` does for CAMs. The IRN checkpoint records the signature of the IR
 labels it was trained on and its ``irn.backbone``, and is retrained when either changes.
 
 Choices that differ from IRN's public setup (all documented where they are made):
@@ -45,14 +45,26 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from esol_lib.atomic import atomic_write_text, read_json
-from esol_lib.cam import file_digest, load_cam
-from esol_lib.config import Config
-from esol_lib.crf import label_crf_kwargs
 from esol_lib.data import VOCSegmentation, load_image, load_mask, save_label_png
 from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
-from esol_lib.distributed import barrier, get_dist_info, init_distributed, is_main_process, make_loader, wrap_ddp
-from esol_lib.engine import (
+from esol_lib.method.cam import file_digest, load_cam
+from esol_lib.method.crf import label_crf_kwargs
+from esol_lib.method.irn import affinity_loss, ir_labels, pseudo_mask
+from esol_lib.method.metrics import confusion_matrix, summarize, write_metrics
+from esol_lib.models import build_backbone
+from esol_lib.models.backbone import Backbone
+from esol_lib.models.boundary import BoundaryNet, boundary_map
+from esol_lib.runtime.atomic import atomic_write_text, read_json
+from esol_lib.runtime.config import Config
+from esol_lib.runtime.distributed import (
+    barrier,
+    get_dist_info,
+    init_distributed,
+    is_main_process,
+    make_loader,
+    wrap_ddp,
+)
+from esol_lib.runtime.engine import (
     PolyLR,
     load_checkpoint,
     load_stage_checkpoint,
@@ -61,14 +73,9 @@ from esol_lib.engine import (
     seed_everything,
     train_loop,
 )
-from esol_lib.errors import ConfigError, StageError
-from esol_lib.irn import affinity_loss, ir_labels, pseudo_mask
-from esol_lib.metrics import confusion_matrix, summarize, write_metrics
-from esol_lib.models import build_backbone
-from esol_lib.models.backbone import Backbone
-from esol_lib.models.boundary import BoundaryNet, boundary_map
-from esol_lib.parallel import map_ordered
-from esol_lib.run import (
+from esol_lib.runtime.errors import ConfigError, StageError
+from esol_lib.runtime.parallel import map_ordered
+from esol_lib.runtime.run import (
     STAGES,
     RunDir,
     current_metrics,
@@ -79,7 +86,7 @@ from esol_lib.run import (
     record_sizes,
     signature_of,
 )
-from esol_lib.steps.common import load_baseline, require_cams, resolve_device, split_dataset
+from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset
 
 __all__ = [
     "IRNTrainTransform",
@@ -177,7 +184,7 @@ def _prepare(out_dir: Path, signature: str) -> None:
 
 
 def _complete(out_dir: Path, ids: Sequence[str], signature: str) -> bool:
-    """Every ``<id>.png`` exists, undamaged (damaged ones are deleted: :func:`esol_lib.run.drop_damaged`),
+    """Every ``<id>.png`` exists, undamaged (damaged ones are deleted: :func:`esol_lib.runtime.run.drop_damaged`),
     and the folder was made from the current inputs."""
     complete = (
         _folder_signature(out_dir) == signature
@@ -213,7 +220,7 @@ def stage_setup(run: RunDir, stage: str, split: str | None) -> tuple[Config, str
 
 def _read_label(path: Path, fix: str = "run `esol refine` for this stage (it remakes what is missing)") -> np.ndarray:
     """A label PNG this module wrote, checked against its recorded checksum; a damaged one is deleted
-    and named with ``fix`` (:func:`esol_lib.run.read_verified`)."""
+    and named with ``fix`` (:func:`esol_lib.runtime.run.read_verified`)."""
     data = read_verified(path, fix)
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -230,7 +237,7 @@ def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = No
     """IRN's inter-pixel relation labels of ``stage``'s CAMs → ``ir_labels/<stage>/<id>.png``.
 
     Confident foreground / background seeds at ``irn.conf_fg_thres`` / ``irn.conf_bg_thres``, each
-    refined by DenseCRF with the run's ``crf`` settings (:func:`esol_lib.irn.ir_labels`); palette
+    refined by DenseCRF with the run's ``crf`` settings (:func:`esol_lib.method.irn.ir_labels`); palette
     PNGs with class ids, 0 background, 255 ignored. Existing files are kept.
     """
     cfg, split, ds = stage_setup(run, stage, split)
@@ -387,7 +394,7 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     head is trained with IRN's affinity loss on random ``irn.crop_size`` crops of the CAM split
     (rescale 0.5–1.5, flip) for ``irn.max_steps`` steps (else ``irn.epochs`` epochs), SGD at
     ``irn.lr`` with the poly schedule. Resumable; skipped when done. Returns the engine's
-    :class:`~esol_lib.engine.StageResult`.
+    :class:`~esol_lib.runtime.engine.StageResult`.
     """
     cfg, split, ds = stage_setup(run, stage, None)
     ic = cfg.irn
@@ -460,7 +467,7 @@ def make_pseudo_masks(
 
     Per image: the boundary map (flip-averaged), the random walk of the CAMs at its resolution
     (``irn.radius``, ``irn.beta``, ``irn.exp_times``), upsampling and the ``irn.sem_seg_bg_thres``
-    background (:func:`esol_lib.irn.pseudo_mask`). Existing files are kept.
+    background (:func:`esol_lib.method.irn.pseudo_mask`). Existing files are kept.
     """
     cfg, split, ds = stage_setup(run, stage, split)
     ic = cfg.irn

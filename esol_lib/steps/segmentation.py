@@ -9,7 +9,7 @@ pseudo masks" and report mIoU on VOC val / COCO val. Settings are DeepLab-v2's (
 TPAMI 2017) as used by IRN: random rescale in ``[0.5, 1.5]``, flip, 321×321 crops (masks padded
 with void), SGD with poly learning rate, backbone/ASPP-weight/ASPP-bias lr 1×/10×/20×, batch 10,
 multi-scale + flip test with the dense CRF. A backbone trained from scratch (the CPU profiles) gets
-no ASPP multipliers (:func:`esol_lib.deeplab.aspp_lr_mult`).
+no ASPP multipliers (:func:`esol_lib.method.seg_recipe.aspp_lr_mult`).
 
 Which images are trained on: the pseudo masks are written by ``refine`` for the images it was
 asked to label. For VOC that is ``train_aug`` (``data.train_split``, 10,582 images, as IRN and the
@@ -29,19 +29,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from esol_lib.atomic import read_json
-from esol_lib.cam import data_fingerprint, file_digest
-from esol_lib.config import Config, config_to_dict
 from esol_lib.data import VOCSegmentation, read_classes, read_split, save_label_png
 from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
 from esol_lib.data.voc import load_image, load_mask
-from esol_lib.deeplab import aspp_lr_mult, crf_postprocess, param_groups, predict, seg_loss
-from esol_lib.distributed import init_distributed, main_process_only, make_loader, wrap_ddp
-from esol_lib.engine import JsonlLogger, PolyLR, load_stage_checkpoint, make_sgd, seed_everything, train_loop
-from esol_lib.errors import ConfigError, DatasetError, StageError
-from esol_lib.metrics import confusion_matrix, summarize, write_metrics
+from esol_lib.method.cam import data_fingerprint, file_digest
+from esol_lib.method.metrics import confusion_matrix, summarize, write_metrics
+from esol_lib.method.seg_recipe import aspp_lr_mult, crf_postprocess, param_groups, predict, seg_loss
 from esol_lib.models.deeplab import build_deeplab
-from esol_lib.run import (
+from esol_lib.runtime.atomic import read_json
+from esol_lib.runtime.config import Config, config_to_dict
+from esol_lib.runtime.distributed import init_distributed, main_process_only, make_loader, wrap_ddp
+from esol_lib.runtime.engine import JsonlLogger, PolyLR, load_stage_checkpoint, make_sgd, seed_everything, train_loop
+from esol_lib.runtime.errors import ConfigError, DatasetError, StageError
+from esol_lib.runtime.run import (
     STAGES,
     RunDir,
     current_metrics,
@@ -52,7 +52,7 @@ from esol_lib.run import (
     record_sizes,
     signature_of,
 )
-from esol_lib.steps.common import resolve_device
+from esol_lib.steps._shared import resolve_device
 
 __all__ = [
     "PseudoMaskDataset",
@@ -190,7 +190,7 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
 
     SGD (``seg.lr``, ``seg.momentum``, ``seg.weight_decay``) with the poly schedule
     ``lr · (1 - t/T)^0.9`` for ``T = seg.max_steps`` steps of ``seg.batch_size`` crops. Returns the
-    engine's :class:`~esol_lib.engine.StageResult`.
+    engine's :class:`~esol_lib.runtime.engine.StageResult`.
     """
     _check_stage(stage)
     cfg = run.load_config()
@@ -316,7 +316,7 @@ def eval_seg(
 ) -> dict:
     """Score DeepLab-v2 of ``stage`` on ``split`` (default ``data.val_split``) → ``metrics/seg-<stage>_<split>.json``.
 
-    Every image is predicted with ``seg.test_scales`` + flip (:func:`esol_lib.deeplab.predict`),
+    Every image is predicted with ``seg.test_scales`` + flip (:func:`esol_lib.method.seg_recipe.predict`),
     refined by the dense CRF when ``seg.crf``, and accumulated into one confusion matrix over
     background + classes with void ignored (mIoU as in IRN and the paper). With ``save_predictions``
     the label maps are written as palette PNGs to ``seg_predictions/<stage>/<id>.png``.

@@ -112,7 +112,7 @@ def _cam_table(result: dict) -> list[str]:
         notes.append(
             f"Scales {r0['scales']} and their mirrors, the `cpu` profile's classifier (random weights, 20 "
             f"classes). esol passes {r0['batch']} image(s) per forward pass on `{r0.get('device', '?')}` "
-            f"without the feature cache (`esol_lib.cam.cam_batch_size`; with the cache on, as in the `cpu` "
+            f"without the feature cache (`esol_lib.method.cam.cam_batch_size`; with the cache on, as in the `cpu` "
             f"profile, 8: fewer, larger cache entries); the forward passes alone are timed at the same "
             f"batch. esol and the loop agree to {agree:.1e}."
         )
@@ -203,8 +203,8 @@ def _crf_table(result: dict) -> list[str]:
         )
     return lines + [
         "",
-        "IRN's CRF on a 4-label labelling (10 iterations), `esol_lib.crf.crf_from_labels`; the pool "
-        "is `esol_lib.parallel.map_ordered` with one worker per core.",
+        "IRN's CRF on a 4-label labelling (10 iterations), `esol_lib.method.crf.crf_from_labels`; the pool "
+        "is `esol_lib.runtime.parallel.map_ordered` with one worker per core.",
     ]
 
 

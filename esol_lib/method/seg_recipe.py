@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esol_lib.crf import crf_from_probs
 from esol_lib.data.transforms import to_tensor
-from esol_lib.distributed import unwrap
-from esol_lib.errors import ConfigError
-from esol_lib.metrics import IGNORE
+from esol_lib.method.crf import crf_from_probs
+from esol_lib.method.metrics import IGNORE
 from esol_lib.models.deeplab import DeepLabV2
+from esol_lib.runtime.distributed import unwrap
+from esol_lib.runtime.errors import ConfigError
 
 __all__ = [
     "aspp_lr_mult",
@@ -178,7 +178,7 @@ def predict(
 def crf_postprocess(image: np.ndarray, probs: np.ndarray, crf_cfg: Any) -> np.ndarray:
     """DeepLab-v2's fully connected CRF on ``probs`` ``(K + 1, H, W)`` → labels ``(H, W)`` int64.
 
-    Uses the ``seg_*`` fields of :class:`~esol_lib.config.CRFConfig` (POS_W 3, POS_XY_STD 1, BI_W 4,
+    Uses the ``seg_*`` fields of :class:`~esol_lib.runtime.config.CRFConfig` (POS_W 3, POS_XY_STD 1, BI_W 4,
     BI_XY_STD 67, BI_RGB_STD 3 by default) and ``crf_cfg.iterations`` mean-field steps.
     """
     q = crf_from_probs(

@@ -16,8 +16,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from esol_lib import paper
-from esol_lib.ablation import PAPER_ESOL_SEED, TABLE5
+from esol_lib.book import paper
+from esol_lib.book.ablation import PAPER_ESOL_SEED, TABLE5
 
 __all__ = [
     "Claim",
@@ -261,7 +261,7 @@ def table5_table(results: dict) -> str:
     """Table 5 over the seeds (Markdown): each variant's val mIoU and its drop from full ESOL trained as long.
 
     Reads ``table5_val`` of every seed (``benchmarks/emoji_seeds.py --table5``): the variants of
-    :data:`esol_lib.ablation.TABLE5` and their ``reference`` (the main config at ``ablation.max_steps``).
+    :data:`esol_lib.book.ablation.TABLE5` and their ``reference`` (the main config at ``ablation.max_steps``).
     The paper's drop is its row minus its full ESOL (53.6, VOC train). "Held on" counts the seeds where
     removing the component lowered the mIoU, as the paper's table says it does.
     """

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esol_lib.crf import crf_from_labelings
+from esol_lib.method.crf import crf_from_labelings
 
 __all__ = [
     "IGNORE",
@@ -86,7 +86,7 @@ def ir_labels(
         conf_fg: background score padded in front of the CAMs for *confident foreground*
             (IRN ``conf_fg_thres``, 0.30): a pixel is foreground only where a CAM beats it.
         conf_bg: the same for *confident background* (``conf_bg_thres``, 0.05).
-        crf_kwargs: keyword arguments of :func:`esol_lib.crf.crf_from_labels` (the run's ``crf``).
+        crf_kwargs: keyword arguments of :func:`esol_lib.method.crf.crf_from_labels` (the run's ``crf``).
 
     Each seed (arg-max over ``[conf, cams]``) is refined by DenseCRF; then, exactly as IRN::
 

@@ -33,7 +33,7 @@ TABLE1: dict[str, dict[str, dict[str, float]]] = {
 }
 
 #: Table 5 (CAM seed mIoU on VOC train): each ESOL component switched off, by ablation variant name
-#: (:data:`esol_lib.ablation.TABLE5`), and its first and last rows.
+#: (:data:`esol_lib.book.ablation.TABLE5`), and its first and last rows.
 TABLE5: dict[str, float] = {
     "no-dte-fl": 48.5,
     "no-dte": 49.1,

@@ -3,7 +3,7 @@
 A config is a tree of dataclasses. It is built from a preset (``smoke``, ``cpu``,
 ``voc12``, ``coco14``; YAML files in ``esol_lib/configs/``) or a YAML path, then
 patched with dotted overrides. Loading is strict: an unknown key or a value of
-the wrong type raises :class:`~esol_lib.errors.ConfigError` naming the dotted key.
+the wrong type raises :class:`~esol_lib.runtime.errors.ConfigError` naming the dotted key.
 
 The dataclass defaults are the paper's PASCAL VOC 2012 settings (§4.1) and
 IRN's public settings for the baseline; the presets state every field they change.
@@ -23,10 +23,10 @@ from typing import Any, Union
 
 import yaml
 
-from esol_lib.atomic import atomic_write_text
-from esol_lib.errors import ConfigError
+from esol_lib.runtime.atomic import atomic_write_text
+from esol_lib.runtime.errors import ConfigError
 
-PRESET_DIR = Path(__file__).resolve().parent / "configs"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = ("smoke", "toy", "cpu", "voc12", "coco14")
 
 
@@ -123,7 +123,7 @@ class ExpansionConfig:
     deformable: bool = True  # False: loss maximisation on a plain conv (Appendix A.1.1)
     alpha: float = 0.001  # §4.1 says 0.001; §4.3.1 / A.1.2 say 0.01 (DESIGN.md)
     lr: float = 0.01
-    # Reading ``opt-irn`` (esol_lib.readings): the paper implements CAM following IRN, whose SGD
+    # Reading ``opt-irn`` (esol_lib.book.readings): the paper implements CAM following IRN, whose SGD
     # ran with momentum 1e-4 (TrainCamConfig). The protocol chose it on generator seed 0's val
     # split and permitted the change; momentum 0.9 was the as-built level.
     momentum: float = 1e-4
@@ -231,7 +231,7 @@ class SegConfig:
 class AblationConfig:
     """Chapter 07's ablations and sensitivity sweeps (§4.3, Fig. 6): what is tried and where it is scored.
 
-    Every value is one forked run (:mod:`esol_lib.ablation`); a value equal to the main run's own
+    Every value is one forked run (:mod:`esol_lib.book.ablation`); a value equal to the main run's own
     setting reuses the main run. The defaults are the ranges of the paper's Fig. 6.
     """
 
@@ -252,7 +252,7 @@ class Config:
     profile: str = "voc12"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    # MiB of memory for the frozen backbone's features in the ESOL stages (esol_lib.feature_cache); 0: off
+    # MiB of memory for the frozen backbone's features in the ESOL stages (esol_lib.runtime.feature_cache); 0: off
     feature_cache_mb: float = 0.0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -12,11 +12,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from esol_lib.cam import load_cam
 from esol_lib.data.openmoji import glyph_sprite
 from esol_lib.data.palette import VOID, voc_palette
-from esol_lib.metrics import read_metrics
-from esol_lib.run import RunDir
+from esol_lib.method.cam import load_cam
+from esol_lib.method.metrics import read_metrics
+from esol_lib.runtime.run import RunDir
 
 __all__ = [
     "overlay",
@@ -53,8 +53,8 @@ def cam_heat(cams: np.ndarray) -> np.ndarray:
 def stage_heats(run, stages: Sequence[str], image_ids: Sequence[str]) -> dict[str, list[np.ndarray]]:
     """``{stage: [one heat map per image]}`` from a run's stored CAMs (``cams/<stage>/<id>.npz``, :func:`cam_heat`).
 
-    ``run`` is a :class:`~esol_lib.run.RunDir` or a run folder path (an ablation variant's ``run_dir``).
-    A missing CAM file raises the :class:`~esol_lib.errors.StageError` that names ``esol make-cam``.
+    ``run`` is a :class:`~esol_lib.runtime.run.RunDir` or a run folder path (an ablation variant's ``run_dir``).
+    A missing CAM file raises the :class:`~esol_lib.runtime.errors.StageError` that names ``esol make-cam``.
     """
     run = run if isinstance(run, RunDir) else RunDir(Path(run))
     return {st: [cam_heat(load_cam(run.cams(st), image_id)[0]) for image_id in image_ids] for st in stages}
@@ -367,7 +367,7 @@ def sensitivity_plot(
 ):
     """Seed metrics against one hyper-parameter (the paper's Fig. 6): one line per metric.
 
-    ``results[i]`` is the metrics dict of the run at ``values[i]`` (:func:`esol_lib.ablation.run_variant`);
+    ``results[i]`` is the metrics dict of the run at ``values[i]`` (:func:`esol_lib.book.ablation.run_variant`);
     a diverged run (``"diverged"`` in its dict) is drawn as a red cross on the x axis. ``references``
     (e.g. ``{"baseline": metrics}``) draws each as a dotted horizontal line of its mIoU.
     """
@@ -490,7 +490,7 @@ def reading_tradeoff(result: Mapping, split: str = "val"):
     """Each reading as one point per seed: expansion's change in recall (x) against shrinkage's change in
     precision over expansion (y), both at the best threshold, from ``readings.json``. The paper's
     direction (Table 6 on VOC: +24.5 recall, +26.0 precision) is the upper right quadrant."""
-    from esol_lib import readings as rd
+    from esol_lib.book import readings as rd
 
     effects = rd.effects_by_reading(result, split)
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
@@ -513,7 +513,7 @@ def reading_tradeoff(result: Mapping, split: str = "val"):
 
 def reading_offsets(result: Mapping, seed: str = "0"):
     """Mean |offset| (feature cells) over training steps, per reading, for both stages (the runs' logs)."""
-    from esol_lib import readings as rd
+    from esol_lib.book import readings as rd
 
     runs = result.get("seeds", {}).get(seed, {})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -535,7 +535,7 @@ def reading_offsets(result: Mapping, seed: str = "0"):
 def reading_gradients(result: Mapping, seed: str = "0", key: str = "expansion_start"):
     """The gradient reaching the offsets (``∂L/∂Δp``, mean L2 norm per cell) on object, background and
     clipped cells, per reading, at one point (``expansion_start``, ``expansion_end``, ``shrinkage_start``, ...)."""
-    from esol_lib import readings as rd
+    from esol_lib.book import readings as rd
 
     runs = result.get("seeds", {}).get(seed, {})
     names, series = [], {"object": [], "background": [], "clipped": []}
@@ -568,7 +568,7 @@ def reading_sampling(result: Mapping, seed: str = "0", max_rows: int = 12):
 
     from PIL import Image
 
-    from esol_lib import readings as rd
+    from esol_lib.book import readings as rd
 
     runs = result.get("seeds", {}).get(seed, {})
     picture = runs.get("_image")

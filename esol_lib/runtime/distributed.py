@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from esol_lib.errors import StageError
+from esol_lib.runtime.errors import StageError
 
 _T = TypeVar("_T")
 
@@ -277,7 +277,7 @@ def make_loader(
 
     Under torchrun each rank reads its own shard through a :class:`SeededDistributedSampler`
     (``batch_size`` is per process); otherwise a :class:`SeededSampler` is used. The loader
-    carries a ``torch.Generator`` that :func:`esol_lib.engine.train_loop` reseeds every epoch,
+    carries a ``torch.Generator`` that :func:`esol_lib.runtime.engine.train_loop` reseeds every epoch,
     so the seeds of worker processes (and the augmentations they draw) repeat too.
     """
     sampler: Sampler[int]

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from esol_lib.config import Config
 from esol_lib.data.voc import SPLIT_DIR, read_classes, read_split
-from esol_lib.errors import DatasetError
+from esol_lib.runtime.config import Config
+from esol_lib.runtime.errors import DatasetError
 
 __all__ = ["PlannedStep", "plan_pipeline", "plan_table"]
 

@@ -13,7 +13,7 @@ RUN/log.jsonl
 RUN/.lock, RUN/.lock.holder     held by the one process that writes (run_lock)
 ```
 
-Every file is written atomically under a temp name of its own (:mod:`esol_lib.atomic`). Whether
+Every file is written atomically under a temp name of its own (:mod:`esol_lib.runtime.atomic`). Whether
 an output is current is decided here, by content, never by time stamps (a ``cp -r`` of a run
 folder keeps it current):
 
@@ -22,7 +22,7 @@ folder keeps it current):
   and redone (:func:`drop_damaged`), and one found so when read is deleted and named
   (:func:`read_verified`);
 - a trained model is current when the ``inputs`` its checkpoint records (its data's fingerprint,
-  the checkpoint it started from) equal the current ones (:mod:`esol_lib.engine`);
+  the checkpoint it started from) equal the current ones (:mod:`esol_lib.runtime.engine`);
 - a metrics file is current when it reads back and its ``inputs`` equal the signature of what it
   would score now (:func:`current_metrics`).
 """
@@ -40,9 +40,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from esol_lib.atomic import TEMP_NAME, atomic_write_text, link_or_copy, read_json
-from esol_lib.config import Config, apply_overrides, config_from_dict, config_to_dict, read_yaml_mapping, save_config
-from esol_lib.errors import ConfigError, StageError
+from esol_lib.runtime.atomic import TEMP_NAME, atomic_write_text, link_or_copy, read_json
+from esol_lib.runtime.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    read_yaml_mapping,
+    save_config,
+)
+from esol_lib.runtime.errors import ConfigError, StageError
 
 STAGES = ("baseline", "expansion", "shrinkage")
 LOCK_FILE = ".lock"
@@ -158,7 +165,7 @@ def current_holder(root: Path, wait: float = 2.0) -> dict:
 
 
 def sweep_dead_temps(root: Path) -> list[Path]:
-    """Remove the temp files (:func:`esol_lib.atomic.atomic_path`) that a killed writer left under
+    """Remove the temp files (:func:`esol_lib.runtime.atomic.atomic_path`) that a killed writer left under
     ``root``; return them. A temp names its writer's pid: only those of processes no longer alive
     go (a forked run's shared ``cache`` may hold a live writer's). Symlinks are not followed."""
     removed = []
@@ -447,7 +454,7 @@ class RunDir:
         return self.root / "pseudo_masks" / stage
 
     def feature_cache(self) -> Path:
-        """``cache/features/``: backbone features memoised by content (:mod:`esol_lib.feature_cache`);
+        """``cache/features/``: backbone features memoised by content (:mod:`esol_lib.runtime.feature_cache`);
         a forked run's ``cache`` links to its source's. Safe to delete."""
         return self.root / "cache" / "features"
 
@@ -499,7 +506,7 @@ def create_run(root: str | Path, cfg: Config, *, unchanged: Sequence[str] = ()) 
     """Open run folder ``root`` for ``cfg``; write ``config.yaml`` first.
 
     ``unchanged``: keys whose new value is known to change no result (``data.root`` of a dataset
-    that moved with its content intact, :func:`esol_lib.steps.common.start_run` checks that);
+    that moved with its content intact, :func:`esol_lib.steps._shared.start_run` checks that);
     they are taken without moving anything aside.
 
     Re-opening a run with the same config resumes it. Before any stage has written into the folder

@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
-from esol_lib.errors import StageError
+from esol_lib.runtime.errors import StageError
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -13,12 +13,12 @@ import torch
 import torch.nn as nn
 
 from esol_lib.data.transforms import AugmentedDataset, TrainTransform
-from esol_lib.distributed import init_distributed, make_loader, wrap_ddp
-from esol_lib.engine import PolyLR, load_stage_checkpoint, make_sgd, save_untrained_stage, train_loop
-from esol_lib.errors import DivergenceError, StageError
-from esol_lib.feature_cache import cached_backbone
 from esol_lib.models.esol import UNTRAINED_IN_EXPANSION, ESOLModel
-from esol_lib.steps.common import LabelledOnly, load_baseline, split_dataset, stage_inputs
+from esol_lib.runtime.distributed import init_distributed, make_loader, wrap_ddp
+from esol_lib.runtime.engine import PolyLR, load_stage_checkpoint, make_sgd, save_untrained_stage, train_loop
+from esol_lib.runtime.errors import DivergenceError, StageError
+from esol_lib.runtime.feature_cache import cached_backbone
+from esol_lib.steps._shared import LabelledOnly, load_baseline, split_dataset, stage_inputs
 
 __all__ = ["OffsetGuard", "build_esol_model", "load_stage_model", "stage_loader", "train_esol_stage"]
 

@@ -10,7 +10,7 @@ Exact resume
 ------------
 A run interrupted after a partial checkpoint and started again ends with *exactly* the weights of
 an uninterrupted run, provided the loader is built with
-:func:`esol_lib.distributed.make_loader` (or any loader whose order depends only on the epoch
+:func:`esol_lib.runtime.distributed.make_loader` (or any loader whose order depends only on the epoch
 given to ``loader.sampler.set_epoch``). At the start of every epoch the engine calls
 ``loader.sampler.set_epoch(epoch)``, ``loader.dataset.set_epoch(epoch)`` when the dataset has
 one, and reseeds ``loader.generator`` from ``(seed, epoch, rank)``, so worker seeds repeat. On
@@ -39,16 +39,16 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
-from esol_lib.atomic import atomic_save
-from esol_lib.distributed import (
+from esol_lib.runtime.atomic import atomic_save
+from esol_lib.runtime.distributed import (
     all_gather_object,
     all_reduce_mean,
     barrier,
     get_dist_info,
     unwrap,
 )
-from esol_lib.errors import ConfigError, DivergenceError, EsolError, StageError
-from esol_lib.run import RunDir
+from esol_lib.runtime.errors import ConfigError, DivergenceError, EsolError, StageError
+from esol_lib.runtime.run import RunDir
 
 __all__ = [
     "DeadOutputGuard",

@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from esol_lib.atomic import atomic_path, atomic_write_text, read_json
 from esol_lib.data.synth import load_part_mask, part_recall
 from esol_lib.data.transforms import to_tensor
-from esol_lib.errors import DivergenceError, StageError
-from esol_lib.metrics import ThresholdSweep, confusion_matrix
-from esol_lib.parallel import map_ordered
-from esol_lib.run import damaged, drop_damaged, file_digest, read_verified, record_sizes
+from esol_lib.method.metrics import ThresholdSweep, confusion_matrix
+from esol_lib.runtime.atomic import atomic_path, atomic_write_text, read_json
+from esol_lib.runtime.errors import DivergenceError, StageError
+from esol_lib.runtime.parallel import map_ordered
+from esol_lib.runtime.run import damaged, drop_damaged, file_digest, read_verified, record_sizes
 
 __all__ = [
     "CamFn",
@@ -283,11 +283,11 @@ def evaluate_cams(
 ) -> dict:
     """Threshold sweep of the seeds in ``cam_dir`` against ``dataset``'s masks → DESIGN.md metrics dict.
 
-    With ``crf(image, labellings, n_labels) -> labellings`` (:func:`esol_lib.crf.crf_from_labelings`:
+    With ``crf(image, labellings, n_labels) -> labellings`` (:func:`esol_lib.method.crf.crf_from_labelings`:
     one image's seeds at every threshold in one call, so its pairwise lattices are built once), each
     threshold's seed is refined by DenseCRF before scoring (only for the thresholds given, since a
     CRF per threshold and image is costly), on ``workers`` processes
-    (:func:`esol_lib.parallel.map_ordered`; None: every core). ``crf`` must not use torch.
+    (:func:`esol_lib.runtime.parallel.map_ordered`; None: every core). ``crf`` must not use torch.
     """
     n = dataset.num_classes + 1
     names = ["background"] + list(dataset.classes)

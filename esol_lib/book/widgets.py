@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from esol_lib.book.viz import overlay
 from esol_lib.data.transforms import to_tensor
-from esol_lib.losses import feature_clip
-from esol_lib.viz import overlay
+from esol_lib.method.losses import feature_clip
 
 __all__ = ["ClipProbe", "clip_probe", "beta_grid", "beta_explorer", "alpha_grid", "alpha_explorer"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from esol_lib.atomic import atomic_save
+from esol_lib.runtime.atomic import atomic_save
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from esol_lib.atomic import atomic_write_text
+from esol_lib.runtime.atomic import atomic_write_text
 
 IGNORE = 255
 AP_BINS = 1000  # score resolution of the localization AP's histograms (scores are in [0, 1])

@@ -61,7 +61,7 @@ def _infer(d, unary: np.ndarray, n_labels: int, iterations: int, shape: tuple[in
 
 
 def label_crf_kwargs(crf_cfg: Any) -> dict[str, float]:
-    """A config's ``crf`` section (:class:`~esol_lib.config.CRFConfig`) as the keyword arguments of
+    """A config's ``crf`` section (:class:`~esol_lib.runtime.config.CRFConfig`) as the keyword arguments of
     :func:`crf_from_labels` and :func:`crf_from_labelings` (IRN's label CRF)."""
     c = crf_cfg
     return {

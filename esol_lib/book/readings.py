@@ -25,7 +25,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from esol_lib.ablation import Variant
+from esol_lib.book.ablation import Variant
 
 __all__ = [
     "Reading",
@@ -90,7 +90,7 @@ class Reading:
 
     @property
     def variant(self) -> Variant:
-        """The fork that trains and scores this reading (:mod:`esol_lib.ablation`)."""
+        """The fork that trains and scores this reading (:mod:`esol_lib.book.ablation`)."""
         return Variant(self.name, self.label, self.overrides, stage="shrinkage")
 
 
@@ -259,7 +259,7 @@ def profile_adoption(cfg, changes: Sequence[Mapping], readings: Sequence[Reading
     """Whether a loaded profile carries each level the protocol chose (step 3, checked, not assumed).
 
     Args:
-        cfg: a :class:`esol_lib.config.Config`, or a profile's name (``"cpu"``).
+        cfg: a :class:`esol_lib.runtime.config.Config`, or a profile's name (``"cpu"``).
         changes: :func:`default_changes`' list (readings.json's ``default_changes``).
 
     Returns:
@@ -267,7 +267,7 @@ def profile_adoption(cfg, changes: Sequence[Mapping], readings: Sequence[Reading
         override of the reading equals the profile's value), and ``values``: the profile's value of
         each key the reading sets.
     """
-    from esol_lib.config import apply_overrides, config_to_dict, load_config
+    from esol_lib.runtime.config import apply_overrides, config_to_dict, load_config
 
     if isinstance(cfg, str):
         cfg = load_config(cfg)
@@ -365,7 +365,7 @@ def stage_verdicts(
     esol_up = [n for n in names if (mean(n, "esol_miou") or 0) > 0]
     total = len(names)
 
-    from esol_lib import paper
+    from esol_lib.book import paper
 
     (p_base, r_base, _), (p_exp, r_exp, _), (p_shr, _, _) = (
         paper.TABLE6[s] for s in ("baseline", "expansion", "shrinkage")
@@ -589,7 +589,7 @@ def verdict(result: Mapping, split: str = "val") -> list[str]:
 def run_sentences(stages: Mapping[str, Mapping | None]) -> list[str]:
     """What one run's stages did, in words, from its seed metrics by stage (fractions, with sweeps):
     the closing lines of chapters 02, 04 and 08."""
-    from esol_lib import paper
+    from esol_lib.book import paper
 
     (p_base, r_base, _), (p_exp, r_exp, _), (p_shr, _, _) = (
         paper.TABLE6[s] for s in ("baseline", "expansion", "shrinkage")

@@ -30,10 +30,10 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from esol_lib.atomic import atomic_write_text, read_json
-from esol_lib.errors import StageError
-from esol_lib.performance import GPU_CHECK_FILE, gpu_check_section, load_comparisons, performance_page
-from esol_lib.run import stage_times
+from esol_lib.book.performance import GPU_CHECK_FILE, gpu_check_section, load_comparisons, performance_page
+from esol_lib.runtime.atomic import atomic_write_text, read_json
+from esol_lib.runtime.errors import StageError
+from esol_lib.runtime.run import stage_times
 
 __all__ = [
     "CHAPTERS",
@@ -52,7 +52,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: The chapters, in reading (and execution) order; names of files in ``notebooks/``.
 CHAPTERS: list[str] = [
@@ -187,7 +187,7 @@ def _write_timing(
     run folder's ``stage_time`` records) and the machine they ran on, for :func:`build_time_page`."""
     import platform
 
-    from esol_lib.parallel import cpu_workers
+    from esol_lib.runtime.parallel import cpu_workers
 
     record = {
         "profile": profile,
