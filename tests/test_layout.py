@@ -4,10 +4,16 @@ cycle, no private name used outside its module, and one namespace for the chapte
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
+import os
 import pkgutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 import esol_lib
@@ -36,16 +42,45 @@ def _imports(path: Path) -> list[tuple[str, str | None]]:
     return out
 
 
-def test_no_import_cycle_between_the_packages_modules():
-    """Function-level imports count too: a cycle hidden inside a function is still a cycle."""
+def _lazy_table(package: str) -> dict[str, str]:
+    """A package's lazy names (``_EXPORTS``, and ``esol_lib``'s ``_MODULES``): name → the module it loads."""
+    module = importlib.import_module(package)
+    table = dict(getattr(module, "_EXPORTS", {}))
+    table.update(getattr(module, "_MODULES", {}))
+    return table
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module → the modules its import statements run (function-level ones too).
+
+    ``import esol_lib.a.b`` runs ``esol_lib/__init__.py`` and ``esol_lib/a/__init__.py`` before
+    ``b``, so it is an edge to each parent package as well; ``from esol_lib.a import name``, where
+    ``name`` is one of ``esol_lib.a``'s lazy names, runs the module that defines it, so it is an edge
+    to that module too."""
     modules = _modules()
+    packages = {name for name, path in modules.items() if path.name == "__init__.py"}
+    tables = {package: _lazy_table(package) for package in packages}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         for module, imported in _imports(path):
-            for target in (f"{module}.{imported}", module):
-                if target in modules and target != name:
-                    graph[name].add(target)
-                    break
+            targets = []
+            if f"{module}.{imported}" in modules:
+                targets.append(f"{module}.{imported}")
+            elif module in modules:
+                targets.append(module)
+                if module in tables and imported in tables[module]:
+                    targets.append(tables[module][imported])
+            for target in list(targets):
+                parts = target.split(".")
+                targets += [".".join(parts[:i]) for i in range(1, len(parts))]
+            graph[name].update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def test_no_import_cycle_between_the_packages_modules():
+    """Function-level imports count too: a cycle hidden inside a function is still a cycle. So do
+    the parent packages an import runs, and the module a package's lazy name loads."""
+    graph = _import_graph()
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def visit(node: str, path: list[str]) -> None:
@@ -61,6 +96,66 @@ def test_no_import_cycle_between_the_packages_modules():
     for name in sorted(graph):
         if name not in state:
             visit(name, [name])
+
+
+def test_the_cycle_check_sees_parent_packages_and_lazy_names():
+    graph = _import_graph()
+    assert "esol_lib.models" in graph["esol_lib.method.losses"]  # it imports esol_lib.models.classifier
+    assert "esol_lib.method.losses" in graph["esol_lib.models.esol"]
+    assert not graph["esol_lib.models"] and not graph["esol_lib"], "a package's __init__ imports nothing eagerly"
+
+
+@pytest.mark.slow
+def test_every_module_imports_alone_in_a_fresh_interpreter():
+    """Each module is imported with no other esol_lib module loaded before it (one interpreter; every
+    ``esol_lib`` entry is dropped from ``sys.modules`` between two modules). ``__main__`` runs the CLI."""
+    script = textwrap.dedent(
+        r"""
+        import importlib, sys, traceback
+        failed = []
+        for name in sys.argv[1:]:
+            for loaded in [m for m in sys.modules if m == "esol_lib" or m.startswith("esol_lib.")]:
+                del sys.modules[loaded]
+            try:
+                importlib.import_module(name)
+            except BaseException:
+                failed.append(name + ": " + traceback.format_exc(limit=-3))
+        print("\n".join(failed))
+        sys.exit(1 if failed else 0)
+        """
+    )
+    names = sorted(name for name in _modules() if name != "esol_lib.__main__")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, "modules that fail to import alone:\n" + done.stdout + done.stderr
+
+
+def test_no_module_name_at_two_levels():
+    """A module's name says what it is wherever it is imported: no ``deeplab`` in two folders."""
+    where: dict[str, list[str]] = {}
+    for name, path in _modules().items():
+        if path.name != "__init__.py":
+            where.setdefault(name.rsplit(".", 1)[1], []).append(name)
+    twice = {short: names for short, names in where.items() if len(names) > 1}
+    assert not twice, f"module names used twice: {twice}"
+
+
+def test_a_step_function_is_not_shadowed_by_its_module():
+    """``from esol_lib.steps import make_cam`` gives the function even after every step module is
+    imported: loading ``esol_lib.steps.X`` sets the package's attribute ``X`` to the module, so no
+    exported name of a package may also be one of its submodules."""
+    code = (
+        "import importlib, pkgutil, esol_lib.steps as s\n"
+        "for i in pkgutil.iter_modules(s.__path__): importlib.import_module('esol_lib.steps.' + i.name)\n"
+        "from esol_lib.steps import make_cam, train_cam, refine, train_seg\n"
+        "assert all(callable(f) and not isinstance(f, type(s)) for f in (make_cam, train_cam, refine, train_seg))\n"
+    )
+    for package in ("esol_lib.steps", "esol_lib.models", "esol_lib.data", "esol_lib.book"):
+        submodules = {info.name for info in pkgutil.iter_modules(importlib.import_module(package).__path__)}
+        assert not submodules & set(_lazy_table(package)), package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
 
 
 def test_no_private_name_is_imported_from_another_module():

@@ -1,96 +1,52 @@
-"""Datasets in VOC layout: the reader, the generated benchmark, and converters for COCO and SBD."""
+"""Datasets in VOC layout: the reader, the generated benchmark, and converters for COCO and SBD.
+
+Its names load lazily (``_EXPORTS``): importing one module of this package never runs another, so
+modules here may import their siblings without an import cycle through this ``__init__``.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
+import importlib
 
-from esol_lib.data.emoji import EmojiSpec, emoji_stats, generate_emoji_benchmark, render_emoji_sample
-from esol_lib.data.palette import VOID, save_label_png, voc_palette
-from esol_lib.data.synth import SynthSpec, benchmark_stats, generate_benchmark, load_part_mask, part_recall
-from esol_lib.data.voc import (
-    VOC_CLASSES,
-    VOCSegmentation,
-    available_splits,
-    labels_from_mask,
-    load_image,
-    load_mask,
-    read_classes,
-    read_split,
-)
-from esol_lib.runtime.errors import ConfigError, MissingDependencyError
+#: name → the module that defines it (loaded on first use).
+_EXPORTS: dict[str, str] = {
+    "EmojiSpec": "esol_lib.data.emoji",
+    "GENERATORS": "esol_lib.data.benchmark",
+    "MissingDependencyError": "esol_lib.runtime.errors",
+    "SynthSpec": "esol_lib.data.synth",
+    "VOCSegmentation": "esol_lib.data.voc",
+    "VOC_CLASSES": "esol_lib.data.voc",
+    "VOID": "esol_lib.data.palette",
+    "available_splits": "esol_lib.data.voc",
+    "benchmark_stats": "esol_lib.data.synth",
+    "emoji_spec_from_config": "esol_lib.data.benchmark",
+    "emoji_stats": "esol_lib.data.emoji",
+    "generate_benchmark": "esol_lib.data.synth",
+    "generate_emoji_benchmark": "esol_lib.data.emoji",
+    "labels_from_mask": "esol_lib.data.voc",
+    "load_image": "esol_lib.data.voc",
+    "load_mask": "esol_lib.data.voc",
+    "load_part_mask": "esol_lib.data.synth",
+    "part_recall": "esol_lib.data.synth",
+    "read_classes": "esol_lib.data.voc",
+    "read_split": "esol_lib.data.voc",
+    "render_emoji_sample": "esol_lib.data.emoji",
+    "resolve_data_root": "esol_lib.data.benchmark",
+    "save_label_png": "esol_lib.data.palette",
+    "synth_spec_from_config": "esol_lib.data.benchmark",
+    "voc_palette": "esol_lib.data.palette",
+}
 
-__all__ = [
-    "VOID",
-    "VOC_CLASSES",
-    "EmojiSpec",
-    "emoji_stats",
-    "generate_emoji_benchmark",
-    "render_emoji_sample",
-    "emoji_spec_from_config",
-    "MissingDependencyError",
-    "SynthSpec",
-    "VOCSegmentation",
-    "available_splits",
-    "benchmark_stats",
-    "generate_benchmark",
-    "labels_from_mask",
-    "load_image",
-    "load_mask",
-    "load_part_mask",
-    "part_recall",
-    "read_classes",
-    "read_split",
-    "resolve_data_root",
-    "save_label_png",
-    "synth_spec_from_config",
-    "voc_palette",
-]
+__all__ = sorted(_EXPORTS)
 
 
-def synth_spec_from_config(synth_cfg=None) -> SynthSpec:
-    """The :class:`SynthSpec` described by a config's ``data.synth`` section (defaults when None)."""
-    if synth_cfg is None:
-        return SynthSpec()
-    values = dataclasses.asdict(synth_cfg)
-    values["object_scale"] = tuple(values["object_scale"])
-    return SynthSpec(**values)
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
 
 
-def emoji_spec_from_config(emoji_cfg=None) -> EmojiSpec:
-    """The :class:`EmojiSpec` described by a config's ``data.emoji`` section (defaults when None)."""
-    if emoji_cfg is None:
-        return EmojiSpec()
-    values = dataclasses.asdict(emoji_cfg)
-    values["object_scale"] = tuple(values["object_scale"])
-    values["clutter"] = tuple(values["clutter"])
-    return EmojiSpec(**values)
-
-
-GENERATORS = ("synth", "emoji")
-
-
-def resolve_data_root(
-    cfg, data_root: str | Path | None = None, *, generate: bool = True, synth_dir: str | Path = "data"
-) -> Path:
-    """The dataset root a run uses: ``--data-root``, else ``data.root``, else the generated benchmark.
-
-    With neither set, the benchmark of ``data.generator`` (``synth``: the toy one described by
-    ``data.synth``; ``emoji``: the OpenMoji one described by ``data.emoji``) lives in
-    ``<synth_dir>/<generator>-<profile>`` and is generated there when missing (deterministic, so
-    regenerating gives the same files).
-    """
-    if data_root:
-        return Path(data_root)
-    if cfg.data.root:
-        return Path(cfg.data.root)
-    generator = cfg.data.generator
-    if generator not in GENERATORS:
-        raise ConfigError(f"data.generator: unknown benchmark {generator!r}; choose one of {', '.join(GENERATORS)}")
-    root = Path(synth_dir) / f"{generator}-{cfg.profile}"
-    if generate:
-        if generator == "emoji":
-            generate_emoji_benchmark(root, emoji_spec_from_config(cfg.data.emoji))
-        else:
-            generate_benchmark(root, synth_spec_from_config(cfg.data.synth))
-    return root
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

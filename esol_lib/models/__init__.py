@@ -1,31 +1,46 @@
 """Every network of esol: backbones, the CAM classifier, the samplers and the ESOL model, IRN's boundary
-branch, DeepLab-v2 and the pretraining classifier. The code that trains them is in :mod:`esol_lib.steps`."""
+branch, DeepLab-v2 and the pretraining classifier. The code that trains them is in :mod:`esol_lib.steps`.
 
-from esol_lib.models.backbone import BACKBONES, IMAGENET_FILES, STAGE_NAMES, Backbone, build_backbone
-from esol_lib.models.boundary import BoundaryNet, boundary_map
-from esol_lib.models.classifier import CAMClassifier, build_classifier, multilabel_loss
-from esol_lib.models.deeplab import ASPP, DeepLabV2, build_deeplab
-from esol_lib.models.esol import ESOLModel
-from esol_lib.models.glyph import GlyphClassifier
-from esol_lib.models.samplers import DeformableSampler, ExpansionSampler, ShrinkageSampler
+Its names load lazily (``_EXPORTS``): importing one module of this package never runs another, so
+modules here may import their siblings without an import cycle through this ``__init__``.
+"""
 
-__all__ = [
-    "ASPP",
-    "BACKBONES",
-    "IMAGENET_FILES",
-    "STAGE_NAMES",
-    "Backbone",
-    "BoundaryNet",
-    "CAMClassifier",
-    "DeepLabV2",
-    "DeformableSampler",
-    "ESOLModel",
-    "ExpansionSampler",
-    "GlyphClassifier",
-    "ShrinkageSampler",
-    "boundary_map",
-    "build_backbone",
-    "build_classifier",
-    "build_deeplab",
-    "multilabel_loss",
-]
+from __future__ import annotations
+
+import importlib
+
+#: name → the module that defines it (loaded on first use).
+_EXPORTS: dict[str, str] = {
+    "ASPP": "esol_lib.models.deeplab",
+    "BACKBONES": "esol_lib.models.backbone",
+    "IMAGENET_FILES": "esol_lib.models.backbone",
+    "STAGE_NAMES": "esol_lib.models.backbone",
+    "Backbone": "esol_lib.models.backbone",
+    "BoundaryNet": "esol_lib.models.boundary",
+    "CAMClassifier": "esol_lib.models.classifier",
+    "DeepLabV2": "esol_lib.models.deeplab",
+    "DeformableSampler": "esol_lib.models.samplers",
+    "ESOLModel": "esol_lib.models.esol",
+    "ExpansionSampler": "esol_lib.models.samplers",
+    "GlyphClassifier": "esol_lib.models.glyph",
+    "ShrinkageSampler": "esol_lib.models.samplers",
+    "boundary_map": "esol_lib.models.boundary",
+    "build_backbone": "esol_lib.models.backbone",
+    "build_classifier": "esol_lib.models.classifier",
+    "build_deeplab": "esol_lib.models.deeplab",
+    "multilabel_loss": "esol_lib.models.classifier",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

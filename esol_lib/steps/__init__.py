@@ -21,50 +21,49 @@ paper's three CAM models, ``baseline``, ``expansion`` and ``shrinkage`` (``--sta
 the refinement and segmentation steps run once per stage they refine, under the checkpoint names
 ``irn-<stage>`` and ``seg-<stage>``. The backbone's levels (stem, layer1-4) are *levels*; only the
 config key ``frozen_stages`` keeps IRN's and mmdetection's name for them.
+
+Its names load lazily (``_EXPORTS``): importing one module of this package never runs another, so
+modules here may import their siblings without an import cycle through this ``__init__``.
 """
 
-from esol_lib.steps._esol_shared import load_stage_model
-from esol_lib.steps._shared import (
-    STAGE_COMMAND,
-    load_baseline,
-    notebook_run,
-    open_run,
-    resolve_device,
-    start_run,
-)
-from esol_lib.steps.baseline import train_cam
-from esol_lib.steps.cams import (
-    cam_metrics_inputs,
-    current_cam_metrics,
-    eval_cam,
-    make_cam,
-    part_localization,
-    stage_cam_fn,
-)
-from esol_lib.steps.expansion import expand
-from esol_lib.steps.refinement import refine
-from esol_lib.steps.segmentation import current_seg_metrics, eval_seg, train_seg
-from esol_lib.steps.shrinkage import shrink
+from __future__ import annotations
 
-__all__ = [
-    "STAGE_COMMAND",
-    "cam_metrics_inputs",
-    "current_cam_metrics",
-    "current_seg_metrics",
-    "eval_cam",
-    "eval_seg",
-    "expand",
-    "load_baseline",
-    "load_stage_model",
-    "make_cam",
-    "notebook_run",
-    "open_run",
-    "part_localization",
-    "refine",
-    "resolve_device",
-    "shrink",
-    "stage_cam_fn",
-    "start_run",
-    "train_cam",
-    "train_seg",
-]
+import importlib
+
+#: name → the module that defines it (loaded on first use).
+_EXPORTS: dict[str, str] = {
+    "STAGE_COMMAND": "esol_lib.steps._shared",
+    "cam_metrics_inputs": "esol_lib.steps.cams",
+    "current_cam_metrics": "esol_lib.steps.cams",
+    "current_seg_metrics": "esol_lib.steps.segmentation",
+    "eval_cam": "esol_lib.steps.cams",
+    "eval_seg": "esol_lib.steps.segmentation",
+    "expand": "esol_lib.steps.expansion",
+    "load_baseline": "esol_lib.steps._shared",
+    "load_stage_model": "esol_lib.steps._esol_shared",
+    "make_cam": "esol_lib.steps.cams",
+    "notebook_run": "esol_lib.steps._shared",
+    "open_run": "esol_lib.steps._shared",
+    "part_localization": "esol_lib.steps.cams",
+    "refine": "esol_lib.steps.refinement",
+    "resolve_device": "esol_lib.steps._shared",
+    "shrink": "esol_lib.steps.shrinkage",
+    "stage_cam_fn": "esol_lib.steps.cams",
+    "start_run": "esol_lib.steps._shared",
+    "train_cam": "esol_lib.steps.baseline",
+    "train_seg": "esol_lib.steps.segmentation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
