@@ -67,7 +67,7 @@ def run_seed(profile: str, seed: int, run_dir: Path, sets: list[str], segment: b
 
 def collect(run_dir: Path) -> dict:
     """Every stage's metrics of one finished run folder (percent, best-threshold)."""
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
 
     run = RunDir(run_dir)
     cfg = run.load_config()
@@ -134,7 +134,7 @@ def _table5(run) -> dict:
 def run_table5(run_dir: Path) -> float:
     """Chapter 07's Table 5 variants on one finished run folder (``ablation.*`` of its config); seconds spent."""
     from esol_lib import ablation as ab
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
 
     start = time.perf_counter()
     run = RunDir(run_dir)

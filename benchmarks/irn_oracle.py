@@ -104,7 +104,7 @@ def main() -> None:
     from esol_lib.method.metrics import confusion_matrix, read_metrics, summarize
     from esol_lib.models.boundary import boundary_map
     from esol_lib.runtime.engine import seed_everything
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
     from esol_lib.steps.refinement import stage_setup
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

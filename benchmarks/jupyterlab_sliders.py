@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(exist_ok=True)
     run = args.run.resolve()
     if args.data_root is None:
-        from esol_lib.runtime.run import RunDir
+        from esol_lib.runtime.rundir import RunDir
 
         args.data_root = Path(RunDir(run).load_config().data.root)
     for chapter in CHAPTERS:

@@ -188,7 +188,7 @@ def sampling_image(profile: str, seed: int, sets: list[str]) -> dict:
 def add_sampling(profile: str, seed: int, out: Path, sets: list[str], result: dict, save) -> None:
     """Recompute the diagnostics, and the sampling-points figure's data, of every trained run of one
     seed (cheap: 16 crops and one image per run; no training)."""
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
 
     runs = result.get("seeds", {}).get(str(seed), {})
     if not runs:
@@ -222,7 +222,7 @@ def offsets_over_steps(run) -> dict:
 def reading_record(main, variant, root: Path, splits=("val",)) -> dict:
     """Train (if needed) and measure one reading's fork."""
     from esol_lib import ablation as ab
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
 
     t0 = time.perf_counter()
     result = ab.run_variant(main, variant, root, split="val")

@@ -39,7 +39,7 @@ _EXPORTS: dict[str, str] = {
     "eval_seg": "esol_lib.steps.segmentation",
     "prediction_dir": "esol_lib.steps.segmentation",
     "seg_stage_name": "esol_lib.steps.segmentation",
-    "RunDir": "esol_lib.runtime.run",
+    "RunDir": "esol_lib.runtime.rundir",
     "load_config": "esol_lib.runtime.config",
     # data
     "VOCSegmentation": "esol_lib.data",

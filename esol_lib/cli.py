@@ -390,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         handler = COMMANDS.get(args.command, cmd_pending)
     try:
-        from esol_lib.runtime import run as run_folder
+        from esol_lib.runtime import lock as run_folder
 
         run_folder.COMMAND = " ".join(["esol", *(argv if argv is not None else sys.argv[1:])])
         writes = args.command != "book" and not getattr(args, "dry_run", False)  # the book's kernels lock it

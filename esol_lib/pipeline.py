@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from esol_lib.runtime.distributed import all_gather_object, init_distributed
-from esol_lib.runtime.run import RunDir, holds_run_lock
+from esol_lib.runtime.rundir import RunDir, holds_run_lock
 from esol_lib.steps import current_cam_metrics, eval_cam, expand, make_cam, shrink, train_cam
 from esol_lib.steps.refinement import refine as refine_stage
 from esol_lib.steps.segmentation import current_seg_metrics, eval_seg, train_seg

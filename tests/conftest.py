@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from esol_lib.runtime.config import load_config
-from esol_lib.runtime.run import RunDir
+from esol_lib.runtime.rundir import RunDir
 from esol_lib.steps import expand, open_run, shrink, start_run, train_cam
 
 

@@ -160,7 +160,7 @@ def test_a_fork_without_dts_can_run_expand_again(main_run, tmp_path):
 
 def test_a_fork_with_another_beta_recomputes_the_shared_expansion_cams(main_run, tmp_path):
     """Clipping acts at inference too: sharing the expansion checkpoint must not share its CAMs."""
-    from esol_lib.runtime.run import fork_run
+    from esol_lib.runtime.rundir import fork_run
 
     base = ab.score_stage(main_run, "expansion")
     fork = fork_run(main_run.root, tmp_path / "beta", ["expansion.beta=1.0"], share=("baseline", "expansion"))
@@ -171,7 +171,7 @@ def test_a_fork_with_another_beta_recomputes_the_shared_expansion_cams(main_run,
 def test_ablation_max_steps_compares_every_variant_with_a_reference_of_that_length(main_run, tmp_path):
     """With ablation.max_steps, a 'reference' fork (the main config at that length) replaces the main
     run: the main setting is read from it, and a shrinkage variant shares its expansion."""
-    from esol_lib.runtime.run import RunDir, fork_run
+    from esol_lib.runtime.rundir import RunDir, fork_run
 
     short = fork_run(
         main_run.root, tmp_path / "short-main", ["ablation.max_steps=1"], share=("baseline", "expansion", "shrinkage")

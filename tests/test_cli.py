@@ -8,7 +8,7 @@ import yaml
 from esol_lib.cli import PENDING, main
 from esol_lib.runtime.config import load_config
 from esol_lib.runtime.errors import ConfigError
-from esol_lib.runtime.run import RunDir, create_run
+from esol_lib.runtime.rundir import RunDir, create_run
 
 
 def test_config_shows_resolved_yaml_with_overrides(capsys):

@@ -189,7 +189,7 @@ def test_a_number_in_exponent_notation_is_a_number():
     ],
 )
 def test_a_damaged_run_config_is_one_clear_error(tmp_path, content, says):
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
 
     run = RunDir(tmp_path)
     run.config_path.write_bytes(content)

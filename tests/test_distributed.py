@@ -50,7 +50,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         wrap_ddp,
     )
     from esol_lib.runtime.engine import PolyLR, make_sgd, train_loop
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
 
     info = init_distributed()
     assert init_distributed() == info  # idempotent

@@ -26,7 +26,7 @@ from esol_lib.runtime.engine import (
     train_loop,
 )
 from esol_lib.runtime.errors import DivergenceError, StageError
-from esol_lib.runtime.run import RunDir
+from esol_lib.runtime.rundir import RunDir
 
 # --------------------------------------------------------------------------- fixtures
 

@@ -211,7 +211,7 @@ def test_one_expansion_checkpoint_serves_shrinkage_with_and_without_offsets(tmp_
     offset branch, untrained during expansion, may be present on one side only."""
     from esol_lib.models.esol import UNTRAINED_IN_EXPANSION
     from esol_lib.runtime.engine import atomic_save, load_stage_checkpoint
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
 
     run = RunDir(tmp_path)
     with_dts = ESOLModel(_baseline(), *_cfg(exp_clip=True))

@@ -156,7 +156,7 @@ def test_a_cache_entry_that_does_not_match_its_checksum_is_recomputed(tmp_path, 
 
 def test_a_forked_run_shares_its_source_cache(tmp_path):
     from esol_lib.runtime.config import load_config
-    from esol_lib.runtime.run import create_run, fork_run
+    from esol_lib.runtime.rundir import create_run, fork_run
 
     main = create_run(tmp_path / "main", load_config("smoke"))
     fork = fork_run(main.root, tmp_path / "main" / "ablations" / "a", ["expansion.beta=0.3"], share=())

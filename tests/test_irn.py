@@ -347,7 +347,7 @@ def test_refine_end_to_end_on_smoke(smoke_stages, tmp_path, monkeypatch):
 def test_irn_backbone_choices(tmp_path):
     from esol_lib.runtime.config import load_config
     from esol_lib.runtime.errors import ConfigError
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
     from esol_lib.steps.refinement import irn_backbone
 
     cfg = load_config("smoke", ["irn.backbone=random"])
@@ -370,7 +370,7 @@ def test_irn_backbone_choices(tmp_path):
 
 def test_irn_backbone_pretrained_reads_model_pretrained(tmp_path):
     from esol_lib.runtime.config import load_config
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
     from esol_lib.steps.refinement import irn_backbone
 
     weights = build_backbone("small", (1, 2, 2, 1))

@@ -191,7 +191,7 @@ def test_grouped_bars_puts_each_series_beside_the_others_with_gaps_for_none():
 def test_stage_heats_reads_each_stages_cams_by_run_or_folder(tmp_path):
     from esol_lib import viz
     from esol_lib.runtime.errors import StageError
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
 
     run = RunDir(tmp_path / "run")
     for stage, scale in (("baseline", 0.5), ("expansion", 1.0)):

@@ -171,7 +171,7 @@ def test_5_damaged_derived_files_are_named_with_the_command_that_remakes_them(ws
     # garbage in the log: skipped with a warning
     with open(run / "log.jsonl", "ab") as f:
         f.write(b"\xff\xfe garbage \x00\n[1, 2]\n")
-    from esol_lib.runtime.run import RunDir
+    from esol_lib.runtime.rundir import RunDir
 
     assert RunDir(run).training_log("baseline")["step"]
 

@@ -21,10 +21,11 @@ import torch
 from esol_lib.data import VOCSegmentation
 from esol_lib.data.synth import SynthSpec, generate_benchmark
 from esol_lib.method.cam import compute_cams
-from esol_lib.runtime import run as run_mod
+from esol_lib.runtime import lock, rundir, stage_log
 from esol_lib.runtime.atomic import atomic_path, atomic_write_text, link_or_copy, read_json
 from esol_lib.runtime.errors import StageError
-from esol_lib.runtime.run import HOLDER_FILE, RunBusyError, holds_run_lock, run_lock
+from esol_lib.runtime.lock import HOLDER_FILE, RunBusyError, run_lock
+from esol_lib.runtime.rundir import holds_run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def _holder(run: Path, ready: Path) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from esol_lib.runtime.run import run_lock
+        from esol_lib.runtime.lock import run_lock
         with run_lock({str(run)!r}, command="esol train-cam --run {run}", create=True):
             Path({str(ready)!r}).touch()
             time.sleep(120)
@@ -77,16 +78,16 @@ def test_the_busy_message_waits_for_the_new_holder_instead_of_naming_a_dead_one(
 
     thread = threading.Thread(target=describe_later)
     thread.start()
-    assert run_mod.current_holder(tmp_path, wait=10)["command"] == "esol make-cam"
+    assert lock.current_holder(tmp_path, wait=10)["command"] == "esol make-cam"
     thread.join()
     (tmp_path / HOLDER_FILE).write_text(json.dumps({"pid": 2**22 + 1, "command": "esol train-cam"}))
-    assert run_mod.current_holder(tmp_path, wait=0.1)["command"] == "esol train-cam"  # all there is
+    assert lock.current_holder(tmp_path, wait=0.1)["command"] == "esol train-cam"  # all there is
 
 
 def test_stage_calls_log_their_time_and_only_the_outermost_count(tmp_path):
-    run = run_mod.RunDir(tmp_path / "run")
+    run = rundir.RunDir(tmp_path / "run")
     run.root.mkdir()
-    fork = run_mod.RunDir(run.root / "ablations" / "a")
+    fork = rundir.RunDir(run.root / "ablations" / "a")
     fork.root.mkdir(parents=True)
 
     @holds_run_lock
@@ -102,10 +103,10 @@ def test_stage_calls_log_their_time_and_only_the_outermost_count(tmp_path):
     inner(fork)
     records = [json.loads(line) for line in (run.root / "log.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["depth"], r["ok"]) for r in records] == [("inner", 1, True), ("outer", 0, True)]
-    times = run_mod.stage_times(run.root)
+    times = stage_log.stage_times(run.root)
     assert set(times) == {"outer", "ablation inner"}
     assert times["outer"] >= 0.1 and 0.05 <= times["ablation inner"] < times["outer"]
-    assert run_mod.stage_times(run.root, since=time.time() + 1) == {}  # a window after the calls
+    assert stage_log.stage_times(run.root, since=time.time() + 1) == {}  # a window after the calls
 
     @holds_run_lock
     def failing(r):
@@ -117,7 +118,7 @@ def test_stage_calls_log_their_time_and_only_the_outermost_count(tmp_path):
 
 
 def test_stage_functions_take_the_lock_and_reenter_it(tmp_path):
-    run = run_mod.RunDir(tmp_path / "run")
+    run = rundir.RunDir(tmp_path / "run")
     run.root.mkdir()
     calls = []
 
@@ -131,7 +132,7 @@ def test_stage_functions_take_the_lock_and_reenter_it(tmp_path):
         inner(r)
 
     outer(run)
-    assert len(calls) == 2 and not run_mod._HELD
+    assert len(calls) == 2 and not lock._HELD
     proc = _holder(run.root, tmp_path / "ready")
     try:
         with pytest.raises(RunBusyError):
@@ -179,7 +180,7 @@ def test_two_train_cam_with_different_seeds_never_both_succeed(tmp_path):
     assert "Traceback" not in refused and (
         "is in use by `esol train-cam" in refused or "started with another config" in refused
     )
-    seed = run_mod.RunDir(run).load_config().seed
+    seed = rundir.RunDir(run).load_config().seed
     assert seed == (1, 2)[codes.index(0)]  # the run folder holds what the successful command asked for
 
 
@@ -336,7 +337,7 @@ def test_two_make_cam_on_one_stage_end_with_one_complete_folder(tmp_path):
         assert "Traceback" not in err
         if code == 2:
             assert "is in use by `esol make-cam --stage baseline" in err
-    cams = run_mod.RunDir(run).cams("baseline")
+    cams = rundir.RunDir(run).cams("baseline")
     ids = VOCSegmentation(data, "train").ids
     assert sorted(p.stem for p in cams.glob("*.npz")) == sorted(ids)
     assert not [p for p in cams.iterdir() if "tmp" in p.name]

@@ -2,7 +2,7 @@
 
 Every ablation is a *config change*, never a code copy: a :class:`Variant` is a set of
 ``key=value`` overrides applied to a finished main run. :func:`run_variant` forks the main run into
-``<root>/<name>`` (:func:`esol_lib.runtime.run.fork_run`), sharing the trained baseline — and the trained
+``<root>/<name>`` (:func:`esol_lib.runtime.rundir.fork_run`), sharing the trained baseline — and the trained
 expansion model when only shrinkage settings change — then trains what the change touches and
 scores the variant's seeds through the same ``make-cam`` / ``eval-cam`` as the main run. Each
 variant is thus a normal run folder: re-running skips what is done, and a variant can be inspected
@@ -27,7 +27,7 @@ from esol_lib.book import paper
 from esol_lib.runtime.atomic import atomic_write_text
 from esol_lib.runtime.config import apply_overrides, config_to_dict
 from esol_lib.runtime.errors import ConfigError, DivergenceError, StageError
-from esol_lib.runtime.run import RunDir, fork_run
+from esol_lib.runtime.rundir import RunDir, fork_run
 from esol_lib.steps import STAGE_COMMAND, current_cam_metrics, eval_cam, expand, make_cam, shrink
 
 __all__ = [

@@ -33,7 +33,7 @@ from pathlib import Path
 from esol_lib.book.performance import GPU_CHECK_FILE, gpu_check_section, load_comparisons, performance_page
 from esol_lib.runtime.atomic import atomic_write_text, read_json
 from esol_lib.runtime.errors import StageError
-from esol_lib.runtime.run import stage_times
+from esol_lib.runtime.stage_log import stage_times
 
 __all__ = [
     "CHAPTERS",

@@ -16,7 +16,7 @@ from esol_lib.data.openmoji import glyph_sprite
 from esol_lib.data.palette import VOID, voc_palette
 from esol_lib.method.cam import load_cam
 from esol_lib.method.metrics import read_metrics
-from esol_lib.runtime.run import RunDir
+from esol_lib.runtime.rundir import RunDir
 
 __all__ = [
     "overlay",
@@ -53,7 +53,7 @@ def cam_heat(cams: np.ndarray) -> np.ndarray:
 def stage_heats(run, stages: Sequence[str], image_ids: Sequence[str]) -> dict[str, list[np.ndarray]]:
     """``{stage: [one heat map per image]}`` from a run's stored CAMs (``cams/<stage>/<id>.npz``, :func:`cam_heat`).
 
-    ``run`` is a :class:`~esol_lib.runtime.run.RunDir` or a run folder path (an ablation variant's ``run_dir``).
+    ``run`` is a :class:`~esol_lib.runtime.rundir.RunDir` or a run folder path (an ablation variant's ``run_dir``).
     A missing CAM file raises the :class:`~esol_lib.runtime.errors.StageError` that names ``esol make-cam``.
     """
     run = run if isinstance(run, RunDir) else RunDir(Path(run))

@@ -48,7 +48,7 @@ from esol_lib.runtime.distributed import (
     unwrap,
 )
 from esol_lib.runtime.errors import ConfigError, DivergenceError, EsolError, StageError
-from esol_lib.runtime.run import RunDir
+from esol_lib.runtime.rundir import RunDir
 
 __all__ = [
     "DeadOutputGuard",

@@ -22,7 +22,7 @@ from esol_lib.runtime.config import Config, apply_overrides, config_from_dict, c
 from esol_lib.runtime.distributed import init_distributed
 from esol_lib.runtime.engine import INPUTS_KEY, load_checkpoint, load_stage_checkpoint
 from esol_lib.runtime.errors import ConfigError, EsolError, StageError
-from esol_lib.runtime.run import RunDir, create_run
+from esol_lib.runtime.rundir import RunDir, create_run
 
 __all__ = [
     "STAGE_COMMAND",
@@ -79,7 +79,7 @@ def _moved_data(run: RunDir, cfg: Config) -> tuple[str, ...]:
 
     A moved dataset (``mv data/voc /mnt/voc``) is then accepted by ``--data-root`` on the existing
     run, with one line saying nothing needs redoing; other data there is still refused
-    (:func:`esol_lib.runtime.run.supersede`), since the baseline was trained on the old."""
+    (:func:`esol_lib.runtime.rundir.supersede`), since the baseline was trained on the old."""
     import logging
 
     if not run.config_path.is_file():
@@ -151,7 +151,7 @@ def open_run(run: str | Path, overrides: Sequence[str] = ()) -> tuple[RunDir, Co
 
     ``overrides`` (``key=value``) change the run's config first: what depended on the old values is
     moved aside to be redone, and a key that shapes the baseline is refused
-    (:func:`esol_lib.runtime.run.supersede`).
+    (:func:`esol_lib.runtime.rundir.supersede`).
     """
     rd = RunDir(Path(run))
     cfg = rd.load_config()
@@ -205,7 +205,7 @@ def stage_inputs(run: RunDir, cfg: Config, stage: str) -> dict[str, str]:
     Recorded in the checkpoint by :func:`~esol_lib.runtime.engine.train_loop`; a dataset whose contents were
     replaced in place, or a retrained earlier stage, makes the stage train again instead of being
     reported as done, and a model loaded for CAMs is refused until then (its settings are the
-    config's, which :func:`esol_lib.runtime.run.supersede` already covers).
+    config's, which :func:`esol_lib.runtime.rundir.supersede` already covers).
     """
     if not cfg.data.root:  # a config as loaded, not the run's (whose root start_run resolved)
         cfg = run.load_config()

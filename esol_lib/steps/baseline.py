@@ -9,7 +9,7 @@ from esol_lib.models import build_classifier, multilabel_loss
 from esol_lib.runtime.distributed import init_distributed, make_loader, wrap_ddp
 from esol_lib.runtime.engine import DeadOutputGuard, PolyLR, make_sgd, seed_everything, train_loop
 from esol_lib.runtime.errors import StageError
-from esol_lib.runtime.run import RunDir, holds_run_lock
+from esol_lib.runtime.rundir import RunDir, holds_run_lock
 from esol_lib.steps._shared import LabelledOnly, resolve_device, split_dataset, stage_inputs
 
 __all__ = ["train_cam"]

@@ -31,7 +31,8 @@ from esol_lib.runtime.config import Config, config_to_dict
 from esol_lib.runtime.distributed import main_process_only
 from esol_lib.runtime.errors import StageError
 from esol_lib.runtime.feature_cache import cached_backbone
-from esol_lib.runtime.run import STAGES, RunDir, current_metrics, holds_run_lock, signature_of
+from esol_lib.runtime.freshness import current_metrics, signature_of
+from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
 from esol_lib.steps._esol_shared import load_stage_model
 from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset
 
@@ -112,7 +113,7 @@ def _cam_settings(cfg: Config, stage: str) -> str:
 def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -> str:
     """The signature of what ``eval_cam`` scores: the CAM folder's model signature, the split's data
     fingerprint, the thresholds and (with ``crf``) the CRF settings. Stored in the metrics file as
-    ``inputs``; the file is current while they match (:func:`esol_lib.runtime.run.current_metrics`)."""
+    ``inputs``; the file is current while they match (:func:`esol_lib.runtime.freshness.current_metrics`)."""
     cfg = run.load_config()
     folder = run.cams(stage)
     return signature_of(

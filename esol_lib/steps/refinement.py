@@ -74,18 +74,9 @@ from esol_lib.runtime.engine import (
     train_loop,
 )
 from esol_lib.runtime.errors import ConfigError, StageError
+from esol_lib.runtime.freshness import current_metrics, damaged, drop_damaged, read_verified, record_sizes, signature_of
 from esol_lib.runtime.parallel import map_ordered
-from esol_lib.runtime.run import (
-    STAGES,
-    RunDir,
-    current_metrics,
-    damaged,
-    drop_damaged,
-    holds_run_lock,
-    read_verified,
-    record_sizes,
-    signature_of,
-)
+from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
 from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset
 
 __all__ = [
@@ -184,7 +175,7 @@ def _prepare(out_dir: Path, signature: str) -> None:
 
 
 def _complete(out_dir: Path, ids: Sequence[str], signature: str) -> bool:
-    """Every ``<id>.png`` exists, undamaged (damaged ones are deleted: :func:`esol_lib.runtime.run.drop_damaged`),
+    """Every ``<id>.png`` exists, undamaged (damaged ones are deleted: :func:`esol_lib.runtime.freshness.drop_damaged`),
     and the folder was made from the current inputs."""
     complete = (
         _folder_signature(out_dir) == signature
@@ -220,7 +211,7 @@ def stage_setup(run: RunDir, stage: str, split: str | None) -> tuple[Config, str
 
 def _read_label(path: Path, fix: str = "run `esol refine` for this stage (it remakes what is missing)") -> np.ndarray:
     """A label PNG this module wrote, checked against its recorded checksum; a damaged one is deleted
-    and named with ``fix`` (:func:`esol_lib.runtime.run.read_verified`)."""
+    and named with ``fix`` (:func:`esol_lib.runtime.freshness.read_verified`)."""
     data = read_verified(path, fix)
     try:
         with Image.open(io.BytesIO(data)) as img:

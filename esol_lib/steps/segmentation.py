@@ -41,17 +41,8 @@ from esol_lib.runtime.config import Config, config_to_dict
 from esol_lib.runtime.distributed import init_distributed, main_process_only, make_loader, wrap_ddp
 from esol_lib.runtime.engine import JsonlLogger, PolyLR, load_stage_checkpoint, make_sgd, seed_everything, train_loop
 from esol_lib.runtime.errors import ConfigError, DatasetError, StageError
-from esol_lib.runtime.run import (
-    STAGES,
-    RunDir,
-    current_metrics,
-    damaged,
-    drop_damaged,
-    holds_run_lock,
-    read_verified,
-    record_sizes,
-    signature_of,
-)
+from esol_lib.runtime.freshness import current_metrics, damaged, drop_damaged, read_verified, record_sizes, signature_of
+from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
 from esol_lib.steps._shared import resolve_device
 
 __all__ = [

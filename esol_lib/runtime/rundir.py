@@ -14,8 +14,8 @@ RUN/.lock, RUN/.lock.holder     held by the one process that writes (run_lock)
 ```
 
 Every file is written atomically under a temp name of its own (:mod:`esol_lib.runtime.atomic`). Whether
-an output is current is decided here, by content, never by time stamps (a ``cp -r`` of a run
-folder keeps it current):
+an output is current is decided by content, never by time stamps (a ``cp -r`` of a run folder
+keeps it current; :mod:`esol_lib.runtime.freshness`):
 
 - a folder of per-image files is current when its ``_meta.json`` signature equals its inputs'
   and every file is there; a file whose size or digest differs from ``_sizes.json`` is damaged
@@ -29,18 +29,15 @@ folder keeps it current):
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from esol_lib.runtime.atomic import TEMP_NAME, atomic_write_text, link_or_copy, read_json
+from esol_lib.runtime.atomic import link_or_copy
 from esol_lib.runtime.config import (
     Config,
     apply_overrides,
@@ -50,145 +47,11 @@ from esol_lib.runtime.config import (
     save_config,
 )
 from esol_lib.runtime.errors import ConfigError, StageError
+from esol_lib.runtime.lock import OUTPUTS, run_lock
+from esol_lib.runtime.stage_log import STAGE_TIME_EVENT, log_stage_time, read_log
 
 STAGES = ("baseline", "expansion", "shrinkage")
-LOCK_FILE = ".lock"
-HOLDER_FILE = ".lock.holder"
-
-
-class RunBusyError(StageError):
-    """Another process is writing to the run folder."""
-
-
-# The run folders whose lock this process holds. A stage called inside another (the pipeline calls
-# train_cam) re-enters its own lock instead of waiting for itself.
-_HELD: set[str] = set()
 _F = TypeVar("_F", bound=Callable)
-
-
-#: What this process is, for the message a second writer gets; the command line sets it (``esol ...``).
-COMMAND: str | None = None
-
-
-def _this_command() -> str:
-    if COMMAND:
-        return COMMAND[:300]
-    argv = [os.path.basename(sys.argv[0])] + sys.argv[1:] if sys.argv and sys.argv[0] else ["python"]
-    return " ".join(argv)[:300]
-
-
-@contextlib.contextmanager
-def run_lock(root: str | Path, command: str | None = None, *, create: bool = False) -> Iterator[None]:
-    """Hold run folder ``root``'s lock: one writing process at a time.
-
-    A second process stops at once with :class:`RunBusyError`, naming the holder's command and
-    pid, instead of training into the same folder (two ``train-cam`` would both report success
-    and keep one of them) or racing on the same files. The lock is the operating system's
-    (``filelock``: ``flock`` on POSIX), so a killed holder releases it; ``.lock.holder`` only
-    describes the holder for that message. Re-entrant within a process. Under ``torchrun`` only
-    rank 0 takes it (the other ranks write nothing of their own). A folder that does not exist is
-    created only with ``create`` (:func:`create_run`); otherwise there is nothing to lock yet and
-    the stage reports the missing run itself.
-    """
-    if os.environ.get("RANK", "0") != "0" or not (create or Path(root).is_dir()):
-        yield
-        return
-    import filelock
-
-    root = Path(root).resolve()
-    key = str(root)
-    if key in _HELD:
-        yield
-        return
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(root / LOCK_FILE), timeout=0)
-        lock.acquire()
-    except filelock.Timeout:
-        info = current_holder(root)
-        since = time.strftime("%H:%M:%S", time.localtime(info["since"])) if info.get("since") else "?"
-        raise RunBusyError(
-            f"run folder {root} is in use by `{info.get('command', 'another process')}` (pid "
-            f"{info.get('pid', '?')}, since {since}); wait for it to finish, or use another --run folder"
-        ) from None
-    except OSError as e:
-        raise StageError(
-            f"cannot lock run folder {root} ({e.strerror or e}); every command writes to its "
-            f"run folder: make it writable, or copy it and pass the copy as --run"
-        ) from None
-    _HELD.add(key)
-    try:
-        try:  # first: a second writer's message names this holder
-            atomic_write_text(
-                root / HOLDER_FILE,
-                json.dumps({"pid": os.getpid(), "since": time.time(), "command": command or _this_command()}) + "\n",
-            )
-        except OSError:
-            pass  # the description is optional; the lock is what counts
-        sweep_dead_temps(root)
-        refuse_links(root)
-        yield
-    finally:
-        _HELD.discard(key)
-        with contextlib.suppress(OSError):  # a holder file left behind would describe the wrong process
-            (root / HOLDER_FILE).unlink()
-        lock.release()
-
-
-def refuse_links(root: Path) -> None:
-    """A run folder's outputs are never written, emptied or deleted through a symbolic link: a link
-    at ``RUN/<outputs>`` or ``RUN/<outputs>/<stage>`` (``cams/baseline`` pointed at another folder)
-    stops the command before any work, with one line naming it. ``cache`` may be one (a forked
-    run's points at its source's: entries are keyed by content)."""
-    for name in _OUTPUTS + ("superseded",):
-        top = root / name
-        candidates = [top] + (sorted(top.iterdir()) if top.is_dir() and not top.is_symlink() else [])
-        for path in candidates:
-            if path.is_symlink() and (path == top or path.is_dir()):  # a linked file is replaced, not followed
-                raise StageError(
-                    f"{path} is a symbolic link (to {os.readlink(path)}); a run folder's outputs are never "
-                    f"written or deleted through links: remove the link (its target is not touched) and run "
-                    f"the command again"
-                )
-
-
-def current_holder(root: Path, wait: float = 2.0) -> dict:
-    """The live holder's description, for the busy message. The holder writes it just after taking
-    the lock, so a second writer may look in between and find none, or a killed holder's: wait up
-    to ``wait`` seconds for one whose pid is alive, then give what there is."""
-    deadline = time.monotonic() + wait
-    while True:
-        info = read_json(root / HOLDER_FILE) or {}
-        if isinstance(info.get("pid"), int) and _alive(info["pid"]) or time.monotonic() > deadline:
-            return info
-        time.sleep(0.05)
-
-
-def sweep_dead_temps(root: Path) -> list[Path]:
-    """Remove the temp files (:func:`esol_lib.runtime.atomic.atomic_path`) that a killed writer left under
-    ``root``; return them. A temp names its writer's pid: only those of processes no longer alive
-    go (a forked run's shared ``cache`` may hold a live writer's). Symlinks are not followed."""
-    removed = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            m = TEMP_NAME.match(name)
-            if m is None or _alive(int(m.group(1))):
-                continue
-            path = Path(dirpath) / name
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed.append(path)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def holds_run_lock(fn: _F) -> _F:
@@ -216,215 +79,6 @@ def holds_run_lock(fn: _F) -> _F:
 # How many stage calls enclose the running one in this process: 0 for a call from a notebook or the
 # command line, 1 for train_cam inside run_pipeline. The book's build-time page sums depth 0 only.
 _STAGE_DEPTH = 0
-
-#: ``event`` of the ``log.jsonl`` records :func:`log_stage_time` writes.
-STAGE_TIME_EVENT = "stage_time"
-
-
-def log_stage_time(root: Path, stage: str, seconds: float, depth: int, ok: bool) -> None:
-    """Append one ``{"event": "stage_time", ...}`` line to ``root/log.jsonl``: where the time of a
-    chapter or a pipeline went. A stage that returns at once (its outputs current) logs its few
-    milliseconds too. A folder that cannot be written is left alone (the stage has reported that)."""
-    record = {
-        "event": STAGE_TIME_EVENT,
-        "stage": stage,
-        "seconds": round(seconds, 3),
-        "depth": depth,
-        "ok": ok,
-        "time": round(time.time(), 3),
-    }
-    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all (as with the lock)
-        return
-    with contextlib.suppress(OSError):
-        if root.is_dir():
-            with open(root / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def stage_times(root: str | Path, since: float = 0.0, until: float = float("inf")) -> dict[str, float]:
-    """Seconds per stage of the outermost stage calls that ended in ``[since, until]`` (unix time),
-    summed over ``root/log.jsonl`` and the logs of the run folders below it (chapter 07's forks,
-    named ``ablation <stage>``)."""
-    root = Path(root)
-    totals: dict[str, float] = {}
-    for log_file in sorted(root.rglob("log.jsonl")):
-        prefix = "ablation " if "ablations" in log_file.relative_to(root).parts else ""
-        for rec in read_log(log_file):
-            if rec.get("event") == STAGE_TIME_EVENT and rec.get("depth") == 0 and since <= rec.get("time", 0) <= until:
-                name = prefix + str(rec.get("stage"))
-                totals[name] = totals.get(name, 0.0) + float(rec.get("seconds", 0.0))
-    return totals
-
-
-def read_log(path: Path) -> list[dict]:
-    """The JSON-object lines of log file ``path``; [] when it is missing or unreadable. Lines that are
-    not (a line cut by a kill: silently; others: one warning naming the file) are skipped."""
-    import logging
-
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return []
-    records, bad = [], 0
-    lines = data.split(b"\n")
-    for i, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            bad += i < len(lines) - 1  # the last line may be one a kill cut short
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-        else:
-            bad += 1
-    if bad:
-        logging.getLogger(__name__).warning("%s: %d unreadable line(s) skipped", path, bad)
-    return records
-
-
-SIZES_FILE = "_sizes.json"
-
-
-def signature_of(parts: dict) -> str:
-    """A content signature of ``parts`` (JSON-serialisable settings and other signatures)."""
-    import hashlib
-
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=20).hexdigest()
-
-
-def current_metrics(path: str | Path, inputs: str) -> dict | None:
-    """The metrics in ``path`` if they read back and were computed from ``inputs``; else None (recompute)."""
-    metrics = read_json(path)
-    return metrics if metrics is not None and metrics.get("inputs") == inputs else None
-
-
-def file_digest(path: str | Path) -> str:
-    """The content hash (BLAKE2b) of one file: a copy, a touch or a restore from backup keeps it.
-
-    Remembered for this process by (path, inode, size, mtime): a pipeline asks for the same
-    checkpoint's digest at several steps, and a voc12 checkpoint is 400 MB. A file rewritten in
-    place gets a new mtime (or inode, through an atomic rename) and is hashed again."""
-    import hashlib
-
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
-    if key in _DIGESTS:
-        return _DIGESTS[key]
-    h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
-
-
-_DIGESTS: dict[tuple, str] = {}
-
-
-def _bytes_digest(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.blake2b(data, digest_size=20).hexdigest()
-
-
-def _recorded(entry) -> tuple[int | None, str | None]:
-    """``(size, digest)`` of one ``_sizes.json`` entry: ``[size, digest]``, or a bare size (older runs)."""
-    if isinstance(entry, list) and len(entry) == 2:
-        return entry[0], entry[1]
-    return (entry, None) if isinstance(entry, int) else (None, None)
-
-
-def record_sizes(folder: str | Path, names: Sequence[str]) -> None:
-    """Add the byte size and content digest of ``folder``'s finished files ``names`` to its
-    ``_sizes.json`` (called again on a complete folder, it fills in what a kill between the last
-    file and the record left out). Files already recorded at their size are not hashed again."""
-    folder = Path(folder)
-    old = read_json(folder / SIZES_FILE) or {}
-    sizes = dict(old)
-    for name in names:
-        with contextlib.suppress(OSError):
-            size = (folder / name).stat().st_size
-            if _recorded(sizes.get(name))[0] != size or _recorded(sizes.get(name))[1] is None:
-                sizes[name] = [size, file_digest(folder / name)]
-    if sizes != old or not (folder / SIZES_FILE).is_file():  # written only when it changes
-        atomic_write_text(folder / SIZES_FILE, json.dumps(sizes, sort_keys=True) + "\n")
-
-
-def drop_damaged(folder: str | Path) -> list[str]:
-    """Delete the files of ``folder`` whose size or content differs from what :func:`record_sizes`
-    recorded (cut short by a full disk, overwritten by a copy or an editor); return their names.
-    Every file it covers is derived, so the stage that writes it redoes exactly those."""
-    import logging
-
-    folder = Path(folder)
-    sizes = read_json(folder / SIZES_FILE)
-    if not sizes:
-        return []
-    damaged = []
-    for name, entry in sizes.items():
-        path = folder / name
-        size, digest = _recorded(entry)
-        try:
-            if path.stat().st_size != size or digest is not None and file_digest(path) != digest:
-                path.unlink()
-                damaged.append(name)
-        except FileNotFoundError:
-            continue
-    if damaged:
-        logging.getLogger(__name__).warning(
-            "%s: %d damaged file(s) deleted to be redone (e.g. %s)", folder, len(damaged), damaged[0]
-        )
-        atomic_write_text(
-            folder / SIZES_FILE, json.dumps({k: v for k, v in sizes.items() if k not in damaged}, sort_keys=True) + "\n"
-        )
-    return damaged
-
-
-class DamagedFileError(StageError):
-    """A derived file does not match the checksum recorded when it was written (it was deleted)."""
-
-
-def read_verified(path: str | Path, fix: str) -> bytes:
-    """The bytes of derived file ``path``, checked against the digest its folder's ``_sizes.json``
-    recorded. A file that differs is deleted (it is derived: the step that makes it redoes it) and
-    :class:`DamagedFileError` names it and ``fix``, the command that remakes it. A file not (yet)
-    recorded is returned as it is."""
-    path = Path(path)
-    data = path.read_bytes()
-    size, digest = _recorded(_sizes_record(path.parent).get(path.name))
-    if digest is not None and (len(data) != size or _bytes_digest(data) != digest):
-        raise damaged(path, fix, "it differs from what was written: its checksum in _sizes.json does not match")
-    return data
-
-
-def _sizes_record(folder: Path) -> dict:
-    """``folder/_sizes.json``, parsed once per version of the file: readers verify one file at a time,
-    and a VOC folder's record lists thousands."""
-    try:
-        st = (folder / SIZES_FILE).stat()
-    except OSError:
-        return {}
-    key = (str(folder.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    if _SIZES_CACHE.get("key") != key:
-        _SIZES_CACHE.update(key=key, record=read_json(folder / SIZES_FILE) or {})
-    return _SIZES_CACHE["record"]
-
-
-_SIZES_CACHE: dict = {}
-
-
-def damaged(path: Path, fix: str, why: str) -> DamagedFileError:
-    """Delete derived file ``path`` (and its record) and return the error that says so and names ``fix``."""
-    with contextlib.suppress(OSError):
-        path.unlink()
-    sizes = read_json(path.parent / SIZES_FILE)
-    if sizes and path.name in sizes:
-        del sizes[path.name]
-        with contextlib.suppress(OSError):
-            atomic_write_text(path.parent / SIZES_FILE, json.dumps(sizes, sort_keys=True) + "\n")
-    return DamagedFileError(f"{path} is damaged ({why}); it was deleted: {fix}")
 
 
 @dataclass(frozen=True)
@@ -519,15 +173,11 @@ def create_run(root: str | Path, cfg: Config, *, unchanged: Sequence[str] = ()) 
         return _open_or_start(run, cfg, unchanged)
 
 
-#: What a stage leaves in a run folder; while none of it exists, the config has not been used yet.
-_OUTPUTS = ("checkpoints", "cams", "metrics", "ir_labels", "pseudo_masks", "seg_predictions", "ablations", "log.jsonl")
-
-
 def _started(run: RunDir) -> bool:
     """Whether any stage has written into ``run`` (even a partial checkpoint). A log that holds only
     the timings of stages that failed (a bad batch size, a wrong data root) does not count: the
     corrected command must be able to replace the config."""
-    for name in _OUTPUTS:
+    for name in OUTPUTS:
         p = run.root / name
         if name == "log.jsonl" and p.is_file():
             if any(not (r.get("event") == STAGE_TIME_EVENT and r.get("ok") is False) for r in run.log_records()):
