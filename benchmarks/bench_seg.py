@@ -96,7 +96,7 @@ def run_case(
     from esol_lib.method.seg_recipe import param_groups, seg_loss, upsample_logits
     from esol_lib.models.deeplab import build_deeplab
     from esol_lib.runtime.config import SegConfig
-    from esol_lib.runtime.engine import make_sgd
+    from esol_lib.runtime.schedule import make_sgd
 
     if threads:
         torch.set_num_threads(threads)

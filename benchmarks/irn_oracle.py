@@ -50,7 +50,7 @@ def train_on_ground_truth(run, cfg, ds):
     from esol_lib.data.transforms import AugmentedDataset
     from esol_lib.method.irn import affinity_loss
     from esol_lib.models.boundary import BoundaryNet
-    from esol_lib.runtime.engine import PolyLR, make_sgd
+    from esol_lib.runtime.schedule import PolyLR, make_sgd
     from esol_lib.steps.refinement import (
         MOMENTUM,
         TRAIN_RADIUS_FACTOR,

@@ -99,7 +99,7 @@ def diagnostics(run) -> dict:
     from esol_lib.data.transforms import AugmentedDataset, TrainTransform
     from esol_lib.method.diagnostics import offset_gradients
     from esol_lib.models.esol import UNTRAINED_IN_EXPANSION
-    from esol_lib.runtime.engine import load_stage_checkpoint
+    from esol_lib.runtime.checkpoint import load_stage_checkpoint
     from esol_lib.steps._esol_shared import build_esol_model
     from esol_lib.steps._shared import split_dataset
     from esol_lib.steps.expansion import expansion_objective

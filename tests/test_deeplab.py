@@ -100,7 +100,7 @@ def test_param_groups_use_deeplab_lr_multipliers():
     all_ids = [id(p) for g in groups for p in g["params"]]
     assert len(all_ids) == len(set(all_ids)) == len(list(model.parameters()))
     # Through make_sgd + PolyLR the multipliers survive.
-    from esol_lib.runtime.engine import PolyLR, make_sgd
+    from esol_lib.runtime.schedule import PolyLR, make_sgd
 
     opt = make_sgd(groups, 0.01, momentum=0.9, weight_decay=5e-4)
     sched = PolyLR(opt, 10)

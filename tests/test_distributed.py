@@ -49,8 +49,9 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         unwrap,
         wrap_ddp,
     )
-    from esol_lib.runtime.engine import PolyLR, make_sgd, train_loop
+    from esol_lib.runtime.engine import train_loop
     from esol_lib.runtime.rundir import RunDir
+    from esol_lib.runtime.schedule import PolyLR, make_sgd
 
     info = init_distributed()
     assert init_distributed() == info  # idempotent

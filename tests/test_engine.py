@@ -12,21 +12,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from esol_lib.runtime.atomic import atomic_save
+from esol_lib.runtime.checkpoint import load_stage_checkpoint, partial_checkpoint_path
 from esol_lib.runtime.distributed import SeededSampler, make_loader
-from esol_lib.runtime.engine import (
-    DeadOutputGuard,
-    JsonlLogger,
-    PolyLR,
-    atomic_save,
-    load_stage_checkpoint,
-    make_sgd,
-    partial_checkpoint_path,
-    poly_lr,
-    seed_everything,
-    train_loop,
-)
+from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.errors import DivergenceError, StageError
 from esol_lib.runtime.rundir import RunDir
+from esol_lib.runtime.schedule import PolyLR, make_sgd, poly_lr
+from esol_lib.runtime.train_log import DeadOutputGuard, JsonlLogger
 
 # --------------------------------------------------------------------------- fixtures
 

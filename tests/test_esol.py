@@ -210,7 +210,8 @@ def test_one_expansion_checkpoint_serves_shrinkage_with_and_without_offsets(tmp_
     """Table 5 forks the expansion model into 'shrinkage without DT_s' and back: the shrinkage sampler's
     offset branch, untrained during expansion, may be present on one side only."""
     from esol_lib.models.esol import UNTRAINED_IN_EXPANSION
-    from esol_lib.runtime.engine import atomic_save, load_stage_checkpoint
+    from esol_lib.runtime.atomic import atomic_save
+    from esol_lib.runtime.checkpoint import load_stage_checkpoint
     from esol_lib.runtime.rundir import RunDir
 
     run = RunDir(tmp_path)

@@ -22,7 +22,7 @@ keeps it current; :mod:`esol_lib.runtime.freshness`):
   and redone (:func:`drop_damaged`), and one found so when read is deleted and named
   (:func:`read_verified`);
 - a trained model is current when the ``inputs`` its checkpoint records (its data's fingerprint,
-  the checkpoint it started from) equal the current ones (:mod:`esol_lib.runtime.engine`);
+  the checkpoint it started from) equal the current ones (:mod:`esol_lib.runtime.checkpoint`);
 - a metrics file is current when it reads back and its ``inputs`` equal the signature of what it
   would score now (:func:`current_metrics`).
 """

@@ -7,9 +7,11 @@ import torch
 from esol_lib.data.transforms import AugmentedDataset, TrainTransform
 from esol_lib.models import build_classifier, multilabel_loss
 from esol_lib.runtime.distributed import init_distributed, make_loader, wrap_ddp
-from esol_lib.runtime.engine import DeadOutputGuard, PolyLR, make_sgd, seed_everything, train_loop
+from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.errors import StageError
 from esol_lib.runtime.rundir import RunDir, holds_run_lock
+from esol_lib.runtime.schedule import PolyLR, make_sgd
+from esol_lib.runtime.train_log import DeadOutputGuard
 from esol_lib.steps._shared import LabelledOnly, resolve_device, split_dataset, stage_inputs
 
 __all__ = ["train_cam"]

@@ -55,6 +55,7 @@ from esol_lib.models import build_backbone
 from esol_lib.models.backbone import Backbone
 from esol_lib.models.boundary import BoundaryNet, boundary_map
 from esol_lib.runtime.atomic import atomic_write_text, read_json
+from esol_lib.runtime.checkpoint import load_checkpoint, load_stage_checkpoint, partial_checkpoint_path
 from esol_lib.runtime.config import Config
 from esol_lib.runtime.distributed import (
     barrier,
@@ -64,19 +65,12 @@ from esol_lib.runtime.distributed import (
     make_loader,
     wrap_ddp,
 )
-from esol_lib.runtime.engine import (
-    PolyLR,
-    load_checkpoint,
-    load_stage_checkpoint,
-    make_sgd,
-    partial_checkpoint_path,
-    seed_everything,
-    train_loop,
-)
+from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.errors import ConfigError, StageError
 from esol_lib.runtime.freshness import current_metrics, damaged, drop_damaged, read_verified, record_sizes, signature_of
 from esol_lib.runtime.parallel import map_ordered
 from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
+from esol_lib.runtime.schedule import PolyLR, make_sgd
 from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset
 
 __all__ = [
@@ -385,7 +379,7 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     head is trained with IRN's affinity loss on random ``irn.crop_size`` crops of the CAM split
     (rescale 0.5–1.5, flip) for ``irn.max_steps`` steps (else ``irn.epochs`` epochs), SGD at
     ``irn.lr`` with the poly schedule. Resumable; skipped when done. Returns the engine's
-    :class:`~esol_lib.runtime.engine.StageResult`.
+    :class:`~esol_lib.runtime.checkpoint.StageResult`.
     """
     cfg, split, ds = stage_setup(run, stage, None)
     ic = cfg.irn

@@ -37,12 +37,15 @@ from esol_lib.method.metrics import confusion_matrix, summarize, write_metrics
 from esol_lib.method.seg_recipe import aspp_lr_mult, crf_postprocess, param_groups, predict, seg_loss
 from esol_lib.models.deeplab import build_deeplab
 from esol_lib.runtime.atomic import read_json
+from esol_lib.runtime.checkpoint import load_stage_checkpoint
 from esol_lib.runtime.config import Config, config_to_dict
 from esol_lib.runtime.distributed import init_distributed, main_process_only, make_loader, wrap_ddp
-from esol_lib.runtime.engine import JsonlLogger, PolyLR, load_stage_checkpoint, make_sgd, seed_everything, train_loop
+from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.errors import ConfigError, DatasetError, StageError
 from esol_lib.runtime.freshness import current_metrics, damaged, drop_damaged, read_verified, record_sizes, signature_of
 from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
+from esol_lib.runtime.schedule import PolyLR, make_sgd
+from esol_lib.runtime.train_log import JsonlLogger
 from esol_lib.steps._shared import resolve_device
 
 __all__ = [
@@ -181,7 +184,7 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
 
     SGD (``seg.lr``, ``seg.momentum``, ``seg.weight_decay``) with the poly schedule
     ``lr · (1 - t/T)^0.9`` for ``T = seg.max_steps`` steps of ``seg.batch_size`` crops. Returns the
-    engine's :class:`~esol_lib.runtime.engine.StageResult`.
+    engine's :class:`~esol_lib.runtime.checkpoint.StageResult`.
     """
     _check_stage(stage)
     cfg = run.load_config()

@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from esol_lib.method.losses import shrinkage_loss
 from esol_lib.models.esol import UNTRAINED_IN_EXPANSION
-from esol_lib.runtime.engine import load_stage_checkpoint, seed_everything
+from esol_lib.runtime.checkpoint import load_stage_checkpoint
+from esol_lib.runtime.engine import seed_everything
 from esol_lib.runtime.rundir import holds_run_lock
 from esol_lib.steps._esol_shared import build_esol_model, stage_loader, train_esol_stage
 from esol_lib.steps._shared import resolve_device, stage_inputs

@@ -1,0 +1,66 @@
+"""The optimiser and the learning-rate schedule every training step uses: SGD and the poly decay.
+
+The schedule is DeepLab's and IRN's ``lr = base_lr * (1 - step / max_steps) ** power``, applied after
+every optimizer step; :func:`make_sgd` passes every setting by keyword.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def poly_lr(base_lr: float, step: int, max_steps: int, power: float = 0.9) -> float:
+    """``base_lr * (1 - step / max_steps) ** power``; 0 from ``max_steps`` on."""
+    if max_steps <= 0:
+        raise ValueError(f"max_steps must be positive, got {max_steps}")
+    frac = min(max(step, 0), max_steps) / max_steps
+    return base_lr * (1.0 - frac) ** power
+
+
+@dataclass
+class _PolyFactor:
+    """The poly multiplier as a picklable callable (so ``PolyLR.state_dict`` keeps it)."""
+
+    max_steps: int
+    power: float = 0.9
+
+    def __call__(self, step: int) -> float:
+        return poly_lr(1.0, step, self.max_steps, self.power)
+
+
+class PolyLR(LambdaLR):
+    """Poly schedule: each param group's lr is its initial lr × ``(1 - step/max_steps)^power``.
+
+    Call ``scheduler.step()`` once after every ``optimizer.step()``; optimizer step ``k``
+    (0-based) then runs with factor ``(1 - k/max_steps)^power``, as in IRN's PolyOptimizer.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, max_steps: int, power: float = 0.9, last_epoch: int = -1
+    ) -> None:
+        if max_steps <= 0:
+            raise ValueError(f"max_steps must be positive, got {max_steps}")
+        self.max_steps = max_steps
+        self.power = power
+        super().__init__(optimizer, _PolyFactor(max_steps, power), last_epoch=last_epoch)
+
+
+def make_sgd(
+    param_groups: Iterable[Any],
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    nesterov: bool = False,
+) -> torch.optim.SGD:
+    """SGD with momentum and weight decay passed by keyword.
+
+    IRN's ``PolyOptimizer`` passed ``weight_decay`` positionally into SGD's ``momentum`` slot,
+    so its momentum silently became 1e-4; keywords rule that out. ``param_groups`` is an
+    iterable of parameters or of dicts (groups may set their own ``lr``/``weight_decay``).
+    """
+    return torch.optim.SGD(list(param_groups), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
