@@ -9,26 +9,13 @@ import nbformat
 import pytest
 import yaml
 
-from esol_lib.book.build import (
-    CHAPTERS,
-    OWNER_FILE,
-    REPO_ROOT,
-    TIMING_FILE,
-    WIDGET_PLACEHOLDER,
-    build_book,
-    build_time_page,
-    check_published,
-    claim_build_folder,
-    clear_owned,
-    execute_notebooks,
-    machine_paths,
-    make_book,
-    not_this_build,
-    own,
-    owned_files,
-    publishable_notebook,
-    toc_files,
-)
+from esol_lib.book.build import make_book
+from esol_lib.book.chapters import execute_notebooks, not_this_build
+from esol_lib.book.html_build import build_book, toc_files
+from esol_lib.book.ownership import OWNER_FILE, claim_build_folder, clear_owned, own, owned_files
+from esol_lib.book.publish import WIDGET_PLACEHOLDER, check_published, machine_paths, publishable_notebook
+from esol_lib.book.sources import CHAPTERS, REPO_ROOT
+from esol_lib.book.timing import TIMING_FILE, build_time_page
 from esol_lib.runtime.errors import StageError
 
 PARAMS = 'profile = "cpu"\nrun_dir = ""\ndata_root = ""'

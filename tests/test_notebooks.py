@@ -18,7 +18,10 @@ import nbformat
 import numpy as np
 import pytest
 
-from esol_lib.book.build import CHAPTERS, REPO_ROOT, WIDGET_PLACEHOLDER, build_book, check_published, execute_notebooks
+from esol_lib.book.chapters import execute_notebooks
+from esol_lib.book.html_build import build_book
+from esol_lib.book.publish import WIDGET_PLACEHOLDER, check_published
+from esol_lib.book.sources import CHAPTERS, REPO_ROOT
 
 # One thread per kernel: the smoke tensors are tiny, and OpenMP threads that spin-wait for a busy core
 # make the IRN random walk (hundreds of small sparse products) up to 100x slower on a shared machine.
