@@ -5,7 +5,7 @@
    (:func:`~esol_lib.models.samplers.deform_conv2d_sampled`). Both run on the same inputs, at the
    voc12 shapes (2048 channels, a 32×32 map: 512 px crops at output stride 16); outputs and the
    gradients reaching the offsets and the weights are compared.
-2. **What each training step costs**: :func:`esol_lib.runtime.plan.plan_pipeline` on the ``voc12`` profile,
+2. **What each training step costs**: :func:`esol_lib.plan.plan_pipeline` on the ``voc12`` profile,
    measured on the device (``torch.cuda.max_memory_allocated`` of one real step at the full batch).
 3. **The voc12 pipeline end to end at toy length** on the device, from a generated dataset and
    random ImageNet-shaped stand-in weights (:mod:`esol_lib.models.random_imagenet`), with the
@@ -67,8 +67,8 @@ def sampler_agreement(device: str, channels: int, size: int, batch: int) -> dict
 
 
 def plan(profile: str) -> list[dict]:
+    from esol_lib.plan import plan_pipeline
     from esol_lib.runtime.config import load_config
-    from esol_lib.runtime.plan import plan_pipeline
 
     return [
         {

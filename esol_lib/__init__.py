@@ -52,7 +52,7 @@ _EXPORTS: dict[str, str] = {
     "other_glyphs": "esol_lib.data.openmoji",
     "glyph_name": "esol_lib.data.openmoji",
     "to_tensor": "esol_lib.data.transforms",
-    "render_glyph_set": "esol_lib.pretrain",
+    "render_glyph_set": "esol_lib.steps.pretrain",
     "OPENMOJI_WEIGHTS": "esol_lib.models.backbone",
     # what the chapters inspect
     "load_cam": "esol_lib.method.cam",

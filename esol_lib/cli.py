@@ -191,7 +191,7 @@ def cmd_data_emoji(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from esol_lib.pretrain import PretrainRecipe, pretrain_backbone
+    from esol_lib.steps.pretrain import PretrainRecipe, pretrain_backbone
 
     fields = {"steps": args.steps, "seed": args.seed}
     recipe = dataclasses.replace(PretrainRecipe(), **{k: v for k, v in fields.items() if v is not None})
@@ -325,7 +325,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
-        from esol_lib.runtime.plan import plan_pipeline, plan_table
+        from esol_lib.plan import plan_pipeline, plan_table
 
         if args.data_root:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(args.data_root)))

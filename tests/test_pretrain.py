@@ -11,8 +11,8 @@ import torch
 from esol_lib.cli import main
 from esol_lib.models.backbone import OPENMOJI_WEIGHTS, build_backbone
 from esol_lib.models.classifier import build_classifier
-from esol_lib.pretrain import PretrainRecipe, pretrain_backbone, recipe_fingerprint, render_glyph_set
 from esol_lib.runtime.config import load_config
+from esol_lib.steps.pretrain import PretrainRecipe, pretrain_backbone, recipe_fingerprint, render_glyph_set
 
 TINY = PretrainRecipe(steps=2, batch_size=4, renders_per_class=1, heldout_per_class=1, size=32, warmup=1)
 
@@ -46,7 +46,7 @@ def test_pretrain_writes_a_backbone_that_model_pretrained_loads(tmp_path):
 
 @pytest.mark.slow  # trains a backbone end to end through the command line
 def test_cli_pretrain(tmp_path, monkeypatch, capsys):
-    import esol_lib.pretrain as pretrain
+    import esol_lib.steps.pretrain as pretrain
 
     monkeypatch.setattr(pretrain, "PretrainRecipe", lambda: TINY)
     assert main(["pretrain", "--out", str(tmp_path / "b.pth"), "--steps", "1"]) == 0
@@ -71,7 +71,7 @@ def test_missing_weights_file_names_it(tmp_path):
 
 
 def test_a_missing_shipped_backbone_is_trained_once_when_a_config_needs_it(tmp_path, monkeypatch):
-    import esol_lib.pretrain as pretrain
+    import esol_lib.steps.pretrain as pretrain
 
     calls = []
     target = tmp_path / "small-openmoji.pth"

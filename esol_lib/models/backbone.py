@@ -38,7 +38,7 @@ IMAGENET_FILES: dict[str, tuple[str, ...]] = {
 TORCHVISION_URL = "https://download.pytorch.org/models/{file}"
 
 # The proxy-ImageNet ``small`` backbone that ships with the package (``model.pretrained: openmoji``),
-# made by ``esol pretrain`` (esol_lib.pretrain) on OpenMoji glyphs of non-VOC classes.
+# made by ``esol pretrain`` (esol_lib.steps.pretrain) on OpenMoji glyphs of non-VOC classes.
 OPENMOJI_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "small-openmoji.pth"
 
 SMALL_STEM_CHANNELS = 32

@@ -1,4 +1,4 @@
-"""The proxy-ImageNet classifier of ``esol pretrain`` (:mod:`esol_lib.pretrain`): a backbone over glyph classes."""
+"""The proxy-ImageNet classifier of ``esol pretrain`` (:mod:`esol_lib.steps.pretrain`): a backbone over glyphs."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 In order (chapters 01-06; ``esol <command>`` runs each alone, ``esol pipeline`` all of them)::
 
+    pretrain.pretrain_backbone → a backbone pretrained on glyphs (--out)       esol pretrain
     baseline.train_cam       → checkpoints/baseline.pt                        esol train-cam   (01)
     expansion.expand         → checkpoints/expansion.pt                       esol expand      (02, 03)
     shrinkage.shrink         → checkpoints/shrinkage.pt                       esol shrink      (04)
@@ -12,9 +13,11 @@ In order (chapters 01-06; ``esol <command>`` runs each alone, ``esol pipeline`` 
     segmentation.train_seg   → checkpoints/seg-<stage>.pt                     esol train-seg   (06)
     segmentation.eval_seg    → seg_predictions/, metrics/seg-<stage>_<split>  esol eval-seg    (06)
 
-``common`` opens run folders and holds what the steps share; ``esol_training`` what the two ESOL
-steps share. Any step can be re-run alone; one whose inputs are missing names the command to run
-first.
+``_shared`` opens run folders and holds what the steps share; ``_esol_shared`` what the two ESOL
+steps share (the underscore: neither is a step). A step module is named after what it makes, not
+after its function: loading ``esol_lib.steps.X`` sets the package's attribute ``X`` to the module,
+which would shadow a function of the same name. Any step can be re-run alone; one whose inputs are
+missing names the command to run first.
 
 Words: a **step** is one of these functions (one ``esol`` command). A **stage** is one of the
 paper's three CAM models, ``baseline``, ``expansion`` and ``shrinkage`` (``--stage``, ``cams/<stage>/``);
