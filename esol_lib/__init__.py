@@ -12,6 +12,13 @@ esol_lib`` (and the ``esol`` command) costs nothing until a name is asked for.
     figures and tables        ``viz``, ``widgets``
     the paper and the runs    ``paper``, ``ablation``, ``results``, ``readings``, ``RunDir``
     ========================  ===============================================================
+
+The package shows four kinds of code (docs/ARCHITECTURE.md says what may import what): ``method/``
+(the paper's operations, with the networks in ``models/`` and the datasets in ``data/``),
+``runtime/`` (config, run folder, training loop, processes), ``steps/`` (the pipeline) and ``book/``
+(the book's code; ``viz``, ``widgets``, ``paper``, ``results``, ``readings`` and ``ablation`` live
+there and are reached here as namespaces). The entry points ``cli``, ``pipeline`` and ``plan`` sit
+at the top.
 """
 
 from __future__ import annotations

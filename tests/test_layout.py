@@ -1,5 +1,6 @@
-"""The package's shape: networks in ``models/``, one module per pipeline step in ``steps/``, no import
-cycle, no private name used outside its module, and one namespace for the chapters."""
+"""The package's shape: four kinds of code on the floors of docs/ARCHITECTURE.md, networks in ``models/``,
+one module per pipeline step in ``steps/``, no import cycle, every module importable alone, no module
+name twice, no private name used outside its module, and one namespace for the chapters."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib
 import inspect
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 import textwrap
@@ -208,3 +210,50 @@ def test_the_chapter_namespace_names_no_submodule():
     submodules = {info.name for info in pkgutil.iter_modules(esol_lib.__path__)}
     clashes = [n for n in esol_lib.__all__ if n in submodules and not inspect.ismodule(getattr(esol_lib, n))]
     assert not clashes, f"esol_lib's exported names that are also submodules: {clashes}"
+
+
+def _floors() -> tuple[dict[str, str], dict[str, set[str]]]:
+    """docs/ARCHITECTURE.md's "May import" table: module prefix → floor, and floor → the floors it may import."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    table = text.split("## May import", 1)[1].split("\n## ", 1)[0]
+    prefixes: dict[str, str] = {}
+    allowed: dict[str, set[str]] = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[0] in ("floor", "") or set(cells[0]) <= {"-"}:
+            continue
+        floor, modules, may = cells
+        for prefix in re.findall(r"`([\w.]+)`", modules):
+            prefixes[prefix] = floor
+        allowed[floor] = {f.strip() for f in may.split(",") if f.strip() not in ("—", "-", "")}
+    return prefixes, allowed
+
+
+def _floor_of(module: str, prefixes: dict[str, str]) -> str | None:
+    matches = [p for p in prefixes if module == p or module.startswith(p + ".")]
+    return prefixes[max(matches, key=len)] if matches else None
+
+
+def test_every_import_goes_down_the_floors_of_architecture_md():
+    prefixes, allowed = _floors()
+    assert {"entry", "book", "steps", "method", "data", "runtime"} <= set(allowed), allowed
+    assert all(floors <= set(allowed) for floors in allowed.values()), "a floor the table does not define"
+    graph = _import_graph()
+    homeless = [m for m in graph if _floor_of(m, prefixes) is None]
+    assert not homeless, f"modules on no floor of docs/ARCHITECTURE.md: {homeless}"
+    wrong = sorted(
+        f"{a} → {b}"
+        for a, targets in graph.items()
+        for b in targets
+        if b != "esol_lib"
+        and _floor_of(a, prefixes) != _floor_of(b, prefixes)
+        and _floor_of(b, prefixes) not in allowed[_floor_of(a, prefixes)]
+    )
+    assert not wrong, "imports docs/ARCHITECTURE.md does not allow: " + ", ".join(wrong)
+
+
+def test_the_floor_check_catches_an_upward_import():
+    prefixes, allowed = _floors()
+    assert _floor_of("esol_lib.runtime.rundir", prefixes) == "runtime"
+    assert _floor_of("esol_lib.models.esol", prefixes) == "method"
+    assert "steps" not in allowed["runtime"] and "book" not in allowed["steps"]
