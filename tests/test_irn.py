@@ -295,6 +295,7 @@ def test_refine_end_to_end_on_smoke(smoke_stages, tmp_path, monkeypatch):
     from esol_lib import steps
     from esol_lib.runtime.config import save_config
     from esol_lib.runtime.errors import ConfigError, StageError
+    from esol_lib.steps._shared import split_dataset
     from esol_lib.steps.refinement import ir_label_dir, refine
 
     monkeypatch.chdir(tmp_path)
@@ -313,8 +314,8 @@ def test_refine_end_to_end_on_smoke(smoke_stages, tmp_path, monkeypatch):
     save_config(cfg, run.config_path)
     metrics = refine(run, "baseline", progress=False)
 
-    ids = steps.common.split_dataset(cfg, cfg.data.cam_split).ids
-    k = len(steps.common.split_dataset(cfg, cfg.data.cam_split).classes)
+    ids = split_dataset(cfg, cfg.data.cam_split).ids
+    k = len(split_dataset(cfg, cfg.data.cam_split).classes)
     for folder in (ir_label_dir(run, "baseline"), run.pseudo_masks("baseline")):
         assert sorted(p.stem for p in folder.glob("*.png")) == sorted(ids)
     assert run.checkpoint("irn-baseline").is_file()
@@ -327,7 +328,7 @@ def test_refine_end_to_end_on_smoke(smoke_stages, tmp_path, monkeypatch):
     for key in ("stage", "split", "miou", "precision", "recall", "f1", "per_class_iou"):
         assert key in saved
     assert saved["stage"] == "baseline" and 0.0 <= saved["miou"] <= 1.0
-    assert set(saved["per_class_iou"]) == {"background", *steps.common.split_dataset(cfg, cfg.data.cam_split).classes}
+    assert set(saved["per_class_iou"]) == {"background", *split_dataset(cfg, cfg.data.cam_split).classes}
     assert metrics["miou"] == saved["miou"]
 
     mtime = path.stat().st_mtime_ns
