@@ -257,3 +257,19 @@ def test_the_floor_check_catches_an_upward_import():
     assert _floor_of("esol_lib.runtime.rundir", prefixes) == "runtime"
     assert _floor_of("esol_lib.models.esol", prefixes) == "method"
     assert "steps" not in allowed["runtime"] and "book" not in allowed["steps"]
+
+
+def test_signatures_are_made_in_runtime_freshness_only():
+    """One freshness contract: no other module hashes what a run folder records. The others that hash
+    make names, not signatures: cache keys (feature_cache, the label cache of data/voc) and the
+    pretrained weights' file name (steps/pretrain)."""
+    hashing = {name for name, path in _modules().items() if re.search(r"^\s*import hashlib", path.read_text(), re.M)}
+    allowed = {
+        "esol_lib.runtime.freshness",
+        "esol_lib.runtime.feature_cache",
+        "esol_lib.data.voc",
+        "esol_lib.steps.pretrain",
+    }
+    assert hashing <= allowed, f"modules that hash outside runtime/freshness: {sorted(hashing - allowed)}"
+    meta = {name for name, path in _modules().items() if '"_meta.json"' in path.read_text()}
+    assert meta == {"esol_lib.runtime.freshness"}, meta

@@ -16,7 +16,6 @@ mapping a normalised image batch ``(B, 3, H, W)`` to raw class maps ``(B, K, h, 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -33,7 +32,14 @@ from esol_lib.data.transforms import to_tensor
 from esol_lib.method.metrics import ThresholdSweep, confusion_matrix
 from esol_lib.runtime.atomic import atomic_path, atomic_write_text, read_json
 from esol_lib.runtime.errors import DivergenceError, StageError
-from esol_lib.runtime.freshness import damaged, drop_damaged, file_digest, read_verified, record_sizes
+from esol_lib.runtime.freshness import (
+    META_FILE,
+    damaged,
+    data_record,
+    drop_damaged,
+    read_verified,
+    record_sizes,
+)
 from esol_lib.runtime.parallel import map_ordered
 
 __all__ = [
@@ -44,12 +50,10 @@ __all__ = [
     "load_cam",
     "cams_to_label",
     "evaluate_cams",
-    "cam_dir_signature",
     "seed_part_recall",
 ]
 
 CamFn = Callable[[torch.Tensor], torch.Tensor]
-_META = "_meta.json"
 
 
 def multiscale_cam(
@@ -85,40 +89,6 @@ def multiscale_cam(
     assert total is not None
     peak = total.flatten(2).max(-1).values[..., None, None]
     return total / (peak + eps)
-
-
-def cam_dir_signature(checkpoint: Path | None, scales: Sequence[float], flip: bool, extra: str = "") -> str:
-    """A fingerprint of the model side of a CAM folder: the checkpoint's bytes, scales, flip, ``extra``."""
-    h = hashlib.sha1(json.dumps({"scales": list(scales), "flip": flip, "extra": extra}).encode())
-    if checkpoint is not None and Path(checkpoint).is_file():
-        h.update(file_digest(checkpoint).encode())
-    return h.hexdigest()
-
-
-def data_fingerprint(dataset) -> str:
-    """A fingerprint of the data side of a split's CAMs and scores: the class list, the id list and
-    the bytes of every image and mask of the split (content, not time stamps).
-
-    Another dataset generated with the same ids (``esol data emoji --seed 1``), an edited mask or a
-    re-encoded image all change it; the split's CAMs are then recomputed and its scores redone.
-    """
-    head = json.dumps([list(getattr(dataset, "classes", [])), list(dataset.ids)])
-    has_mask = getattr(dataset, "has_mask", lambda image_id: True)
-    files = []
-    for image_id in dataset.ids:
-        files.append(Path(dataset.image_path(image_id)))
-        if has_mask(image_id):
-            files.append(Path(dataset.mask_path(image_id)))
-    h = hashlib.blake2b(head.encode(), digest_size=20)
-    for path in files:
-        h.update(file_digest(path).encode())
-    return h.hexdigest()
-
-
-def data_record(out_dir: Path, split: str) -> Path:
-    """``cams/<stage>/_data_<split>.json``: the :func:`data_fingerprint` of the split whose CAMs the
-    folder holds. Kept apart from ``_meta.json``, whose time stamp says when the model changed."""
-    return Path(out_dir) / f"_data_{split}.json"
 
 
 def _cam_path(out_dir: Path, image_id: str) -> Path:
@@ -161,7 +131,7 @@ def compute_cams(
     """
     batch_size = cam_batch_size(device) if batch_size is None else batch_size
     out_dir = Path(out_dir)
-    meta_path = out_dir / _META
+    meta_path = out_dir / META_FILE
     if out_dir.is_dir():
         old = (read_json(meta_path) or {}).get("signature")
         if old != signature:

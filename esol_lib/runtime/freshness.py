@@ -1,29 +1,39 @@
-"""Whether an output is current, decided by content, never by time stamps.
+"""Whether an output is current, decided by content, never by time stamps: the one freshness contract.
 
-Signatures of settings (:func:`signature_of`), digests of files (:func:`file_digest`), the
-``_sizes.json`` record of a folder's finished files (:func:`record_sizes`, :func:`drop_damaged`,
-:func:`read_verified`) and the metrics that are current for their inputs (:func:`current_metrics`).
-The run folder's layout is described in :mod:`esol_lib.runtime.rundir`.
+Every signature a run folder records is made here: of settings (:func:`signature_of`), of files
+(:func:`file_digest`), of a split's data (:func:`data_fingerprint`, kept in
+``cams/<stage>/_data_<split>.json``: :func:`data_record`), of a CAM folder's model
+(:func:`cam_dir_signature`) and of refine's folders (:func:`recorded_signature`). A folder of per-image
+files records its signature in ``_meta.json`` (:data:`META_FILE`, :func:`folder_signature`) and its
+finished files in ``_sizes.json`` (:func:`record_sizes`, :func:`drop_damaged`, :func:`read_verified`);
+a metrics file is current when its ``inputs`` equal what it would score now (:func:`current_metrics`).
+
+BLAKE2b makes every new signature. :func:`cam_dir_signature` and :func:`recorded_signature` keep
+SHA-1 because their values are already written in run folders: another hash would judge every
+existing run's CAMs, IR labels and pseudo masks stale and recompute them. The run folder's layout
+is described in :mod:`esol_lib.runtime.rundir`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from esol_lib.runtime.atomic import atomic_write_text, read_json
 from esol_lib.runtime.errors import StageError
 
 SIZES_FILE = "_sizes.json"
+#: A folder of per-image files records here the signature of what it was made from (``{"signature": ...}``).
+META_FILE = "_meta.json"
 
 
 def signature_of(parts: dict) -> str:
     """A content signature of ``parts`` (JSON-serialisable settings and other signatures)."""
-    import hashlib
-
     return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=20).hexdigest()
 
 
@@ -39,8 +49,6 @@ def file_digest(path: str | Path) -> str:
     Remembered for this process by (path, inode, size, mtime): a pipeline asks for the same
     checkpoint's digest at several steps, and a voc12 checkpoint is 400 MB. A file rewritten in
     place gets a new mtime (or inode, through an atomic rename) and is hashed again."""
-    import hashlib
-
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if key in _DIGESTS:
@@ -57,8 +65,6 @@ _DIGESTS: dict[tuple, str] = {}
 
 
 def _bytes_digest(data: bytes) -> str:
-    import hashlib
-
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
@@ -158,3 +164,49 @@ def damaged(path: Path, fix: str, why: str) -> DamagedFileError:
         with contextlib.suppress(OSError):
             atomic_write_text(path.parent / SIZES_FILE, json.dumps(sizes, sort_keys=True) + "\n")
     return DamagedFileError(f"{path} is damaged ({why}); it was deleted: {fix}")
+
+
+def recorded_signature(obj: Any) -> str:
+    """The SHA-1 signature of ``obj`` (sorted JSON) that refine records in ``ir_labels/`` and
+    ``pseudo_masks/`` ``_meta.json``. It is not :func:`signature_of` because the values are already
+    written in run folders: another hash would make every existing run's labels and masks stale."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def folder_signature(folder: Path) -> str | None:
+    """The signature ``folder/_meta.json`` records; None when there is none."""
+    return (read_json(folder / META_FILE) or {}).get("signature")
+
+
+def cam_dir_signature(checkpoint: Path | None, scales: Sequence[float], flip: bool, extra: str = "") -> str:
+    """A fingerprint of the model side of a CAM folder: the checkpoint's bytes, scales, flip, ``extra``."""
+    h = hashlib.sha1(json.dumps({"scales": list(scales), "flip": flip, "extra": extra}).encode())
+    if checkpoint is not None and Path(checkpoint).is_file():
+        h.update(file_digest(checkpoint).encode())
+    return h.hexdigest()
+
+
+def data_fingerprint(dataset) -> str:
+    """A fingerprint of the data side of a split's CAMs and scores: the class list, the id list and
+    the bytes of every image and mask of the split (content, not time stamps).
+
+    Another dataset generated with the same ids (``esol data emoji --seed 1``), an edited mask or a
+    re-encoded image all change it; the split's CAMs are then recomputed and its scores redone.
+    """
+    head = json.dumps([list(getattr(dataset, "classes", [])), list(dataset.ids)])
+    has_mask = getattr(dataset, "has_mask", lambda image_id: True)
+    files = []
+    for image_id in dataset.ids:
+        files.append(Path(dataset.image_path(image_id)))
+        if has_mask(image_id):
+            files.append(Path(dataset.mask_path(image_id)))
+    h = hashlib.blake2b(head.encode(), digest_size=20)
+    for path in files:
+        h.update(file_digest(path).encode())
+    return h.hexdigest()
+
+
+def data_record(out_dir: Path, split: str) -> Path:
+    """``cams/<stage>/_data_<split>.json``: the :func:`data_fingerprint` of the split whose CAMs the
+    folder holds. Kept apart from ``_meta.json``, whose time stamp says when the model changed."""
+    return Path(out_dir) / f"_data_{split}.json"

@@ -14,13 +14,13 @@ import torch
 
 from esol_lib.data import VOCSegmentation, load_image, resolve_data_root
 from esol_lib.data.voc import SPLIT_DIR, available_splits
-from esol_lib.method.cam import data_fingerprint, data_record, file_digest
 from esol_lib.models import build_classifier
 from esol_lib.runtime.atomic import read_json
 from esol_lib.runtime.checkpoint import INPUTS_KEY, load_checkpoint, load_stage_checkpoint
 from esol_lib.runtime.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
 from esol_lib.runtime.distributed import init_distributed
 from esol_lib.runtime.errors import ConfigError, EsolError, StageError
+from esol_lib.runtime.freshness import data_fingerprint, data_record, file_digest
 from esol_lib.runtime.rundir import RunDir, create_run
 from esol_lib.steps.pretrain import ensure_openmoji_weights
 

@@ -15,15 +15,7 @@ from pathlib import Path
 
 import torch
 
-from esol_lib.method.cam import (
-    cam_batch_size,
-    cam_dir_signature,
-    compute_cams,
-    data_fingerprint,
-    data_record,
-    evaluate_cams,
-    seed_part_recall,
-)
+from esol_lib.method.cam import cam_batch_size, compute_cams, evaluate_cams, seed_part_recall
 from esol_lib.method.crf import crf_from_labelings, label_crf_kwargs
 from esol_lib.method.metrics import read_metrics, write_metrics
 from esol_lib.runtime.atomic import read_json
@@ -31,7 +23,14 @@ from esol_lib.runtime.config import Config, config_to_dict
 from esol_lib.runtime.distributed import main_process_only
 from esol_lib.runtime.errors import StageError
 from esol_lib.runtime.feature_cache import cached_backbone
-from esol_lib.runtime.freshness import current_metrics, signature_of
+from esol_lib.runtime.freshness import (
+    cam_dir_signature,
+    current_metrics,
+    data_fingerprint,
+    data_record,
+    folder_signature,
+    signature_of,
+)
 from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
 from esol_lib.steps._esol_shared import load_stage_model
 from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset
@@ -118,7 +117,7 @@ def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -
     folder = run.cams(stage)
     return signature_of(
         {
-            "cams": (read_json(folder / "_meta.json") or {}).get("signature"),
+            "cams": folder_signature(folder),
             "data": (read_json(data_record(folder, split)) or {}).get("data"),
             "thresholds": [float(t) for t in cfg.cam.thresholds],
             "crf": config_to_dict(cfg)["crf"] if crf else None,

@@ -31,13 +31,11 @@ Choices that differ from IRN's public setup (all documented where they are made)
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +45,7 @@ from tqdm.auto import tqdm
 
 from esol_lib.data import VOCSegmentation, load_image, load_mask, save_label_png
 from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
-from esol_lib.method.cam import file_digest, load_cam
+from esol_lib.method.cam import load_cam
 from esol_lib.method.crf import label_crf_kwargs
 from esol_lib.method.irn import affinity_loss, ir_labels, pseudo_mask
 from esol_lib.method.metrics import confusion_matrix, summarize, write_metrics
@@ -67,7 +65,18 @@ from esol_lib.runtime.distributed import (
 )
 from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.errors import ConfigError, StageError
-from esol_lib.runtime.freshness import current_metrics, damaged, drop_damaged, read_verified, record_sizes, signature_of
+from esol_lib.runtime.freshness import (
+    META_FILE,
+    current_metrics,
+    damaged,
+    drop_damaged,
+    file_digest,
+    folder_signature,
+    read_verified,
+    record_sizes,
+    recorded_signature,
+    signature_of,
+)
 from esol_lib.runtime.parallel import map_ordered
 from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
 from esol_lib.runtime.schedule import PolyLR, make_sgd
@@ -92,7 +101,6 @@ SCALE_RANGE = (0.5, 1.5)  # IRN's random rescale of the training images
 MOMENTUM = 1e-4  # IRN's effective momentum (see the module docstring)
 WEIGHT_DECAY = 1e-4
 CHECKPOINT_EVERY = 200
-_META = "_meta.json"
 
 
 # ----------------------------------------------------------------------------- paths and signatures
@@ -108,23 +116,15 @@ def irn_stage_name(stage: str) -> str:
     return f"irn-{stage}"
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _cam_signature(run: RunDir, stage: str) -> str:
     """The CAM folder's model signature and the data records of its splits: new data redoes the labels."""
     folder = run.cams(stage)
     data = sorted((p.name, (read_json(p) or {}).get("data")) for p in folder.glob("_data_*.json"))
-    return (read_json(folder / _META) or {}).get("signature", "") + (_hash(data) if data else "")
-
-
-def _file_signature(path: Path) -> str:
-    return file_digest(path)
+    return (read_json(folder / META_FILE) or {}).get("signature", "") + (recorded_signature(data) if data else "")
 
 
 def _ir_signature(run: RunDir, cfg: Config, stage: str) -> str:
-    return _hash(
+    return recorded_signature(
         {
             "cams": _cam_signature(run, stage),
             "conf_fg": cfg.irn.conf_fg_thres,
@@ -136,10 +136,10 @@ def _ir_signature(run: RunDir, cfg: Config, stage: str) -> str:
 
 def _mask_signature(run: RunDir, cfg: Config, stage: str) -> str:
     ckpt = run.checkpoint(irn_stage_name(stage))
-    return _hash(
+    return recorded_signature(
         {
             "cams": _cam_signature(run, stage),
-            "irn": _file_signature(ckpt) if ckpt.is_file() else "",
+            "irn": file_digest(ckpt) if ckpt.is_file() else "",
             "radius": cfg.irn.radius,
             "beta": cfg.irn.beta,
             "exp_times": cfg.irn.exp_times,
@@ -154,17 +154,13 @@ def _mask_metrics_inputs(run: RunDir, cfg: Config, stage: str, ds) -> str:
     return signature_of({"masks": _mask_signature(run, cfg, stage), "ids": list(ds.ids)})
 
 
-def _folder_signature(out_dir: Path) -> str | None:
-    return (read_json(out_dir / _META) or {}).get("signature")
-
-
 def _prepare(out_dir: Path, signature: str) -> None:
     """Empty ``out_dir`` if it was made from other inputs; record ``signature`` (rank 0 only)."""
     if is_main_process():
-        if out_dir.is_dir() and _folder_signature(out_dir) != signature:
+        if out_dir.is_dir() and folder_signature(out_dir) != signature:
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / _META, json.dumps({"signature": signature}) + "\n")
+        atomic_write_text(out_dir / META_FILE, json.dumps({"signature": signature}) + "\n")
     barrier()
 
 
@@ -172,7 +168,7 @@ def _complete(out_dir: Path, ids: Sequence[str], signature: str) -> bool:
     """Every ``<id>.png`` exists, undamaged (damaged ones are deleted: :func:`esol_lib.runtime.freshness.drop_damaged`),
     and the folder was made from the current inputs."""
     complete = (
-        _folder_signature(out_dir) == signature
+        folder_signature(out_dir) == signature
         and not drop_damaged(out_dir)
         and all((out_dir / f"{i}.png").is_file() for i in ids)
     )

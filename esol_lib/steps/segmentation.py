@@ -32,17 +32,26 @@ from tqdm.auto import tqdm
 from esol_lib.data import VOCSegmentation, read_classes, read_split, save_label_png
 from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
 from esol_lib.data.voc import load_image, load_mask
-from esol_lib.method.cam import data_fingerprint, file_digest
 from esol_lib.method.metrics import confusion_matrix, summarize, write_metrics
 from esol_lib.method.seg_recipe import aspp_lr_mult, crf_postprocess, param_groups, predict, seg_loss
 from esol_lib.models.deeplab import build_deeplab
-from esol_lib.runtime.atomic import read_json
 from esol_lib.runtime.checkpoint import load_stage_checkpoint
 from esol_lib.runtime.config import Config, config_to_dict
 from esol_lib.runtime.distributed import init_distributed, main_process_only, make_loader, wrap_ddp
 from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.errors import ConfigError, DatasetError, StageError
-from esol_lib.runtime.freshness import current_metrics, damaged, drop_damaged, read_verified, record_sizes, signature_of
+from esol_lib.runtime.freshness import (
+    META_FILE,
+    current_metrics,
+    damaged,
+    data_fingerprint,
+    drop_damaged,
+    file_digest,
+    folder_signature,
+    read_verified,
+    record_sizes,
+    signature_of,
+)
 from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
 from esol_lib.runtime.schedule import PolyLR, make_sgd
 from esol_lib.runtime.train_log import JsonlLogger
@@ -242,7 +251,7 @@ def seg_inputs(cfg: Config, mask_dir: Path, split: str) -> dict[str, str]:
     ``_meta.json``: the CAMs, IRN and their data) and the training split's images and masks. Recorded
     in the checkpoint: new data or new pseudo masks retrain DeepLab instead of reporting it done."""
     return {
-        "pseudo_masks": str((read_json(mask_dir / "_meta.json") or {}).get("signature")),
+        "pseudo_masks": str(folder_signature(mask_dir)),
         "data": data_fingerprint(VOCSegmentation(cfg.data.root, split)),
     }
 
@@ -256,7 +265,7 @@ def load_seg_model(run: RunDir, cfg: Config, stage: str, num_classes: int, devic
     model = build_deeplab(cfg.seg, num_classes, pretrained=None, freeze_bn=False)
     mask_dir = run.pseudo_masks(stage)
     inputs = None
-    if (mask_dir / "_meta.json").is_file():
+    if (mask_dir / META_FILE).is_file():
         with contextlib.suppress(StageError):  # masks half gone: the model is still scored as it is
             inputs = seg_inputs(cfg, mask_dir, training_split(cfg, mask_dir)[0])
     load_stage_checkpoint(
