@@ -106,7 +106,7 @@ def _slider_view(slider, render):
 
 
 def beta_explorer(probe: ClipProbe, value: float = 0.15):
-    """An ipywidgets slider for β that redraws the clipped features and the CAMs (about 0.1 s a move)."""
+    """An ipywidgets slider for β that redraws the clipped features and the CAMs on every move."""
     import ipywidgets as widgets
 
     slider = widgets.FloatSlider(

@@ -186,11 +186,11 @@ def cam_batch_size(device: torch.device | str, feature_cache: bool = False) -> i
     """Images per forward pass of :func:`compute_cams`: 8, but 1 (2 with the flip) on a CPU without
     the feature cache.
 
-    On a CPU a batch of 8 (16 with the flips) at scale 2.0 runs out of the processor's caches: the
-    same passes take up to 1.7 times as long as one image at a time (``benchmarks/compare.py``, the
-    book's Performance page). With the feature cache on (``feature_cache_mb``, the ``cpu``
+    On a CPU a batch of 8 (16 with the flips) at scale 2.0 runs out of the processor's caches, so
+    the same passes take longer than one image at a time (measured by ``benchmarks/compare.py``, on
+    the book's Performance page). With the feature cache on (``feature_cache_mb``, the ``cpu``
     profile) the backbone's passes are memoised per batch, and one entry per image costs more in
-    hashing, files and loads than it saves: there batches of 8 are faster. A GPU needs the batch.
+    hashing, files and loads than it saves: there batches of 8 win. A GPU needs the batch.
     """
     return 1 if torch.device(device).type == "cpu" and not feature_cache else 8
 

@@ -119,7 +119,7 @@ def crf_from_labelings(
     bilateral_srgb: float = 5.0,
     bilateral_compat: float = 10.0,
 ) -> list[np.ndarray]:
-    """:func:`crf_from_labels` for several labellings of one image: the same results, a third faster.
+    """:func:`crf_from_labels` for several labellings of one image: the same results, with the image's work done once.
 
     The pairwise terms depend on the image alone, so their lattices are built once and each
     labelling only sets its unary (a seed at five thresholds, IRN's two confident seeds).

@@ -230,9 +230,9 @@ def path_affinities(boundary: Tensor, radius: int) -> Tensor:
     How: the arg-max is found without autograd on one int64 key per padded pixel
     (:func:`_path_keys`), by a running in-place ``maximum`` over the path's shifted views
     (:func:`_path_argmax`); then the boundary values are gathered once at those
-    positions with autograd. This is three times faster than stacking every path's points and
-    taking their max, because the backward pass is one scatter instead of one padded-size
-    gradient per path point (2,134 of them at IRN's training radius 10). Ties between equal values
+    positions with autograd. This is faster than stacking every path's points and taking their
+    max, because the backward pass is one scatter instead of one padded-size gradient per path
+    point (thousands of them at IRN's training radius). Ties between equal values
     go to the later pixel in memory order (``torch.max`` takes the first point of the path); the
     affinities are the same, and only a gradient split between exactly equal unsaturated scores
     can differ. The gather is ``Tensor.gather``, whose CPU backward sums in a fixed order;

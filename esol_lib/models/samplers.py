@@ -35,7 +35,7 @@ def deform_conv2d_sampled(
     x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Eq. (4) via ``grid_sample``: the same result as ``torchvision.ops.deform_conv2d`` (stride 1,
-    'same' padding, zeros outside the map), several times faster on CPU.
+    'same' padding, zeros outside the map), and faster on CPU (``benchmarks/compare.py`` measures it).
 
     Every kernel point ``n`` samples ``x`` bilinearly at ``p0 + p_n + Δp_n``; the ``k·k`` sampled
     maps are then contracted with the regular weights by one 1×1 convolution. torchvision's CPU

@@ -151,7 +151,7 @@ def check_done(
     stage trains again instead of reporting an old model as done on new data.
     """
     final, partial = run_dir.checkpoint(stage), partial_checkpoint_path(run_dir, stage)
-    kept = None  # the final checkpoint, read once (a voc12 one is 400 MB)
+    kept = None  # the final checkpoint, read once (a voc12 one is large)
     if inputs:
         for path in (final, partial):
             if path.is_file():

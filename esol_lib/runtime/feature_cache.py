@@ -16,7 +16,7 @@ on every read: a damaged entry is recomputed with a warning) so that the next ch
 another process — finds what this one computed; ablation forks share their main run's folder. It
 is off by default (``feature_cache_mb: 0``): on a GPU with VOC-sized inputs, hashing
 inputs and holding ResNet features costs more than it saves. The CPU profiles switch it on; the
-disk folder of the ``cpu`` book holds about 2.5 GB and can be deleted at any time.
+disk folder can be deleted at any time.
 """
 
 from __future__ import annotations

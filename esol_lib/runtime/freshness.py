@@ -47,7 +47,7 @@ def file_digest(path: str | Path) -> str:
     """The content hash (BLAKE2b) of one file: a copy, a touch or a restore from backup keeps it.
 
     Remembered for this process by (path, inode, size, mtime): a pipeline asks for the same
-    checkpoint's digest at several steps, and a voc12 checkpoint is 400 MB. A file rewritten in
+    checkpoint's digest at several steps, and a voc12 checkpoint is large. A file rewritten in
     place gets a new mtime (or inode, through an atomic rename) and is hashed again."""
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
