@@ -47,7 +47,7 @@ def drawn_boundary(mask: np.ndarray) -> torch.Tensor:
 
 def train_on_ground_truth(run, cfg, ds):
     """IRN's boundary branch trained as ``esol refine`` trains it, on the true masks instead of IR labels."""
-    from esol_lib.data.transforms import AugmentedDataset
+    from esol_lib.data.transforms import AugmentedDataset, IRNTrainTransform
     from esol_lib.method.irn import affinity_loss
     from esol_lib.models.boundary import BoundaryNet
     from esol_lib.runtime.schedule import PolyLR, make_sgd
@@ -55,7 +55,6 @@ def train_on_ground_truth(run, cfg, ds):
         MOMENTUM,
         TRAIN_RADIUS_FACTOR,
         WEIGHT_DECAY,
-        IRNTrainTransform,
         irn_backbone,
         labels_at,
     )

@@ -1,7 +1,8 @@
 """Transforms on sample dicts (``{'image': HxWx3 uint8, 'mask': HxW uint8, ...}``) for training.
 
-IRN's classifier augmentation: random rescale of the long side, horizontal flip, colour
-normalisation, random crop (padding with 0 for the image and 255 = void for masks).
+IRN's classifier augmentation (:class:`TrainTransform`): random rescale of the long side, horizontal
+flip, colour normalisation, random crop (padding with 0 for the image and 255 = void for masks); IRN's
+affinity augmentation (:class:`IRNTrainTransform`) and DeepLab-v2's (:class:`SegTrainTransform`).
 All randomness comes from the ``numpy.random.Generator`` passed in, so a loader seeded per epoch
 gives the same batches again after a resume.
 """
@@ -113,3 +114,66 @@ class AugmentedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return self.transform(self.base[index], rng)
+
+
+IRN_SCALE_RANGE = (0.5, 1.5)  # IRN's random rescale of the training images
+
+
+class IRNTrainTransform:
+    """IRN's affinity-dataset augmentation: random rescale, flip, normalise, random crop.
+
+    The image is normalised *before* the crop, so padding is 0 in normalised space (the mean
+    colour, IRN's ``random_crop``); the IR label is padded with 255 (ignored).
+    """
+
+    def __init__(
+        self,
+        crop_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        scale_range: tuple[float, float] = IRN_SCALE_RANGE,
+        flip: bool = True,
+    ) -> None:
+        self.crop_size = crop_size
+        self.mean, self.std = mean, std
+        self.scale_range = scale_range
+        self.flip = flip
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        lo, hi = self.scale_range
+        sample = resize_sample(sample, float(rng.uniform(lo, hi)))
+        if self.flip and rng.random() < 0.5:
+            sample = hflip_sample(sample)
+        image = to_tensor(np.array(sample["image"]), self.mean, self.std).permute(1, 2, 0).numpy()
+        out = crop_sample({"image": image, "mask": sample["mask"]}, self.crop_size, rng)
+        return {
+            "id": sample["id"],
+            "image": torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).contiguous(),
+            "ir_label": torch.from_numpy(out["mask"].astype(np.int64)),
+        }
+
+
+@dataclass
+class SegTrainTransform:
+    """DeepLab-v2's augmentation: random rescale by ``s ~ U(scale_range)``, flip, ``crop_size`` crop, normalise.
+
+    The crop pads the image with 0 and the mask with 255 (void, ignored by the loss).
+    """
+
+    scale_range: Sequence[float]
+    crop_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    flip: bool = True
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        lo, hi = float(self.scale_range[0]), float(self.scale_range[1])
+        sample = resize_sample(sample, float(rng.uniform(lo, hi)) if hi > lo else lo)
+        if self.flip and rng.random() < 0.5:
+            sample = hflip_sample(sample)
+        sample = crop_sample(sample, self.crop_size, rng)
+        return {
+            "id": sample["id"],
+            "image": to_tensor(sample["image"], self.mean, self.std),
+            "mask": torch.from_numpy(np.ascontiguousarray(sample["mask"])).long(),
+        }

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from esol_lib.data.training_sets import LabelledOnly
 from esol_lib.data.transforms import AugmentedDataset, TrainTransform
 from esol_lib.models.esol import UNTRAINED_IN_EXPANSION, ESOLModel
 from esol_lib.runtime.checkpoint import load_stage_checkpoint, save_untrained_stage
@@ -20,7 +21,7 @@ from esol_lib.runtime.engine import train_loop
 from esol_lib.runtime.errors import DivergenceError, StageError
 from esol_lib.runtime.feature_cache import cached_backbone
 from esol_lib.runtime.schedule import PolyLR, make_sgd
-from esol_lib.steps._shared import LabelledOnly, load_baseline, split_dataset, stage_inputs
+from esol_lib.steps._shared import load_baseline, split_dataset, stage_inputs
 
 __all__ = ["OffsetGuard", "build_esol_model", "load_stage_model", "stage_loader", "train_esol_stage"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from esol_lib.data import VOCSegmentation, load_image, resolve_data_root
+from esol_lib.data import VOCSegmentation, resolve_data_root
 from esol_lib.data.voc import SPLIT_DIR, available_splits
 from esol_lib.models import build_classifier
 from esol_lib.runtime.atomic import read_json
@@ -26,7 +26,6 @@ from esol_lib.steps.pretrain import ensure_openmoji_weights
 
 __all__ = [
     "STAGE_COMMAND",
-    "LabelledOnly",
     "load_baseline",
     "notebook_run",
     "open_run",
@@ -173,25 +172,6 @@ def resolve_device(cfg: Config) -> torch.device:
 def split_dataset(cfg: Config, split: str, **kwargs) -> VOCSegmentation:
     """The dataset of ``split`` under the run's data root."""
     return VOCSegmentation(cfg.data.root, split, **kwargs)
-
-
-class LabelledOnly(torch.utils.data.Dataset):
-    """Training items: the image and its image-level label (the mask is never shown to the classifier)."""
-
-    def __init__(self, base: VOCSegmentation) -> None:
-        self.base = base
-        self.labels = base.labels()  # from the masks, read once and cached on disk: no mask decode per step
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> dict:
-        image_id = self.base.ids[index]
-        return {
-            "id": image_id,
-            "image": load_image(self.base.image_path(image_id)),
-            "label": torch.from_numpy(self.labels[index].copy()),
-        }
 
 
 #: The checkpoint each CAM stage starts from.

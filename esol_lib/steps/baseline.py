@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from esol_lib.data.training_sets import LabelledOnly
 from esol_lib.data.transforms import AugmentedDataset, TrainTransform
 from esol_lib.models import build_classifier, multilabel_loss
 from esol_lib.runtime.distributed import init_distributed, make_loader, wrap_ddp
@@ -12,7 +13,7 @@ from esol_lib.runtime.errors import StageError
 from esol_lib.runtime.rundir import RunDir, holds_run_lock
 from esol_lib.runtime.schedule import PolyLR, make_sgd
 from esol_lib.runtime.train_log import DeadOutputGuard
-from esol_lib.steps._shared import LabelledOnly, resolve_device, split_dataset, stage_inputs
+from esol_lib.steps._shared import resolve_device, split_dataset, stage_inputs
 
 __all__ = ["train_cam"]
 

@@ -44,7 +44,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from esol_lib.data import VOCSegmentation, load_image, load_mask, save_label_png
-from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
+from esol_lib.data.transforms import (
+    AugmentedDataset,
+    IRNTrainTransform,
+    to_tensor,
+)
 from esol_lib.method.cam import load_cam
 from esol_lib.method.crf import label_crf_kwargs
 from esol_lib.method.irn import affinity_loss, ir_labels, pseudo_mask
@@ -83,7 +87,6 @@ from esol_lib.runtime.schedule import PolyLR, make_sgd
 from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset
 
 __all__ = [
-    "IRNTrainTransform",
     "eval_pseudo_masks",
     "ir_label_dir",
     "irn_backbone",
@@ -97,7 +100,6 @@ __all__ = [
 
 IRN_BACKBONES = ("pretrained", "random", "classifier")  # irn.backbone
 TRAIN_RADIUS_FACTOR = 2  # IRN: radius 10 for training, 5 for the random walk
-SCALE_RANGE = (0.5, 1.5)  # IRN's random rescale of the training images
 MOMENTUM = 1e-4  # IRN's effective momentum (see the module docstring)
 WEIGHT_DECAY = 1e-4
 CHECKPOINT_EVERY = 200
@@ -246,40 +248,6 @@ def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = No
 
 
 # ----------------------------------------------------------------------------- 2. train IRN
-
-
-class IRNTrainTransform:
-    """IRN's affinity-dataset augmentation: random rescale, flip, normalise, random crop.
-
-    The image is normalised *before* the crop, so padding is 0 in normalised space (the mean
-    colour, IRN's ``random_crop``); the IR label is padded with 255 (ignored).
-    """
-
-    def __init__(
-        self,
-        crop_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        scale_range: tuple[float, float] = SCALE_RANGE,
-        flip: bool = True,
-    ) -> None:
-        self.crop_size = crop_size
-        self.mean, self.std = mean, std
-        self.scale_range = scale_range
-        self.flip = flip
-
-    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
-        lo, hi = self.scale_range
-        sample = resize_sample(sample, float(rng.uniform(lo, hi)))
-        if self.flip and rng.random() < 0.5:
-            sample = hflip_sample(sample)
-        image = to_tensor(np.array(sample["image"]), self.mean, self.std).permute(1, 2, 0).numpy()
-        out = crop_sample({"image": image, "mask": sample["mask"]}, self.crop_size, rng)
-        return {
-            "id": sample["id"],
-            "image": torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).contiguous(),
-            "ir_label": torch.from_numpy(out["mask"].astype(np.int64)),
-        }
 
 
 class _IRLabelled(torch.utils.data.Dataset):

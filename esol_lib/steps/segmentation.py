@@ -21,8 +21,6 @@ be complete.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from esol_lib.data import VOCSegmentation, read_classes, read_split, save_label_png
-from esol_lib.data.transforms import AugmentedDataset, crop_sample, hflip_sample, resize_sample, to_tensor
-from esol_lib.data.voc import load_image, load_mask
+from esol_lib.data.training_sets import PseudoMaskDataset
+from esol_lib.data.transforms import (
+    AugmentedDataset,
+    SegTrainTransform,
+)
 from esol_lib.method.metrics import confusion_matrix, summarize, write_metrics
 from esol_lib.method.seg_recipe import aspp_lr_mult, crf_postprocess, param_groups, predict, seg_loss
 from esol_lib.models.deeplab import build_deeplab
@@ -43,12 +44,10 @@ from esol_lib.runtime.errors import ConfigError, DatasetError, StageError
 from esol_lib.runtime.freshness import (
     META_FILE,
     current_metrics,
-    damaged,
     data_fingerprint,
     drop_damaged,
     file_digest,
     folder_signature,
-    read_verified,
     record_sizes,
     signature_of,
 )
@@ -58,8 +57,6 @@ from esol_lib.runtime.train_log import JsonlLogger
 from esol_lib.steps._shared import resolve_device
 
 __all__ = [
-    "PseudoMaskDataset",
-    "SegTrainTransform",
     "current_seg_metrics",
     "eval_seg",
     "prediction_dir",
@@ -91,70 +88,6 @@ def _refine_hint(run: RunDir, stage: str) -> str:
 
 
 # --------------------------------------------------------------------------------------- data
-
-
-class PseudoMaskDataset(torch.utils.data.Dataset):
-    """Images from the dataset root, masks from a run's ``pseudo_masks/<stage>/`` folder.
-
-    Items are ``{'id', 'image': (H, W, 3) uint8, 'mask': (H, W) uint8}`` (0 = background,
-    255 = void/uncertain). The pseudo masks live in the run folder, not under the data root, which
-    is why :class:`~esol_lib.data.VOCSegmentation` is not used directly.
-    """
-
-    def __init__(
-        self, image_root: str | Path, ids: Sequence[str], mask_dir: str | Path, num_classes: int, fix: str = ""
-    ) -> None:
-        self.image_dir = Path(image_root) / "JPEGImages"
-        self.mask_dir = Path(mask_dir)
-        self.ids = list(ids)
-        self.num_classes = num_classes
-        #: The command that remakes a damaged pseudo mask (they are derived: never "remove the id").
-        self.fix = fix or "run `esol refine` for this stage (it remakes what is missing)"
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict:
-        image_id = self.ids[index]
-        image = load_image(self.image_dir / f"{image_id}.jpg")
-        path = self.mask_dir / f"{image_id}.png"
-        read_verified(path, self.fix)  # against the checksum recorded when refine wrote it
-        try:
-            mask = load_mask(path, self.num_classes)
-        except DatasetError as e:
-            raise damaged(path, self.fix, str(e).split(";")[0].removeprefix(f"mask {path} is ")) from None
-        if mask.shape != image.shape[:2]:
-            raise DatasetError(
-                f"pseudo mask {self.mask_dir / (image_id + '.png')} is {mask.shape[1]}x{mask.shape[0]} "
-                f"but its image is {image.shape[1]}x{image.shape[0]}; re-run `esol refine`"
-            )
-        return {"id": image_id, "image": image, "mask": mask}
-
-
-@dataclass
-class SegTrainTransform:
-    """DeepLab-v2's augmentation: random rescale by ``s ~ U(scale_range)``, flip, ``crop_size`` crop, normalise.
-
-    The crop pads the image with 0 and the mask with 255 (void, ignored by the loss).
-    """
-
-    scale_range: Sequence[float]
-    crop_size: int
-    mean: Sequence[float]
-    std: Sequence[float]
-    flip: bool = True
-
-    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
-        lo, hi = float(self.scale_range[0]), float(self.scale_range[1])
-        sample = resize_sample(sample, float(rng.uniform(lo, hi)) if hi > lo else lo)
-        if self.flip and rng.random() < 0.5:
-            sample = hflip_sample(sample)
-        sample = crop_sample(sample, self.crop_size, rng)
-        return {
-            "id": sample["id"],
-            "image": to_tensor(sample["image"], self.mean, self.std),
-            "mask": torch.from_numpy(np.ascontiguousarray(sample["mask"])).long(),
-        }
 
 
 def _mask_names(mask_dir: Path) -> set[str]:
