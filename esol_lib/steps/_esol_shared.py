@@ -13,15 +13,15 @@ import torch
 import torch.nn as nn
 
 from esol_lib.data.training_sets import LabelledOnly
-from esol_lib.data.transforms import AugmentedDataset, TrainTransform
+from esol_lib.data.transforms import TrainTransform
 from esol_lib.models.esol import UNTRAINED_IN_EXPANSION, ESOLModel
 from esol_lib.runtime.checkpoint import load_stage_checkpoint, save_untrained_stage
-from esol_lib.runtime.distributed import init_distributed, make_loader, wrap_ddp
+from esol_lib.runtime.distributed import init_distributed, wrap_ddp
 from esol_lib.runtime.engine import train_loop
-from esol_lib.runtime.errors import DivergenceError, StageError
+from esol_lib.runtime.errors import DivergenceError
 from esol_lib.runtime.feature_cache import cached_backbone
 from esol_lib.runtime.schedule import PolyLR, make_sgd
-from esol_lib.steps._shared import load_baseline, split_dataset, stage_inputs
+from esol_lib.steps._shared import load_baseline, split_dataset, stage_inputs, training_loader
 
 __all__ = ["OffsetGuard", "build_esol_model", "load_stage_model", "stage_loader", "train_esol_stage"]
 
@@ -83,15 +83,15 @@ def stage_loader(cfg, stage_cfg, split: str):
     transform = TrainTransform(
         resize_long=tuple(tc.resize_long), crop_size=tc.crop_size, mean=cfg.data.mean, std=cfg.data.std, flip=tc.flip
     )
-    data = AugmentedDataset(LabelledOnly(base), transform, seed=cfg.seed + 1)
-    loader = make_loader(
-        data, stage_cfg.batch_size, shuffle=True, seed=cfg.seed + 1, num_workers=cfg.data.num_workers, drop_last=True
+    loader = training_loader(
+        LabelledOnly(base),
+        transform,
+        batch_size=stage_cfg.batch_size,
+        seed=cfg.seed + 1,
+        num_workers=cfg.data.num_workers,
+        too_few=f"split {split!r} has {len(base)} images, fewer than one batch of "
+        f"{stage_cfg.batch_size}; lower the stage's batch_size",
     )
-    if len(loader) == 0:
-        raise StageError(
-            f"split {split!r} has {len(base)} images, fewer than one batch of "
-            f"{stage_cfg.batch_size}; lower the stage's batch_size"
-        )
     return base, loader
 
 

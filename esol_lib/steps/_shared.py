@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from esol_lib.data import VOCSegmentation, resolve_data_root
+from esol_lib.data.transforms import AugmentedDataset
 from esol_lib.data.voc import SPLIT_DIR, available_splits
 from esol_lib.models import build_classifier
 from esol_lib.runtime.atomic import read_json
 from esol_lib.runtime.checkpoint import INPUTS_KEY, load_checkpoint, load_stage_checkpoint
 from esol_lib.runtime.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
-from esol_lib.runtime.distributed import init_distributed
+from esol_lib.runtime.distributed import init_distributed, make_loader
 from esol_lib.runtime.errors import ConfigError, EsolError, StageError
 from esol_lib.runtime.freshness import data_fingerprint, data_record, file_digest
 from esol_lib.runtime.rundir import RunDir, create_run
@@ -34,6 +35,7 @@ __all__ = [
     "split_dataset",
     "stage_inputs",
     "start_run",
+    "training_loader",
 ]
 
 # What produces each stage's checkpoint, for error messages.
@@ -167,6 +169,20 @@ def resolve_device(cfg: Config) -> torch.device:
     if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", init_distributed().local_rank)
+
+
+def training_loader(
+    items: torch.utils.data.Dataset, transform, *, batch_size: int, seed: int, num_workers: int, too_few: str
+) -> torch.utils.data.DataLoader:
+    """The loader a training step cycles through: ``items`` augmented by ``transform`` (seeded by
+    ``seed``), shuffled, in full batches of ``batch_size`` (the last partial batch dropped), in the
+    order exact resume needs (:func:`esol_lib.runtime.distributed.make_loader`). A split with fewer
+    items than one batch raises :class:`StageError` with ``too_few`` (which setting to lower)."""
+    data = AugmentedDataset(items, transform, seed=seed)
+    loader = make_loader(data, batch_size, shuffle=True, seed=seed, num_workers=num_workers, drop_last=True)
+    if len(loader) == 0:
+        raise StageError(too_few)
+    return loader
 
 
 def split_dataset(cfg: Config, split: str, **kwargs) -> VOCSegmentation:

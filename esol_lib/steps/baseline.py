@@ -5,15 +5,14 @@ from __future__ import annotations
 import torch
 
 from esol_lib.data.training_sets import LabelledOnly
-from esol_lib.data.transforms import AugmentedDataset, TrainTransform
+from esol_lib.data.transforms import TrainTransform
 from esol_lib.models import build_classifier, multilabel_loss
-from esol_lib.runtime.distributed import init_distributed, make_loader, wrap_ddp
+from esol_lib.runtime.distributed import init_distributed, wrap_ddp
 from esol_lib.runtime.engine import seed_everything, train_loop
-from esol_lib.runtime.errors import StageError
 from esol_lib.runtime.rundir import RunDir, holds_run_lock
 from esol_lib.runtime.schedule import PolyLR, make_sgd
 from esol_lib.runtime.train_log import DeadOutputGuard
-from esol_lib.steps._shared import resolve_device, split_dataset, stage_inputs
+from esol_lib.steps._shared import resolve_device, split_dataset, stage_inputs, training_loader
 
 __all__ = ["train_cam"]
 
@@ -30,15 +29,15 @@ def train_cam(run: RunDir, *, progress: bool = True):
     transform = TrainTransform(
         resize_long=tuple(tc.resize_long), crop_size=tc.crop_size, mean=cfg.data.mean, std=cfg.data.std, flip=tc.flip
     )
-    data = AugmentedDataset(LabelledOnly(base), transform, seed=cfg.seed)
-    loader = make_loader(
-        data, tc.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=True
+    loader = training_loader(
+        LabelledOnly(base),
+        transform,
+        batch_size=tc.batch_size,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        too_few=f"split {cfg.data.train_split!r} has {len(base)} images, fewer than one batch of "
+        f"{tc.batch_size}; lower train_cam.batch_size",
     )
-    if len(loader) == 0:
-        raise StageError(
-            f"split {cfg.data.train_split!r} has {len(base)} images, fewer than one batch of "
-            f"{tc.batch_size}; lower train_cam.batch_size"
-        )
     max_steps = tc.max_steps or tc.epochs * len(loader)
     model = build_classifier(cfg.model, base.num_classes).to(device)
     optimizer = make_sgd(

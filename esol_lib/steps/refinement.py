@@ -45,7 +45,6 @@ from tqdm.auto import tqdm
 
 from esol_lib.data import VOCSegmentation, load_image, load_mask, save_label_png
 from esol_lib.data.transforms import (
-    AugmentedDataset,
     IRNTrainTransform,
     to_tensor,
 )
@@ -64,7 +63,6 @@ from esol_lib.runtime.distributed import (
     get_dist_info,
     init_distributed,
     is_main_process,
-    make_loader,
     wrap_ddp,
 )
 from esol_lib.runtime.engine import seed_everything, train_loop
@@ -84,7 +82,7 @@ from esol_lib.runtime.freshness import (
 from esol_lib.runtime.parallel import map_ordered
 from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
 from esol_lib.runtime.schedule import PolyLR, make_sgd
-from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset
+from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset, training_loader
 
 __all__ = [
     "eval_pseudo_masks",
@@ -360,14 +358,14 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     info = init_distributed()
     device = resolve_device(cfg)
     transform = IRNTrainTransform(ic.crop_size, cfg.data.mean, cfg.data.std)
-    data = AugmentedDataset(_IRLabelled(ds, label_dir), transform, seed=cfg.seed)
-    loader = make_loader(
-        data, ic.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=True
+    loader = training_loader(
+        _IRLabelled(ds, label_dir),
+        transform,
+        batch_size=ic.batch_size,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        too_few=f"split {split!r} has {len(ds)} images, fewer than one batch of {ic.batch_size}; lower irn.batch_size",
     )
-    if len(loader) == 0:
-        raise StageError(
-            f"split {split!r} has {len(ds)} images, fewer than one batch of {ic.batch_size}; lower irn.batch_size"
-        )
     max_steps = ic.max_steps or ic.epochs * len(loader)
     model = BoundaryNet(irn_backbone(run, cfg, ds.num_classes, device)).to(device)
     optimizer = make_sgd(model.trainable_parameters(), ic.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)

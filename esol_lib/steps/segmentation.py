@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from esol_lib.data import VOCSegmentation, read_classes, read_split, save_label_png
 from esol_lib.data.training_sets import PseudoMaskDataset
 from esol_lib.data.transforms import (
-    AugmentedDataset,
     SegTrainTransform,
 )
 from esol_lib.method.metrics import confusion_matrix, summarize, write_metrics
@@ -38,7 +37,7 @@ from esol_lib.method.seg_recipe import aspp_lr_mult, crf_postprocess, param_grou
 from esol_lib.models.deeplab import build_deeplab
 from esol_lib.runtime.checkpoint import load_stage_checkpoint
 from esol_lib.runtime.config import Config, config_to_dict
-from esol_lib.runtime.distributed import init_distributed, main_process_only, make_loader, wrap_ddp
+from esol_lib.runtime.distributed import init_distributed, main_process_only, wrap_ddp
 from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.errors import ConfigError, DatasetError, StageError
 from esol_lib.runtime.freshness import (
@@ -54,7 +53,7 @@ from esol_lib.runtime.freshness import (
 from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
 from esol_lib.runtime.schedule import PolyLR, make_sgd
 from esol_lib.runtime.train_log import JsonlLogger
-from esol_lib.steps._shared import resolve_device
+from esol_lib.steps._shared import resolve_device, training_loader
 
 __all__ = [
     "current_seg_metrics",
@@ -141,15 +140,15 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
     num_classes = len(read_classes(cfg.data.root)) + 1
     base = PseudoMaskDataset(cfg.data.root, ids, mask_dir, num_classes - 1, fix=_refine_hint(run, stage))
     transform = SegTrainTransform(sc.scale_range, sc.crop_size, cfg.data.mean, cfg.data.std)
-    data = AugmentedDataset(base, transform, seed=cfg.seed)
-    loader = make_loader(
-        data, sc.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=True
+    loader = training_loader(
+        base,
+        transform,
+        batch_size=sc.batch_size,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        too_few=f"split {split!r} has {len(base)} images with pseudo masks, fewer than one batch of "
+        f"{sc.batch_size}; lower seg.batch_size",
     )
-    if len(loader) == 0:
-        raise StageError(
-            f"split {split!r} has {len(base)} images with pseudo masks, fewer than one batch of "
-            f"{sc.batch_size}; lower seg.batch_size"
-        )
     JsonlLogger(run.log_path, enabled=info.is_main).log(
         stage=seg_stage_name(stage), event="data", split=split, images=len(ids), pseudo_masks=str(mask_dir)
     )
