@@ -1,10 +1,12 @@
 """DenseCRF (Krähenbühl & Koltun, 2011) on pydensecrf: one function for every use in the pipeline.
 
 - seed refinement and IRN's inter-pixel relation labels: unary from a *labelling*
-  (:func:`crf_from_labels`, IRN's ``gt_prob`` 0.7, Gaussian sxy 3 / compat 3, bilateral sxy 50 /
-  srgb 5 / compat 10, 10 iterations);
+  (:func:`crf_from_labels`, IRN's parameters);
 - DeepLab's test-time post-processing: unary from *probabilities* (:func:`crf_from_probs`,
-  POS_W 3, POS_XY_STD 1, BI_W 4, BI_XY_STD 67, BI_RGB_STD 3).
+  DeepLab-v2's published parameters).
+
+The parameters' defaults are listed once, in :class:`~esol_lib.runtime.config.CRFConfig` (the run's
+``crf`` section); the keyword defaults here read them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from esol_lib.runtime.config import CRFConfig
+
+#: The defaults of every keyword below: the config's ``crf`` section as it ships.
+_DEFAULTS = CRFConfig()
 
 
 def _import_densecrf():
@@ -80,13 +87,13 @@ def crf_from_labels(
     labels: np.ndarray,
     n_labels: int,
     *,
-    gt_prob: float = 0.7,
-    iterations: int = 10,
-    gauss_sxy: float = 3.0,
-    gauss_compat: float = 3.0,
-    bilateral_sxy: float = 50.0,
-    bilateral_srgb: float = 5.0,
-    bilateral_compat: float = 10.0,
+    gt_prob: float = _DEFAULTS.gt_prob,
+    iterations: int = _DEFAULTS.iterations,
+    gauss_sxy: float = _DEFAULTS.gauss_sxy,
+    gauss_compat: float = _DEFAULTS.gauss_compat,
+    bilateral_sxy: float = _DEFAULTS.bilateral_sxy,
+    bilateral_srgb: float = _DEFAULTS.bilateral_srgb,
+    bilateral_compat: float = _DEFAULTS.bilateral_compat,
 ) -> np.ndarray:
     """Refine a labelling ``(H, W)`` with values in ``[0, n_labels)``; returns the refined ``(H, W)`` labels.
 
@@ -111,13 +118,13 @@ def crf_from_labelings(
     labelings: Sequence[np.ndarray],
     n_labels: int,
     *,
-    gt_prob: float = 0.7,
-    iterations: int = 10,
-    gauss_sxy: float = 3.0,
-    gauss_compat: float = 3.0,
-    bilateral_sxy: float = 50.0,
-    bilateral_srgb: float = 5.0,
-    bilateral_compat: float = 10.0,
+    gt_prob: float = _DEFAULTS.gt_prob,
+    iterations: int = _DEFAULTS.iterations,
+    gauss_sxy: float = _DEFAULTS.gauss_sxy,
+    gauss_compat: float = _DEFAULTS.gauss_compat,
+    bilateral_sxy: float = _DEFAULTS.bilateral_sxy,
+    bilateral_srgb: float = _DEFAULTS.bilateral_srgb,
+    bilateral_compat: float = _DEFAULTS.bilateral_compat,
 ) -> list[np.ndarray]:
     """:func:`crf_from_labels` for several labellings of one image: the same results, with the image's work done once.
 
@@ -158,12 +165,12 @@ def crf_from_probs(
     image: np.ndarray,
     probs: np.ndarray,
     *,
-    iterations: int = 10,
-    pos_w: float = 3.0,
-    pos_xy_std: float = 1.0,
-    bi_w: float = 4.0,
-    bi_xy_std: float = 67.0,
-    bi_rgb_std: float = 3.0,
+    iterations: int = _DEFAULTS.iterations,
+    pos_w: float = _DEFAULTS.seg_pos_w,
+    pos_xy_std: float = _DEFAULTS.seg_pos_xy_std,
+    bi_w: float = _DEFAULTS.seg_bi_w,
+    bi_xy_std: float = _DEFAULTS.seg_bi_xy_std,
+    bi_rgb_std: float = _DEFAULTS.seg_bi_rgb_std,
 ) -> np.ndarray:
     """Refine class probabilities ``(K, H, W)`` (each pixel sums to 1); returns refined ``(K, H, W)``.
 

@@ -178,8 +178,8 @@ def predict(
 def crf_postprocess(image: np.ndarray, probs: np.ndarray, crf_cfg: Any) -> np.ndarray:
     """DeepLab-v2's fully connected CRF on ``probs`` ``(K + 1, H, W)`` → labels ``(H, W)`` int64.
 
-    Uses the ``seg_*`` fields of :class:`~esol_lib.runtime.config.CRFConfig` (POS_W 3, POS_XY_STD 1, BI_W 4,
-    BI_XY_STD 67, BI_RGB_STD 3 by default) and ``crf_cfg.iterations`` mean-field steps.
+    Uses the ``seg_*`` fields of :class:`~esol_lib.runtime.config.CRFConfig` (DeepLab-v2's published
+    parameters by default) and ``crf_cfg.iterations`` mean-field steps.
     """
     q = crf_from_probs(
         image,

@@ -169,7 +169,9 @@ class ShrinkageConfig:
 
 @dataclass
 class CRFConfig:
-    """DenseCRF parameters: IRN's IR-label CRF and DeepLab's test-time CRF."""
+    """DenseCRF parameters: IRN's IR-label CRF and DeepLab's test-time CRF (``seg_*``, DeepLab-v2's
+    published values). The one list of the CRF defaults: :mod:`esol_lib.method.crf` reads its keyword
+    defaults from here."""
 
     iterations: int = 10
     gt_prob: float = 0.7
