@@ -51,13 +51,7 @@ def train_on_ground_truth(run, cfg, ds):
     from esol_lib.method.irn import affinity_loss
     from esol_lib.models.boundary import BoundaryNet
     from esol_lib.runtime.schedule import PolyLR, make_sgd
-    from esol_lib.steps.refinement import (
-        MOMENTUM,
-        TRAIN_RADIUS_FACTOR,
-        WEIGHT_DECAY,
-        irn_backbone,
-        labels_at,
-    )
+    from esol_lib.steps.refinement import MOMENTUM, TRAIN_RADIUS_FACTOR, WEIGHT_DECAY, irn_backbone, labels_at
 
     ic = cfg.irn
 

@@ -21,20 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from esol_lib.book.chapters import (
-    FAILED_DIR,
-    RUNNING_DIR,
-    execute_notebooks,
-    select_chapters,
-)
-from esol_lib.book.html_build import (
-    build_book,
-)
-from esol_lib.book.ownership import (
-    claim_build_folder,
-    clear_owned,
-    own,
-)
+from esol_lib.book.chapters import FAILED_DIR, RUNNING_DIR, execute_notebooks, select_chapters
+from esol_lib.book.html_build import build_book
+from esol_lib.book.ownership import claim_build_folder, clear_owned, own
 from esol_lib.book.sources import REPO_ROOT
 from esol_lib.book.timing import TIMING_FILE
 

@@ -16,20 +16,10 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from esol_lib.book.chapters import (
-    not_this_build,
-)
-from esol_lib.book.ownership import (
-    claim_build_folder,
-    clear_owned,
-    own,
-)
+from esol_lib.book.chapters import not_this_build
+from esol_lib.book.ownership import claim_build_folder, clear_owned, own
 from esol_lib.book.performance import GPU_CHECK_FILE, gpu_check_section, load_comparisons, performance_page
-from esol_lib.book.publish import (
-    check_published,
-    executed_paths,
-    publish_notebook,
-)
+from esol_lib.book.publish import check_published, executed_paths, publish_notebook
 from esol_lib.book.sources import REPO_ROOT
 from esol_lib.book.timing import BUILD_TIME_PAGE, TIMING_FILE, build_time_page
 from esol_lib.runtime.atomic import read_json

@@ -32,14 +32,7 @@ from esol_lib.data.transforms import to_tensor
 from esol_lib.method.metrics import ThresholdSweep, confusion_matrix
 from esol_lib.runtime.atomic import atomic_path, atomic_write_text, read_json
 from esol_lib.runtime.errors import DivergenceError, StageError
-from esol_lib.runtime.freshness import (
-    META_FILE,
-    damaged,
-    data_record,
-    drop_damaged,
-    read_verified,
-    record_sizes,
-)
+from esol_lib.runtime.freshness import META_FILE, damaged, data_record, drop_damaged, read_verified, record_sizes
 from esol_lib.runtime.parallel import map_ordered
 
 __all__ = [

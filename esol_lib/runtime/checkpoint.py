@@ -23,12 +23,7 @@ import torch
 from torch import nn
 
 from esol_lib.runtime.atomic import atomic_save
-from esol_lib.runtime.distributed import (
-    all_gather_object,
-    barrier,
-    get_dist_info,
-    unwrap,
-)
+from esol_lib.runtime.distributed import all_gather_object, barrier, get_dist_info, unwrap
 from esol_lib.runtime.errors import StageError
 from esol_lib.runtime.rundir import RunDir
 from esol_lib.runtime.train_log import JsonlLogger
