@@ -273,3 +273,34 @@ def test_signatures_are_made_in_runtime_freshness_only():
     assert hashing <= allowed, f"modules that hash outside runtime/freshness: {sorted(hashing - allowed)}"
     meta = {name for name, path in _modules().items() if '"_meta.json"' in path.read_text()}
     assert meta == {"esol_lib.runtime.freshness"}, meta
+
+
+def _top_level_names(path: Path) -> set[str]:
+    """The names a module binds at its top level: definitions, assignments (tuples too), imports."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def test_every_import_of_the_package_names_something_that_exists():
+    """Function-level imports run only when their function does: a moved module they still name would
+    fail late, in a chapter or a benchmark. Each ``from esol_lib.X import name`` must find ``name``
+    in ``X`` (a module, a lazy name or a definition) without running anything."""
+    modules = _modules()
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
+    missing = []
+    for path in files:
+        for module, name in _imports(path):
+            if module not in modules:
+                missing.append(f"{path.relative_to(ROOT)}: {module}")
+            elif name and f"{module}.{name}" not in modules and name != "*":
+                if name not in _top_level_names(modules[module]) and name not in _lazy_table(module):
+                    missing.append(f"{path.relative_to(ROOT)}: {module}.{name}")
+    assert not missing, "imports of names that do not exist: " + ", ".join(missing)
