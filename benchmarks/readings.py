@@ -33,6 +33,7 @@ KEYS = ("miou", "precision", "recall", "f1", "ap")
 #: profile → the config key of its generator seed
 SEED_KEY = {"cpu": "data.emoji.seed", "toy": "data.synth.seed", "smoke": "data.synth.seed"}
 DIAG_IMAGES = 16  # training crops the diagnostics are measured on (with their masks)
+BUSY_WAIT = 3 * 3600.0  # seconds a study waits for another process's step on the same seed's run
 
 
 def pick(metrics: dict | None) -> dict | None:
@@ -58,17 +59,28 @@ def main_run(profile: str, seed: int, out: Path, sets: list[str]):
     from esol_lib.book.readings import AS_BUILT
     from esol_lib.pipeline import pipeline_steps
     from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.lock import RunBusyError
     from esol_lib.steps import start_run
 
     cfg = load_config(
         profile,
         [f"profile={profile}-seed{seed}", f"{SEED_KEY[profile]}={seed}", "ablation.max_steps=null", *AS_BUILT, *sets],
     )
-    run = start_run(out / f"seed{seed}", cfg)  # generates data/<generator>-<profile>-seed<S> when missing
-    for step in pipeline_steps(run, progress=False, crf=False, refine=False):
-        if not step.done():
-            step.action()
-    return run
+    waited = 0.0
+    while True:  # two studies started on one seed share its run: the second waits for the first's steps
+        try:
+            run = start_run(out / f"seed{seed}", cfg)  # generates data/<generator>-<profile>-seed<S> when missing
+            for step in pipeline_steps(run, progress=False, crf=False, refine=False):
+                if not step.done():
+                    step.action()
+            return run
+        except RunBusyError as exc:
+            if waited >= BUSY_WAIT:
+                raise
+            if not waited:
+                print(f"seed {seed}: {exc}; waiting up to {BUSY_WAIT / 60:.0f} min for it", flush=True)
+            time.sleep(10.0)
+            waited += 10.0
 
 
 #: The baseline under the optimiser IRN's code meant (momentum 0.9) at the lr the cpu profile used with it.

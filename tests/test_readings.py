@@ -222,3 +222,36 @@ def test_readings_benchmark_runs_the_protocol_end_to_end_on_the_smoke_profile(tm
     for fig in (viz.reading_sampling(result), viz.reading_tradeoff(result), viz.reading_offsets(result)):
         assert fig is not None
     assert viz.reading_gradients(result, "0", "expansion_start") is not None
+
+
+def test_a_second_study_on_one_seed_waits_for_the_first_instead_of_failing(monkeypatch, tmp_path):
+    """Two ``benchmarks/readings.py`` processes on one seed share its run; the lock's holder goes first."""
+    import importlib.util
+    from pathlib import Path
+
+    import esol_lib.pipeline
+    import esol_lib.steps
+    from esol_lib.runtime.lock import RunBusyError
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "readings.py"
+    spec = importlib.util.spec_from_file_location("readings_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    busy = iter([True, True, False])
+    calls = []
+
+    def start_run(root, cfg):
+        calls.append(root)
+        if next(busy):
+            raise RunBusyError(f"{root} is in use by another esol process")
+        return SimpleNamespace(root=root)
+
+    monkeypatch.setattr(esol_lib.steps, "start_run", start_run)
+    monkeypatch.setattr(esol_lib.pipeline, "pipeline_steps", lambda run, **kw: [])
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    run = bench.main_run("smoke", 0, tmp_path, [])
+    assert run.root == tmp_path / "seed0" and len(calls) == 3
+    monkeypatch.setattr(bench, "BUSY_WAIT", 10.0)
+    busy = iter([True, True, True])
+    with pytest.raises(RunBusyError):  # it gives up after BUSY_WAIT seconds
+        bench.main_run("smoke", 0, tmp_path, [])
