@@ -267,7 +267,7 @@ def test_a_retrained_run_keeps_its_own_reference_only_when_its_baseline_moved(mo
     monkeypatch.setattr(bench, "score", lambda run, stages, splits: now)
     assert bench.own_reference(None, {"val": {"baseline": _m(0.45)}}) is None  # reproduced: the recorded one
     ref = bench.own_reference(None, {"val": {"baseline": _m(0.50)}})
-    assert ref["scores"] is now and "threads" in ref["why"]
+    assert ref["scores"] is now and "trained again" in ref["why"]
 
 
 def test_a_second_study_on_one_seed_waits_for_the_first_instead_of_failing(monkeypatch, tmp_path):
