@@ -231,8 +231,9 @@ def offsets_over_steps(run) -> dict:
     return out
 
 
-def reading_record(main, variant, root: Path, splits=("val",)) -> dict:
-    """Train (if needed) and measure one reading's fork."""
+def reading_record(main, variant, root: Path, splits=("val",), reference: dict | None = None) -> dict:
+    """Train (if needed) and measure one reading's fork; ``reference``: the scores of a retrained as-built
+    run that did not reproduce the recorded one (:func:`own_reference`), kept with the record."""
     from esol_lib import ablation as ab
     from esol_lib.runtime.rundir import RunDir
 
@@ -240,6 +241,8 @@ def reading_record(main, variant, root: Path, splits=("val",)) -> dict:
     result = ab.run_variant(main, variant, root, split="val")
     fork = RunDir(Path(result["run_dir"]))
     record: dict = {"overrides": list(variant.overrides)}
+    if reference is not None:
+        record["reference"] = reference
     if result.get("diverged"):
         record["diverged"] = result["diverged"]
         record["offsets"] = offsets_over_steps(fork)
@@ -254,6 +257,20 @@ def reading_record(main, variant, root: Path, splits=("val",)) -> dict:
     }
     record["seconds"] = round(time.perf_counter() - t0, 1)
     return record
+
+
+def own_reference(main, recorded: dict | None) -> dict | None:
+    """The as-built scores of ``main`` when its baseline is not the one recorded for its seed, else None.
+
+    A seed's readings are forks of one trained baseline. When the as-built run is trained again (a lost
+    run folder, another machine) and its baseline's seeds score otherwise than the recorded ones (float
+    reductions differ across CPUs and thread counts), a reading forked from it is compared with its own
+    baseline, not the recorded one: the record keeps this run's scores (:func:`esol_lib.book.readings._stages_of`)."""
+    now = score(main, STAGES, ("val",))
+    kept = (recorded or {}).get("val", {}).get("baseline") or {}
+    if not kept or now["val"]["baseline"] == kept:
+        return None
+    return {"scores": now, "why": "the recorded run folder was gone and the as-built run was trained again"}
 
 
 def run_seed(profile: str, seed: int, out: Path, sets: list[str], names, result: dict, save) -> None:
@@ -277,10 +294,10 @@ def run_seed(profile: str, seed: int, out: Path, sets: list[str], names, result:
             profile, seed, out / f"seed{seed}-momentum0.9", sets, MEANT_OPTIMISER
         )
         save()
-    for reading in READINGS:
-        if reading.name not in names or reading.name in runs:
-            continue
-        runs[reading.name] = reading_record(main, reading.variant, main.root / "readings")
+    todo = [r for r in READINGS if r.name in names and r.name not in runs]
+    reference = own_reference(main, runs[REFERENCE].get("scores")) if todo else None
+    for reading in todo:
+        runs[reading.name] = reading_record(main, reading.variant, main.root / "readings", reference=reference)
         save()
         print(f"seed {seed}: {reading.name} done ({runs[reading.name].get('seconds', '-')} s)", flush=True)
 

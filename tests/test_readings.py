@@ -178,6 +178,32 @@ def test_stage_effects_and_verdicts_come_from_the_numbers():
     assert lines[3].startswith("The selected combination") and "-2.0 ± 0.0 points (2 seeds) mIoU" in lines[3]
 
 
+def test_a_reading_forked_from_a_retrained_run_is_measured_from_its_own_baseline():
+    def stage(p, r, miou):
+        return {"miou": miou, "precision": p, "recall": r, "f1": 0.5, "ap": 0.5, "sweep": []}
+
+    recorded = {"baseline": stage(0.7, 0.6, 0.50), "expansion": stage(0.6, 0.6, 0.4), "shrinkage": stage(0.5, 0.6, 0.3)}
+    retrained = {
+        "baseline": stage(0.7, 0.5, 0.45),
+        "expansion": stage(0.6, 0.55, 0.41),
+        "shrinkage": stage(0.5, 0.5, 0.3),
+    }
+    reading = {"scores": {"val": {"expansion": stage(0.6, 0.55, 0.4), "shrinkage": stage(0.5, 0.5, 0.3)}}}
+    result = {
+        "seeds": {
+            "1": {
+                rd.REFERENCE: {"scores": {"val": recorded}},
+                "len-6610": reading | {"reference": {"scores": {"val": retrained}, "why": "folder gone"}},
+                "alpha-0.001": reading,
+            }
+        }
+    }
+    assert rd._stages(result, "1", "len-6610", "val")["baseline"] is retrained["baseline"]
+    assert rd._stages(result, "1", "alpha-0.001", "val")["baseline"] is recorded["baseline"]
+    (line,) = rd.retrained_references(result)
+    assert "`len-6610` on seed 1" in line and "45.0 mIoU against the recorded 50.0" in line and "41.0, 30.0" in line
+
+
 @pytest.mark.slow
 def test_readings_benchmark_runs_the_protocol_end_to_end_on_the_smoke_profile(tmp_path):
     """benchmarks/readings.py on the smoke profile: two readings, the selection, the selected run, the book's view."""
@@ -224,19 +250,33 @@ def test_readings_benchmark_runs_the_protocol_end_to_end_on_the_smoke_profile(tm
     assert viz.reading_gradients(result, "0", "expansion_start") is not None
 
 
-def test_a_second_study_on_one_seed_waits_for_the_first_instead_of_failing(monkeypatch, tmp_path):
-    """Two ``benchmarks/readings.py`` processes on one seed share its run; the lock's holder goes first."""
+def _benchmark():
     import importlib.util
     from pathlib import Path
-
-    import esol_lib.pipeline
-    import esol_lib.steps
-    from esol_lib.runtime.lock import RunBusyError
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "readings.py"
     spec = importlib.util.spec_from_file_location("readings_benchmark", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_a_retrained_run_keeps_its_own_reference_only_when_its_baseline_moved(monkeypatch):
+    bench = _benchmark()
+    now = {"val": {"baseline": _m(0.45), "expansion": _m(0.4), "shrinkage": _m(0.3)}}
+    monkeypatch.setattr(bench, "score", lambda run, stages, splits: now)
+    assert bench.own_reference(None, {"val": {"baseline": _m(0.45)}}) is None  # reproduced: the recorded one
+    ref = bench.own_reference(None, {"val": {"baseline": _m(0.50)}})
+    assert ref["scores"] is now and "trained again" in ref["why"]
+
+
+def test_a_second_study_on_one_seed_waits_for_the_first_instead_of_failing(monkeypatch, tmp_path):
+    """Two ``benchmarks/readings.py`` processes on one seed share its run; the lock's holder goes first."""
+    import esol_lib.pipeline
+    import esol_lib.steps
+    from esol_lib.runtime.lock import RunBusyError
+
+    bench = _benchmark()
     busy = iter([True, True, False])
     calls = []
 

@@ -407,10 +407,14 @@ def _stages(result: Mapping, seed: str, name: str, split: str) -> dict | None:
 
 
 def _stages_of(runs: Mapping, name: str, split: str) -> dict | None:
+    """A reading's stages over the baseline it forked from: the seed's as-built baseline, or its own
+    ``reference`` when the as-built run had to be retrained and did not reproduce the recorded one."""
     ref, rec = runs.get(REFERENCE), runs.get(name)
     if not ref or not rec:
         return None
-    base = ref.get("scores", {}).get(split, {}).get("baseline")
+    base = (rec.get("reference", {}).get("scores", {}).get(split) or ref.get("scores", {}).get(split, {})).get(
+        "baseline"
+    )
     if rec.get("diverged"):  # a shrinkage-only reading keeps its (shared) expansion's scores
         expansion = rec.get("scores", {}).get(split, {}).get("expansion") or {"diverged": rec["diverged"]}
         return {"baseline": base, "expansion": expansion, "shrinkage": {"diverged": rec["diverged"]}}
@@ -584,6 +588,30 @@ def verdict(result: Mapping, split: str = "val") -> list[str]:
     if selected_effects:
         effects["selected"] = selected_effects
     return stage_verdicts(effects, "selected" if selected_effects else None)
+
+
+def retrained_references(result: Mapping, split: str = "val") -> list[str]:
+    """One line per reading measured on a retrained as-built run whose baseline differs from the recorded
+    one: its effects are taken against its own baseline (:func:`_stages_of`), and the line says by how much
+    the two baselines differ, so that no reader compares the row with the as-built one unknowingly."""
+    out = []
+    for seed, runs in sorted(result.get("seeds", {}).items()):
+        recorded = runs.get(REFERENCE, {}).get("scores", {}).get(split, {}).get("baseline") or {}
+        for name, rec in runs.items():
+            own = rec.get("reference", {}).get("scores", {}).get(split, {}) if isinstance(rec, Mapping) else {}
+            if not own.get("baseline") or not recorded:
+                continue
+            out.append(
+                f"`{name}` on seed {seed} forked from a retrained as-built run ({rec['reference'].get('why', '')}): "
+                f"its baseline scored {100 * own['baseline']['miou']:.1f} mIoU against the recorded "
+                f"{100 * recorded['miou']:.1f}; its effects are measured from its own baseline, and that run's "
+                f"expansion and shrinkage scored "
+                + ", ".join(
+                    f"{100 * (own.get(st) or {}).get('miou', float('nan')):.1f}" for st in ("expansion", "shrinkage")
+                )
+                + "."
+            )
+    return out
 
 
 def run_sentences(stages: Mapping[str, Mapping | None]) -> list[str]:
