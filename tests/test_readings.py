@@ -193,13 +193,15 @@ def test_a_reading_forked_from_a_retrained_run_is_measured_from_its_own_baseline
         "seeds": {
             "1": {
                 rd.REFERENCE: {"scores": {"val": recorded}},
-                "len-6610": reading | {"reference": {"scores": {"val": retrained}, "why": "folder gone"}},
+                "len-6610": reading | {"reference": {"scores": {"val": retrained}}},
                 "alpha-0.001": reading,
             }
         }
     }
     assert rd._stages(result, "1", "len-6610", "val")["baseline"] is retrained["baseline"]
     assert rd._stages(result, "1", "alpha-0.001", "val")["baseline"] is recorded["baseline"]
+    result["toy"] = {"0": {"selected": {"diverged": "offsets ran away", "scores": {"val": {"expansion": {}}}}}}
+    assert rd.stopped_runs(result) == ["`selected` on toy seed 0 was stopped (offsets ran away); scored: expansion."]
     (line,) = rd.retrained_references(result)
     assert "`len-6610` on seed 1" in line and "45.0 mIoU against the recorded 50.0" in line and "41.0, 30.0" in line
 

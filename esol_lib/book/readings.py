@@ -590,6 +590,20 @@ def verdict(result: Mapping, split: str = "val") -> list[str]:
     return stage_verdicts(effects, "selected" if selected_effects else None)
 
 
+def stopped_runs(result: Mapping) -> list[str]:
+    """One line per run the divergence guard stopped, on any seed or benchmark: a reading stays in the study
+    whatever it does, and one that ran away is scored up to its last finished stage, so the line names it."""
+    out = []
+    for key, what in (("seeds", "seed"), ("selected", "seed"), ("toy", "toy seed")):
+        for seed, runs in sorted(result.get(key, {}).items()):
+            for name, rec in runs.items():
+                if isinstance(rec, Mapping) and rec.get("diverged"):
+                    scored = ", ".join(rec.get("scores", {}).get("val", {})) or "no stage"
+                    why = rec["diverged"].split("; ")[0]  # the guard's advice on what to lower is for its CLI user
+                    out.append(f"`{name}` on {what} {seed} was stopped ({why}); scored: {scored}.")
+    return out
+
+
 def retrained_references(result: Mapping, split: str = "val") -> list[str]:
     """One line per reading measured on a retrained as-built run whose baseline differs from the recorded
     one: its effects are taken against its own baseline (:func:`_stages_of`), and the line says by how much
@@ -602,7 +616,7 @@ def retrained_references(result: Mapping, split: str = "val") -> list[str]:
             if not own.get("baseline") or not recorded:
                 continue
             out.append(
-                f"`{name}` on seed {seed} forked from a retrained as-built run ({rec['reference'].get('why', '')}): "
+                f"`{name}` on seed {seed} forked from an as-built run trained again (the recorded one was lost): "
                 f"its baseline scored {100 * own['baseline']['miou']:.1f} mIoU against the recorded "
                 f"{100 * recorded['miou']:.1f}; its effects are measured from its own baseline, and that run's "
                 f"expansion and shrinkage scored "
