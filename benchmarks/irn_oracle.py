@@ -50,8 +50,8 @@ def train_on_ground_truth(run, cfg, ds):
     from esol_lib.data.transforms import AugmentedDataset, IRNTrainTransform
     from esol_lib.method.irn import affinity_loss
     from esol_lib.models.boundary import BoundaryNet
-    from esol_lib.runtime.schedule import PolyLR, make_sgd
-    from esol_lib.steps.refinement import MOMENTUM, TRAIN_RADIUS_FACTOR, WEIGHT_DECAY, irn_backbone, labels_at
+    from esol_lib.runtime.schedule import PolyLR, stage_sgd, stage_steps
+    from esol_lib.steps.refinement import TRAIN_RADIUS_FACTOR, irn_backbone, labels_at
 
     ic = cfg.irn
 
@@ -65,9 +65,9 @@ def train_on_ground_truth(run, cfg, ds):
 
     data = AugmentedDataset(_GroundTruth(), IRNTrainTransform(ic.crop_size, cfg.data.mean, cfg.data.std), seed=cfg.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=ic.batch_size, shuffle=True, drop_last=True)
-    steps = ic.max_steps or ic.epochs * len(loader)
+    steps = stage_steps(ic, len(loader))
     model = BoundaryNet(irn_backbone(run, cfg, ds.num_classes, "cpu"))
-    opt = make_sgd(model.trainable_parameters(), ic.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    opt = stage_sgd(model.trainable_parameters(), ic)
     sched = PolyLR(opt, steps)  # esol refine's optimizer and schedule
     model.train()
     done, bar = 0, tqdm(total=steps, desc="oracle boundary branch", unit="step")

@@ -200,11 +200,9 @@ def test_a_damaged_run_config_is_one_clear_error(tmp_path, content, says):
 def test_train_cam_and_irn_use_irns_effective_optimiser():
     """IRN's PolyOptimizer puts its weight decay in SGD's momentum slot and its param groups set the
     weight decay: momentum 1e-4, weight decay 1e-4 is what IRN (and the paper's baseline) trained with."""
-    from esol_lib.steps import refinement
-
     for preset in ("voc12", "coco14", "cpu"):
-        tc = load_config(preset).train_cam
+        tc, ic = load_config(preset).train_cam, load_config(preset).irn
         assert (tc.lr, tc.momentum, tc.weight_decay) == (0.1, 1e-4, 1e-4), preset
-    assert refinement.MOMENTUM == 1e-4 and refinement.WEIGHT_DECAY == 1e-4
+        assert (ic.momentum, ic.weight_decay) == (1e-4, 1e-4), preset
     assert load_config("toy").train_cam.momentum == 0.9  # a from-scratch backbone: its own recipe
     assert load_config("cpu", ["train_cam.momentum=0.9"]).train_cam.momentum == 0.9  # the meant one, a setting

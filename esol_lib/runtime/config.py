@@ -85,21 +85,32 @@ class ModelConfig:
 
 
 @dataclass
-class TrainCamConfig:
-    """Baseline classifier training (IRN's train_cam)."""
+class OptimiserConfig:
+    """What every trained stage sets for its SGD and poly schedule (``lr · (1 - t/T)^0.9``).
 
-    batch_size: int = 16
-    epochs: int = 5
-    max_steps: int | None = None  # overrides epochs when set
+    The one optimiser section type: ``train_cam``, ``expansion``, ``shrinkage``, ``irn`` and ``seg``
+    extend it and restate only the defaults they change, and :func:`~esol_lib.runtime.schedule.stage_sgd`
+    builds every stage's optimiser from it. The defaults are IRN's *effective* optimiser, which the
+    paper follows ("we implement CAM following Ahn et al."): IRN's PolyOptimizer calls
+    ``SGD(params, lr, weight_decay)``, so the 1e-4 meant as weight decay lands in SGD's positional
+    momentum slot, while each of IRN's param groups sets ``weight_decay: 1e-4`` itself. IRN therefore
+    trained with momentum 1e-4 and weight decay 1e-4; the momentum 0.9 its code meant is a setting
+    (``<stage>.momentum=0.9``), not IRN.
+    """
+
     lr: float = 0.1
-    new_layer_lr_mult: float = 10.0
-    # IRN's *effective* optimiser, which the paper follows ("we implement CAM following Ahn et al."):
-    # IRN's PolyOptimizer calls ``SGD(params, lr, weight_decay)``, so the 1e-4 meant as weight decay
-    # lands in SGD's positional momentum slot, while each of train_cam's param groups sets
-    # ``weight_decay: 1e-4`` itself. IRN therefore trained with momentum 1e-4 and weight decay 1e-4.
-    # The momentum 0.9 that its code meant is a setting (``train_cam.momentum=0.9``), not IRN.
     momentum: float = 1e-4
     weight_decay: float = 1e-4
+    max_steps: int | None = None  # T of the poly schedule; None: epochs × batches per epoch where a stage has epochs
+    batch_size: int = 16
+
+
+@dataclass
+class TrainCamConfig(OptimiserConfig):
+    """Baseline classifier training (IRN's train_cam); SGD as :class:`OptimiserConfig`."""
+
+    epochs: int = 5  # used when max_steps is null
+    new_layer_lr_mult: float = 10.0
     resize_long: list[int] = field(default_factory=lambda: [320, 640])
     crop_size: int = 512
     flip: bool = True
@@ -116,20 +127,16 @@ class CamConfig:
 
 
 @dataclass
-class ExpansionConfig:
-    """Expansion stage (§3.2, Eq. 4–5, Eq. 7)."""
+class ExpansionConfig(OptimiserConfig):
+    """Expansion stage (§3.2, Eq. 4–5, Eq. 7); SGD on the ES offsets as :class:`OptimiserConfig`."""
 
     offsets: bool = True  # DT_e: deformable offsets in the expansion sampler
     deformable: bool = True  # False: loss maximisation on a plain conv (Appendix A.1.1)
     alpha: float = 0.001  # §4.1 says 0.001; §4.3.1 / A.1.2 say 0.01 (DESIGN.md)
     lr: float = 0.01
-    # Reading ``opt-irn`` (esol_lib.book.readings): the paper implements CAM following IRN, whose SGD
-    # ran with momentum 1e-4 (TrainCamConfig). The protocol chose it on generator seed 0's val
-    # split and permitted the change; momentum 0.9 was the as-built level.
-    momentum: float = 1e-4
-    weight_decay: float = 1e-4
+    # momentum 1e-4 is reading ``opt-irn`` (esol_lib.book.readings): the protocol chose IRN's effective
+    # optimiser on generator seed 0's val split and permitted it; 0.9 was the as-built level.
     max_steps: int = 6610
-    batch_size: int = 16
     clip: bool = True  # FL: feature clipping (Eq. 7); false switches it off everywhere (Table 5)
     beta: float = 0.15
     # Where Eq. (7) acts, and how (the paper is silent; readings of benchmarks/readings.py):
@@ -143,8 +150,8 @@ class ExpansionConfig:
 
 
 @dataclass
-class ShrinkageConfig:
-    """Shrinkage stage (§3.3, Eq. 6)."""
+class ShrinkageConfig(OptimiserConfig):
+    """Shrinkage stage (§3.3, Eq. 6); SGD on the SS offsets as :class:`OptimiserConfig` (``opt-irn``)."""
 
     offsets: bool = True  # DT_s
     # which extra conv SS deforms: 'second' (stacked after ES and the clipping, Fig. 2) or 'first'
@@ -158,11 +165,7 @@ class ShrinkageConfig:
     area_classes: str = "present"  # the image's GT classes ('present') or all C classes ('all', Eq. 6 as written)
     gamma: float = 1.0
     mu: float = 1.0
-    lr: float = 0.1
-    momentum: float = 1e-4  # reading ``opt-irn``, as ExpansionConfig.momentum
-    weight_decay: float = 1e-4
     max_steps: int = 6610
-    batch_size: int = 16
     train_regular: bool = False
     max_offset: float = 8.0
 
@@ -188,17 +191,15 @@ class CRFConfig:
 
 
 @dataclass
-class IRNConfig:
-    """Inter-pixel relation network (IRN, CVPR 2019) refinement."""
+class IRNConfig(OptimiserConfig):
+    """Inter-pixel relation network (IRN, CVPR 2019) refinement; SGD as :class:`OptimiserConfig` (IRN's own)."""
 
     conf_fg_thres: float = 0.30
     conf_bg_thres: float = 0.05
     backbone: str = "pretrained"  # the boundary branch's frozen backbone: pretrained | random | classifier
     radius: int = 5
     batch_size: int = 32
-    epochs: int = 3
-    max_steps: int | None = None
-    lr: float = 0.1
+    epochs: int = 3  # used when max_steps is null
     crop_size: int = 512
     beta: float = 10.0
     exp_times: int = 8
@@ -206,8 +207,8 @@ class IRNConfig:
 
 
 @dataclass
-class SegConfig:
-    """DeepLab-v2 trained on the pseudo masks."""
+class SegConfig(OptimiserConfig):
+    """DeepLab-v2 trained on the pseudo masks; SGD as :class:`OptimiserConfig`, at DeepLab-v2's settings."""
 
     backbone: str = "resnet101"
     pretrained: str | None = "imagenet"

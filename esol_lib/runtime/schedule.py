@@ -1,17 +1,21 @@
 """The optimiser and the learning-rate schedule every training step uses: SGD and the poly decay.
 
 The schedule is DeepLab's and IRN's ``lr = base_lr * (1 - step / max_steps) ** power``, applied after
-every optimizer step; :func:`make_sgd` passes every setting by keyword.
+every optimizer step; :func:`make_sgd` passes every setting by keyword, and :func:`stage_sgd` and
+:func:`stage_steps` read them from a stage's :class:`~esol_lib.runtime.config.OptimiserConfig` section.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+
+if TYPE_CHECKING:
+    from esol_lib.runtime.config import OptimiserConfig
 
 
 def poly_lr(base_lr: float, step: int, max_steps: int, power: float = 0.9) -> float:
@@ -64,3 +68,18 @@ def make_sgd(
     iterable of parameters or of dicts (groups may set their own ``lr``/``weight_decay``).
     """
     return torch.optim.SGD(list(param_groups), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+
+
+def stage_sgd(param_groups: Iterable[Any], section: OptimiserConfig) -> torch.optim.SGD:
+    """SGD at a stage's ``lr``, ``momentum`` and ``weight_decay``; a param group may set its own lr."""
+    return make_sgd(param_groups, section.lr, momentum=section.momentum, weight_decay=section.weight_decay)
+
+
+def stage_steps(section: OptimiserConfig, batches_per_epoch: int) -> int:
+    """T of a stage's poly schedule: ``max_steps`` when set, else ``epochs`` passes over its loader."""
+    if section.max_steps:
+        return section.max_steps
+    epochs = getattr(section, "epochs", None)
+    if epochs is None:
+        raise ValueError(f"{type(section).__name__} has no epochs: set its max_steps")
+    return epochs * batches_per_epoch

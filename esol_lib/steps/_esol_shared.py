@@ -20,7 +20,7 @@ from esol_lib.runtime.distributed import init_distributed, wrap_ddp
 from esol_lib.runtime.engine import train_loop
 from esol_lib.runtime.errors import DivergenceError
 from esol_lib.runtime.feature_cache import cached_backbone
-from esol_lib.runtime.schedule import PolyLR, make_sgd
+from esol_lib.runtime.schedule import PolyLR, stage_sgd
 from esol_lib.steps._shared import load_baseline, split_dataset, stage_inputs, training_loader
 
 __all__ = ["OffsetGuard", "build_esol_model", "load_stage_model", "stage_loader", "train_esol_stage"]
@@ -107,12 +107,7 @@ def train_esol_stage(run, stage: str, model: ESOLModel, loss_fn, stage_cfg, cfg,
     if not params:  # an ablation with nothing to learn (no offsets, frozen weights): save as is
         return save_untrained_stage(run, stage, model, f"{stage}: no offsets and frozen regular weights", inputs)
     max_steps = stage_cfg.max_steps
-    optimizer = make_sgd(
-        [{"params": params, "lr": stage_cfg.lr}],
-        stage_cfg.lr,
-        momentum=stage_cfg.momentum,
-        weight_decay=stage_cfg.weight_decay,
-    )
+    optimizer = stage_sgd([{"params": params, "lr": stage_cfg.lr}], stage_cfg)
     wrapped = wrap_ddp(model, init_distributed())
     wrapped.train()  # ESOLModel.train keeps the backbone's batch-norm statistics frozen
     return train_loop(

@@ -10,7 +10,7 @@ from esol_lib.models import build_classifier, multilabel_loss
 from esol_lib.runtime.distributed import init_distributed, wrap_ddp
 from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.rundir import RunDir, holds_run_lock
-from esol_lib.runtime.schedule import PolyLR, make_sgd
+from esol_lib.runtime.schedule import PolyLR, stage_sgd, stage_steps
 from esol_lib.runtime.train_log import DeadOutputGuard
 from esol_lib.steps._shared import resolve_device, split_dataset, stage_inputs, training_loader
 
@@ -38,11 +38,9 @@ def train_cam(run: RunDir, *, progress: bool = True):
         too_few=f"split {cfg.data.train_split!r} has {len(base)} images, fewer than one batch of "
         f"{tc.batch_size}; lower train_cam.batch_size",
     )
-    max_steps = tc.max_steps or tc.epochs * len(loader)
+    max_steps = stage_steps(tc, len(loader))
     model = build_classifier(cfg.model, base.num_classes).to(device)
-    optimizer = make_sgd(
-        model.param_groups(tc.lr, tc.new_layer_lr_mult), tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
-    )
+    optimizer = stage_sgd(model.param_groups(tc.lr, tc.new_layer_lr_mult), tc)
     model = wrap_ddp(model, info)
     model.train()
 

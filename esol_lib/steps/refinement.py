@@ -24,9 +24,9 @@ Choices that differ from IRN's public setup (all documented where they are made)
   CAMs were made for (``data.cam_split``), the images whose pseudo masks are scored.
 - **Radius.** IRN trains with pairs within radius 10 and walks with radius 5 (feature cells);
   training here uses ``2 * irn.radius`` (:data:`TRAIN_RADIUS_FACTOR`) and inference ``irn.radius``.
-- **Optimizer.** SGD, poly schedule, ``irn.lr``, weight decay 1e-4 (IRN's param groups set it).
-  IRN's PolyOptimizer passes its weight decay positionally into SGD's momentum slot, so its
-  momentum is effectively 1e-4 (:data:`MOMENTUM`): the optimiser IRN actually trained with.
+- **Optimizer.** SGD, poly schedule, ``irn.lr``, ``irn.weight_decay`` 1e-4 (IRN's param groups
+  set it). IRN's PolyOptimizer passes its weight decay positionally into SGD's momentum slot, so
+  ``irn.momentum`` defaults to 1e-4: the optimiser IRN actually trained with.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ from esol_lib.runtime.freshness import (
 )
 from esol_lib.runtime.parallel import map_ordered
 from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
-from esol_lib.runtime.schedule import PolyLR, make_sgd
+from esol_lib.runtime.schedule import PolyLR, stage_sgd, stage_steps
 from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset, training_loader
 
 __all__ = [
@@ -98,8 +98,6 @@ __all__ = [
 
 IRN_BACKBONES = ("pretrained", "random", "classifier")  # irn.backbone
 TRAIN_RADIUS_FACTOR = 2  # IRN: radius 10 for training, 5 for the random walk
-MOMENTUM = 1e-4  # IRN's effective momentum (see the module docstring)
-WEIGHT_DECAY = 1e-4
 CHECKPOINT_EVERY = 200
 
 
@@ -366,9 +364,9 @@ def train_irn(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
         num_workers=cfg.data.num_workers,
         too_few=f"split {split!r} has {len(ds)} images, fewer than one batch of {ic.batch_size}; lower irn.batch_size",
     )
-    max_steps = ic.max_steps or ic.epochs * len(loader)
+    max_steps = stage_steps(ic, len(loader))
     model = BoundaryNet(irn_backbone(run, cfg, ds.num_classes, device)).to(device)
-    optimizer = make_sgd(model.trainable_parameters(), ic.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    optimizer = stage_sgd(model.trainable_parameters(), ic)
     model.train()
     model = wrap_ddp(model, info)
     radius = TRAIN_RADIUS_FACTOR * ic.radius

@@ -51,7 +51,7 @@ from esol_lib.runtime.freshness import (
     signature_of,
 )
 from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
-from esol_lib.runtime.schedule import PolyLR, make_sgd
+from esol_lib.runtime.schedule import PolyLR, stage_sgd
 from esol_lib.runtime.train_log import JsonlLogger
 from esol_lib.steps._shared import resolve_device, training_loader
 
@@ -153,9 +153,7 @@ def train_seg(run: RunDir, stage: str = "shrinkage", *, progress: bool = True):
         stage=seg_stage_name(stage), event="data", split=split, images=len(ids), pseudo_masks=str(mask_dir)
     )
     model = build_deeplab(sc, num_classes).to(device)
-    optimizer = make_sgd(
-        param_groups(model, sc.lr, aspp_lr_mult(sc)), sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay
-    )
+    optimizer = stage_sgd(param_groups(model, sc.lr, aspp_lr_mult(sc)), sc)
     model = wrap_ddp(model, info)
     model.train()
 
