@@ -9,15 +9,15 @@ esol_lib`` (and the ``esol`` command) costs nothing until a name is asked for.
     pipeline (chapters 01-06) ``notebook_run``, ``train_cam``, ``make_cam``, ``eval_cam``,
                               ``expand``, ``shrink``, ``refine``, ``train_seg``, ``eval_seg``
     data                      ``VOCSegmentation``, ``load_mask``, ``load_cam``, ``to_tensor``, ...
-    figures and tables        ``viz``, ``widgets``
+    figures and tables        ``viz`` (pictures), ``charts``, ``tables``, ``widgets``
     the paper and the runs    ``paper``, ``ablation``, ``results``, ``readings``, ``RunDir``
     ========================  ===============================================================
 
 The package shows four kinds of code (docs/ARCHITECTURE.md says what may import what): ``method/``
 (the paper's operations, with the networks in ``models/`` and the datasets in ``data/``),
 ``runtime/`` (config, run folder, training loop, processes), ``steps/`` (the pipeline) and ``book/``
-(the book's code; ``viz``, ``widgets``, ``paper``, ``results``, ``readings`` and ``ablation`` live
-there and are reached here as namespaces). The entry points ``cli``, ``pipeline`` and ``plan`` sit
+(the book's code; ``viz``, ``charts``, ``tables``, ``widgets``, ``paper``, ``results``, ``readings``
+and ``ablation`` live there and are reached here as namespaces). The entry points ``cli``, ``pipeline`` and ``plan`` sit
 at the top.
 """
 
@@ -81,7 +81,8 @@ _EXPORTS: dict[str, str] = {
 #: Modules the chapters use as namespaces (``viz.show_cams``, ``paper.TABLE6``): name → the module.
 #: They live in ``esol_lib/book/``; ``from esol_lib import viz`` is the chapters' spelling.
 _MODULES: dict[str, str] = {
-    name: f"esol_lib.book.{name}" for name in ("viz", "widgets", "ablation", "paper", "results", "readings")
+    name: f"esol_lib.book.{name}"
+    for name in ("viz", "charts", "tables", "widgets", "ablation", "paper", "results", "readings")
 }
 
 __all__ = sorted([*_EXPORTS, *_MODULES])

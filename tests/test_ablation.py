@@ -71,15 +71,15 @@ def test_the_papers_numbers_agree_with_themselves():
 
 
 def test_metrics_table_marks_diverged_runs_and_quotes_the_paper():
-    from esol_lib import viz
+    from esol_lib import tables
 
     rows = {"a": {"miou": 0.5, "precision": 0.25, "recall": 1.0, "f1": 0.4}, "b": {"diverged": "ran away"}}
-    lines = viz.metrics_table(rows, extra=(), paper={"a": 48.4}).splitlines()
+    lines = tables.metrics_table(rows, extra=(), paper={"a": 48.4}).splitlines()
     assert lines[0] == "|  | mIoU | precision | recall | f1 | paper mIoU (VOC) |"
     assert lines[2] == "| a | 50.0 | 25.0 | 100.0 | 40.0 | 48.4 |"
     assert lines[3] == "| b | diverged | diverged | diverged | diverged | – |"
-    assert viz.metrics_table({"a": rows["a"]}).splitlines()[0] == "|  | mIoU | precision | recall | f1 | threshold |"
-    with_ap = viz.metrics_table({"a": {**rows["a"], "ap": 0.625}, "c": rows["a"]}, columns=("miou", "ap"), extra=())
+    assert tables.metrics_table({"a": rows["a"]}).splitlines()[0] == "|  | mIoU | precision | recall | f1 | threshold |"
+    with_ap = tables.metrics_table({"a": {**rows["a"], "ap": 0.625}, "c": rows["a"]}, columns=("miou", "ap"), extra=())
     assert with_ap.splitlines()[0] == "|  | mIoU | AP |"
     assert with_ap.splitlines()[2:] == ["| a | 50.0 | 62.5 |", "| c | 50.0 | – |"]  # an older metrics file: no AP
 

@@ -2,8 +2,8 @@
 
 All chapters share one run folder, in book order, as ``esol book`` runs them, so each stage is
 computed once (the smoke profile trains each stage for a few steps on 12 images of 32 pixels).
-Also: the figure and table helpers of :mod:`esol_lib.book.viz` the chapters share, and the one namespace
-they import from.
+Also: the figure and table helpers the chapters share (:mod:`esol_lib.book.viz`,
+:mod:`~esol_lib.book.charts`, :mod:`~esol_lib.book.tables`), and the one namespace they import from.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_the_built_smoke_book_reads_offline(book):
     assert "alpha_explorer" in slider_page  # the code stays: the reader sees what to run in JupyterLab
 
 
-# ----------------------------------------------------------------------------- viz helpers
+# ----------------------------------------------------------------------------- figure and table helpers
 
 
 def test_show_columns_draws_images_label_maps_and_heat_maps():
@@ -140,11 +140,11 @@ def test_show_columns_draws_images_label_maps_and_heat_maps():
 
 
 def test_file_table_reads_metrics_files_and_keeps_quoted_numbers(tmp_path):
-    from esol_lib import viz
+    from esol_lib import tables
 
     path = tmp_path / "seed.json"
     path.write_text(json.dumps({"miou": 0.5361, "precision": 0.25}))
-    table = viz.file_table(
+    table = tables.file_table(
         {
             "paper": {"Seed": 53.6, "Mask": "68.7"},
             "ours": {"Seed": path, "Mask": tmp_path / "missing.json", "P": (path, "precision")},
@@ -154,25 +154,25 @@ def test_file_table_reads_metrics_files_and_keeps_quoted_numbers(tmp_path):
     assert lines[0] == "| | Seed | Mask | P |"
     assert lines[2] == "| paper | 53.6 | 68.7 | – |"
     assert lines[3] == "| ours | 53.6 | not run | 25.0 |"
-    assert "n/a" in viz.file_table({"r": {"c": Path(tmp_path / "none.json")}}, missing="n/a")
+    assert "n/a" in tables.file_table({"r": {"c": Path(tmp_path / "none.json")}}, missing="n/a")
 
 
 def test_markdown_table_and_its_row_check():
-    from esol_lib import viz
+    from esol_lib import tables
 
-    table = viz.markdown_table(["setting", "value"], [("lr", 0.01), ("crop", 128)])
+    table = tables.markdown_table(["setting", "value"], [("lr", 0.01), ("crop", 128)])
     assert table.splitlines() == ["| setting | value |", "|---|---|", "| lr | 0.01 |", "| crop | 128 |"]
     with pytest.raises(ValueError, match="3 cells for 2 columns"):
-        viz.markdown_table(["a", "b"], [(1, 2, 3)])
+        tables.markdown_table(["a", "b"], [(1, 2, 3)])
 
 
 def test_grouped_bars_puts_each_series_beside_the_others_with_gaps_for_none():
     import matplotlib.pyplot as plt
 
-    from esol_lib import viz
+    from esol_lib import charts
 
     fig, ax = plt.subplots()
-    viz.grouped_bars(
+    charts.grouped_bars(
         ax,
         {"baseline": [1.0, 2.0, None], "shrinkage": [3.0, 4.0, 5.0]},
         ["Seed", "CRF", "Mask"],
@@ -185,10 +185,42 @@ def test_grouped_bars_puts_each_series_beside_the_others_with_gaps_for_none():
     assert np.isnan(bars[2].get_height()) and bars[5].get_height() == 5.0
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Seed", "CRF", "Mask"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline", "ESOL"]
-    assert bars[0].get_facecolor()[:3] == pytest.approx(plt.matplotlib.colors.to_rgb(viz.STAGE_COLORS["baseline"]))
+    assert bars[0].get_facecolor()[:3] == pytest.approx(plt.matplotlib.colors.to_rgb(charts.STAGE_COLORS["baseline"]))
     with pytest.raises(ValueError, match="2 values for 3 categories"):
-        viz.grouped_bars(ax, {"x": [1, 2]}, ["a", "b", "c"])
+        charts.grouped_bars(ax, {"x": [1, 2]}, ["a", "b", "c"])
     plt.close(fig)
+
+
+def test_training_curves_draws_a_panel_per_column_and_a_line_per_stage():
+    import matplotlib.pyplot as plt
+
+    from esol_lib import charts
+
+    logs = {
+        "seg-baseline": {"step": [1, 2, 3], "loss": [3.0, 2.0, 1.5]},
+        "seg-shrinkage": {"step": [1, 2, 3], "loss": [2.5, 1.0, 0.5]},
+    }
+    fig = charts.training_curves(logs, {"loss": "cross-entropy"}, title="DeepLab-v2 training")
+    (ax,) = fig.axes
+    assert ax.get_title() == "cross-entropy" and ax.get_xlabel() == "step"
+    assert fig.get_suptitle() == "DeepLab-v2 training"
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == [charts.STAGE_NAMES["baseline"], charts.STAGE_NAMES["shrinkage"]]
+    assert list(lines[1].get_ydata()) == [2.5, 1.0, 0.5] and lines[1].get_marker() == "."
+    assert lines[0].get_color() == charts.STAGE_COLORS["baseline"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [line.get_label() for line in lines]
+    plt.close(fig)
+
+    one = {"shrinkage": {"step": list(range(60)), "cls": [0.0] * 60, "area": [1.0] * 60}}
+    fig = charts.training_curves(one, {"cls": "L_cls", "area": "L_area"})
+    assert [ax.get_title() for ax in fig.axes] == ["L_cls", "L_area"]
+    assert fig.axes[0].get_legend() is None and fig.axes[0].get_lines()[0].get_marker() in ("None", "", None)
+    plt.close(fig)
+
+    with pytest.raises(ValueError, match="stage 'shrinkage' logged no column 'offset'; it has: area, cls, step"):
+        charts.training_curves(one, {"offset": "mean |offset|"})
+    with pytest.raises(ValueError, match="stage 'expansion' has no step records.*train it first"):
+        charts.training_curves({"expansion": {}}, {"cls": "L_cls"})
 
 
 def test_stage_heats_reads_each_stages_cams_by_run_or_folder(tmp_path):

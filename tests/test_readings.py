@@ -245,11 +245,11 @@ def test_readings_benchmark_runs_the_protocol_end_to_end_on_the_smoke_profile(tm
     points = result["seeds"]["0"]["ss-first"]["sampling"]["shrinkage"]
     assert len(points) == 16 and len(points[0][0]) == 9  # a 4x4 grid of cells, nine taps each
     assert result["seeds"]["0"]["_image"]["png"] and rd.mechanism_sentences(result)
-    from esol_lib import viz
+    from esol_lib import charts, viz
 
-    for fig in (viz.reading_sampling(result), viz.reading_tradeoff(result), viz.reading_offsets(result)):
+    for fig in (viz.reading_sampling(result), charts.reading_tradeoff(result), charts.reading_offsets(result)):
         assert fig is not None
-    assert viz.reading_gradients(result, "0", "expansion_start") is not None
+    assert charts.reading_gradients(result, "0", "expansion_start") is not None
 
 
 def _benchmark():

@@ -1,6 +1,7 @@
 """The book's code: executing the chapters and building the HTML, and what the chapters show.
 
-The figures (:mod:`~esol_lib.book.viz`, :mod:`~esol_lib.book.widgets`), the paper's numbers
+The figures (:mod:`~esol_lib.book.viz`, :mod:`~esol_lib.book.charts`, :mod:`~esol_lib.book.tables`,
+:mod:`~esol_lib.book.widgets`), the paper's numbers
 (:mod:`~esol_lib.book.paper`), the runs' tables (:mod:`~esol_lib.book.results`,
 :mod:`~esol_lib.book.readings`, :mod:`~esol_lib.book.ablation`) and the performance page
 (:mod:`~esol_lib.book.performance`). The book reads run folders' files and calls the method; no

@@ -14,7 +14,7 @@ result, not a crash: it is recorded as diverged and the sweep goes on.
 Usage (chapter 07)::
 
     results = run_variants(run, TABLE5, run.root / "ablations")
-    viz.sensitivity_plot(alpha_sweep_results, ...)
+    charts.sensitivity_plot(alpha_sweep_results, ...)
 """
 
 from __future__ import annotations
