@@ -265,7 +265,8 @@ def own_reference(main, recorded: dict | None) -> dict | None:
     A seed's readings are forks of one trained baseline. When the as-built run is trained again (a lost
     run folder, another machine) and its baseline's seeds score otherwise than the recorded ones (float
     reductions differ across CPUs and thread counts), a reading forked from it is compared with its own
-    baseline, not the recorded one: the record keeps this run's scores (:func:`esol_lib.book.readings._stages_of`)."""
+    baseline, not the recorded one: the record keeps this run's scores
+    (:func:`esol_lib.book.study.stage_metrics_of`)."""
     now = score(main, STAGES, ("val",))
     kept = (recorded or {}).get("val", {}).get("baseline") or {}
     if not kept or now["val"]["baseline"] == kept:

@@ -10,15 +10,15 @@ esol_lib`` (and the ``esol`` command) costs nothing until a name is asked for.
                               ``expand``, ``shrink``, ``refine``, ``train_seg``, ``eval_seg``
     data                      ``VOCSegmentation``, ``load_mask``, ``load_cam``, ``to_tensor``, ...
     figures and tables        ``viz`` (pictures), ``charts``, ``tables``, ``widgets``
-    the paper and the runs    ``paper``, ``ablation``, ``results``, ``readings``, ``RunDir``
+    the paper and the runs    ``paper``, ``ablation``, ``results``, ``readings``, ``study``,
+                              ``verdicts``, ``RunDir``
     ========================  ===============================================================
 
 The package shows four kinds of code (docs/ARCHITECTURE.md says what may import what): ``method/``
 (the paper's operations, with the networks in ``models/`` and the datasets in ``data/``),
 ``runtime/`` (config, run folder, training loop, processes), ``steps/`` (the pipeline) and ``book/``
-(the book's code; ``viz``, ``charts``, ``tables``, ``widgets``, ``paper``, ``results``, ``readings``
-and ``ablation`` live there and are reached here as namespaces). The entry points ``cli``, ``pipeline`` and ``plan`` sit
-at the top.
+(the book's code; the modules of the table above that are namespaces live there). The entry points
+``cli``, ``pipeline`` and ``plan`` sit at the top.
 """
 
 from __future__ import annotations
@@ -76,13 +76,24 @@ _EXPORTS: dict[str, str] = {
     "seed_report": "esol_lib.book.results",
     "offsets_table": "esol_lib.book.results",
     "table5_table": "esol_lib.book.results",
-    "run_sentences": "esol_lib.book.readings",
+    "run_sentences": "esol_lib.book.verdicts",
 }
 #: Modules the chapters use as namespaces (``viz.show_cams``, ``paper.TABLE6``): name → the module.
 #: They live in ``esol_lib/book/``; ``from esol_lib import viz`` is the chapters' spelling.
 _MODULES: dict[str, str] = {
     name: f"esol_lib.book.{name}"
-    for name in ("viz", "charts", "tables", "widgets", "ablation", "paper", "results", "readings")
+    for name in (
+        "viz",
+        "charts",
+        "tables",
+        "widgets",
+        "ablation",
+        "paper",
+        "results",
+        "readings",
+        "study",
+        "verdicts",
+    )
 }
 
 __all__ = sorted([*_EXPORTS, *_MODULES])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from esol_lib import readings as rd
+from esol_lib import study, verdicts
 from esol_lib.method.diagnostics import cell_kinds, offset_gradients
 from esol_lib.method.losses import area_maps, expansion_loss, feature_clip, shrinkage_loss
 from esol_lib.models import CAMClassifier, build_backbone
@@ -168,11 +169,11 @@ def test_stage_effects_and_verdicts_come_from_the_numbers():
         return {"miou": miou, "precision": p, "recall": r, "f1": 0.5, "ap": 0.5, "sweep": sweep}
 
     run = {"baseline": stage(0.7, 0.6, 0.5), "expansion": stage(0.6, 0.7, 0.45), "shrinkage": stage(0.65, 0.65, 0.48)}
-    e = rd.stage_effects(run)
+    e = verdicts.stage_effects(run)
     assert e["expansion_recall"] == pytest.approx(10.0) and e["expansion_recall_sweep"] == pytest.approx(10.0)
     assert e["shrinkage_precision"] == pytest.approx(5.0) and e["esol_miou"] == pytest.approx(-2.0)
-    other = rd.stage_effects({"baseline": run["baseline"]})
-    lines = rd.stage_verdicts({"as-built": [e, e], "other": [other], "selected": [e, e]}, "selected")
+    other = verdicts.stage_effects({"baseline": run["baseline"]})
+    lines = verdicts.stage_verdicts({"as-built": [e, e], "other": [other], "selected": [e, e]}, "selected")
     assert lines[0].startswith("Expansion raised recall") and "1 of 2 readings (`as-built` +10.0 points" in lines[0]
     assert "under none of them" in lines[2]  # the selected combination is not counted as a reading
     assert lines[3].startswith("The selected combination") and "-2.0 ± 0.0 points (2 seeds) mIoU" in lines[3]
@@ -198,11 +199,11 @@ def test_a_reading_forked_from_a_retrained_run_is_measured_from_its_own_baseline
             }
         }
     }
-    assert rd._stages(result, "1", "len-6610", "val")["baseline"] is retrained["baseline"]
-    assert rd._stages(result, "1", "alpha-0.001", "val")["baseline"] is recorded["baseline"]
+    assert study.stage_metrics(result, "1", "len-6610", "val")["baseline"] is retrained["baseline"]
+    assert study.stage_metrics(result, "1", "alpha-0.001", "val")["baseline"] is recorded["baseline"]
     result["toy"] = {"0": {"selected": {"diverged": "offsets ran away", "scores": {"val": {"expansion": {}}}}}}
-    assert rd.stopped_runs(result) == ["`selected` on toy seed 0 was stopped (offsets ran away); scored: expansion."]
-    (line,) = rd.retrained_references(result)
+    assert study.stopped_runs(result) == ["`selected` on toy seed 0 was stopped (offsets ran away); scored: expansion."]
+    (line,) = study.retrained_references(result)
     assert "`len-6610` on seed 1" in line and "45.0 mIoU against the recorded 50.0" in line and "41.0, 30.0" in line
 
 
@@ -238,13 +239,13 @@ def test_readings_benchmark_runs_the_protocol_end_to_end_on_the_smoke_profile(tm
     assert (out / "seed0" / "readings" / "ss-first" / "checkpoints" / "shrinkage.pt").is_file()
     assert result["selection"]["missing"]  # 8 readings were left out: selection only, nothing selected is run
     assert "selected" not in result or not result["selected"]
-    assert "| baseline (no ESOL) |" in rd.readings_table(result) and "`ss-first`" in rd.diagnostics_table(result)
-    assert rd.verdict(result)[0].startswith("Expansion raised recall")
+    assert "| baseline (no ESOL) |" in study.readings_table(result) and "`ss-first`" in study.diagnostics_table(result)
+    assert study.verdict(result)[0].startswith("Expansion raised recall")
     subprocess.run([*cmd, "--sampling"], check=True, cwd=tmp_path, timeout=600)
     result = json.loads(js.read_text())
     points = result["seeds"]["0"]["ss-first"]["sampling"]["shrinkage"]
     assert len(points) == 16 and len(points[0][0]) == 9  # a 4x4 grid of cells, nine taps each
-    assert result["seeds"]["0"]["_image"]["png"] and rd.mechanism_sentences(result)
+    assert result["seeds"]["0"]["_image"]["png"] and study.mechanism_sentences(result)
     from esol_lib import charts, viz
 
     for fig in (viz.reading_sampling(result), charts.reading_tradeoff(result), charts.reading_offsets(result)):

@@ -274,9 +274,9 @@ def reading_tradeoff(result: Mapping, split: str = "val"):
     """Each reading as one point per seed: expansion's change in recall (x) against shrinkage's change in
     precision over expansion (y), both at the best threshold, from ``readings.json``. The paper's
     direction (Table 6 on VOC: +24.5 recall, +26.0 precision) is the upper right quadrant."""
-    from esol_lib.book import readings as rd
+    from esol_lib.book import study
 
-    effects = rd.effects_by_reading(result, split)
+    effects = study.effects_by_reading(result, split)
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     markers = "osD^v<>pPX*h"
     for k, (name, per_seed) in enumerate(effects.items()):
@@ -297,12 +297,12 @@ def reading_tradeoff(result: Mapping, split: str = "val"):
 
 def reading_offsets(result: Mapping, seed: str = "0"):
     """Mean |offset| (feature cells) over training steps, per reading, for both stages (the runs' logs)."""
-    from esol_lib.book import readings as rd
+    from esol_lib.book import study
 
     runs = result.get("seeds", {}).get(seed, {})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for ax, stage in zip(axes, ("expansion", "shrinkage")):
-        for name in rd.reading_names(result):
+        for name in study.reading_names(result):
             curve = ((runs.get(name) or {}).get("offsets") or {}).get(stage)
             if curve:
                 steps, values = zip(*curve)
@@ -319,11 +319,11 @@ def reading_offsets(result: Mapping, seed: str = "0"):
 def reading_gradients(result: Mapping, seed: str = "0", key: str = "expansion_start"):
     """The gradient reaching the offsets (``∂L/∂Δp``, mean L2 norm per cell) on object, background and
     clipped cells, per reading, at one point (``expansion_start``, ``expansion_end``, ``shrinkage_start``, ...)."""
-    from esol_lib.book import readings as rd
+    from esol_lib.book import study
 
     runs = result.get("seeds", {}).get(seed, {})
     names, series = [], {"object": [], "background": [], "clipped": []}
-    for name in rd.reading_names(result):
+    for name in study.reading_names(result):
         d = ((runs.get(name) or {}).get("diagnostics") or {}).get(key)
         if not d or "skipped" in d:
             continue

@@ -227,11 +227,11 @@ def reading_sampling(result: Mapping, seed: str = "0", max_rows: int = 12):
 
     from PIL import Image
 
-    from esol_lib.book import readings as rd
+    from esol_lib.book import study
 
     runs = result.get("seeds", {}).get(seed, {})
     picture = runs.get("_image")
-    names = [n for n in rd.reading_names(result) if (runs.get(n) or {}).get("sampling")][:max_rows]
+    names = [n for n in study.reading_names(result) if (runs.get(n) or {}).get("sampling")][:max_rows]
     if not picture or not names:
         return None
     image = np.asarray(Image.open(io.BytesIO(base64.b64decode(picture["png"]))).convert("RGB"))
