@@ -47,7 +47,8 @@ def _rss_mib() -> float:
 
 def run_case(backbone: str, size: int, n: int, radius: int, exp_times: int, device: str) -> dict:
     """One case, in this process: returns its timings and memory as a dict."""
-    from esol_lib.method.irn import affinity_pairs, pseudo_mask, transition_matrix
+    from esol_lib.method.affinity import affinity_pairs
+    from esol_lib.method.irn import pseudo_mask, transition_matrix
     from esol_lib.models import build_backbone
     from esol_lib.models.boundary import BoundaryNet, boundary_map
 

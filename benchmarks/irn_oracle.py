@@ -48,7 +48,7 @@ def drawn_boundary(mask: np.ndarray) -> torch.Tensor:
 def train_on_ground_truth(run, cfg, ds):
     """IRN's boundary branch trained as ``esol refine`` trains it, on the true masks instead of IR labels."""
     from esol_lib.data.transforms import AugmentedDataset, IRNTrainTransform
-    from esol_lib.method.irn import affinity_loss
+    from esol_lib.method.affinity import affinity_loss
     from esol_lib.models.boundary import BoundaryNet
     from esol_lib.runtime.schedule import PolyLR, stage_sgd, stage_steps
     from esol_lib.steps.refinement import TRAIN_RADIUS_FACTOR, irn_backbone, labels_at

@@ -10,20 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from esol_lib.method.irn import (
+from esol_lib.method.affinity import (
     affinity_labels,
     affinity_loss,
     affinity_pairs,
-    ir_labels,
-    mask_from_scores,
     neighbourhood,
     path_affinities,
     path_points,
-    pseudo_mask,
-    random_walk,
-    transition_matrix,
-    walked_scores,
 )
+from esol_lib.method.irn import ir_labels, mask_from_scores, pseudo_mask, random_walk, transition_matrix, walked_scores
 from esol_lib.models import build_backbone
 from esol_lib.models.boundary import BoundaryNet, boundary_map
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from esol_lib.data.palette import VOID
 from esol_lib.runtime.atomic import atomic_write_text
 
-IGNORE = 255
+IGNORE = VOID  # VOC's void label: never scored, and ignored by IRN's pair labels
 AP_BINS = 1000  # score resolution of the localization AP's histograms (scores are in [0, 1])
 
 

@@ -48,9 +48,10 @@ from esol_lib.data.transforms import (
     IRNTrainTransform,
     to_tensor,
 )
+from esol_lib.method.affinity import affinity_loss
 from esol_lib.method.cam import load_cam
 from esol_lib.method.crf import label_crf_kwargs
-from esol_lib.method.irn import affinity_loss, ir_labels, pseudo_mask
+from esol_lib.method.irn import ir_labels, pseudo_mask
 from esol_lib.method.metrics import confusion_matrix, summarize, write_metrics
 from esol_lib.models import build_backbone
 from esol_lib.models.backbone import Backbone
