@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from esol_lib.method.cam import multiscale_cam
 from esol_lib.models import build_classifier
-from esol_lib.runtime.config import load_config
+from esol_lib.runtime.config_io import load_config
 
 
 def _time(fn, repeats: int) -> float:

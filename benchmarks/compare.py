@@ -51,7 +51,7 @@ from esol_lib.method.crf import crf_from_labels
 from esol_lib.method.irn import random_walk, transition_matrix
 from esol_lib.models import build_backbone, build_classifier
 from esol_lib.models.samplers import deform_conv2d_sampled
-from esol_lib.runtime.config import load_config
+from esol_lib.runtime.config_io import load_config
 from esol_lib.runtime.parallel import cpu_workers, map_ordered
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -52,7 +52,7 @@ def run_seed(profile: str, seed: int, run_dir: Path, sets: list[str], segment: b
     """Run the whole pipeline of ``profile`` on generator seed ``seed``; return seconds spent."""
     from esol_lib import ablation as ab
     from esol_lib.pipeline import run_pipeline
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.steps import start_run
 
     seed_key = BENCHMARKS[profile][1]

@@ -68,7 +68,7 @@ def sampler_agreement(device: str, channels: int, size: int, batch: int) -> dict
 
 def plan(profile: str) -> list[dict]:
     from esol_lib.plan import plan_pipeline
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
 
     return [
         {

@@ -58,7 +58,7 @@ def main_run(profile: str, seed: int, out: Path, sets: list[str]):
     have since moved to the levels the protocol permitted."""
     from esol_lib.book.readings import AS_BUILT
     from esol_lib.pipeline import pipeline_steps
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.runtime.lock import RunBusyError
     from esol_lib.steps import start_run
 
@@ -89,7 +89,7 @@ MEANT_OPTIMISER = ("train_cam.momentum=0.9", "train_cam.lr=0.01")
 
 def baseline_only(profile: str, seed: int, out: Path, sets: list[str], overrides) -> dict:
     """Train and score (val and train) only the baseline of one seed under other train_cam settings."""
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.steps import start_run, train_cam
 
     cfg = load_config(profile, [f"profile={profile}-seed{seed}", f"{SEED_KEY[profile]}={seed}", *sets, *overrides])
@@ -187,7 +187,7 @@ def sampling_image(profile: str, seed: int, sets: list[str]) -> dict:
     from PIL import Image
 
     from esol_lib.data import VOCSegmentation, resolve_data_root
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
 
     cfg = load_config(profile, [f"profile={profile}-seed{seed}", f"{SEED_KEY[profile]}={seed}", *sets])
     ds = VOCSegmentation(resolve_data_root(cfg), cfg.data.val_split)

@@ -42,7 +42,7 @@ def _gains(a: dict, b: dict, key: str) -> tuple[float, float]:
 
 def run_benchmark(name: str, overrides: list[str], args) -> dict:
     from esol_lib import ablation as ab
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.steps import expand, shrink, start_run, train_cam
 
     cfg = load_config(args.config, [f"profile={args.config}-{name}", *overrides, *args.set])

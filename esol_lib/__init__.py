@@ -47,7 +47,7 @@ _EXPORTS: dict[str, str] = {
     "prediction_dir": "esol_lib.steps.segmentation",
     "seg_stage_name": "esol_lib.steps.segmentation",
     "RunDir": "esol_lib.runtime.rundir",
-    "load_config": "esol_lib.runtime.config",
+    "load_config": "esol_lib.runtime.config_io",
     # data
     "VOCSegmentation": "esol_lib.data",
     "load_mask": "esol_lib.data",

@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from esol_lib.data import generate_benchmark, synth_spec_from_config
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
 
     base = load_config(args.profile).data.synth if args.profile else None
     spec = synth_spec_from_config(base)
@@ -179,7 +179,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 def cmd_data_emoji(args: argparse.Namespace) -> int:
     from esol_lib.data import emoji_spec_from_config, generate_emoji_benchmark
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
 
     base = load_config(args.profile).data.emoji if args.profile else None
     spec = emoji_spec_from_config(base)
@@ -221,7 +221,7 @@ def cmd_data_train_aug(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from esol_lib.runtime.config import config_to_dict, load_config
+    from esol_lib.runtime.config_io import config_to_dict, load_config
 
     cfg = load_config(args.config, args.overrides)
     print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
@@ -229,7 +229,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_train_cam(args: argparse.Namespace) -> int:
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.steps import start_run, train_cam
 
     run = start_run(args.run, load_config(args.config, args.overrides), args.data_root)
@@ -320,7 +320,7 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from esol_lib.pipeline import run_pipeline
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.steps import start_run
 
     cfg = load_config(args.config, args.overrides)

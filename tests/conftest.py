@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from esol_lib.runtime.config import load_config
+from esol_lib.runtime.config_io import load_config
 from esol_lib.runtime.rundir import RunDir
 from esol_lib.steps import expand, open_run, shrink, start_run, train_cam
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import copy_run
 
 from esol_lib import ablation as ab
-from esol_lib.runtime.config import apply_overrides, config_to_dict, load_config
+from esol_lib.runtime.config_io import apply_overrides, config_to_dict, load_config
 from esol_lib.runtime.errors import ConfigError
 from esol_lib.steps import expand
 

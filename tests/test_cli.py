@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from esol_lib.cli import PENDING, main
-from esol_lib.runtime.config import load_config
+from esol_lib.runtime.config_io import load_config
 from esol_lib.runtime.errors import ConfigError
 from esol_lib.runtime.rundir import RunDir, create_run
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from esol_lib.runtime.config import PRESETS, config_to_dict, load_config, save_config
+from esol_lib.runtime.config_io import PRESETS, config_to_dict, load_config, save_config
 from esol_lib.runtime.errors import ConfigError
 
 
@@ -141,7 +141,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_overrides_never_modify_the_dict_they_patch():
-    from esol_lib.runtime.config import apply_overrides, config_to_dict
+    from esol_lib.runtime.config_io import apply_overrides, config_to_dict
 
     values = config_to_dict(load_config("cpu"))
     patched = apply_overrides(values, ["expansion.clip=false"])

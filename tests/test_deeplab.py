@@ -19,7 +19,8 @@ from esol_lib.method.seg_recipe import (
     upsample_logits,
 )
 from esol_lib.models.deeplab import ASPP, DeepLabV2, build_deeplab
-from esol_lib.runtime.config import CRFConfig, SegConfig, load_config
+from esol_lib.runtime.config import CRFConfig, SegConfig
+from esol_lib.runtime.config_io import load_config
 from esol_lib.runtime.errors import ConfigError, StageError
 from esol_lib.steps.segmentation import eval_seg, prediction_dir, train_seg, training_split
 
@@ -271,7 +272,7 @@ def test_training_split_prefers_a_complete_train_split(smoke_run):
 
 def test_aspp_lr_mult_is_deeplabs_on_a_pretrained_backbone_and_one_from_scratch():
     from esol_lib.method.seg_recipe import aspp_lr_mult
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.runtime.errors import ConfigError
 
     assert aspp_lr_mult(load_config("voc12").seg) == (10.0, 20.0)

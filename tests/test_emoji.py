@@ -22,7 +22,7 @@ from esol_lib.data.emoji import (
 from esol_lib.data.openmoji import VOC_GLYPHS, glyph_sprite, other_glyphs, voc_codepoints
 from esol_lib.data.palette import VOID
 from esol_lib.data.voc import VOC_CLASSES
-from esol_lib.runtime.config import load_config
+from esol_lib.runtime.config_io import load_config
 from esol_lib.runtime.errors import DatasetError
 
 TINY = EmojiSpec(train=6, val=3, size=48)

@@ -190,7 +190,7 @@ def test_grid_sample_path_equals_torchvision_deform_conv2d_in_values_and_gradien
 
 def test_stage_with_nothing_to_learn_finishes_without_training(tmp_path, monkeypatch):
     """Table 5 row 'FL only': expansion without offsets has no parameter; it is saved untouched."""
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.steps import expand, make_cam, shrink, start_run, train_cam
     from esol_lib.steps._esol_shared import load_stage_model
 

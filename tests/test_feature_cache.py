@@ -91,7 +91,7 @@ def test_features_cached_under_inference_mode_can_train_the_offsets():
 
 
 def test_expansion_and_shrinkage_stages_are_identical_with_and_without_the_cache(tmp_path, monkeypatch):
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.runtime.feature_cache import shared_feature_cache
     from esol_lib.steps import expand, shrink, start_run, train_cam
 
@@ -155,7 +155,7 @@ def test_a_cache_entry_that_does_not_match_its_checksum_is_recomputed(tmp_path, 
 
 
 def test_a_forked_run_shares_its_source_cache(tmp_path):
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.runtime.rundir import create_run, fork_run
 
     main = create_run(tmp_path / "main", load_config("smoke"))
@@ -165,7 +165,7 @@ def test_a_forked_run_shares_its_source_cache(tmp_path):
 
 def test_baseline_cams_through_the_cache_equal_the_plain_ones(tmp_path, monkeypatch):
     """The baseline's CAM pass reads the backbone through the cache (it fills it for the ESOL stages)."""
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.steps import load_baseline, stage_cam_fn, start_run, train_cam
 
     monkeypatch.chdir(tmp_path)

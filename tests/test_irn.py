@@ -288,7 +288,7 @@ def test_refine_end_to_end_on_smoke(smoke_stages, tmp_path, monkeypatch):
     from conftest import copy_run
 
     from esol_lib import steps
-    from esol_lib.runtime.config import save_config
+    from esol_lib.runtime.config_io import save_config
     from esol_lib.runtime.errors import ConfigError, StageError
     from esol_lib.steps._shared import split_dataset
     from esol_lib.steps.refinement import ir_label_dir, refine
@@ -341,7 +341,7 @@ def test_refine_end_to_end_on_smoke(smoke_stages, tmp_path, monkeypatch):
 
 
 def test_irn_backbone_choices(tmp_path):
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.runtime.errors import ConfigError
     from esol_lib.runtime.rundir import RunDir
     from esol_lib.steps.refinement import irn_backbone
@@ -365,7 +365,7 @@ def test_irn_backbone_choices(tmp_path):
 
 
 def test_irn_backbone_pretrained_reads_model_pretrained(tmp_path):
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.runtime.rundir import RunDir
     from esol_lib.steps.refinement import irn_backbone
 

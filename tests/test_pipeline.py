@@ -3,7 +3,7 @@
 import pytest
 
 from esol_lib.pipeline import REFINED_STAGES, pipeline_steps, run_pipeline
-from esol_lib.runtime.config import load_config
+from esol_lib.runtime.config_io import load_config
 from esol_lib.steps import refinement as refine_module
 from esol_lib.steps import start_run
 

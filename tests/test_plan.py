@@ -8,7 +8,7 @@ import torch
 
 from esol_lib.cli import main
 from esol_lib.plan import plan_pipeline, plan_table
-from esol_lib.runtime.config import load_config
+from esol_lib.runtime.config_io import load_config
 
 
 def test_the_plan_lists_every_training_step_with_its_global_batch_and_memory():

@@ -11,7 +11,7 @@ import torch
 from esol_lib.cli import main
 from esol_lib.models.backbone import OPENMOJI_WEIGHTS, build_backbone
 from esol_lib.models.classifier import build_classifier
-from esol_lib.runtime.config import load_config
+from esol_lib.runtime.config_io import load_config
 from esol_lib.steps.pretrain import PretrainRecipe, pretrain_backbone, recipe_fingerprint, render_glyph_set
 
 TINY = PretrainRecipe(steps=2, batch_size=4, renders_per_class=1, heldout_per_class=1, size=32, warmup=1)

@@ -133,7 +133,7 @@ def test_protocol_picks_per_factor_keeps_ties_and_skips_diverged():
 
 
 def test_every_reading_names_a_known_factor_and_config_keys():
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
 
     assert {r.factor for r in rd.READINGS} == set(rd.FACTORS)
     for r in rd.READINGS:
@@ -142,7 +142,7 @@ def test_every_reading_names_a_known_factor_and_config_keys():
 
 def test_profiles_carry_exactly_the_permitted_changes_and_the_study_its_reference():
     """Step 3 checked on the real profiles: a chosen level is a default only where it is permitted."""
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
 
     sel = {f: {"chosen": rd.REFERENCE} for f in rd.FACTORS}
     sel |= {"optimiser": {"chosen": "opt-irn"}, "pk-map": {"chosen": "pk-sigmoid"}, "length": {"chosen": "len-6610"}}

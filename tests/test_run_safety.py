@@ -275,7 +275,7 @@ def test_a_failed_feature_cache_write_warns_and_the_stage_goes_on(tmp_path, monk
 
 
 def test_config_yaml_is_written_atomically(tmp_path, monkeypatch):
-    from esol_lib.runtime.config import load_config, save_config
+    from esol_lib.runtime.config_io import load_config, save_config
 
     path = tmp_path / "config.yaml"
     save_config(load_config("smoke"), path)
@@ -353,7 +353,7 @@ def test_cams_and_scores_follow_the_data_not_only_the_model(tmp_path):
     old data (issue 30, case 1); with other classes make-cam crashed in load_state_dict."""
     import dataclasses
 
-    from esol_lib.runtime.config import load_config, save_config
+    from esol_lib.runtime.config_io import load_config, save_config
     from esol_lib.steps import eval_cam, make_cam, start_run, train_cam
 
     spec = SynthSpec(train=10, val=4, size=32, num_classes=3)
@@ -393,7 +393,7 @@ def test_cams_and_scores_follow_the_data_not_only_the_model(tmp_path):
 
 def test_a_missing_split_is_found_before_the_run_folder_is_written(tmp_path):
     """A missing val split used to surface at eval-seg, after every training stage (issue 18, item 9)."""
-    from esol_lib.runtime.config import load_config
+    from esol_lib.runtime.config_io import load_config
     from esol_lib.steps import start_run
 
     data = generate_benchmark(tmp_path / "d", SynthSpec(train=4, val=2, size=32, num_classes=3), progress=False)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from esol_lib.book import paper
 from esol_lib.runtime.atomic import atomic_write_text
-from esol_lib.runtime.config import apply_overrides, config_to_dict
+from esol_lib.runtime.config_io import apply_overrides, config_to_dict
 from esol_lib.runtime.errors import ConfigError, DivergenceError, StageError
 from esol_lib.runtime.rundir import RunDir, fork_run
 from esol_lib.steps import STAGE_COMMAND, current_cam_metrics, eval_cam, expand, make_cam, shrink

@@ -263,7 +263,7 @@ def profile_adoption(cfg, changes: Sequence[Mapping], readings: Sequence[Reading
         override of the reading equals the profile's value), and ``values``: the profile's value of
         each key the reading sets.
     """
-    from esol_lib.runtime.config import apply_overrides, config_to_dict, load_config
+    from esol_lib.runtime.config_io import apply_overrides, config_to_dict, load_config
 
     if isinstance(cfg, str):
         cfg = load_config(cfg)

@@ -1,9 +1,9 @@
-"""Typed run configuration: dataclasses, YAML presets and ``--set key=value`` overrides.
+"""Typed run configuration: what a config is (a tree of dataclasses) and which values it accepts.
 
-A config is a tree of dataclasses. It is built from a preset (``smoke``, ``cpu``,
-``voc12``, ``coco14``; YAML files in ``esol_lib/configs/``) or a YAML path, then
-patched with dotted overrides. Loading is strict: an unknown key or a value of
-the wrong type raises :class:`~esol_lib.runtime.errors.ConfigError` naming the dotted key.
+:mod:`esol_lib.runtime.config_io` reads one from a preset (``smoke``, ``toy``, ``cpu``, ``voc12``,
+``coco14``; YAML files in ``esol_lib/configs/``) or a YAML path, patched with dotted ``--set``
+overrides, and refuses, before anything runs, an unknown key, a value of the wrong type and (by
+:func:`check_ranges`, here beside the fields) a value out of range.
 
 The dataclass defaults are the paper's PASCAL VOC 2012 settings (§4.1) and
 IRN's public settings for the baseline; the presets state every field they change.
@@ -14,20 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-import yaml
-
-from esol_lib.runtime.atomic import atomic_write_text
 from esol_lib.runtime.errors import ConfigError
-
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
-PRESETS = ("smoke", "toy", "cpu", "voc12", "coco14")
 
 
 @dataclass
@@ -269,88 +259,6 @@ class Config:
     ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(err)
-        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, prefix=f"{key}.")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is float:
-        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"config key '{key}': unsupported type {_type_name(tp)}")  # pragma: no cover
-
-
-_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
-
-
-def _build(cls: type, values: dict, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from defaults patched by ``values`` (strict)."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in names:
-            raise ConfigError(
-                f"unknown config key '{prefix}{key}'; valid keys under "
-                f"'{prefix.rstrip('.') or 'the top level'}' are: {', '.join(sorted(names))}"
-            )
-    obj = cls()
-    for key, value in values.items():
-        setattr(obj, key, _coerce(value, hints[key], prefix + key))
-    return obj
-
-
-def config_from_dict(values: dict) -> Config:
-    """Build a :class:`Config` from a nested dict; unknown keys, wrong types and values out of
-    range (:func:`check_ranges`) raise ConfigError, before anything is trained or written."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"a config must be a mapping, got {type(values).__name__}")
-    cfg = _build(Config, values)
-    check_ranges(cfg)
-    return cfg
-
-
 # --------------------------------------------------------------------------- ranges
 
 #: The largest ``irn.radius`` accepted: IRN's is 5 (10 when training the boundary branch).
@@ -486,104 +394,3 @@ def check_ranges(cfg: Config) -> None:
             f"a number below irn.conf_fg_thres ({cfg.irn.conf_fg_thres}): IRN's confident background is "
             "where every CAM is under it, confident foreground where one is over the other",
         )
-
-
-def config_to_dict(cfg: Config) -> dict:
-    """The config as plain nested dicts (YAML-ready)."""
-    return dataclasses.asdict(cfg)
-
-
-def read_yaml_mapping(path: Path, *, empty_ok: bool = True, fix: str = "fix it") -> dict:
-    """The mapping in YAML file ``path``; every way it can be unreadable is one ConfigError naming
-    the file and ``fix`` (an empty file is ``{}`` only with ``empty_ok``)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start}); {fix}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]}...); {fix}") from None
-    except OSError as err:
-        raise ConfigError(f"config file {path} cannot be read ({err.strerror or err}); {fix}") from None
-    if data is None and not empty_ok:
-        raise ConfigError(f"config file {path} is empty; {fix}")
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"config file {path} holds a {type(data).__name__}, not a mapping of keys; {fix}")
-    return data or {}
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"override '{item}' must look like key=value, e.g. expansion.alpha=0.01")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override '{item}' has no key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{item}': cannot parse value {raw!r}: {err}") from err
-    return key.split("."), value
-
-
-def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """A copy of a nested dict patched with ``key.sub=value`` strings (values parsed as YAML).
-
-    ``values`` itself is never modified (nested sections included)."""
-    import copy
-
-    out = copy.deepcopy(values)
-    for item in overrides:
-        path, value = _parse_override(item)
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}': '{part}' is not a section")
-        node[path[-1]] = value
-    return out
-
-
-def _resolve_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """Read a YAML config, merged over its ``base:`` preset (recursively)."""
-    if path in seen:
-        raise ConfigError(f"config file {path}: 'base' presets form a cycle")
-    values = read_yaml_mapping(path)
-    base = values.pop("base", None)
-    if base is None:
-        return values
-    if base not in PRESETS:
-        raise ConfigError(f"config file {path}: base '{base}' is not a preset ({', '.join(PRESETS)})")
-    return _merge(_resolve_bases(PRESET_DIR / f"{base}.yaml", seen + (path,)), values)
-
-
-def load_config(name_or_path: str | Path = "cpu", overrides: list[str] | None = None) -> Config:
-    """Load a preset name (``smoke``, ``cpu``, ``voc12``, ``coco14``) or a YAML path, then overrides.
-
-    A YAML file may start from a preset with ``base: <preset>``.
-    """
-    text = str(name_or_path)
-    path = Path(text)
-    if text in PRESETS:
-        path = PRESET_DIR / f"{text}.yaml"
-    elif not path.is_file():
-        raise ConfigError(f"config '{text}' is neither a preset ({', '.join(PRESETS)}) nor an existing YAML file")
-    values = _resolve_bases(path)
-    values = apply_overrides(values, overrides or [])
-    return config_from_dict(values)
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -38,14 +38,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from esol_lib.runtime.atomic import link_or_copy
-from esol_lib.runtime.config import (
-    Config,
-    apply_overrides,
-    config_from_dict,
-    config_to_dict,
-    read_yaml_mapping,
-    save_config,
-)
+from esol_lib.runtime.config import Config
+from esol_lib.runtime.config_io import apply_overrides, config_from_dict, config_to_dict, read_yaml_mapping, save_config
 from esol_lib.runtime.errors import ConfigError, StageError
 from esol_lib.runtime.lock import OUTPUTS, run_lock
 from esol_lib.runtime.stage_log import STAGE_TIME_EVENT, log_stage_time, read_log

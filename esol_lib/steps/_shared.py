@@ -18,7 +18,8 @@ from esol_lib.data.voc import SPLIT_DIR, available_splits
 from esol_lib.models import build_classifier
 from esol_lib.runtime.atomic import read_json
 from esol_lib.runtime.checkpoint import INPUTS_KEY, load_checkpoint, load_stage_checkpoint
-from esol_lib.runtime.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
+from esol_lib.runtime.config import Config
+from esol_lib.runtime.config_io import apply_overrides, config_from_dict, config_to_dict, load_config
 from esol_lib.runtime.distributed import init_distributed, make_loader
 from esol_lib.runtime.errors import ConfigError, EsolError, StageError
 from esol_lib.runtime.freshness import data_fingerprint, data_record, file_digest

@@ -19,7 +19,8 @@ from esol_lib.method.cam import cam_batch_size, compute_cams, evaluate_cams, see
 from esol_lib.method.crf import crf_from_labelings, label_crf_kwargs
 from esol_lib.method.metrics import read_metrics, write_metrics
 from esol_lib.runtime.atomic import read_json
-from esol_lib.runtime.config import Config, config_to_dict
+from esol_lib.runtime.config import Config
+from esol_lib.runtime.config_io import config_to_dict
 from esol_lib.runtime.distributed import main_process_only
 from esol_lib.runtime.errors import StageError
 from esol_lib.runtime.feature_cache import cached_backbone

@@ -36,7 +36,8 @@ from esol_lib.method.metrics import confusion_matrix, summarize, write_metrics
 from esol_lib.method.seg_recipe import aspp_lr_mult, crf_postprocess, param_groups, predict, seg_loss
 from esol_lib.models.deeplab import build_deeplab
 from esol_lib.runtime.checkpoint import load_stage_checkpoint
-from esol_lib.runtime.config import Config, config_to_dict
+from esol_lib.runtime.config import Config
+from esol_lib.runtime.config_io import config_to_dict
 from esol_lib.runtime.distributed import init_distributed, main_process_only, wrap_ddp
 from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.errors import ConfigError, DatasetError, StageError
