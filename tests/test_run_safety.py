@@ -401,3 +401,38 @@ def test_a_missing_split_is_found_before_the_run_folder_is_written(tmp_path):
     with pytest.raises(StageError, match=r"data.val_split is 'val', but .* has no val.txt .*--set data.val_split"):
         start_run(tmp_path / "run", load_config("smoke"), data)
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_a_folder_is_complete_only_with_every_file_undamaged_and_made_from_its_signature(tmp_path):
+    from esol_lib.runtime.freshness import (
+        SIZES_FILE,
+        folder_complete,
+        folder_signature,
+        record_sizes,
+        reset_stale_folder,
+        write_folder_signature,
+    )
+
+    folder = tmp_path / "ir_labels" / "shrinkage"
+    reset_stale_folder(folder, "sig-a")
+    assert folder.is_dir() and folder_signature(folder) is None
+    write_folder_signature(folder, "sig-a", scales=[1.0])
+    assert json.loads((folder / "_meta.json").read_text()) == {"signature": "sig-a", "scales": [1.0]}
+    names = ["a.png", "b.png"]
+    (folder / "a.png").write_bytes(b"aaaa")
+    assert not folder_complete(folder, names, "sig-a")  # b.png is missing
+    (folder / "b.png").write_bytes(b"bbbb")
+    assert not folder_complete(folder, names, "sig-b")  # made from other inputs
+    assert not (folder / SIZES_FILE).exists()
+    assert folder_complete(folder, names, record=False) and not (folder / SIZES_FILE).exists()
+    assert folder_complete(folder, names, "sig-a")  # complete: the sizes a kill could have cut off are recorded
+    assert set(json.loads((folder / SIZES_FILE).read_text())) == set(names)
+
+    (folder / "b.png").write_bytes(b"b")  # damaged after it was recorded: deleted, so it is made again
+    assert not folder_complete(folder, names, "sig-a") and not (folder / "b.png").exists()
+    record_sizes(folder, ["a.png"])
+
+    reset_stale_folder(folder, "sig-a")  # same inputs: the files stay
+    assert (folder / "a.png").is_file()
+    reset_stale_folder(folder, "sig-b")  # other inputs: emptied, never mixed with new files
+    assert folder.is_dir() and not any(folder.iterdir())

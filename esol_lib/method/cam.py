@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -32,7 +31,16 @@ from esol_lib.data.transforms import to_tensor
 from esol_lib.method.metrics import ThresholdSweep, confusion_matrix
 from esol_lib.runtime.atomic import atomic_path, atomic_write_text, read_json
 from esol_lib.runtime.errors import DivergenceError, StageError
-from esol_lib.runtime.freshness import META_FILE, damaged, data_record, drop_damaged, read_verified, record_sizes
+from esol_lib.runtime.freshness import (
+    META_FILE,
+    damaged,
+    data_record,
+    drop_damaged,
+    read_verified,
+    record_sizes,
+    reset_stale_folder,
+    write_folder_signature,
+)
 from esol_lib.runtime.parallel import map_ordered
 
 __all__ = [
@@ -125,11 +133,7 @@ def compute_cams(
     batch_size = cam_batch_size(device) if batch_size is None else batch_size
     out_dir = Path(out_dir)
     meta_path = out_dir / META_FILE
-    if out_dir.is_dir():
-        old = (read_json(meta_path) or {}).get("signature")
-        if old != signature:
-            shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    reset_stale_folder(out_dir, signature)
     if data_signature is not None:  # this split's data changed (or was never recorded): its CAMs are stale
         record = data_record(out_dir, dataset.split)
         if (read_json(record) or {}).get("data") != data_signature:
@@ -145,7 +149,7 @@ def compute_cams(
     if not have_meta:  # a new folder (or one just emptied for another signature)
         # Its time stamp is when these CAMs' model changed: metrics newer than it are current. Adding
         # another split's CAMs under the same signature leaves it alone, so they stay current.
-        atomic_write_text(meta_path, json.dumps({"signature": signature, "scales": list(scales), "flip": flip}) + "\n")
+        write_folder_signature(out_dir, signature, scales=list(scales), flip=flip)
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
     missing = set(todo)
     try:

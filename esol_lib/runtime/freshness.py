@@ -6,7 +6,9 @@ Every signature a run folder records is made here: of settings (:func:`signature
 (:func:`cam_dir_signature`) and of refine's folders (:func:`recorded_signature`). A folder of per-image
 files records its signature in ``_meta.json`` (:data:`META_FILE`, :func:`folder_signature`) and its
 finished files in ``_sizes.json`` (:func:`record_sizes`, :func:`drop_damaged`, :func:`read_verified`);
-a metrics file is current when its ``inputs`` equal what it would score now (:func:`current_metrics`).
+a folder made from other inputs is emptied before it is written (:func:`reset_stale_folder`,
+:func:`write_folder_signature`) and is done when :func:`folder_complete`; a metrics file is current
+when its ``inputs`` equal what it would score now (:func:`current_metrics`).
 
 BLAKE2b makes every new signature. :func:`cam_dir_signature` and :func:`recorded_signature` keep
 SHA-1 because their values are already written in run folders: another hash would judge every
@@ -20,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -176,6 +179,38 @@ def recorded_signature(obj: Any) -> str:
 def folder_signature(folder: Path) -> str | None:
     """The signature ``folder/_meta.json`` records; None when there is none."""
     return (read_json(folder / META_FILE) or {}).get("signature")
+
+
+def reset_stale_folder(folder: Path, signature: str) -> None:
+    """Create ``folder``; first empty it when its ``_meta.json`` records another signature (or none):
+    files made from other inputs are never mixed with new ones."""
+    folder = Path(folder)
+    if folder.is_dir() and folder_signature(folder) != signature:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def write_folder_signature(folder: Path, signature: str, **extra: Any) -> None:
+    """Record in ``folder/_meta.json`` the signature of what the folder's files are made from (and ``extra``)."""
+    atomic_write_text(Path(folder) / META_FILE, json.dumps({"signature": signature, **extra}) + "\n")
+
+
+def folder_complete(folder: Path, names: Sequence[str], signature: str | None = None, *, record: bool = True) -> bool:
+    """Whether ``folder`` holds every file of ``names``, undamaged, made from ``signature`` (when given).
+
+    Damaged files are deleted on the way (:func:`drop_damaged`), so the step that made them makes them
+    again. A complete folder has its files' sizes recorded (with ``record``): a no-op unless a kill
+    came between the last file and its record.
+    """
+    folder = Path(folder)
+    complete = (
+        (signature is None or folder_signature(folder) == signature)
+        and not drop_damaged(folder)
+        and all((folder / name).is_file() for name in names)
+    )
+    if complete and record:
+        record_sizes(folder, names)
+    return complete
 
 
 def cam_dir_signature(checkpoint: Path | None, scales: Sequence[float], flip: bool, extra: str = "") -> str:

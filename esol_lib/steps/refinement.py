@@ -32,8 +32,6 @@ Choices that differ from IRN's public setup (all documented where they are made)
 from __future__ import annotations
 
 import io
-import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,7 +54,7 @@ from esol_lib.method.metrics import confusion_matrix, summarize, write_metrics
 from esol_lib.models import build_backbone
 from esol_lib.models.backbone import Backbone
 from esol_lib.models.boundary import BoundaryNet, boundary_map
-from esol_lib.runtime.atomic import atomic_write_text, read_json
+from esol_lib.runtime.atomic import read_json
 from esol_lib.runtime.checkpoint import load_checkpoint, load_stage_checkpoint, partial_checkpoint_path
 from esol_lib.runtime.config import Config
 from esol_lib.runtime.distributed import (
@@ -74,11 +72,13 @@ from esol_lib.runtime.freshness import (
     damaged,
     drop_damaged,
     file_digest,
-    folder_signature,
+    folder_complete,
     read_verified,
     record_sizes,
     recorded_signature,
+    reset_stale_folder,
     signature_of,
+    write_folder_signature,
 )
 from esol_lib.runtime.parallel import map_ordered
 from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
@@ -156,24 +156,15 @@ def _mask_metrics_inputs(run: RunDir, cfg: Config, stage: str, ds) -> str:
 def _prepare(out_dir: Path, signature: str) -> None:
     """Empty ``out_dir`` if it was made from other inputs; record ``signature`` (rank 0 only)."""
     if is_main_process():
-        if out_dir.is_dir() and folder_signature(out_dir) != signature:
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / META_FILE, json.dumps({"signature": signature}) + "\n")
+        reset_stale_folder(out_dir, signature)
+        write_folder_signature(out_dir, signature)
     barrier()
 
 
 def _complete(out_dir: Path, ids: Sequence[str], signature: str) -> bool:
-    """Every ``<id>.png`` exists, undamaged (damaged ones are deleted: :func:`esol_lib.runtime.freshness.drop_damaged`),
-    and the folder was made from the current inputs."""
-    complete = (
-        folder_signature(out_dir) == signature
-        and not drop_damaged(out_dir)
-        and all((out_dir / f"{i}.png").is_file() for i in ids)
-    )
-    if complete:
-        _record_pngs(out_dir, ids)  # a no-op unless a kill came between the last file and its record
-    return complete
+    """Every ``<id>.png`` is there, undamaged, made from the current inputs
+    (:func:`esol_lib.runtime.freshness.folder_complete`)."""
+    return folder_complete(out_dir, [f"{i}.png" for i in ids], signature, record=is_main_process())
 
 
 def _record_pngs(out_dir: Path, ids: Sequence[str]) -> None:

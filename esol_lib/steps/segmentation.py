@@ -45,8 +45,8 @@ from esol_lib.runtime.freshness import (
     META_FILE,
     current_metrics,
     data_fingerprint,
-    drop_damaged,
     file_digest,
+    folder_complete,
     folder_signature,
     record_sizes,
     signature_of,
@@ -233,7 +233,7 @@ def current_seg_metrics(run: RunDir, stage: str, split: str) -> dict | None:
     if metrics.get("predictions"):
         out_dir = prediction_dir(run, stage)
         ids = read_split(run.load_config().data.root, split)
-        if drop_damaged(out_dir) or not all((out_dir / f"{i}.png").is_file() for i in ids):
+        if not folder_complete(out_dir, [f"{i}.png" for i in ids], record=False):
             return None
     return metrics
 
