@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
+from esol_lib.data.palette import save_label_png
 from esol_lib.runtime.atomic import atomic_path, atomic_write_text
 from esol_lib.runtime.errors import DatasetError
 
-__all__ = ["hsv_to_rgb", "smooth_noise", "dilate", "save_jpeg", "write_lines", "open_benchmark_folder"]
+__all__ = [
+    "hsv_to_rgb",
+    "smooth_noise",
+    "dilate",
+    "save_jpeg",
+    "write_lines",
+    "open_benchmark_folder",
+    "write_benchmark",
+]
 
 
 def hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
@@ -79,3 +90,58 @@ def open_benchmark_folder(
     for sub in subdirs:
         (out / sub).mkdir(parents=True, exist_ok=True)
     return False
+
+
+def write_benchmark(
+    out: Path,
+    spec: Any,
+    *,
+    read_spec: Callable[[dict], object | None],
+    sample_id: Callable[[str, int], str],
+    render: Callable[[Any, int, str], Any],
+    label_dirs: Mapping[str, str] | None = None,
+    objects_file: str | None = None,
+    files: Mapping[str, str] | None = None,
+    splits: Sequence[str] = ("train", "val"),
+    desc: str = "benchmark",
+    progress: bool = True,
+) -> Path:
+    """Write a generated benchmark in VOC layout under ``out``, ``spec.json`` last, and return ``out``.
+
+    The one writer behind every generator (``synth``, ``emoji``). For each split of ``splits`` and
+    each index below ``spec.<split>``, ``render(spec, index, split)`` draws a sample, whose ``image``
+    goes to ``JPEGImages/<id>.jpg`` and ``label`` to ``SegmentationClass/<id>.png``; ``label_dirs``
+    maps another folder to the sample's attribute written there (``{"SegmentationPart": "part"}``),
+    and with ``objects_file`` each sample's ``objects`` are written there as JSON lines. Then the
+    id lists (``ImageSets/Segmentation/<split>.txt``), ``classes.txt`` (``spec.class_names``), the
+    text ``files`` (name → content) and, last, ``spec.json`` (``spec.to_json()``). A folder is
+    complete, refused or completed as :func:`open_benchmark_folder` says.
+    """
+    out = Path(out)
+    label_dirs = dict(label_dirs or {})
+    subdirs = ("JPEGImages", "SegmentationClass", *label_dirs, "ImageSets/Segmentation")
+    if open_benchmark_folder(out, spec, read_spec, subdirs):
+        return out
+    records = []
+    todo = [(split, i) for split in splits for i in range(getattr(spec, split))]
+    for split, i in tqdm(todo, desc=f"{desc} -> {out}", disable=not progress, unit="img"):
+        name = sample_id(split, i)
+        sample = render(spec, i, split)
+        save_jpeg(out / "JPEGImages" / f"{name}.jpg", sample.image)
+        save_label_png(out / "SegmentationClass" / f"{name}.png", sample.label)
+        for folder, attribute in label_dirs.items():
+            save_label_png(out / folder / f"{name}.png", getattr(sample, attribute))
+        if objects_file:
+            records.append(json.dumps({"id": name, "objects": sample.objects}))
+    for split in splits:
+        write_lines(
+            out / "ImageSets" / "Segmentation" / f"{split}.txt",
+            [sample_id(split, i) for i in range(getattr(spec, split))],
+        )
+    if objects_file:
+        write_lines(out / objects_file, records)
+    (out / "classes.txt").write_text("".join(f"{c}\n" for c in spec.class_names), encoding="utf-8")
+    for file_name, text in (files or {}).items():
+        (out / file_name).write_text(text, encoding="utf-8")
+    atomic_write_text(out / "spec.json", json.dumps(spec.to_json(), indent=2) + "\n")
+    return out

@@ -28,19 +28,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from esol_lib.data.drawing import (
     dilate,
     hsv_to_rgb,
-    open_benchmark_folder,
-    save_jpeg,
     smooth_noise,
-    write_lines,
+    write_benchmark,
 )
 from esol_lib.data.openmoji import ATTRIBUTION, VOC_GLYPHS, glyph_sprite, other_glyphs
-from esol_lib.data.palette import VOID, save_label_png
-from esol_lib.runtime.atomic import atomic_write_text
+from esol_lib.data.palette import VOID
 from esol_lib.runtime.errors import DatasetError
 
 __all__ = [
@@ -311,29 +307,18 @@ def generate_emoji_benchmark(out: str | Path, spec: EmojiSpec | None = None, *, 
     left alone; one with another spec is an error; one without ``spec.json`` (an interrupted run) is
     completed.
     """
-    spec = spec or EmojiSpec()
-    out = Path(out)
-    spec_path = out / SPEC_FILE
-    if open_benchmark_folder(out, spec, _spec_from_json, ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")):
-        return out
-    records = []
-    todo = [(split, i) for split in SPLITS for i in range(getattr(spec, split))]
-    for split, i in tqdm(todo, desc=f"emoji benchmark -> {out}", disable=not progress, unit="img"):
-        name = emoji_sample_id(split, i)
-        sample = render_emoji_sample(spec, i, split)
-        save_jpeg(out / "JPEGImages" / f"{name}.jpg", sample.image)
-        save_label_png(out / "SegmentationClass" / f"{name}.png", sample.label)
-        records.append(json.dumps({"id": name, "objects": sample.objects}))
-    for split in SPLITS:
-        write_lines(
-            out / "ImageSets" / "Segmentation" / f"{split}.txt",
-            [emoji_sample_id(split, i) for i in range(getattr(spec, split))],
-        )
-    write_lines(out / "objects.jsonl", records)
-    (out / "classes.txt").write_text("".join(f"{c}\n" for c in spec.class_names), encoding="utf-8")
-    (out / ATTRIBUTION_FILE).write_text(ATTRIBUTION + "\n", encoding="utf-8")
-    atomic_write_text(spec_path, json.dumps(spec.to_json(), indent=2) + "\n")
-    return out
+    return write_benchmark(
+        Path(out),
+        spec or EmojiSpec(),
+        read_spec=_spec_from_json,
+        sample_id=emoji_sample_id,
+        render=render_emoji_sample,
+        objects_file="objects.jsonl",
+        files={ATTRIBUTION_FILE: ATTRIBUTION + "\n"},
+        splits=SPLITS,
+        desc="emoji benchmark",
+        progress=progress,
+    )
 
 
 # ----------------------------------------------------------------------------------- measuring

@@ -18,23 +18,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from esol_lib.data.drawing import (
     dilate,
     hsv_to_rgb,
-    open_benchmark_folder,
-    save_jpeg,
     smooth_noise,
-    write_lines,
+    write_benchmark,
 )
-from esol_lib.data.palette import VOID, save_label_png
+from esol_lib.data.palette import VOID
 from esol_lib.runtime.errors import DatasetError
 
 __all__ = [
@@ -247,12 +243,6 @@ def _spec_from_json(d: dict) -> SynthSpec | None:
         return None
 
 
-def _ids(spec: SynthSpec) -> Iterator[tuple[str, int]]:
-    for split in SPLITS:
-        for i in range(getattr(spec, split)):
-            yield split, i
-
-
 def generate_benchmark(out: str | Path, spec: SynthSpec | None = None, *, progress: bool = True) -> Path:
     """Write the benchmark described by ``spec`` in VOC layout under ``out`` and return ``out``.
 
@@ -261,30 +251,16 @@ def generate_benchmark(out: str | Path, spec: SynthSpec | None = None, *, progre
     whose ``spec.json`` matches ``spec`` is complete and left alone; one with a different spec is an
     error (pick another folder); one without ``spec.json`` (an interrupted run) is completed.
     """
-    spec = spec or SynthSpec()
-    out = Path(out)
-    spec_path = out / SPEC_FILE
-    if open_benchmark_folder(
-        out, spec, _spec_from_json, ("JPEGImages", "SegmentationClass", PART_DIR, "ImageSets/Segmentation")
-    ):
-        return out
-    todo = list(_ids(spec))
-    for split, i in tqdm(todo, desc=f"benchmark -> {out}", disable=not progress, unit="img"):
-        name = sample_id(split, i)
-        sample = render_sample(spec, i, split)
-        save_jpeg(out / "JPEGImages" / f"{name}.jpg", sample.image)
-        save_label_png(out / "SegmentationClass" / f"{name}.png", sample.label)
-        save_label_png(out / PART_DIR / f"{name}.png", sample.part)
-    for split in SPLITS:
-        write_lines(
-            out / "ImageSets" / "Segmentation" / f"{split}.txt",
-            [sample_id(split, i) for i in range(getattr(spec, split))],
-        )
-    (out / "classes.txt").write_text("".join(f"{c}\n" for c in spec.class_names), encoding="utf-8")
-    tmp = spec_path.with_name(SPEC_FILE + ".tmp")
-    tmp.write_text(json.dumps(spec.to_json(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(spec_path)
-    return out
+    return write_benchmark(
+        Path(out),
+        spec or SynthSpec(),
+        read_spec=_spec_from_json,
+        sample_id=sample_id,
+        render=render_sample,
+        label_dirs={PART_DIR: "part"},
+        splits=SPLITS,
+        progress=progress,
+    )
 
 
 # ----------------------------------------------------------------------------------- measuring
