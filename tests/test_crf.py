@@ -65,3 +65,23 @@ def test_several_labellings_of_one_image_give_what_fresh_crfs_give():
     assert crf_from_labelings(img, [], 3) == []
     with pytest.raises(ValueError, match="differ in size"):
         crf_from_labelings(img, [labellings[0], labellings[0][:20]], 3)
+
+
+def test_one_parameter_object_reaches_every_crf_and_refuses_unknown_names():
+    from esol_lib.method.crf import crf_from_labelings, crf_params, label_crf_settings
+    from esol_lib.runtime.config import CRFConfig
+
+    assert crf_params() == CRFConfig()
+    cfg = CRFConfig(gt_prob=0.6, iterations=3)
+    assert crf_params(cfg, iterations=5) == CRFConfig(gt_prob=0.6, iterations=5) and cfg.iterations == 3
+    assert label_crf_settings(cfg)["gt_prob"] == 0.6 and "seg_bi_w" not in label_crf_settings(cfg)
+    with pytest.raises(TypeError, match="unknown CRF parameter.*pos_w"):
+        crf_params(pos_w=3.0)  # DeepLab's name; the field is seg_pos_w
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    lab = rng.integers(0, 3, (16, 16))
+    by_object = crf_from_labelings(img, [lab], 3, cfg)[0]
+    by_changes = crf_from_labelings(img, [lab], 3, gt_prob=0.6, iterations=3)[0]
+    assert np.array_equal(by_object, by_changes)
+    with pytest.raises(ValueError, match="gt_prob must lie in"):
+        crf_from_labelings(img, [lab], 3, CRFConfig(gt_prob=1.0))

@@ -5,21 +5,20 @@
 - DeepLab's test-time post-processing: unary from *probabilities* (:func:`crf_from_probs`,
   DeepLab-v2's published parameters).
 
-The parameters' defaults are listed once, in :class:`~esol_lib.runtime.config.CRFConfig` (the run's
-``crf`` section); the keyword defaults here read them.
+Every function takes one parameter object, :class:`~esol_lib.runtime.config.CRFConfig` (the run's
+``crf`` section, whose defaults are the one list of the CRF's defaults), and keyword changes to it
+(:func:`crf_params`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from esol_lib.runtime.config import CRFConfig
-
-#: The defaults of every keyword below: the config's ``crf`` section as it ships.
-_DEFAULTS = CRFConfig()
 
 
 def _import_densecrf():
@@ -67,72 +66,62 @@ def _infer(d, unary: np.ndarray, n_labels: int, iterations: int, shape: tuple[in
     return np.asarray(q, dtype=np.float32).reshape(n_labels, *shape)
 
 
-def label_crf_kwargs(crf_cfg: Any) -> dict[str, float]:
-    """A config's ``crf`` section (:class:`~esol_lib.runtime.config.CRFConfig`) as the keyword arguments of
-    :func:`crf_from_labels` and :func:`crf_from_labelings` (IRN's label CRF)."""
-    c = crf_cfg
+def label_crf_settings(params: CRFConfig) -> dict[str, float]:
+    """The fields of ``params`` that IRN's label CRF reads (:func:`crf_from_labelings`), by name: what a
+    folder of IR labels or CRF seeds records as the CRF it was made with."""
     return {
-        "gt_prob": c.gt_prob,
-        "iterations": c.iterations,
-        "gauss_sxy": c.gauss_sxy,
-        "gauss_compat": c.gauss_compat,
-        "bilateral_sxy": c.bilateral_sxy,
-        "bilateral_srgb": c.bilateral_srgb,
-        "bilateral_compat": c.bilateral_compat,
+        "gt_prob": params.gt_prob,
+        "iterations": params.iterations,
+        "gauss_sxy": params.gauss_sxy,
+        "gauss_compat": params.gauss_compat,
+        "bilateral_sxy": params.bilateral_sxy,
+        "bilateral_srgb": params.bilateral_srgb,
+        "bilateral_compat": params.bilateral_compat,
     }
 
 
+def crf_params(params: CRFConfig | None = None, **changes: Any) -> CRFConfig:
+    """The one CRF parameter object: ``params`` (default: the ``crf`` section as it ships) with ``changes``
+    (:class:`~esol_lib.runtime.config.CRFConfig` field names, e.g. ``gt_prob=0.6``).
+
+    Raises:
+        TypeError: naming a change that is not a CRFConfig field.
+    """
+    params = CRFConfig() if params is None else params
+    if not changes:
+        return params
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(CRFConfig)})
+    if unknown:
+        raise TypeError(f"unknown CRF parameter(s) {', '.join(unknown)}; the fields of CRFConfig are the parameters")
+    return dataclasses.replace(params, **changes)
+
+
 def crf_from_labels(
-    image: np.ndarray,
-    labels: np.ndarray,
-    n_labels: int,
-    *,
-    gt_prob: float = _DEFAULTS.gt_prob,
-    iterations: int = _DEFAULTS.iterations,
-    gauss_sxy: float = _DEFAULTS.gauss_sxy,
-    gauss_compat: float = _DEFAULTS.gauss_compat,
-    bilateral_sxy: float = _DEFAULTS.bilateral_sxy,
-    bilateral_srgb: float = _DEFAULTS.bilateral_srgb,
-    bilateral_compat: float = _DEFAULTS.bilateral_compat,
+    image: np.ndarray, labels: np.ndarray, n_labels: int, params: CRFConfig | None = None, **changes: Any
 ) -> np.ndarray:
     """Refine a labelling ``(H, W)`` with values in ``[0, n_labels)``; returns the refined ``(H, W)`` labels.
 
-    IRN's ``crf_inference_label``: each pixel's label is trusted with probability ``gt_prob``.
+    IRN's ``crf_inference_label``: each pixel's label is trusted with probability ``gt_prob``; the
+    parameters are :func:`crf_params` of ``params`` and ``changes``.
     """
-    return crf_from_labelings(
-        image,
-        [labels],
-        n_labels,
-        gt_prob=gt_prob,
-        iterations=iterations,
-        gauss_sxy=gauss_sxy,
-        gauss_compat=gauss_compat,
-        bilateral_sxy=bilateral_sxy,
-        bilateral_srgb=bilateral_srgb,
-        bilateral_compat=bilateral_compat,
-    )[0]
+    return crf_from_labelings(image, [labels], n_labels, params, **changes)[0]
 
 
 def crf_from_labelings(
     image: np.ndarray,
     labelings: Sequence[np.ndarray],
     n_labels: int,
-    *,
-    gt_prob: float = _DEFAULTS.gt_prob,
-    iterations: int = _DEFAULTS.iterations,
-    gauss_sxy: float = _DEFAULTS.gauss_sxy,
-    gauss_compat: float = _DEFAULTS.gauss_compat,
-    bilateral_sxy: float = _DEFAULTS.bilateral_sxy,
-    bilateral_srgb: float = _DEFAULTS.bilateral_srgb,
-    bilateral_compat: float = _DEFAULTS.bilateral_compat,
+    params: CRFConfig | None = None,
+    **changes: Any,
 ) -> list[np.ndarray]:
     """:func:`crf_from_labels` for several labellings of one image: the same results, with the image's work done once.
 
     The pairwise terms depend on the image alone, so their lattices are built once and each
     labelling only sets its unary (a seed at five thresholds, IRN's two confident seeds).
     """
-    if not 0 < gt_prob < 1:
-        raise ValueError(f"gt_prob must lie in (0, 1), got {gt_prob}")
+    p = crf_params(params, **changes)
+    if not 0 < p.gt_prob < 1:
+        raise ValueError(f"gt_prob must lie in (0, 1), got {p.gt_prob}")
     labelings = [np.asarray(labels) for labels in labelings]
     for labels in labelings:
         if labels.ndim != 2:
@@ -148,34 +137,26 @@ def crf_from_labelings(
     d = _pairwise_crf(
         image,
         n_labels,
-        gauss_sxy=gauss_sxy,
-        gauss_compat=gauss_compat,
-        bilateral_sxy=bilateral_sxy,
-        bilateral_srgb=bilateral_srgb,
-        bilateral_compat=bilateral_compat,
+        gauss_sxy=p.gauss_sxy,
+        gauss_compat=p.gauss_compat,
+        bilateral_sxy=p.bilateral_sxy,
+        bilateral_srgb=p.bilateral_srgb,
+        bilateral_compat=p.bilateral_compat,
     )
     out = []
     for labels in labelings:
-        unary = unary_from_labels(labels.astype(np.int64).ravel(), n_labels, gt_prob=gt_prob, zero_unsure=False)
-        out.append(_infer(d, unary, n_labels, iterations, labels.shape).argmax(0).astype(np.int64))
+        unary = unary_from_labels(labels.astype(np.int64).ravel(), n_labels, gt_prob=p.gt_prob, zero_unsure=False)
+        out.append(_infer(d, unary, n_labels, p.iterations, labels.shape).argmax(0).astype(np.int64))
     return out
 
 
-def crf_from_probs(
-    image: np.ndarray,
-    probs: np.ndarray,
-    *,
-    iterations: int = _DEFAULTS.iterations,
-    pos_w: float = _DEFAULTS.seg_pos_w,
-    pos_xy_std: float = _DEFAULTS.seg_pos_xy_std,
-    bi_w: float = _DEFAULTS.seg_bi_w,
-    bi_xy_std: float = _DEFAULTS.seg_bi_xy_std,
-    bi_rgb_std: float = _DEFAULTS.seg_bi_rgb_std,
-) -> np.ndarray:
+def crf_from_probs(image: np.ndarray, probs: np.ndarray, params: CRFConfig | None = None, **changes: Any) -> np.ndarray:
     """Refine class probabilities ``(K, H, W)`` (each pixel sums to 1); returns refined ``(K, H, W)``.
 
-    DeepLab-v2's test-time CRF with its published parameters as defaults.
+    DeepLab-v2's test-time CRF: the ``seg_*`` fields of :func:`crf_params` (DeepLab-v2's published
+    parameters as they ship) and ``iterations`` mean-field steps.
     """
+    p = crf_params(params, **changes)
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 3:
         raise ValueError(f"CRF probabilities must be (K, H, W), got {probs.shape}")
@@ -189,10 +170,10 @@ def crf_from_probs(
     d = _pairwise_crf(
         image,
         probs.shape[0],
-        gauss_sxy=pos_xy_std,
-        gauss_compat=pos_w,
-        bilateral_sxy=bi_xy_std,
-        bilateral_srgb=bi_rgb_std,
-        bilateral_compat=bi_w,
+        gauss_sxy=p.seg_pos_xy_std,
+        gauss_compat=p.seg_pos_w,
+        bilateral_sxy=p.seg_bi_xy_std,
+        bilateral_srgb=p.seg_bi_rgb_std,
+        bilateral_compat=p.seg_bi_w,
     )
-    return _infer(d, unary, probs.shape[0], iterations, probs.shape[1:])
+    return _infer(d, unary, probs.shape[0], p.iterations, probs.shape[1:])

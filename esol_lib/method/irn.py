@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from torch import Tensor
 from esol_lib.method.affinity import affinity_pairs, neighbourhood, path_affinities, shifted
 from esol_lib.method.crf import crf_from_labelings
 from esol_lib.method.metrics import IGNORE
+from esol_lib.runtime.config import CRFConfig
 
 __all__ = [
     "ir_labels",
@@ -64,7 +65,7 @@ def ir_labels(
     keys: Sequence[int],
     conf_fg: float,
     conf_bg: float,
-    crf_kwargs: Mapping[str, float] | None = None,
+    crf: CRFConfig | None = None,
 ) -> np.ndarray:
     """IRN's inter-pixel relation label (``cam_to_ir_label.py``) of one image → ``(H, W)`` int64.
 
@@ -75,7 +76,7 @@ def ir_labels(
         conf_fg: background score padded in front of the CAMs for *confident foreground*
             (IRN ``conf_fg_thres``, 0.30): a pixel is foreground only where a CAM beats it.
         conf_bg: the same for *confident background* (``conf_bg_thres``, 0.05).
-        crf_kwargs: keyword arguments of :func:`esol_lib.method.crf.crf_from_labels` (the run's ``crf``).
+        crf: the CRF's parameters (the run's ``crf`` section; None: as it ships).
 
     Each seed (arg-max over ``[conf, cams]``) is refined by DenseCRF; then, exactly as IRN::
 
@@ -93,13 +94,12 @@ def ir_labels(
     if len(keys) == 0:  # no foreground class: everything is confident background
         return np.zeros(cams.shape[1:], np.int64)
     padded_keys = np.concatenate([[0], keys])
-    kwargs = dict(crf_kwargs or {})
 
     def seed(bg_score: float) -> np.ndarray:
         return np.pad(cams, ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=bg_score).argmax(0)
 
     # both seeds through one CRF object: the image's pairwise lattices are built once
-    fg_crf, bg_crf = crf_from_labelings(image, [seed(conf_fg), seed(conf_bg)], len(padded_keys), **kwargs)
+    fg_crf, bg_crf = crf_from_labelings(image, [seed(conf_fg), seed(conf_bg)], len(padded_keys), crf)
     fg_conf, bg_conf = padded_keys[fg_crf], padded_keys[bg_crf]
     conf = fg_conf.copy()
     conf[fg_conf == 0] = IGNORE

@@ -181,14 +181,5 @@ def crf_postprocess(image: np.ndarray, probs: np.ndarray, crf_cfg: Any) -> np.nd
     Uses the ``seg_*`` fields of :class:`~esol_lib.runtime.config.CRFConfig` (DeepLab-v2's published
     parameters by default) and ``crf_cfg.iterations`` mean-field steps.
     """
-    q = crf_from_probs(
-        image,
-        probs,
-        iterations=crf_cfg.iterations,
-        pos_w=crf_cfg.seg_pos_w,
-        pos_xy_std=crf_cfg.seg_pos_xy_std,
-        bi_w=crf_cfg.seg_bi_w,
-        bi_xy_std=crf_cfg.seg_bi_xy_std,
-        bi_rgb_std=crf_cfg.seg_bi_rgb_std,
-    )
+    q = crf_from_probs(image, probs, crf_cfg)
     return q.argmax(0).astype(np.int64)

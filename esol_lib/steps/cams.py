@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from esol_lib.method.cam import cam_batch_size, compute_cams, evaluate_cams, seed_part_recall
-from esol_lib.method.crf import crf_from_labelings, label_crf_kwargs
+from esol_lib.method.crf import crf_from_labelings
 from esol_lib.method.metrics import read_metrics, write_metrics
 from esol_lib.runtime.atomic import read_json
 from esol_lib.runtime.config import Config
@@ -154,10 +154,9 @@ def eval_cam(
         plain = current_cam_metrics(run, stage, split) or eval_cam(run, stage, split, progress=progress)
         i = min(range(len(thresholds)), key=lambda j: abs(thresholds[j] - plain["threshold"]))
         thresholds = thresholds[max(0, i - 2) : i + 3]
-        kwargs = label_crf_kwargs(cfg.crf)
 
         def crf_fn(image, labellings, n):
-            return crf_from_labelings(image, labellings, n, **kwargs)
+            return crf_from_labelings(image, labellings, n, cfg.crf)
 
         name = f"{stage}_crf_{split}"
     metrics = evaluate_cams(

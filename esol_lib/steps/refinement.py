@@ -48,7 +48,7 @@ from esol_lib.data.transforms import (
 )
 from esol_lib.method.affinity import affinity_loss
 from esol_lib.method.cam import load_cam
-from esol_lib.method.crf import label_crf_kwargs
+from esol_lib.method.crf import label_crf_settings
 from esol_lib.method.irn import ir_labels, pseudo_mask
 from esol_lib.method.metrics import confusion_matrix, summarize, write_metrics
 from esol_lib.models import build_backbone
@@ -128,7 +128,7 @@ def _ir_signature(run: RunDir, cfg: Config, stage: str) -> str:
             "cams": _cam_signature(run, stage),
             "conf_fg": cfg.irn.conf_fg_thres,
             "conf_bg": cfg.irn.conf_bg_thres,
-            "crf": label_crf_kwargs(cfg.crf),
+            "crf": label_crf_settings(cfg.crf),
         }
     )
 
@@ -216,13 +216,12 @@ def make_ir_labels(run: RunDir, stage: str = "shrinkage", split: str | None = No
     _prepare(out_dir, _ir_signature(run, cfg, stage))
     drop_damaged(out_dir)
     todo = _shard([i for i in ds.ids if not (out_dir / f"{i}.png").is_file()])
-    kwargs = label_crf_kwargs(cfg.crf)
     cam_dir = run.cams(stage)
 
     def one(image_id: str) -> None:  # two CRFs on one core: the images are spread over the cores
         cams, keys = load_cam(cam_dir, image_id)
         label = ir_labels(
-            load_image(ds.image_path(image_id)), cams, keys, cfg.irn.conf_fg_thres, cfg.irn.conf_bg_thres, kwargs
+            load_image(ds.image_path(image_id)), cams, keys, cfg.irn.conf_fg_thres, cfg.irn.conf_bg_thres, cfg.crf
         )
         save_label_png(out_dir / f"{image_id}.png", label)
 
