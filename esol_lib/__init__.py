@@ -23,7 +23,7 @@ The package shows four kinds of code (docs/ARCHITECTURE.md says what may import 
 
 from __future__ import annotations
 
-import importlib
+from esol_lib.runtime.lazy import lazy_namespace
 
 __version__ = "0.1.0"
 
@@ -99,16 +99,4 @@ _MODULES: dict[str, str] = {
 __all__ = sorted([*_EXPORTS, *_MODULES])
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _MODULES:
-        value = importlib.import_module(_MODULES[name])
-    else:
-        raise AttributeError(f"module 'esol_lib' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, _MODULES)

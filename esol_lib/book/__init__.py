@@ -12,7 +12,7 @@ this package runs nothing else.
 
 from __future__ import annotations
 
-import importlib
+from esol_lib.runtime.lazy import lazy_namespace
 
 #: name → the module that defines it.
 _EXPORTS: dict[str, str] = {"make_book": "esol_lib.book.build"}
@@ -20,9 +20,4 @@ _EXPORTS: dict[str, str] = {"make_book": "esol_lib.book.build"}
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)

@@ -7,7 +7,7 @@ modules here may import their siblings without an import cycle through this ``__
 
 from __future__ import annotations
 
-import importlib
+from esol_lib.runtime.lazy import lazy_namespace
 
 #: name → the module that defines it (loaded on first use).
 _EXPORTS: dict[str, str] = {
@@ -34,13 +34,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)
