@@ -6,7 +6,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/bench_seg.py --backbones small --sizes 128 --batch 4
     .venv/bin/python benchmarks/bench_seg.py --json out.json      # also write the rows as JSON
 
-Every model is DeepLab-v2 as :func:`esol_lib.method.seg_recipe.build_deeplab` builds it (random weights, output
+Every model is DeepLab-v2 as :func:`esol_lib.models.deeplab.build_deeplab` builds it (random weights, output
 stride 8 for the ResNets: strides (2, 2, 1, 1) with atrous layer3/layer4; the ``small`` CPU net at
 strides (1, 2, 2, 1)), with 21 classes (VOC) and ASPP rates 6/12/18/24.
 
