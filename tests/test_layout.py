@@ -306,3 +306,35 @@ def test_every_import_of_the_package_names_something_that_exists():
                 if name not in _top_level_names(modules[module]) and name not in _lazy_table(module):
                     missing.append(f"{path.relative_to(ROOT)}: {module}.{name}")
     assert not missing, "imports of names that do not exist: " + ", ".join(missing)
+
+
+def test_every_dotted_esol_lib_name_in_the_docs_and_docstrings_resolves():
+    """A moved or renamed function leaves its old dotted name behind in prose (``esol_lib.x.f`` in a
+    docstring, a chapter's text, README or docs/): each must still name a module or an attribute of one."""
+    pattern = re.compile(r"\besol_lib(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+    files = [
+        *PACKAGE.rglob("*.py"),
+        *(ROOT / "benchmarks").glob("*.py"),
+        *(ROOT / "notebooks").glob("*.ipynb"),
+        *(ROOT / "docs").glob("*.md"),
+        *(ROOT / "book").glob("*.md"),
+        ROOT / "README.md",
+    ]
+    broken = set()
+    for path in files:
+        for ref in set(pattern.findall(path.read_text(encoding="utf-8"))):
+            if ref.endswith(".__main__"):
+                continue  # importing it runs the command line
+            parts = ref.split(".")
+            for i in range(len(parts), 0, -1):
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                except ImportError:
+                    continue
+                for attribute in parts[i:]:
+                    if not hasattr(obj, attribute):
+                        broken.add(f"{path.relative_to(ROOT)}: {ref}")
+                        break
+                    obj = getattr(obj, attribute)
+                break
+    assert not broken, "dotted names that no longer exist: " + ", ".join(sorted(broken))

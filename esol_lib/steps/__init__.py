@@ -15,7 +15,7 @@ In order (chapters 01-06; ``esol <command>`` runs each alone, ``esol pipeline`` 
 
 ``_shared`` opens run folders and holds what the steps share; ``_esol_shared`` what the two ESOL
 steps share (the underscore: neither is a step). A step module is named after what it makes, not
-after its function: loading ``esol_lib.steps.X`` sets the package's attribute ``X`` to the module,
+after its function: loading a module ``steps/<name>.py`` sets the package's attribute ``<name>`` to the module,
 which would shadow a function of the same name. Any step can be re-run alone; one whose inputs are
 missing names the command to run first.
 
