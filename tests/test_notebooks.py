@@ -223,6 +223,24 @@ def test_training_curves_draws_a_panel_per_column_and_a_line_per_stage():
         charts.training_curves({"expansion": {}}, {"cls": "L_cls"})
 
 
+def test_every_table_and_chart_names_a_stage_from_the_one_table():
+    import matplotlib.pyplot as plt
+
+    from esol_lib import charts, tables
+
+    m = {"miou": 0.5, "precision": 0.6, "recall": 0.7, "f1": 0.65, "threshold": 0.2}
+    m["sweep"] = [{"threshold": 0.1, "miou": 0.4, "precision": 0.5, "recall": 0.8}, {**m}]
+    rows = tables.metrics_table({"shrinkage": m, "shrinkage_crf": m}, paper={"shrinkage": 53.6}).splitlines()
+    assert rows[2].startswith(f"| {charts.STAGE_NAMES['shrinkage']} |") and rows[2].endswith("| 53.6 |")
+    assert rows[3].startswith("| shrinkage_crf |")  # not a bare stage: shown as it is
+    fig = charts.plot_sweeps({"baseline": m, "expansion": m})
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        charts.STAGE_NAMES["baseline"],
+        charts.STAGE_NAMES["expansion"],
+    ]
+    plt.close(fig)
+
+
 def test_stage_heats_reads_each_stages_cams_by_run_or_folder(tmp_path):
     from esol_lib import viz
     from esol_lib.runtime.errors import StageError

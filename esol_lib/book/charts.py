@@ -16,6 +16,7 @@ __all__ = [
     "STAGE_COLORS",
     "STAGE_NAMES",
     "STAGE_SHORT",
+    "stage_label",
     "training_curves",
     "plot_sweeps",
     "plot_pr_curves",
@@ -35,6 +36,12 @@ STAGE_COLORS = {"baseline": "#4c72b0", "expansion": "#dd8452", "shrinkage": "#55
 STAGE_NAMES = {"baseline": "baseline CAM", "expansion": "expansion", "shrinkage": "ESOL (shrinkage)"}
 #: The same, where a column or panel title has little room.
 STAGE_SHORT = {"baseline": "baseline", "expansion": "expansion", "shrinkage": "ESOL"}
+
+
+def stage_label(name: str) -> str:
+    """How the book names ``name``: :data:`STAGE_NAMES`' entry for a bare stage key, any other name as it is."""
+    return STAGE_NAMES.get(name, name)
+
 
 #: A curve with at most this many logged steps is drawn with a marker on each step.
 _MARKED_STEPS = 50
@@ -99,7 +106,7 @@ def plot_sweeps(metrics: Mapping[str, dict], keys: Sequence[str] = ("miou", "pre
                 t,
                 [100 * s[key] for s in m["sweep"]],
                 marker=".",
-                label=name,
+                label=stage_label(name),
                 color=STAGE_COLORS.get(name.split("_")[0]),
             )
         ax.set_xlabel("background threshold")
@@ -118,7 +125,7 @@ def plot_pr_curves(metrics: Mapping[str, dict]):
             [100 * s["recall"] for s in m["sweep"]],
             [100 * s["precision"] for s in m["sweep"]],
             marker=".",
-            label=name,
+            label=stage_label(name),
             color=STAGE_COLORS.get(name.split("_")[0]),
         )
     ax.set_xlabel("recall (%)")
@@ -136,7 +143,7 @@ def part_recall_bars(results: Mapping[str, dict]):
     fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(names), 3.2))
     ax.bar(x - 0.2, [100 * results[n]["part_recall"] for n in names], 0.4, label="discriminative part")
     ax.bar(x + 0.2, [100 * results[n]["rest_recall"] for n in names], 0.4, label="rest of the object")
-    ax.set_xticks(x, names)
+    ax.set_xticks(x, [stage_label(n) for n in names])
     ax.set_ylabel("recall (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)

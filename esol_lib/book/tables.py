@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from esol_lib.book.charts import stage_label
 from esol_lib.method.metrics import read_metrics
 
 __all__ = ["markdown_table", "metrics_table", "file_table"]
@@ -36,13 +37,15 @@ def metrics_table(
 ) -> str:
     """A Markdown table (percentages) with one row per named metrics dict; missing values as '–'.
 
-    A dict with a ``"diverged"`` entry (an ablation whose training ran away) says so in every
-    metric cell. With ``paper`` (row name → the paper's seed mIoU, %) a last column quotes it.
+    A row named after a stage (``baseline``, ``expansion``, ``shrinkage``) is shown by its book name
+    (:data:`~esol_lib.book.charts.STAGE_NAMES`). A dict with a ``"diverged"`` entry (an ablation whose
+    training ran away) says so in every metric cell. With ``paper`` (row name → the paper's seed mIoU,
+    %) a last column quotes it.
     """
     head = ["", *[_COLUMN_NAMES.get(c, c) for c in columns], *extra] + (["paper mIoU (VOC)"] if paper else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in rows.items():
-        cells = [name]
+        cells = [stage_label(name)]
         if m and "diverged" in m:
             cells += ["diverged"] * (len(columns) + len(extra))
         else:
