@@ -13,8 +13,8 @@ from esol_lib.runtime.lazy import lazy_namespace
 _EXPORTS: dict[str, str] = {
     "ASPP": "esol_lib.models.deeplab",
     "BACKBONES": "esol_lib.models.backbone",
+    "BACKBONE_LEVELS": "esol_lib.models.backbone",
     "IMAGENET_FILES": "esol_lib.models.backbone",
-    "STAGE_NAMES": "esol_lib.models.backbone",
     "Backbone": "esol_lib.models.backbone",
     "BoundaryNet": "esol_lib.models.boundary",
     "CAMClassifier": "esol_lib.models.classifier",

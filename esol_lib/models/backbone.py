@@ -28,7 +28,8 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from esol_lib.runtime.errors import ConfigError, WeightsNotFoundError
 
 BACKBONES = ("resnet50", "resnet101", "small")
-STAGE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
+#: The levels of every backbone, input side first (IRN's boundary branch reads each of them).
+BACKBONE_LEVELS = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 # torchvision's file names for the ImageNet weights (V1 first, the IRN/ESOL choice).
 IMAGENET_FILES: dict[str, tuple[str, ...]] = {
@@ -67,7 +68,7 @@ class Backbone(nn.Module):
         frozen_stages: int = 0,
     ) -> None:
         super().__init__()
-        if len(stages) != len(STAGE_NAMES) or len(stage_channels) != 4:
+        if len(stages) != len(BACKBONE_LEVELS) or len(stage_channels) != 4:
             raise ValueError("a Backbone needs 5 stages (stem + 4 layers) and 4 stage channel counts")
         self.stages = nn.ModuleList(stages)
         self.stem_channels = int(stem_channels)
@@ -81,7 +82,7 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Run all stages; keys ``stem``, ``layer1`` … ``layer4`` and ``out`` (= ``layer4``)."""
         feats: dict[str, Tensor] = {}
-        for name, stage in zip(STAGE_NAMES, self.stages):
+        for name, stage in zip(BACKBONE_LEVELS, self.stages):
             x = stage(x)
             feats[name] = x
         feats["out"] = x

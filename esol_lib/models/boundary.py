@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esol_lib.method.irn import stride_ratio
-from esol_lib.models.backbone import STAGE_NAMES, Backbone
+from esol_lib.models.backbone import BACKBONE_LEVELS, Backbone
 
 __all__ = ["BoundaryNet", "boundary_map"]
 
@@ -29,17 +29,17 @@ class BoundaryNet(nn.Module):
     """
 
     def __init__(
-        self, backbone: Backbone, channels: int = 32, groups: int = 4, levels: Sequence[str] = STAGE_NAMES
+        self, backbone: Backbone, channels: int = 32, groups: int = 4, levels: Sequence[str] = BACKBONE_LEVELS
     ) -> None:
         super().__init__()
         levels = tuple(levels)
-        unknown = [lv for lv in levels if lv not in STAGE_NAMES]
+        unknown = [lv for lv in levels if lv not in BACKBONE_LEVELS]
         if not levels or unknown:
-            raise ValueError(f"BoundaryNet levels must be among {', '.join(STAGE_NAMES)}, got {levels!r}")
+            raise ValueError(f"BoundaryNet levels must be among {', '.join(BACKBONE_LEVELS)}, got {levels!r}")
         self.backbone = backbone
         self.backbone.requires_grad_(False)
         self.levels = levels
-        in_ch = dict(zip(STAGE_NAMES, [backbone.stem_channels, *backbone.stage_channels]))
+        in_ch = dict(zip(BACKBONE_LEVELS, [backbone.stem_channels, *backbone.stage_channels]))
         self.edge_layers = nn.ModuleList(
             nn.Sequential(nn.Conv2d(in_ch[lv], channels, 1, bias=False), nn.GroupNorm(groups, channels))
             for lv in levels
