@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from esol_lib.data.palette import VOID
+from esol_lib.runtime.atomic import atomic_path
 from esol_lib.runtime.errors import DatasetError, MissingDependencyError
 
 __all__ = [
@@ -254,15 +255,9 @@ def _user_cache_dir(root: Path) -> Path:
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write an ``.npz`` atomically (per-process temp file, then rename): safe under torchrun."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write an ``.npz`` atomically (:func:`esol_lib.runtime.atomic.atomic_path`): safe under torchrun."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 class VOCSegmentation(torch.utils.data.Dataset):
