@@ -12,8 +12,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from esol_lib.data.training_sets import LabelledOnly
-from esol_lib.data.transforms import TrainTransform
 from esol_lib.models.esol import UNTRAINED_IN_EXPANSION, ESOLModel
 from esol_lib.runtime.checkpoint import load_stage_checkpoint, save_untrained_stage
 from esol_lib.runtime.distributed import init_distributed, wrap_ddp
@@ -21,7 +19,7 @@ from esol_lib.runtime.engine import train_loop
 from esol_lib.runtime.errors import DivergenceError
 from esol_lib.runtime.feature_cache import cached_backbone
 from esol_lib.runtime.schedule import PolyLR, stage_sgd
-from esol_lib.steps._shared import load_baseline, split_dataset, stage_inputs, training_loader
+from esol_lib.steps._shared import cam_training_loader, load_baseline, stage_inputs
 
 __all__ = ["OffsetGuard", "build_esol_model", "load_stage_model", "stage_loader", "train_esol_stage"]
 
@@ -78,21 +76,7 @@ def stage_loader(cfg, stage_cfg, split: str):
 
     Augmented as the baseline was (``train_cam``'s resize, crop and flip), drawn with seed + 1.
     """
-    base = split_dataset(cfg, split)
-    tc = cfg.train_cam
-    transform = TrainTransform(
-        resize_long=tuple(tc.resize_long), crop_size=tc.crop_size, mean=cfg.data.mean, std=cfg.data.std, flip=tc.flip
-    )
-    loader = training_loader(
-        LabelledOnly(base),
-        transform,
-        batch_size=stage_cfg.batch_size,
-        seed=cfg.seed + 1,
-        num_workers=cfg.data.num_workers,
-        too_few=f"split {split!r} has {len(base)} images, fewer than one batch of "
-        f"{stage_cfg.batch_size}; lower the stage's batch_size",
-    )
-    return base, loader
+    return cam_training_loader(cfg, split, stage_cfg.batch_size, cfg.seed + 1, "the stage's batch_size")
 
 
 def train_esol_stage(run, stage: str, model: ESOLModel, loss_fn, stage_cfg, cfg, loader, progress: bool):

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from esol_lib.data import VOCSegmentation, resolve_data_root
-from esol_lib.data.transforms import AugmentedDataset
+from esol_lib.data.training_sets import LabelledOnly
+from esol_lib.data.transforms import AugmentedDataset, TrainTransform
 from esol_lib.data.voc import SPLIT_DIR, available_splits
 from esol_lib.models import build_classifier
 from esol_lib.runtime.atomic import read_json
@@ -184,6 +185,28 @@ def training_loader(
     if len(loader) == 0:
         raise StageError(too_few)
     return loader
+
+
+def cam_training_loader(
+    cfg: Config, split: str, batch_size: int, seed: int, setting: str
+) -> tuple[VOCSegmentation, torch.utils.data.DataLoader]:
+    """The split and a :func:`training_loader` of its labelled images, augmented as ``train_cam`` says
+    (resize, crop, flip): what the baseline and the two ESOL stages train on. ``setting`` names what to
+    lower when the split holds fewer images than one batch."""
+    base = split_dataset(cfg, split)
+    tc = cfg.train_cam
+    transform = TrainTransform(
+        resize_long=tuple(tc.resize_long), crop_size=tc.crop_size, mean=cfg.data.mean, std=cfg.data.std, flip=tc.flip
+    )
+    loader = training_loader(
+        LabelledOnly(base),
+        transform,
+        batch_size=batch_size,
+        seed=seed,
+        num_workers=cfg.data.num_workers,
+        too_few=f"split {split!r} has {len(base)} images, fewer than one batch of {batch_size}; lower {setting}",
+    )
+    return base, loader
 
 
 def split_dataset(cfg: Config, split: str, **kwargs) -> VOCSegmentation:

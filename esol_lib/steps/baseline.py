@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from esol_lib.data.training_sets import LabelledOnly
-from esol_lib.data.transforms import TrainTransform
 from esol_lib.models import build_classifier, multilabel_loss
 from esol_lib.runtime.distributed import init_distributed, wrap_ddp
 from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.rundir import RunDir, holds_run_lock
 from esol_lib.runtime.schedule import PolyLR, stage_sgd, stage_steps
 from esol_lib.runtime.train_log import DeadOutputGuard
-from esol_lib.steps._shared import resolve_device, split_dataset, stage_inputs, training_loader
+from esol_lib.steps._shared import cam_training_loader, resolve_device, stage_inputs
 
 __all__ = ["train_cam"]
 
@@ -25,19 +23,7 @@ def train_cam(run: RunDir, *, progress: bool = True):
     seed_everything(cfg.seed)
     info = init_distributed()
     device = resolve_device(cfg)
-    base = split_dataset(cfg, cfg.data.train_split)
-    transform = TrainTransform(
-        resize_long=tuple(tc.resize_long), crop_size=tc.crop_size, mean=cfg.data.mean, std=cfg.data.std, flip=tc.flip
-    )
-    loader = training_loader(
-        LabelledOnly(base),
-        transform,
-        batch_size=tc.batch_size,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        too_few=f"split {cfg.data.train_split!r} has {len(base)} images, fewer than one batch of "
-        f"{tc.batch_size}; lower train_cam.batch_size",
-    )
+    base, loader = cam_training_loader(cfg, cfg.data.train_split, tc.batch_size, cfg.seed, "train_cam.batch_size")
     max_steps = stage_steps(tc, len(loader))
     model = build_classifier(cfg.model, base.num_classes).to(device)
     optimizer = stage_sgd(model.param_groups(tc.lr, tc.new_layer_lr_mult), tc)
