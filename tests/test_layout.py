@@ -5,6 +5,7 @@ name twice, no private name used outside its module, and one namespace for the c
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import os
@@ -33,6 +34,7 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+@functools.cache
 def _imports(path: Path) -> list[tuple[str, str | None]]:
     """``(module, name)`` of every ``import esol_lib…`` / ``from esol_lib… import name`` in a file, at any depth."""
     out: list[tuple[str, str | None]] = []
@@ -44,6 +46,7 @@ def _imports(path: Path) -> list[tuple[str, str | None]]:
     return out
 
 
+@functools.cache
 def _lazy_table(package: str) -> dict[str, str]:
     """A package's lazy names (``_EXPORTS``, and ``esol_lib``'s ``_MODULES``): name → the module it loads."""
     module = importlib.import_module(package)
@@ -144,19 +147,24 @@ def test_no_module_name_at_two_levels():
     assert not twice, f"module names used twice: {twice}"
 
 
+def test_no_exported_name_of_a_package_is_one_of_its_submodules():
+    """Loading ``esol_lib.steps.X`` sets the package's attribute ``X`` to the module, so an exported
+    name that is also a submodule would be shadowed by the module once something imports it."""
+    for package in ("esol_lib.steps", "esol_lib.models", "esol_lib.data", "esol_lib.book"):
+        submodules = {info.name for info in pkgutil.iter_modules(importlib.import_module(package).__path__)}
+        assert not submodules & set(_lazy_table(package)), package
+
+
+@pytest.mark.slow
 def test_a_step_function_is_not_shadowed_by_its_module():
     """``from esol_lib.steps import make_cam`` gives the function even after every step module is
-    imported: loading ``esol_lib.steps.X`` sets the package's attribute ``X`` to the module, so no
-    exported name of a package may also be one of its submodules."""
+    imported (a fresh interpreter, so nothing was loaded before)."""
     code = (
         "import importlib, pkgutil, esol_lib.steps as s\n"
         "for i in pkgutil.iter_modules(s.__path__): importlib.import_module('esol_lib.steps.' + i.name)\n"
         "from esol_lib.steps import make_cam, train_cam, refine, train_seg\n"
         "assert all(callable(f) and not isinstance(f, type(s)) for f in (make_cam, train_cam, refine, train_seg))\n"
     )
-    for package in ("esol_lib.steps", "esol_lib.models", "esol_lib.data", "esol_lib.book"):
-        submodules = {info.name for info in pkgutil.iter_modules(importlib.import_module(package).__path__)}
-        assert not submodules & set(_lazy_table(package)), package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
@@ -277,6 +285,7 @@ def test_signatures_are_made_in_runtime_freshness_only():
     assert meta == {"esol_lib.runtime.freshness"}, meta
 
 
+@functools.cache
 def _top_level_names(path: Path) -> set[str]:
     """The names a module binds at its top level: definitions, assignments (tuples too), imports."""
     names: set[str] = set()
