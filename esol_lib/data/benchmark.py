@@ -28,6 +28,7 @@ def emoji_spec_from_config(emoji_cfg=None) -> EmojiSpec:
     values = dataclasses.asdict(emoji_cfg)
     values["object_scale"] = tuple(values["object_scale"])
     values["clutter"] = tuple(values["clutter"])
+    values["min_objects"], values["max_objects"] = values.pop("objects")
     return EmojiSpec(**values)
 
 

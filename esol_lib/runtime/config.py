@@ -43,6 +43,7 @@ class EmojiConfig:
     seed: int = 0
     object_scale: list[float] = field(default_factory=lambda: [0.4, 0.9])
     clutter: list[int] = field(default_factory=lambda: [2, 6])
+    objects: list[int] = field(default_factory=lambda: [1, 3])  # [min, max] objects per image
 
 
 @dataclass
@@ -101,6 +102,7 @@ class TrainCamConfig(OptimiserConfig):
 
     epochs: int = 5  # used when max_steps is null
     new_layer_lr_mult: float = 10.0
+    warmup_steps: int = 0  # linear warm-up of the lr over the first steps (PolyLR); 0: none, as IRN
     resize_long: list[int] = field(default_factory=lambda: [320, 640])
     crop_size: int = 512
     flip: bool = True
@@ -280,7 +282,7 @@ _POSITIVE_INT = (
     "extra_kernel",
     "extra_channels",
 )
-_NON_NEGATIVE_INT = ("num_workers", "frozen_stages", "seed")
+_NON_NEGATIVE_INT = ("num_workers", "frozen_stages", "seed", "warmup_steps")
 _POSITIVE_FLOAT = ("lr", "alpha", "new_layer_lr_mult", "bilateral_sxy", "bilateral_srgb", "gauss_sxy")
 _NON_NEGATIVE_FLOAT = (
     "weight_decay",
@@ -373,6 +375,9 @@ def check_ranges(cfg: Config) -> None:
     for key, pair in (("train_cam.resize_long", cfg.train_cam.resize_long), ("seg.scale_range", cfg.seg.scale_range)):
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise bad(key, pair, "[low, high] with 0 < low <= high")
+    objects = cfg.data.emoji.objects
+    if len(objects) != 2 or not 1 <= objects[0] <= objects[1] <= 6:
+        raise bad("data.emoji.objects", objects, "[min, max] with 1 <= min <= max <= 6")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise bad("device", cfg.device, "auto, cpu or cuda (torchrun picks each rank's GPU)")
     for key, values in (("data.mean", cfg.data.mean), ("data.std", cfg.data.std)):

@@ -52,7 +52,7 @@ from esol_lib.runtime.distributed import (
 )
 from esol_lib.runtime.errors import ConfigError, DivergenceError, EsolError
 from esol_lib.runtime.rundir import RunDir
-from esol_lib.runtime.train_log import JsonlLogger, json_value
+from esol_lib.runtime.train_log import JsonlLogger, StalledGradientGuard, json_value
 
 __all__ = ["seed_everything", "train_loop"]
 
@@ -112,21 +112,44 @@ def _split_loss(out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
     return out, {}
 
 
-def _diverged_message(stage: str, step: int, loss: float, partial: Path) -> str:
+def _kept_checkpoint(partial: Path) -> str:
     if partial.is_file():
         kept_step = load_checkpoint(partial).get("step", "?")
-        kept = f"the last good checkpoint is kept: {partial} (step {kept_step}); rerunning resumes from it"
-    else:
-        kept = f"the last good checkpoint is kept (none written yet for this stage: {partial})"
+        return f"the last good checkpoint is kept: {partial} (step {kept_step}); rerunning resumes from it"
+    return f"the last good checkpoint is kept (none written yet for this stage: {partial})"
+
+
+def _lr_fix(stage: str, partial: Path) -> str:
     section = {"baseline": "train_cam"}.get(stage) or (
         "irn" if stage.startswith("irn") else "seg" if stage.startswith("seg") else stage
     )
     run_dir = partial.parent.parent
     return (
-        f"stage '{stage}' diverged at step {step}: loss is {loss}. Nothing was overwritten; {kept}. "
         f"A run folder keeps the config it started with, so lower the learning rate ({section}.lr) in a new one: "
         f"`esol pipeline --config {run_dir / 'config.yaml'} --set {section}.lr=<smaller> --run <new folder>`."
     )
+
+
+def _diverged_message(stage: str, step: int, loss: float, partial: Path) -> str:
+    return (
+        f"stage '{stage}' diverged at step {step}: loss is {loss}. Nothing was overwritten; "
+        f"{_kept_checkpoint(partial)}. {_lr_fix(stage, partial)}"
+    )
+
+
+def _dead_message(stage: str, step: int, seen: str, partial: Path) -> str:
+    return (
+        f"stage '{stage}' stopped training at step {step}: {seen}; the network is dead. Nothing was "
+        f"overwritten; {_kept_checkpoint(partial)}, but it may be dying already. {_lr_fix(stage, partial)}"
+    )
+
+
+def _grad_norm(model: nn.Module) -> float:
+    """The L2 norm of every parameter's gradient together (0 when none has one)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item())
 
 
 def train_loop(
@@ -147,6 +170,7 @@ def train_loop(
     log_every: int = 10,
     optional: Sequence[str] = (),
     inputs: dict[str, str] | None = None,
+    guards: Sequence[Any] = (),
 ) -> StageResult:
     """Train ``model`` for ``max_steps`` optimizer steps as stage ``stage`` of ``run_dir``.
 
@@ -162,6 +186,11 @@ def train_loop(
     - Logs ``{"stage", "step", "loss", "lr", "epoch", **extras}`` every ``log_every`` steps and at
       the last one (rank 0 only) to ``run_dir.log_path``.
     - A NaN/inf loss raises :class:`DivergenceError`; the last partial checkpoint is kept.
+    - A dead network raises :class:`DivergenceError` too: every step keeps a
+      :class:`~esol_lib.runtime.train_log.StalledGradientGuard` (the gradient zero for 20 steps in a
+      row), and ``guards`` adds others with the same ``suspect``/``tripped`` properties (e.g. a
+      :class:`~esol_lib.runtime.train_log.DeadOutputGuard` that ``loss_fn`` feeds). While any guard is
+      suspect no partial checkpoint is written, so the one kept is from before the network died.
     - A stage already done is loaded, not retrained; ``optional`` is as in :func:`load_stage_checkpoint`.
     - ``inputs`` (name → signature: the data's fingerprint, upstream checkpoints' digests) is
       recorded in the checkpoints; one trained from other inputs is set aside and the stage retrains.
@@ -202,6 +231,8 @@ def train_loop(
     elif rng is not None:  # resumed with another number of processes: reproducible, not exact
         seed_everything(seed + info.rank + pos.step)
 
+    stall = StalledGradientGuard()
+    watch = (stall, *guards)
     loss_value = math.nan
     bar = tqdm(total=max_steps, initial=start, desc=stage, disable=not progress or not info.is_main, dynamic_ncols=True)
     try:
@@ -215,6 +246,11 @@ def train_loop(
             lr = optimizer.param_groups[0]["lr"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            stall.observe(loss_value, _grad_norm(model))
+            seen = next((g.tripped for g in watch if g.tripped), None)
+            if seen is not None:
+                logger.log(stage=stage, step=pos.step + 1, event="dead", loss=loss_value, seen=seen)
+                raise DivergenceError(_dead_message(stage, pos.step + 1, seen, partial))
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
@@ -227,7 +263,8 @@ def train_loop(
                 logger.log(**record, **{k: v for k, v in extras.items() if k not in record})
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4g}")
-            if checkpoint_every > 0 and pos.step % checkpoint_every == 0 and pos.step < max_steps:
+            suspect = any(g.suspect for g in watch)  # a network that may be dying: keep the last good one
+            if checkpoint_every > 0 and pos.step % checkpoint_every == 0 and pos.step < max_steps and not suspect:
                 save_partial(
                     partial,
                     stage,

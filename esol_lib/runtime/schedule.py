@@ -28,30 +28,45 @@ def poly_lr(base_lr: float, step: int, max_steps: int, power: float = 0.9) -> fl
 
 @dataclass
 class _PolyFactor:
-    """The poly multiplier as a picklable callable (so ``PolyLR.state_dict`` keeps it)."""
+    """The poly multiplier as a picklable callable (so ``PolyLR.state_dict`` keeps it), times a
+    linear warm-up ``(step + 1) / warmup_steps`` over the first ``warmup_steps`` steps (0: none, IRN)."""
 
     max_steps: int
     power: float = 0.9
+    warmup_steps: int = 0
 
     def __call__(self, step: int) -> float:
-        return poly_lr(1.0, step, self.max_steps, self.power)
+        factor = poly_lr(1.0, step, self.max_steps, self.power)
+        if step < self.warmup_steps:
+            factor *= (step + 1) / self.warmup_steps
+        return factor
 
 
 class PolyLR(LambdaLR):
     """Poly schedule: each param group's lr is its initial lr × ``(1 - step/max_steps)^power``.
 
     Call ``scheduler.step()`` once after every ``optimizer.step()``; optimizer step ``k``
-    (0-based) then runs with factor ``(1 - k/max_steps)^power``, as in IRN's PolyOptimizer.
+    (0-based) then runs with factor ``(1 - k/max_steps)^power``, as in IRN's PolyOptimizer. With
+    ``warmup_steps`` > 0 (no paper or IRN setting: ``train_cam.warmup_steps``) step ``k`` of the first
+    ``warmup_steps`` is further scaled by ``(k + 1) / warmup_steps``, a linear ramp to the base rate.
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, max_steps: int, power: float = 0.9, last_epoch: int = -1
+        self,
+        optimizer: torch.optim.Optimizer,
+        max_steps: int,
+        power: float = 0.9,
+        last_epoch: int = -1,
+        warmup_steps: int = 0,
     ) -> None:
         if max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {max_steps}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be 0 or more, got {warmup_steps}")
         self.max_steps = max_steps
         self.power = power
-        super().__init__(optimizer, _PolyFactor(max_steps, power), last_epoch=last_epoch)
+        self.warmup_steps = warmup_steps
+        super().__init__(optimizer, _PolyFactor(max_steps, power, warmup_steps), last_epoch=last_epoch)
 
 
 def make_sgd(

@@ -1,7 +1,8 @@
 """What a training loop writes as it goes, and the guard that stops a dead network.
 
 :class:`JsonlLogger` appends one JSON object per record to ``RUN/log.jsonl`` (rank 0 only);
-:class:`DeadOutputGuard` stops a stage whose network gives every image the same outputs.
+:class:`DeadOutputGuard` and :class:`StalledGradientGuard` watch for a network that died while its
+loss stayed finite (the engine stops the stage when one trips).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from esol_lib.runtime.errors import DivergenceError
 
 
 def json_value(value: Any) -> Any:
@@ -56,18 +55,20 @@ class JsonlLogger:
 
 
 class DeadOutputGuard:
-    """Stops a stage whose network has died: every image of a batch gets the same outputs.
+    """Watches for a dead network: every image of a batch gets the same outputs.
 
     A learning rate too high for the network can kill every ReLU before the pooling layer in a few
-    dozen steps (IRN's lr 0.1 did so to the ``small`` backbone by step 40). The features are then
-    all zero, every image gets the classifier's bias as its scores, the multi-label loss sits at
-    ``ln 2`` and the NaN check never fires; the CAMs of such a network are all zero. Call
-    :meth:`check` with each batch's outputs; after ``patience`` batches in a row whose outputs are
-    equal across the batch it raises :class:`DivergenceError` naming ``lr_key``.
+    dozen steps (IRN's lr 0.1 did so to the ``small`` backbone by step 40 on one dataset). The features
+    are then all zero, every image gets the same scores (zero, the classifier being bias-free), the
+    multi-label loss sits at ``ln 2`` and the NaN check never fires; the CAMs of such a network are all
+    zero. Call :meth:`check` with each batch's outputs and pass the guard to
+    :func:`~esol_lib.runtime.engine.train_loop` (``guards=``): while batches in a row are dead the guard
+    is :attr:`suspect` (no partial checkpoint is written, so the last one before the streak is kept),
+    and after ``patience`` of them :attr:`tripped` says what was seen and the loop stops the stage.
     """
 
-    def __init__(self, stage: str, lr_key: str, patience: int = 20) -> None:
-        self.stage, self.lr_key, self.patience = stage, lr_key, patience
+    def __init__(self, patience: int = 20) -> None:
+        self.patience = patience
         self.dead_batches = 0
         self.batches = 0
 
@@ -78,10 +79,46 @@ class DeadOutputGuard:
             self.dead_batches = 0
             return
         self.dead_batches += 1
-        if self.dead_batches >= self.patience:
-            raise DivergenceError(
-                f"stage '{self.stage}' died by batch {self.batches}: the last {self.patience} batches gave every "
-                f"image the same outputs (every feature zero: dead ReLUs; the loss stays flat). Nothing was "
-                f"overwritten, but the partial checkpoint holds the dead network: delete it, lower "
-                f"{self.lr_key} (`--set {self.lr_key}=...`) and run the command again."
-            )
+
+    @property
+    def suspect(self) -> bool:
+        return self.dead_batches > 0
+
+    @property
+    def tripped(self) -> str | None:
+        if self.dead_batches < self.patience:
+            return None
+        return (
+            f"the last {self.dead_batches} batches gave every image the same outputs "
+            "(every feature zero: dead ReLUs, the loss flat)"
+        )
+
+
+class StalledGradientGuard:
+    """Watches for training that has stopped: the gradient of every parameter is (all but) zero.
+
+    Every trained stage's loop keeps one (:func:`~esol_lib.runtime.engine.train_loop`): a network whose
+    ReLUs all died gets exactly zero gradients (the models here are bias-free after their last ReLU),
+    while its loss stays at its untrained value (``ln 2`` for the multi-label loss) and finite. After
+    ``patience`` steps in a row whose gradient norm is at most ``tol`` it is :attr:`tripped`; while such
+    steps run it is :attr:`suspect` and no partial checkpoint is written.
+    """
+
+    def __init__(self, patience: int = 20, tol: float = 1e-12) -> None:
+        self.patience, self.tol = patience, tol
+        self.stalled = 0
+        self.loss = math.nan
+
+    def observe(self, loss: float, grad_norm: float) -> None:
+        self.loss = loss
+        self.stalled = self.stalled + 1 if grad_norm <= self.tol else 0
+
+    @property
+    def suspect(self) -> bool:
+        return self.stalled > 0
+
+    @property
+    def tripped(self) -> str | None:
+        if self.stalled < self.patience:
+            return None
+        return f"the gradient has been zero for {self.stalled} steps in a row, the loss flat at {self.loss:.4f}"

@@ -30,7 +30,7 @@ def train_cam(run: RunDir, *, progress: bool = True):
     model = wrap_ddp(model, info)
     model.train()
 
-    dead = DeadOutputGuard("baseline", "train_cam.lr")
+    dead = DeadOutputGuard()
 
     def loss_fn(m: torch.nn.Module, batch: dict) -> torch.Tensor:
         logits = m(batch["image"].to(device))
@@ -45,9 +45,10 @@ def train_cam(run: RunDir, *, progress: bool = True):
         loader,
         max_steps,
         run,
-        scheduler=PolyLR(optimizer, max_steps),
+        scheduler=PolyLR(optimizer, max_steps, warmup_steps=tc.warmup_steps),
         checkpoint_every=tc.checkpoint_every,
         seed=cfg.seed,
         progress=progress,
         inputs=stage_inputs(run, cfg, "baseline"),
+        guards=(dead,),
     )
