@@ -10,8 +10,8 @@ esol_lib`` (and the ``esol`` command) costs nothing until a name is asked for.
                               ``expand``, ``shrink``, ``refine``, ``train_seg``, ``eval_seg``
     data                      ``VOCSegmentation``, ``load_mask``, ``load_cam``, ``to_tensor``, ...
     figures and tables        ``viz`` (pictures), ``charts``, ``tables``, ``widgets``
-    the paper and the runs    ``paper``, ``ablation``, ``results``, ``readings``, ``study``,
-                              ``verdicts``, ``RunDir``
+    the paper and the runs    ``paper``, ``ablation``, ``results``, ``recipes``, ``readings``,
+                              ``study``, ``verdicts``, ``RunDir``
     ========================  ===============================================================
 
 The package shows four kinds of code (docs/ARCHITECTURE.md says what may import what): ``method/``
@@ -90,6 +90,7 @@ _MODULES: dict[str, str] = {
         "ablation",
         "paper",
         "results",
+        "recipes",
         "readings",
         "study",
         "verdicts",

@@ -119,6 +119,39 @@ def test_a_nonfinite_cam_stops_make_cam_before_it_is_written(tmp_path):
     assert not list(out.glob("*.npz"))
 
 
+def test_a_dead_models_all_zero_cams_are_refused_by_make_cam_and_eval_cam(tmp_path):
+    """A dead classifier (every ReLU off) writes CAMs that are zero for every image; they used to be
+    scored (8.3 mIoU: background alone) and trained on with exit code 0 (issue 36)."""
+    from esol_lib.runtime.errors import DivergenceError
+
+    root = generate_benchmark(tmp_path / "d", SynthSpec(train=3, val=1, size=32, num_classes=3), progress=False)
+    ds = VOCSegmentation(root, "train")
+
+    def dead(x):
+        return torch.zeros(x.shape[0], 3, 4, 4)
+
+    out = tmp_path / "cams"
+    with pytest.raises(DivergenceError, match=r"every CAM in .*cams is zero \(3 images.*lower train_cam\.lr"):
+        compute_cams(dead, ds, out, **ONE_SCALE, diverged_fix="lower train_cam.lr")
+    assert len(list(out.glob("*.npz"))) == 3  # kept: they are what the model gives, and cost time to make
+    with pytest.raises(DivergenceError, match="is zero"):  # a second make-cam finds the folder complete
+        compute_cams(dead, ds, out, **ONE_SCALE, diverged_fix="lower train_cam.lr")
+    with pytest.raises(DivergenceError, match=r"is zero.*retrain it"):
+        evaluate_cams(out, ds, [0.3], progress=False, dead_fix="retrain it")
+    with pytest.raises(DivergenceError, match="is zero"):  # the CRF path reads them first too
+        evaluate_cams(out, ds, [0.3], crf=lambda image, labellings, n: labellings, progress=False, workers=1)
+
+    live = tmp_path / "live"
+
+    def one_live_pixel(x):  # a model alive on a single pixel of one image is not dead
+        cams = torch.zeros(x.shape[0], 3, 4, 4)
+        cams[-1, :, 0, 0] = 1.0
+        return cams
+
+    compute_cams(one_live_pixel, ds, live, **ONE_SCALE, batch_size=1)
+    assert evaluate_cams(live, ds, [0.3], progress=False)["miou"] >= 0
+
+
 def test_adding_another_splits_cams_keeps_the_folders_time_stamp(tmp_path):
     """Metrics are current when newer than ``_meta.json``; val CAMs added later must not make train's stale."""
     root = generate_benchmark(tmp_path / "d", SynthSpec(train=2, val=1, size=32, num_classes=3), progress=False)

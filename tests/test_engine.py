@@ -19,7 +19,7 @@ from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.errors import DivergenceError, StageError
 from esol_lib.runtime.rundir import RunDir
 from esol_lib.runtime.schedule import PolyLR, make_sgd, poly_lr
-from esol_lib.runtime.train_log import DeadOutputGuard, JsonlLogger
+from esol_lib.runtime.train_log import DeadOutputGuard, JsonlLogger, StalledGradientGuard
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -341,15 +341,129 @@ def test_load_stage_checkpoint(tmp_path):
         assert torch.equal(v, other.state_dict()[k])
 
 
-def test_dead_output_guard_stops_a_network_that_gives_every_image_the_same_scores():
-    guard = DeadOutputGuard("baseline", "train_cam.lr", patience=3)
-    alive = torch.randn(4, 20)
-    for _ in range(5):
+def test_dead_output_guard_trips_on_a_window_of_batches_that_give_every_image_the_same_scores():
+    guard = DeadOutputGuard(window=10, fraction=0.9)
+    alive, dead = torch.randn(4, 20), torch.full((4, 20), -0.3)
+    for _ in range(20):
         guard.check(alive)
-        guard.check(torch.zeros(4, 20))  # a dead batch between live ones resets nothing for long
-    guard.check(torch.zeros(1, 20))  # one image: nothing to compare
-    dead = torch.full((4, 20), -0.3)
-    guard.check(dead)
-    guard.check(dead)
-    with pytest.raises(DivergenceError, match=r"'baseline' died.*train_cam\.lr"):
+    assert not guard.suspect and guard.tripped is None
+    guard.check(torch.zeros(1, 20))  # one image: nothing to compare, counts as alive
+    for _ in range(8):
         guard.check(dead)
+    assert guard.suspect and guard.tripped is None  # 8 of 10: not yet
+    guard.check(dead)  # 9 of the last 10 dead, the one live batch among them (a dying network lets some through)
+    assert "9 of the last 10 batches" in guard.tripped and "same outputs" in guard.tripped
+    for _ in range(10):
+        guard.check(alive)
+    assert not guard.suspect and guard.tripped is None  # recovered: the window is alive again
+
+
+def test_stalled_gradient_guard_counts_zero_gradients_only():
+    guard = StalledGradientGuard(window=5, fraction=0.8)
+    for _ in range(10):
+        guard.observe(0.5, 1e-3)  # small is alive: only an exact (<= 1e-12) zero is dead
+    assert not guard.suspect
+    for _ in range(4):
+        guard.observe(math.log(2), 0.0)
+    assert guard.tripped == "the gradient was zero in 4 of the last 5 steps, the loss flat at 0.6931"
+
+
+class DyingNet(nn.Module):
+    """A bias-free ReLU network whose weights are zeroed after ``alive`` steps: its outputs, loss and
+    gradients then stay exactly where a dead CAM classifier's do (zero, ln 2, zero)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(4, 8, bias=False)
+        self.out = nn.Linear(8, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(x)))
+
+
+def test_a_dead_network_stops_the_stage_with_one_line_and_keeps_the_checkpoint_from_before_it_died(tmp_path):
+    rd = run(tmp_path)
+    torch.manual_seed(0)
+    model = DyingNet()
+    opt = make_sgd(model.parameters(), lr=0.01)
+    loader = make_loader(NoisyDataset(regression_data()), 8, seed=0)
+    partial = partial_checkpoint_path(rd, "baseline")
+    steps = {"n": 0}
+
+    def loss_fn(m, batch):
+        steps["n"] += 1
+        if steps["n"] == 16:  # steps 1-15 alive; from step 16 on every ReLU is dead
+            with torch.no_grad():
+                m.hidden.weight.fill_(-1.0)
+                m.hidden.weight[:, 0] = 0.0
+        x, _ = batch
+        logits = m(x.abs())  # every input non-negative: a negative weight row kills its unit
+        dead.check(logits)
+        return nn.functional.multilabel_soft_margin_loss(logits, torch.ones_like(logits))
+
+    dead = DeadOutputGuard()
+    with pytest.raises(DivergenceError) as err:
+        train_loop("baseline", model, opt, loss_fn, loader, 500, rd, checkpoint_every=5, progress=False, guards=(dead,))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "stage 'baseline' stopped training at step 51" in msg  # 36 dead of 40: the 36th dead step is 51
+    assert "the network is dead" in msg and "--set train_cam.lr=<smaller>" in msg
+    assert str(partial) in msg and "(step 15)" in msg
+    assert torch.load(partial, weights_only=True)["step"] == 15  # none written while it was dying
+    assert not rd.checkpoint("baseline").exists()
+    last = json.loads(rd.log_path.read_text().splitlines()[-1])
+    assert last["event"] == "dead" and last["loss"] == pytest.approx(math.log(1 + math.exp(-0.0)), abs=1e-6)
+
+
+def test_a_healthy_run_writes_the_same_checkpoints_with_the_guards_watching(tmp_path):
+    """The guards only read: a live run's weights and checkpoints do not depend on them."""
+    model, opt, sched, loader = setup()
+    train_loop("baseline", model, opt, mse, loader, 12, run(tmp_path / "a"), scheduler=sched, progress=False)
+    other, opt2, sched2, loader2 = setup()
+    guard = DeadOutputGuard()
+
+    def watched(m, batch):
+        x, y = batch
+        out = m(x)
+        guard.check(out)
+        return nn.functional.mse_loss(out, y)
+
+    train_loop(
+        "baseline",
+        other,
+        opt2,
+        watched,
+        loader2,
+        12,
+        run(tmp_path / "b"),
+        scheduler=sched2,
+        progress=False,
+        guards=(guard,),
+    )
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k])
+
+
+def test_warm_up_ramps_the_poly_schedule_linearly():
+    param = nn.Parameter(torch.zeros(1))
+    opt = make_sgd([param], lr=1.0)
+    sched = PolyLR(opt, max_steps=100, warmup_steps=4)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen[:4] == pytest.approx([poly_lr(1.0, k, 100) * (k + 1) / 4 for k in range(4)])
+    assert seen[4:] == pytest.approx([poly_lr(1.0, k, 100) for k in (4, 5)])
+    with pytest.raises(ValueError, match="warmup_steps"):
+        PolyLR(opt, max_steps=10, warmup_steps=-1)
+
+
+def test_a_finished_stage_records_the_machine_it_trained_on(tmp_path):
+    """The same seed on another CPU or thread count trains to other numbers: the run folder says which."""
+    rd = run(tmp_path)
+    model, opt, sched, loader = setup()
+    train_loop("baseline", model, opt, mse, loader, 3, rd, scheduler=sched, progress=False)
+    done = [json.loads(line) for line in rd.log_path.read_text().splitlines() if '"done"' in line][-1]
+    assert done["machine"]["torch_threads"] == torch.get_num_threads() and done["machine"]["torch"] == torch.__version__
+    assert done["machine"]["cpu"] and isinstance(done["machine"]["isa"], list)

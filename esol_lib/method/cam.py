@@ -51,6 +51,7 @@ __all__ = [
     "load_cam",
     "cams_to_label",
     "evaluate_cams",
+    "require_live_cams",
     "seed_part_recall",
 ]
 
@@ -145,6 +146,7 @@ def compute_cams(
     have_meta = read_json(meta_path) is not None
     if not todo and have_meta:  # complete: leave the folder untouched (but for a size record a kill cut off)
         record_sizes(out_dir, [_cam_path(out_dir, image_id).name for image_id in dataset.ids])
+        require_live_cams(out_dir, dataset.ids, diverged_fix)
         return out_dir
     if not have_meta:  # a new folder (or one just emptied for another signature)
         # Its time stamp is when these CAMs' model changed: metrics newer than it are current. Adding
@@ -176,7 +178,35 @@ def compute_cams(
     finally:  # the error line starts on a line of its own
         bar.close()
     record_sizes(out_dir, [_cam_path(out_dir, image_id).name for image_id in dataset.ids])
+    require_live_cams(out_dir, dataset.ids, diverged_fix)
     return out_dir
+
+
+def _dead_cams_error(cam_dir: Path, images: int, fix: str) -> DivergenceError:
+    return DivergenceError(
+        f"every CAM in {cam_dir} is zero ({images} images with objects): the model they come from is dead (its "
+        f"features are all zero, as a learning rate too high for it leaves them), so nothing can be scored. The "
+        f"CAM files are kept. {fix or 'Retrain that stage with a lower learning rate'}"
+    )
+
+
+def require_live_cams(cam_dir: str | Path, ids: Sequence[str], fix: str = "") -> None:
+    """Refuse a CAM folder in which every image's CAMs are zero: what a dead model writes.
+
+    Reads the files in order and returns at the first non-zero CAM (the first file, for a live model);
+    images without ground-truth classes store no CAM and do not count. Raises :class:`DivergenceError`
+    with ``fix`` (what to retrain) when every CAM of every image with an object is zero.
+    """
+    cam_dir = Path(cam_dir)
+    images = 0
+    for image_id in ids:
+        cams, keys = load_cam(cam_dir, image_id)
+        if len(keys):
+            images += 1
+            if cams.max() > 0:
+                return
+    if images:
+        raise _dead_cams_error(cam_dir, images, fix)
 
 
 def cam_batch_size(device: torch.device | str, feature_cache: bool = False) -> int:
@@ -246,6 +276,7 @@ def evaluate_cams(
     progress: bool = True,
     desc: str = "eval",
     workers: int | None = None,
+    dead_fix: str = "",
     **meta,
 ) -> dict:
     """Threshold sweep of the seeds in ``cam_dir`` against ``dataset``'s masks → DESIGN.md metrics dict.
@@ -255,15 +286,23 @@ def evaluate_cams(
     threshold's seed is refined by DenseCRF before scoring (only for the thresholds given, since a
     CRF per threshold and image is costly), on ``workers`` processes
     (:func:`esol_lib.runtime.parallel.map_ordered`; None: every core). ``crf`` must not use torch.
+    A folder whose every CAM is zero (a dead model's) is refused with ``dead_fix``
+    (:func:`require_live_cams`): its sweep would score background alone.
     """
     n = dataset.num_classes + 1
     names = ["background"] + list(dataset.classes)
     sweep = ThresholdSweep(thresholds, n)
     if crf is None:
+        images, live = 0, False
         for i in tqdm(range(len(dataset)), desc=desc, unit="img", disable=not progress):
             cams, keys = load_cam(cam_dir, dataset.ids[i])
+            images += bool(len(keys))
+            live = live or bool(len(keys) and cams.max() > 0)
             sweep.add_scores(dataset[i]["mask"], cams, keys)
+        if images and not live:
+            raise _dead_cams_error(Path(cam_dir), images, dead_fix)
         return sweep.result(names, **meta)
+    require_live_cams(cam_dir, dataset.ids, dead_fix)
 
     def crf_confusions(i: int) -> list[np.ndarray]:
         sample = dataset[i]

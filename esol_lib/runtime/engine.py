@@ -51,6 +51,7 @@ from esol_lib.runtime.distributed import (
     get_dist_info,
 )
 from esol_lib.runtime.errors import ConfigError, DivergenceError, EsolError
+from esol_lib.runtime.machine import machine_record
 from esol_lib.runtime.rundir import RunDir
 from esol_lib.runtime.train_log import JsonlLogger, StalledGradientGuard, json_value
 
@@ -187,8 +188,8 @@ def train_loop(
       the last one (rank 0 only) to ``run_dir.log_path``.
     - A NaN/inf loss raises :class:`DivergenceError`; the last partial checkpoint is kept.
     - A dead network raises :class:`DivergenceError` too: every step keeps a
-      :class:`~esol_lib.runtime.train_log.StalledGradientGuard` (the gradient zero for 20 steps in a
-      row), and ``guards`` adds others with the same ``suspect``/``tripped`` properties (e.g. a
+      :class:`~esol_lib.runtime.train_log.StalledGradientGuard` (the gradient zero in 36 of the last
+      40 steps), and ``guards`` adds others with the same ``suspect``/``tripped`` properties (e.g. a
       :class:`~esol_lib.runtime.train_log.DeadOutputGuard` that ``loss_fn`` feeds). While any guard is
       suspect no partial checkpoint is written, so the one kept is from before the network died.
     - A stage already done is loaded, not retrained; ``optional`` is as in :func:`load_stage_checkpoint`.
@@ -283,7 +284,9 @@ def train_loop(
 
     save_final(final_path, partial, stage, max_steps, model, extra_state, loss_value, info.is_main, inputs)
     seconds = time.perf_counter() - t0
-    logger.log(stage=stage, step=max_steps, event="done", checkpoint=str(final_path), seconds=seconds)
+    logger.log(
+        stage=stage, step=max_steps, event="done", checkpoint=str(final_path), seconds=seconds, machine=machine_record()
+    )
     return StageResult(stage, max_steps - start, loss_value, seconds, resumed_from=start)
 
 

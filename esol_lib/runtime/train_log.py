@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -54,71 +55,81 @@ class JsonlLogger:
             f.flush()
 
 
-class DeadOutputGuard:
-    """Watches for a dead network: every image of a batch gets the same outputs.
+class _DeadWindow:
+    """The last ``window`` steps, each dead or alive: tripped when at least ``fraction`` of a full window
+    is dead, suspect while any step of it is. A dying network still lets an odd crop through (one of
+    20 batches, on the smoke profile), so a streak would reset where a window does not."""
 
-    A learning rate too high for the network can kill every ReLU before the pooling layer in a few
-    dozen steps (IRN's lr 0.1 did so to the ``small`` backbone by step 40 on one dataset). The features
-    are then all zero, every image gets the same scores (zero, the classifier being bias-free), the
-    multi-label loss sits at ``ln 2`` and the NaN check never fires; the CAMs of such a network are all
-    zero. Call :meth:`check` with each batch's outputs and pass the guard to
-    :func:`~esol_lib.runtime.engine.train_loop` (``guards=``): while batches in a row are dead the guard
-    is :attr:`suspect` (no partial checkpoint is written, so the last one before the streak is kept),
-    and after ``patience`` of them :attr:`tripped` says what was seen and the loop stops the stage.
-    """
+    def __init__(self, window: int = 40, fraction: float = 0.9) -> None:
+        self.window, self.fraction = window, fraction
+        self.steps: deque[bool] = deque(maxlen=window)
 
-    def __init__(self, patience: int = 20) -> None:
-        self.patience = patience
-        self.dead_batches = 0
-        self.batches = 0
+    def add(self, dead: bool) -> None:
+        self.steps.append(dead)
 
-    def check(self, outputs: torch.Tensor) -> None:
-        self.batches += 1
-        out = outputs.detach()
-        if out.shape[0] < 2 or bool((out != out[:1]).any()):
-            self.dead_batches = 0
-            return
-        self.dead_batches += 1
+    @property
+    def dead(self) -> int:
+        return sum(self.steps)
 
     @property
     def suspect(self) -> bool:
-        return self.dead_batches > 0
+        return self.dead > 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.steps) == self.window and self.dead >= self.fraction * self.window
+
+
+class DeadOutputGuard(_DeadWindow):
+    """Watches for a dead network: every image of a batch gets the same outputs.
+
+    A learning rate too high for the network can kill every ReLU before the pooling layer in a few
+    dozen steps (IRN's lr 0.1 did so to the ``small`` backbone by step 60 on one dataset). The features
+    are then all zero, every image gets the same scores (zero: the classifier is bias-free), the
+    multi-label loss sits at ``ln 2`` and the NaN check never fires; the CAMs of such a network are all
+    zero. Call :meth:`check` with each batch's outputs and pass the guard to
+    :func:`~esol_lib.runtime.engine.train_loop` (``guards=``): while a batch of the last ``window`` was
+    dead the guard is :attr:`suspect` (no partial checkpoint is written, so the last one before is
+    kept), and once ``fraction`` of a full window is dead :attr:`tripped` says what was seen and the
+    loop stops the stage.
+    """
+
+    def check(self, outputs: torch.Tensor) -> None:
+        out = outputs.detach()
+        self.add(out.shape[0] >= 2 and not bool((out != out[:1]).any()))
 
     @property
     def tripped(self) -> str | None:
-        if self.dead_batches < self.patience:
+        if not self.full:
             return None
         return (
-            f"the last {self.dead_batches} batches gave every image the same outputs "
+            f"{self.dead} of the last {self.window} batches gave every image the same outputs "
             "(every feature zero: dead ReLUs, the loss flat)"
         )
 
 
-class StalledGradientGuard:
+class StalledGradientGuard(_DeadWindow):
     """Watches for training that has stopped: the gradient of every parameter is (all but) zero.
 
     Every trained stage's loop keeps one (:func:`~esol_lib.runtime.engine.train_loop`): a network whose
-    ReLUs all died gets exactly zero gradients (the models here are bias-free after their last ReLU),
-    while its loss stays at its untrained value (``ln 2`` for the multi-label loss) and finite. After
-    ``patience`` steps in a row whose gradient norm is at most ``tol`` it is :attr:`tripped`; while such
-    steps run it is :attr:`suspect` and no partial checkpoint is written.
+    ReLUs all died gets exactly zero gradients (the models here are bias-free after their last ReLU)
+    while its loss stays at its untrained value (``ln 2`` for the multi-label loss) and finite. A step
+    whose gradient norm is at most ``tol`` is dead; the window is :class:`DeadOutputGuard`'s. A
+    training step that is alive never has an exactly zero gradient, so a healthy run is never suspect
+    and writes its checkpoints as before.
     """
 
-    def __init__(self, patience: int = 20, tol: float = 1e-12) -> None:
-        self.patience, self.tol = patience, tol
-        self.stalled = 0
+    def __init__(self, window: int = 40, fraction: float = 0.9, tol: float = 1e-12) -> None:
+        super().__init__(window, fraction)
+        self.tol = tol
         self.loss = math.nan
 
     def observe(self, loss: float, grad_norm: float) -> None:
         self.loss = loss
-        self.stalled = self.stalled + 1 if grad_norm <= self.tol else 0
-
-    @property
-    def suspect(self) -> bool:
-        return self.stalled > 0
+        self.add(grad_norm <= self.tol)
 
     @property
     def tripped(self) -> str | None:
-        if self.stalled < self.patience:
+        if not self.full:
             return None
-        return f"the gradient has been zero for {self.stalled} steps in a row, the loss flat at {self.loss:.4f}"
+        return f"the gradient was zero in {self.dead} of the last {self.window} steps, the loss flat at {self.loss:.4f}"

@@ -166,6 +166,7 @@ def eval_cam(
         crf=crf_fn,
         progress=progress,
         desc=f"eval {name}",
+        dead_fix=_diverged_fix(run, stage),
         stage=stage,
         split=split,
         with_crf=crf,
