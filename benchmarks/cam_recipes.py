@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -113,8 +112,9 @@ def _sets(benchmark: str, recipe: str) -> list[str]:
     return [f"profile=cpu-{benchmark}", "feature_cache_mb=0", *BENCHMARKS[benchmark][1], *RECIPES[recipe][1]]
 
 
-def _run_dir(benchmark: str, recipe: str) -> Path:
-    return OUT / benchmark / recipe
+def _run_dir(benchmark: str, recipe: str, threads: int = 1) -> Path:
+    """``runs/cam-recipes/<benchmark>/<recipe>``; runs at another thread count under ``threads<N>/``."""
+    return (OUT if threads == 1 else OUT / f"threads{threads}") / benchmark / recipe
 
 
 def generate() -> None:
@@ -127,16 +127,16 @@ def generate() -> None:
         print(bench, resolve_data_root(cfg, synth_dir=ROOT / "data"), flush=True)
 
 
-def run_one(benchmark: str, recipe: str) -> dict:
+def run_one(benchmark: str, recipe: str, threads: int = 1) -> dict:
     """Train, make CAMs and score them for one (benchmark, recipe); the record of :func:`collect_one`."""
     from esol_lib.runtime.config_io import load_config
     from esol_lib.runtime.errors import DivergenceError
     from esol_lib.steps import eval_cam, make_cam, start_run, train_cam
 
-    run_dir = _run_dir(benchmark, recipe)
+    run_dir = _run_dir(benchmark, recipe, threads)
     stopped = run_dir / "stopped.json"
     if stopped.is_file():
-        return collect_one(benchmark, recipe)
+        return collect_one(benchmark, recipe, threads)
     cfg = load_config("cpu", _sets(benchmark, recipe))
     os.chdir(ROOT)  # the generated benchmark lives in ROOT/data
     run = start_run(run_dir, cfg)
@@ -146,13 +146,13 @@ def run_one(benchmark: str, recipe: str) -> dict:
     except DivergenceError as err:
         stopped.write_text(json.dumps({"reason": str(err)}) + "\n", encoding="utf-8")
         print(f"{benchmark}/{recipe}: stopped by a guard: {err}", flush=True)
-        return collect_one(benchmark, recipe)
+        return collect_one(benchmark, recipe, threads)
     make_cam(run, "baseline", cfg.data.val_split, progress=False)
     eval_cam(run, "baseline", cfg.data.val_split, progress=False)
     seconds = time.perf_counter() - start
     if result.steps:  # trained here now (not read back): record the time
         (run_dir / "seconds.json").write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n", encoding="utf-8")
-    return collect_one(benchmark, recipe)
+    return collect_one(benchmark, recipe, threads)
 
 
 def _final_loss(run_dir: Path) -> float | None:
@@ -166,10 +166,10 @@ def _final_loss(run_dir: Path) -> float | None:
     return loss
 
 
-def collect_one(benchmark: str, recipe: str) -> dict:
+def collect_one(benchmark: str, recipe: str, threads: int = 1) -> dict:
     """What one run measured: val seeds (percent; train's where they were made), the last logged loss,
     a guard's stop."""
-    run_dir = _run_dir(benchmark, recipe)
+    run_dir = _run_dir(benchmark, recipe, threads)
     rec: dict = {"stopped": None, "final_loss": _final_loss(run_dir)}
     stopped = run_dir / "stopped.json"
     if stopped.is_file():
@@ -214,29 +214,6 @@ def decide(runs: dict[str, dict[str, dict]]) -> dict:
     return {"summary": summary, "adopted": adopted, "why": why}
 
 
-def machine() -> dict:
-    """What the runs were measured on: the CPU model, its instruction-set flags of note, torch's threads."""
-    import torch
-
-    model = ""
-    flags: list[str] = []
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in have]
-    return {
-        "cpu": model or platform.processor(),
-        "isa": flags,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cores": os.cpu_count(),
-    }
-
-
 def _commit() -> str:
     try:
         return subprocess.run(
@@ -255,7 +232,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--generate", action="store_true", help="generate the seven benchmarks and stop")
     p.add_argument("--shard", default="0/1", help="I/N: run every N-th job starting at I (one process per core)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process (recorded in the JSON)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process; other than 1, the runs go to runs/cam-recipes/threads<N>/ and are "
+        "reported beside the 1-thread ones (the machine's share of the spread)",
+    )
+    p.add_argument("--only", action="append", default=[], metavar="BENCHMARK/RECIPE", help="run only these jobs")
     p.add_argument("--collect", action="store_true", help="only gather finished runs into the JSON")
     p.add_argument("--json", type=Path, default=JSON)
     args = p.parse_args()
@@ -264,21 +248,33 @@ def main() -> int:
         return 0
     import torch
 
+    from esol_lib.runtime.machine import machine_record
+
     torch.set_num_threads(args.threads)
     if not args.collect:
         index, count = (int(x) for x in args.shard.split("/"))
-        for k, (bench, recipe) in enumerate(jobs()):
+        todo = [job for job in jobs() if not args.only or "/".join(job) in args.only]
+        for k, (bench, recipe) in enumerate(todo):
             if k % count == index:
-                rec = run_one(bench, recipe)
+                rec = run_one(bench, recipe, args.threads)
                 print(f"{bench}/{recipe}: {json.dumps(rec)}", flush=True)
     runs = {r: {b: collect_one(b, r) for b in BENCHMARKS if _run_dir(b, r).is_dir()} for r in RECIPES}
+    thread_runs = {}  # the same (benchmark, recipe) trained with N threads instead of 1
+    for folder in sorted(OUT.glob("threads*")):
+        n = int(folder.name.removeprefix("threads"))
+        thread_runs[str(n)] = {
+            r: {b: collect_one(b, r, n) for b in BENCHMARKS if _run_dir(b, r, n).is_dir()}
+            for r in RECIPES
+            if any(_run_dir(b, r, n).is_dir() for b in BENCHMARKS)
+        }
     result = {
         "rule": RULE,
         "recipes": {r: {"about": about, "set": sets} for r, (about, sets) in RECIPES.items()},
         "benchmarks": {b: {"about": about, "set": sets} for b, (about, sets) in BENCHMARKS.items()},
         "runs": runs,
         "decision": decide(runs),
-        "machine": machine() | {"torch_threads": args.threads},
+        "thread_runs": thread_runs,
+        "machine": machine_record(),
         "commit": _commit(),
         "command": "python benchmarks/cam_recipes.py " + " ".join(sys.argv[1:]),
     }

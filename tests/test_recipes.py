@@ -106,3 +106,21 @@ def test_the_committed_study_is_complete_and_the_cpu_profile_trains_with_what_it
     adopted = study["decision"]["adopted"]
     assert adopted is not None, study["decision"]["why"]
     assert recipes.recipe_verdict(study, load_config("cpu").train_cam).endswith("trains with it.")
+
+
+def test_the_spread_sentences_put_the_machine_beside_the_generator_seeds():
+    cr = study_script()
+    runs = runs_of(cr, {r: [40, 44, 48, 42, 46, 50, 52] for r in cr.RECIPES})
+    study = {
+        "decision": cr.decide(runs),
+        "runs": runs,
+        "thread_runs": {"2": {"irn": {"seed1": {"val": {"miou": 44.5}}}}},
+    }
+    readings = {"seeds": {"1": {"as-built": {"scores": {"val": {"baseline": {"miou": 0.4321}}}}}}}
+    first, threads, machine = recipes.spread_sentences(study, readings)
+    assert first.startswith("Over 5 generator seeds the adopted recipe's val seeds mIoU is 44.0 ± 2.8")
+    assert (
+        threads
+        == "The same run with 2 threads instead of 1 on one machine: irn on seed1: 44.00 with 1 thread, 44.50 with 2."
+    )
+    assert "seed 1 43.21 then, 44.00 here" in machine
