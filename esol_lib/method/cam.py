@@ -118,6 +118,7 @@ def compute_cams(
     desc: str = "CAMs",
     data_signature: str | None = None,
     diverged_fix: str = "",
+    refuse_all_zero: bool = True,
 ) -> Path:
     """Write ``out_dir/<id>.npz`` (``cams``: float16 ``(K_gt, H, W)``, ``keys``: 1-based class ids) per image.
 
@@ -146,7 +147,8 @@ def compute_cams(
     have_meta = read_json(meta_path) is not None
     if not todo and have_meta:  # complete: leave the folder untouched (but for a size record a kill cut off)
         record_sizes(out_dir, [_cam_path(out_dir, image_id).name for image_id in dataset.ids])
-        require_live_cams(out_dir, dataset.ids, diverged_fix)
+        if refuse_all_zero:
+            require_live_cams(out_dir, dataset.ids, diverged_fix)
         return out_dir
     if not have_meta:  # a new folder (or one just emptied for another signature)
         # Its time stamp is when these CAMs' model changed: metrics newer than it are current. Adding
@@ -178,7 +180,8 @@ def compute_cams(
     finally:  # the error line starts on a line of its own
         bar.close()
     record_sizes(out_dir, [_cam_path(out_dir, image_id).name for image_id in dataset.ids])
-    require_live_cams(out_dir, dataset.ids, diverged_fix)
+    if refuse_all_zero:
+        require_live_cams(out_dir, dataset.ids, diverged_fix)
     return out_dir
 
 
@@ -277,6 +280,7 @@ def evaluate_cams(
     desc: str = "eval",
     workers: int | None = None,
     dead_fix: str = "",
+    refuse_all_zero: bool = True,
     **meta,
 ) -> dict:
     """Threshold sweep of the seeds in ``cam_dir`` against ``dataset``'s masks → DESIGN.md metrics dict.
@@ -287,7 +291,8 @@ def evaluate_cams(
     CRF per threshold and image is costly), on ``workers`` processes
     (:func:`esol_lib.runtime.parallel.map_ordered`; None: every core). ``crf`` must not use torch.
     A folder whose every CAM is zero (a dead model's) is refused with ``dead_fix``
-    (:func:`require_live_cams`): its sweep would score background alone.
+    (:func:`require_live_cams`): its sweep would score background alone. ``refuse_all_zero=False``
+    scores it (the steps do so for the ESOL stages, whose ablation variants may zero a map by design).
     """
     n = dataset.num_classes + 1
     names = ["background"] + list(dataset.classes)
@@ -299,10 +304,11 @@ def evaluate_cams(
             images += bool(len(keys))
             live = live or bool(len(keys) and cams.max() > 0)
             sweep.add_scores(dataset[i]["mask"], cams, keys)
-        if images and not live:
+        if refuse_all_zero and images and not live:
             raise _dead_cams_error(Path(cam_dir), images, dead_fix)
         return sweep.result(names, **meta)
-    require_live_cams(cam_dir, dataset.ids, dead_fix)
+    if refuse_all_zero:
+        require_live_cams(cam_dir, dataset.ids, dead_fix)
 
     def crf_confusions(i: int) -> list[np.ndarray]:
         sample = dataset[i]

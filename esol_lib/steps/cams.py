@@ -86,6 +86,7 @@ def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
         data_signature=data,
         batch_size=cam_batch_size(device, feature_cache=cfg.feature_cache_mb > 0),
         diverged_fix=_diverged_fix(run, stage),
+        refuse_all_zero=stage == "baseline",  # a dead classifier; an ESOL variant may zero a map (chapter 07)
     )
 
 
@@ -167,6 +168,7 @@ def eval_cam(
         progress=progress,
         desc=f"eval {name}",
         dead_fix=_diverged_fix(run, stage),
+        refuse_all_zero=stage == "baseline",
         stage=stage,
         split=split,
         with_crf=crf,
