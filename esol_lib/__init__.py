@@ -91,6 +91,7 @@ _MODULES: dict[str, str] = {
         "paper",
         "results",
         "recipes",
+        "controls",
         "readings",
         "study",
         "verdicts",

@@ -19,11 +19,12 @@ from pathlib import Path
 import yaml
 
 from esol_lib.runtime.errors import ConfigError, EsolError
+from esol_lib.runtime.stages import STAGES
 
 # Subcommands that later work builds; until then they say where they belong instead of faking output.
 PENDING: dict[str, str] = {}
 
-STAGE_CHOICES = ("baseline", "expansion", "shrinkage")
+STAGE_CHOICES = STAGES  # the stage table's names (esol_lib.runtime.stages), imported without torch
 
 
 def _add_run_set(p: argparse.ArgumentParser) -> None:
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (
         ("expand", "Expansion stage: offsets learned by loss maximisation, then clipping"),
         ("shrink", "Shrinkage stage: offsets learned with the area loss"),
+        ("train-recam", "ReCAM (positive control): the baseline fine-tuned with ReCAM's softmax loss"),
     ):
         p = sub.add_parser(name, help=what)
         p.add_argument("--run", required=True, type=Path)
@@ -256,12 +258,22 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_recam(args: argparse.Namespace) -> int:
+    from esol_lib.steps import open_run, train_recam
+
+    run, _ = open_run(args.run, args.overrides)
+    result = train_recam(run)
+    print(f"ReCAM model: {run.checkpoint('recam')} ({result.steps} steps)")
+    return 0
+
+
 def cmd_make_cam(args: argparse.Namespace) -> int:
     from esol_lib.steps import make_cam, open_run
 
-    run, _ = open_run(args.run, args.overrides)
-    out = make_cam(run, args.stage, args.split)
-    print(f"CAMs of stage {args.stage} on split {args.split}: {out}")
+    run, cfg = open_run(args.run, args.overrides)
+    split = args.split or cfg.data.cam_split
+    out = make_cam(run, args.stage, split)
+    print(f"CAMs of stage {args.stage} on split {split}: {out}")
     return 0
 
 
@@ -271,7 +283,7 @@ def cmd_eval_cam(args: argparse.Namespace) -> int:
     run, cfg = open_run(args.run, args.overrides)
     split = args.split or cfg.data.cam_split
     m = eval_cam(run, args.stage, split, crf=args.crf)
-    name = f"{args.stage}{'_crf' if args.crf else ''}_{split}"
+    name = f"{args.stage}{'_crf' if args.crf else ''}_{m.get('split') or split}"
     print(
         f"{name}: mIoU {100 * m['miou']:.1f} at threshold {m['threshold']:.2f} "
         f"(precision {100 * m['precision']:.1f}, recall {100 * m['recall']:.1f}, F1 {100 * m['f1']:.1f}) "
@@ -351,6 +363,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train-cam": cmd_train_cam,
     "expand": cmd_expand,
     "shrink": cmd_shrink,
+    "train-recam": cmd_train_recam,
     "make-cam": cmd_make_cam,
     "eval-cam": cmd_eval_cam,
     "book": cmd_book,

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 from esol_lib.runtime.distributed import all_gather_object, init_distributed
 from esol_lib.runtime.rundir import RunDir, holds_run_lock
+from esol_lib.runtime.stages import METHOD_STAGES, REFINED_STAGES
 from esol_lib.steps import current_cam_metrics, eval_cam, expand, make_cam, shrink, train_cam
 from esol_lib.steps.refinement import refine as refine_stage
 from esol_lib.steps.segmentation import current_seg_metrics, eval_seg, train_seg
 
-__all__ = ["PipelineStep", "pipeline_steps", "run_pipeline"]
+__all__ = ["PipelineStep", "REFINED_STAGES", "TRAINERS", "pipeline_steps", "run_pipeline"]
 
 
 @dataclass
@@ -27,7 +28,9 @@ class PipelineStep:
     done: Callable[[], bool] = field(default=lambda: False)
 
 
-REFINED_STAGES = ("baseline", "shrinkage")  # Table 1 / Table 3: plain CAM vs ESOL
+#: What trains each of the method's stages (the stage table's ``METHOD_STAGES``, in order).
+TRAINERS = {"baseline": train_cam, "expansion": expand, "shrinkage": shrink}
+assert tuple(TRAINERS) == METHOD_STAGES, "TRAINERS must follow esol_lib.runtime.stages.METHOD_STAGES"
 
 
 def pipeline_steps(
@@ -41,9 +44,8 @@ def pipeline_steps(
     """
     cfg = run.load_config()
     split = cfg.data.cam_split
-    trainers = {"baseline": train_cam, "expansion": expand, "shrinkage": shrink}
     steps: list[PipelineStep] = []
-    for stage, trainer in trainers.items():
+    for stage, trainer in TRAINERS.items():
         steps.append(PipelineStep(f"train {stage}", lambda t=trainer: t(run, progress=progress)))
         steps.append(PipelineStep(f"make-cam {stage}", lambda s=stage: make_cam(run, s, split, progress=progress)))
         steps.append(

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from esol_lib.runtime.stages import STAGE_TABLE
+
 __all__ = [
     "STAGE_COLORS",
     "STAGE_NAMES",
@@ -30,12 +32,12 @@ __all__ = [
     "reading_gradients",
 ]
 
-#: Each stage's colour in every chart of the book.
-STAGE_COLORS = {"baseline": "#4c72b0", "expansion": "#dd8452", "shrinkage": "#55a868"}
+#: Each stage's colour in every chart of the book (the stage table's, esol_lib.runtime.stages).
+STAGE_COLORS = {s.name: s.color for s in STAGE_TABLE}
 #: Each stage's name in the chapters' tables and legends; the shrinkage stage's CAM is ESOL's output.
-STAGE_NAMES = {"baseline": "baseline CAM", "expansion": "expansion", "shrinkage": "ESOL (shrinkage)"}
+STAGE_NAMES = {s.name: s.label for s in STAGE_TABLE}
 #: The same, where a column or panel title has little room.
-STAGE_SHORT = {"baseline": "baseline", "expansion": "expansion", "shrinkage": "ESOL"}
+STAGE_SHORT = {s.name: s.short for s in STAGE_TABLE}
 
 
 def stage_label(name: str) -> str:

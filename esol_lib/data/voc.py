@@ -14,6 +14,7 @@ derived from the masks and cached in ``ROOT/.esol_cache/`` (``~/.cache/esol/`` w
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Callable, Sequence
@@ -338,6 +339,21 @@ class VOCSegmentation(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def first(self, n: int) -> VOCSegmentation:
+        """A view of this split's first ``n`` ids (in the split file's order), named ``<split>-first<n>``.
+
+        What a costly method scores when its whole split would take too long (``advcam.max_images``): a
+        fixed, documented subset, the same for every method compared on it. ``n`` beyond the split keeps
+        every id (the name still says ``first<n>``, so it does not depend on the split's length).
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"first: n must be a positive integer, got {n!r}")
+        view = copy.copy(self)
+        view.ids = list(self.ids[:n])
+        view.split = f"{self.split}-first{n}"
+        view._labels = None if self._labels is None else self._labels[:n]
+        return view
 
     def image_path(self, image_id: str) -> Path:
         return self.image_dir / f"{image_id}.jpg"

@@ -85,6 +85,7 @@ __all__ = [
     "score_term",
     "anti_adversarial_step",
     "advcam_maps",
+    "AdvCamProducer",
 ]
 
 #: The public code's inference scales (``--cam_scales``), the order the maps are summed in.
@@ -326,3 +327,31 @@ def advcam_maps(
         total = total + F.interpolate(acc[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     peak = total.flatten(1).max(-1).values[:, None, None]
     return total / (peak + eps)
+
+
+class AdvCamProducer:
+    """AdvCAM as a :class:`~esol_lib.method.cam.CamProducer`: :func:`advcam_maps` of each image's labelled classes.
+
+    ``settings`` holds the keyword arguments of :func:`advcam_maps` (``steps``, ``step_size``, ``lam``, ...; the
+    ``advcam`` config section). It climbs each image alone (a pair per class and scale); the other classes'
+    maps stay zero. ``needs_grad`` is True: :func:`~esol_lib.method.cam.compute_cams` leaves autograd on.
+    """
+
+    needs_grad = True
+
+    def __init__(self, model: nn.Module, scales: Sequence[float], **settings) -> None:
+        _check_eval(model)
+        self.model = model
+        self.scales = tuple(float(s) for s in scales)
+        self.settings = settings
+        self.num_classes = int(model.classifier.weight.shape[0])
+
+    def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
+        b, _, h, w = images.shape
+        out = torch.zeros(b, self.num_classes, h, w, dtype=images.dtype, device=images.device)
+        for i in range(b):
+            classes = torch.nonzero(labels[i] > 0.5).flatten().tolist()
+            if classes:
+                maps = advcam_maps(self.model, images[i : i + 1], classes, scales=self.scales, **self.settings)
+                out[i, classes] = maps.to(out.dtype)
+        return out

@@ -10,16 +10,22 @@ upsampling to the image size. The ReLU is applied to each scale's map before sum
 does), which equals the formula above when every term is non-negative and avoids one scale's
 negative evidence cancelling another's positive one.
 
-Every stage (baseline, expansion, shrinkage) goes through the same code: it supplies a ``cam_fn``
-mapping a normalised image batch ``(B, 3, H, W)`` to raw class maps ``(B, K, h, w)``.
+Every stage goes through the same code. The method's stages (baseline, expansion, shrinkage) and
+ReCAM/LPCAM supply a ``cam_fn`` mapping a normalised image batch ``(B, 3, H, W)`` to raw class maps
+``(B, K, h, w)``, which Eq. (2) turns into CAMs (:class:`MultiScaleCams`). A method that makes its CAMs
+another way (AdvCAM climbs the image, so it needs gradients) supplies a :class:`CamProducer` instead, which
+decides its own gradient mode, in the manner of pytorch-grad-cam's ``BaseCAM``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -45,6 +51,8 @@ from esol_lib.runtime.parallel import map_ordered
 
 __all__ = [
     "CamFn",
+    "CamProducer",
+    "MultiScaleCams",
     "multiscale_cam",
     "compute_cams",
     "cam_batch_size",
@@ -93,6 +101,33 @@ def multiscale_cam(
     return total / (peak + eps)
 
 
+@runtime_checkable
+class CamProducer(Protocol):
+    """What makes a batch's CAMs: ``(images (B, 3, H, W), labels (B, K)) → (B, K, H, W)`` in ``[0, 1]``.
+
+    ``needs_grad``: :func:`compute_cams` runs it under ``torch.inference_mode`` when False, with autograd
+    available when True (the producer then enables and detaches what it needs). Only the labelled classes'
+    maps are stored; a producer may leave the others zero.
+    """
+
+    needs_grad: bool
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class MultiScaleCams:
+    """Eq. (2) of a raw class-map function: :func:`multiscale_cam` of ``cam_fn`` at ``scales`` (± flips)."""
+
+    cam_fn: CamFn
+    scales: Sequence[float]
+    flip: bool = True
+    needs_grad: bool = False
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return multiscale_cam(self.cam_fn, images, self.scales, self.flip)
+
+
 def _cam_path(out_dir: Path, image_id: str) -> Path:
     return out_dir / f"{image_id}.npz"
 
@@ -103,7 +138,7 @@ def _save_cam(path: Path, cams: np.ndarray, keys: np.ndarray) -> None:
 
 
 def compute_cams(
-    cam_fn: CamFn,
+    cam_fn: CamFn | CamProducer,
     dataset,
     out_dir: str | Path,
     *,
@@ -122,6 +157,10 @@ def compute_cams(
 ) -> Path:
     """Write ``out_dir/<id>.npz`` (``cams``: float16 ``(K_gt, H, W)``, ``keys``: 1-based class ids) per image.
 
+    ``cam_fn`` is a raw class-map function (Eq. (2) at ``scales`` ± ``flip`` makes the CAMs,
+    :class:`MultiScaleCams`) or a :class:`CamProducer`, which makes them itself (``scales`` and ``flip``
+    are then only recorded in the folder's signature).
+
     Only the ground-truth classes of each image are stored (the paper's and IRN's protocol).
     Images already written under the same ``signature`` are skipped, so an interrupted run resumes;
     a folder with another signature (a retrained model, other scales) is emptied first.
@@ -133,6 +172,7 @@ def compute_cams(
     ``diverged_fix``, before it is written.
     """
     batch_size = cam_batch_size(device) if batch_size is None else batch_size
+    producer = cam_fn if isinstance(cam_fn, CamProducer) else MultiScaleCams(cam_fn, scales, flip)
     out_dir = Path(out_dir)
     meta_path = out_dir / META_FILE
     reset_stale_folder(out_dir, signature)
@@ -157,7 +197,7 @@ def compute_cams(
     bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
     missing = set(todo)
     try:
-        with torch.inference_mode():
+        with contextlib.nullcontext() if producer.needs_grad else torch.inference_mode():
             # Batches are cut from the whole split, not from what is missing: a batch's numbers depend
             # (in the last bits) on which images share it, so a resumed run must batch as a whole run did.
             for group in _size_batches(dataset, range(len(dataset.ids)), batch_size):
@@ -165,7 +205,8 @@ def compute_cams(
                     continue
                 samples = [dataset[i] for i in group]
                 images = torch.stack([to_tensor(s["image"], mean, std) for s in samples]).to(device)
-                cams = multiscale_cam(cam_fn, images, scales, flip).float().cpu().numpy()
+                labels = torch.stack([s["label"] for s in samples]).to(device)
+                cams = producer(images, labels).detach().float().cpu().numpy()
                 for i, s, cam in zip(group, samples, cams):
                     if i in missing:
                         keys = np.nonzero(s["label"].numpy() > 0.5)[0]

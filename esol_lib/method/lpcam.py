@@ -431,7 +431,11 @@ def lpcam_maps(f: Tensor, prototypes: Mapping[int, tuple[Tensor, Tensor]], num_c
 
 
 def lpcam_cam_fn(
-    model: nn.Module, prototypes: Mapping[int, tuple[Tensor, Tensor]], *, flip_features: bool = True
+    model: nn.Module,
+    prototypes: Mapping[int, tuple[Tensor, Tensor]] | None = None,
+    *,
+    flip_features: bool = True,
+    weight: Tensor | None = None,
 ) -> CamFn:
     """A ``cam_fn`` for :func:`~esol_lib.method.cam.multiscale_cam`: images (B, 3, H, W) → raw LPCAM maps (B, K, h, w).
 
@@ -441,10 +445,16 @@ def lpcam_cam_fn(
     the features of the image and of its flip added, so it costs two passes: give ``multiscale_cam``
     ``flip=False``. Its ``flip=True`` would then add the map to its own flip-twin, which is the same
     map (the sum is symmetric in the two halves), so the result is unchanged up to rounding, at twice
-    the cost. Without ``flip_features`` the flip is ``multiscale_cam``'s, of the maps.
+    the cost. Without ``flip_features`` the flip is ``multiscale_cam``'s, of the maps. ``weight`` (K, C, 1, 1),
+    :func:`lpcam_weight` of the prototypes, may be given instead of them (``checkpoints/lpcam.pt`` holds it).
     """
     classes, channels = model.classifier.weight.shape[:2]
-    weight = lpcam_weight(prototypes, int(classes), int(channels))
+    if (prototypes is None) == (weight is None):
+        raise ValueError("lpcam_cam_fn: give either prototypes or their weight (lpcam_weight), not both")
+    if weight is None:
+        weight = lpcam_weight(prototypes, int(classes), int(channels))
+    elif tuple(weight.shape) != (int(classes), int(channels), 1, 1):
+        raise ValueError(f"lpcam_cam_fn: weight {tuple(weight.shape)} is not ({int(classes)}, {int(channels)}, 1, 1)")
 
     def cam_fn(x: Tensor) -> Tensor:
         f = model.head(model.features(x))

@@ -74,6 +74,7 @@ __all__ = [
     "class_features",
     "recam_loss",
     "recam_objective",
+    "recam_loss_of",
     "recam_weight",
     "recam_cam_fn",
     "recam_param_groups",
@@ -178,8 +179,15 @@ def recam_objective(
     The CAMs are recomputed from the current weights at every step, as in ReCAM.
     """
     f = model.head(model.features(images))
-    logits = model.logits_from_head(f)
-    feats, targets = class_features(f, model.classifier.weight, labels)
+    return recam_loss_of(f, model.logits_from_head(f), model.classifier.weight, predictor, labels, weight)
+
+
+def recam_loss_of(
+    f: Tensor, logits: Tensor, classifier_weight: Tensor, predictor: ClassPredictor, labels: Tensor, weight: float = 1.0
+) -> tuple[Tensor, dict[str, float]]:
+    """:func:`recam_loss` of a forward pass already made: the final feature map ``f`` (B, C, h, w) and its
+    GAP logits (B, K) (what :class:`~esol_lib.models.class_predictor.ReCAMModel` returns)."""
+    feats, targets = class_features(f, classifier_weight, labels)
     return recam_loss(logits, labels, predictor(feats), targets, weight)
 
 

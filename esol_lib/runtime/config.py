@@ -223,6 +223,51 @@ class SegConfig(OptimiserConfig):
 
 
 @dataclass
+class RecamConfig(OptimiserConfig):
+    """ReCAM (positive control, chapter 10): the baseline fine-tuned with a softmax CE on CAM-weighted class
+    features (:mod:`esol_lib.method.recam`). Defaults are ``run_sample.py``'s (VOC): 4 epochs, lr 5e-4 on the
+    new predictor and ``backbone_lr_mult`` (0.1) of it on the rest, loss weight 1, batch 16; IRN's
+    effective optimiser (momentum 1e-4, weight decay 1e-4), as ``PolyOptimizer`` gives it."""
+
+    lr: float = 5e-4
+    epochs: int = 4  # used when max_steps is null
+    batch_size: int = 16
+    loss_weight: float = 1.0  # recam_loss_weight (COCO: 0.1)
+    backbone_lr_mult: float = 0.1  # the backbone and the original classifier at 0.1 x lr
+
+
+@dataclass
+class AdvcamConfig:
+    """AdvCAM (positive control, chapter 10): anti-adversarial climbing of the image
+    (:mod:`esol_lib.method.advcam`). Defaults are the public code's (``obtain_CAM_masking.py``); the scales are
+    ``cam.scales`` (IRN's, as AdvCAM's)."""
+
+    steps: int = 27  # adv_iter
+    step_size: float = 0.08  # AD_stepsize
+    lam: float = 7.0  # AD_coeff
+    mask_threshold: float = 0.5  # score_th
+    half_steps_at_half_scale: bool = True  # the code's 0.5-scale quirk (method/advcam.py)
+    reg_reduction: str = "sum"  # sum: the code's (lambda depends on the map's size); area: per reference cells
+    attribution: str = "gradcam"  # gradcam: the code's; cam: ReLU(w_c^T F)
+    max_images: int | None = None  # None: every image of a split; N: its first N ids only (cost: ~100x a CAM)
+
+
+@dataclass
+class LpcamConfig:
+    """LPCAM (positive control, chapter 10): local prototypes of each class's foreground and context
+    (:mod:`esol_lib.method.lpcam`), clustered from the baseline's features on ``data.cam_split``. Defaults are
+    ``step/make_lpcam.py``'s (VOC)."""
+
+    num_clusters: int = 12  # num_cluster
+    cam_threshold: float = 0.1  # select_thres
+    fg_min: float = 0.9  # class_thres
+    ctx_range: list[float] = field(default_factory=lambda: [0.05, 0.9])  # context_thres_low, context_thres
+    kmeans_iters: int = 100  # a cap (the public code has none)
+    max_per_class: int | None = 10000  # feature rows kept per class and set (the public code keeps all)
+    fallback_best: bool = False  # a class with no centre over fg_min keeps its best one (the COCO code's)
+
+
+@dataclass
 class AblationConfig:
     """Chapter 07's ablations and sensitivity sweeps (§4.3, Fig. 6): what is tried and where it is scored.
 
@@ -258,6 +303,9 @@ class Config:
     crf: CRFConfig = field(default_factory=CRFConfig)
     irn: IRNConfig = field(default_factory=IRNConfig)
     seg: SegConfig = field(default_factory=SegConfig)
+    recam: RecamConfig = field(default_factory=RecamConfig)
+    advcam: AdvcamConfig = field(default_factory=AdvcamConfig)
+    lpcam: LpcamConfig = field(default_factory=LpcamConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
@@ -281,9 +329,23 @@ _POSITIVE_INT = (
     "num_classes",
     "extra_kernel",
     "extra_channels",
+    "steps",
+    "num_clusters",
+    "kmeans_iters",
+    "max_images",
+    "max_per_class",
 )
 _NON_NEGATIVE_INT = ("num_workers", "frozen_stages", "seed", "warmup_steps")
-_POSITIVE_FLOAT = ("lr", "alpha", "new_layer_lr_mult", "bilateral_sxy", "bilateral_srgb", "gauss_sxy")
+_POSITIVE_FLOAT = (
+    "lr",
+    "alpha",
+    "new_layer_lr_mult",
+    "step_size",
+    "backbone_lr_mult",
+    "bilateral_sxy",
+    "bilateral_srgb",
+    "gauss_sxy",
+)
 _NON_NEGATIVE_FLOAT = (
     "weight_decay",
     "gamma",
@@ -292,10 +354,20 @@ _NON_NEGATIVE_FLOAT = (
     "max_offset",
     "gauss_compat",
     "bilateral_compat",
+    "loss_weight",
+    "lam",
 )
 _UNIT_OPEN = ("gt_prob",)  # in (0, 1]
 _FRACTION = ("momentum",)  # in [0, 1)
-_PROBABILITY = ("conf_fg_thres", "conf_bg_thres", "sem_seg_bg_thres", "part_fraction")  # in [0, 1]
+_PROBABILITY = (
+    "conf_fg_thres",
+    "conf_bg_thres",
+    "sem_seg_bg_thres",
+    "part_fraction",
+    "mask_threshold",
+    "cam_threshold",
+    "fg_min",
+)  # in [0, 1]
 _CHOICES = {
     "data.generator": ("synth", "emoji"),
     "model.backbone": ("resnet50", "resnet101", "small"),
@@ -304,6 +376,8 @@ _CHOICES = {
     "shrinkage.area_map": ("cam", "cam-detached", "sigmoid"),
     "shrinkage.placement": ("second", "first"),
     "shrinkage.area_classes": ("present", "all"),
+    "advcam.reg_reduction": ("sum", "area"),
+    "advcam.attribution": ("gradcam", "cam"),
 }
 
 
@@ -375,6 +449,9 @@ def check_ranges(cfg: Config) -> None:
     for key, pair in (("train_cam.resize_long", cfg.train_cam.resize_long), ("seg.scale_range", cfg.seg.scale_range)):
         if len(pair) != 2 or not 0 < pair[0] <= pair[1]:
             raise bad(key, pair, "[low, high] with 0 < low <= high")
+    low, high = (list(cfg.lpcam.ctx_range) + [None, None])[:2]
+    if len(cfg.lpcam.ctx_range) != 2 or not 0 <= low < high <= 1:
+        raise bad("lpcam.ctx_range", cfg.lpcam.ctx_range, "[low, high] with 0 <= low < high <= 1")
     objects = cfg.data.emoji.objects
     if len(objects) != 2 or not 1 <= objects[0] <= objects[1] <= 6:
         raise bad("data.emoji.objects", objects, "[min, max] with 1 <= min <= max <= 6")

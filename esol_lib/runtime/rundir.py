@@ -43,8 +43,8 @@ from esol_lib.runtime.config_io import apply_overrides, config_from_dict, config
 from esol_lib.runtime.errors import ConfigError, StageError
 from esol_lib.runtime.lock import OUTPUTS, run_lock
 from esol_lib.runtime.stage_log import STAGE_TIME_EVENT, log_stage_time, read_log
+from esol_lib.runtime.stages import STAGE_TABLE
 
-STAGES = ("baseline", "expansion", "shrinkage")
 _F = TypeVar("_F", bound=Callable)
 
 
@@ -211,7 +211,7 @@ BASELINE_SECTIONS = ("seed", "data", "model", "train_cam")
 #: Keys that change no result (where and how fast it runs).
 NEUTRAL_KEYS = ("device", "profile", "feature_cache_mb", "data.num_workers")
 #: What each CAM stage's checkpoint is trained from, besides the baseline's keys.
-_STAGE_SECTIONS = {"baseline": set(), "expansion": {"expansion"}, "shrinkage": {"expansion", "shrinkage"}}
+_STAGE_SECTIONS = {s.name: set(s.sections) for s in STAGE_TABLE}
 
 
 def _key_tags(key: str) -> set[str]:

@@ -55,6 +55,10 @@ _EXPORTS: dict[str, str] = {
     "start_run": "esol_lib.steps._shared",
     "train_cam": "esol_lib.steps.baseline",
     "train_seg": "esol_lib.steps.segmentation",
+    "train_recam": "esol_lib.steps.control_models",
+    "make_prototypes": "esol_lib.steps.control_models",
+    "cam_maker": "esol_lib.steps.producers",
+    "PRODUCERS": "esol_lib.steps.producers",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -19,6 +19,7 @@ from esol_lib.runtime.engine import train_loop
 from esol_lib.runtime.errors import DivergenceError
 from esol_lib.runtime.feature_cache import cached_backbone
 from esol_lib.runtime.schedule import PolyLR, stage_sgd
+from esol_lib.runtime.stages import stage_spec
 from esol_lib.steps._shared import cam_training_loader, load_baseline, stage_inputs
 
 __all__ = ["OffsetGuard", "build_esol_model", "load_stage_model", "stage_loader", "train_esol_stage"]
@@ -59,7 +60,7 @@ def build_esol_model(cfg, num_classes: int, run=None, device: torch.device | str
 def load_stage_model(run, cfg, stage: str, num_classes: int, device: torch.device) -> ESOLModel:
     """The ESOL model after ``stage`` (``expansion`` or ``shrinkage``), in eval mode."""
     model = build_esol_model(cfg, num_classes, run, device)
-    command = {"expansion": "esol expand", "shrinkage": "esol shrink"}[stage]
+    command = stage_spec(stage).command
     load_stage_checkpoint(
         run,
         stage,

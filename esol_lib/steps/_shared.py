@@ -25,6 +25,7 @@ from esol_lib.runtime.distributed import init_distributed, make_loader
 from esol_lib.runtime.errors import ConfigError, EsolError, StageError
 from esol_lib.runtime.freshness import data_fingerprint, data_record, file_digest
 from esol_lib.runtime.rundir import RunDir, create_run
+from esol_lib.runtime.stages import STAGE_TABLE
 from esol_lib.steps.pretrain import ensure_openmoji_weights
 
 __all__ = [
@@ -40,8 +41,9 @@ __all__ = [
     "training_loader",
 ]
 
-# What produces each stage's checkpoint, for error messages.
-STAGE_COMMAND = {"baseline": "esol train-cam", "expansion": "esol expand", "shrinkage": "esol shrink"}
+#: What produces each stage's checkpoint, for error messages (from the stage table; a training-free
+#: control's CAMs are made by ``esol make-cam`` itself).
+STAGE_COMMAND = {s.name: s.command or f"esol make-cam --stage {s.name}" for s in STAGE_TABLE}
 
 
 def start_run(run: str | Path, cfg: Config, data_root: str | Path | None = None) -> RunDir:
@@ -214,8 +216,8 @@ def split_dataset(cfg: Config, split: str, **kwargs) -> VOCSegmentation:
     return VOCSegmentation(cfg.data.root, split, **kwargs)
 
 
-#: The checkpoint each CAM stage starts from.
-UPSTREAM = {"baseline": None, "expansion": "baseline", "shrinkage": "expansion"}
+#: The checkpoint each CAM stage starts from (from the stage table).
+UPSTREAM = {s.name: s.upstream for s in STAGE_TABLE}
 
 
 def stage_inputs(run: RunDir, cfg: Config, stage: str) -> dict[str, str]:

@@ -3,18 +3,20 @@
 ``make_cam``   → ``cams/<stage>/<id>.npz``           (needs ``checkpoints/<stage>.pt``)
 ``eval_cam``   → ``metrics/<stage>[_crf]_<split>.json`` (needs the CAMs)
 
-``stage`` is ``baseline``, ``expansion`` or ``shrinkage``: the model whose CAMs these are.
+``stage`` is an entry of the stage table (:mod:`esol_lib.runtime.stages`): the paper's ``baseline``,
+``expansion`` and ``shrinkage``, or a positive control (``recam``, ``advcam``, ``lpcam``); what makes its CAMs
+is :data:`esol_lib.steps.producers.PRODUCERS`. ``advcam.max_images: N`` limits AdvCAM to the first N ids of a
+split, under the split name ``<split>-first<N>`` (its cost is about 100 CAM passes per image).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from esol_lib.data.voc import VOCSegmentation
 from esol_lib.method.cam import cam_batch_size, compute_cams, evaluate_cams, seed_part_recall
 from esol_lib.method.crf import crf_from_labelings
 from esol_lib.method.metrics import read_metrics, write_metrics
@@ -22,8 +24,6 @@ from esol_lib.runtime.atomic import read_json
 from esol_lib.runtime.config import Config
 from esol_lib.runtime.config_io import config_to_dict
 from esol_lib.runtime.distributed import main_process_only
-from esol_lib.runtime.errors import StageError
-from esol_lib.runtime.feature_cache import cached_backbone
 from esol_lib.runtime.freshness import (
     cam_dir_signature,
     current_metrics,
@@ -32,11 +32,21 @@ from esol_lib.runtime.freshness import (
     folder_signature,
     signature_of,
 )
-from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
-from esol_lib.steps._esol_shared import load_stage_model
-from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset
+from esol_lib.runtime.rundir import RunDir, holds_run_lock
+from esol_lib.runtime.stages import stage_spec
+from esol_lib.steps._shared import require_cams, resolve_device, split_dataset
+from esol_lib.steps.producers import PRODUCERS, cam_maker, cam_settings
 
-__all__ = ["make_cam", "eval_cam", "stage_cam_fn", "part_localization", "cam_metrics_inputs", "current_cam_metrics"]
+__all__ = [
+    "make_cam",
+    "eval_cam",
+    "stage_cam_fn",
+    "stage_split",
+    "cam_split_name",
+    "part_localization",
+    "cam_metrics_inputs",
+    "current_cam_metrics",
+]
 
 # --------------------------------------------------------------------------------- CAMs
 
@@ -44,35 +54,56 @@ __all__ = ["make_cam", "eval_cam", "stage_cam_fn", "part_localization", "cam_met
 def stage_cam_fn(
     run: RunDir, cfg: Config, stage: str, num_classes: int, device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The raw class-map function of a stage's model: ``(B, 3, H, W)`` → ``(B, K, h, w)``."""
-    if stage not in STAGES:
-        raise StageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
-    if stage == "baseline":
-        model = load_baseline(run, cfg, num_classes, device)
-    else:
-        model = load_stage_model(run, cfg, stage, num_classes, device)
-    if device.type == "cpu":  # oneDNN's CPU convolutions are faster in NHWC (equal up to rounding)
-        model = model.to(memory_format=torch.channels_last)
-    if stage == "baseline":
-        features = cached_backbone(model.backbone, cfg.feature_cache_mb, run.feature_cache())
-        if features is not None:  # the baseline's CAM pass fills the cache the ESOL stages' CAMs read
-            return lambda x: model.cam_from_head(model.head(features(x)))
-    return model.cam
+    """The raw class-map function of a stage's model: ``(B, 3, H, W)`` → ``(B, K, h, w)``.
+
+    For a stage whose CAMs are made another way (AdvCAM, LPCAM) this is its
+    :class:`~esol_lib.method.cam.CamProducer` (``(images, labels)`` → CAMs); see :func:`cam_maker`.
+    """
+    return cam_maker(run, cfg, stage, num_classes, device)
+
+
+def _subset(cfg: Config, stage: str) -> str:
+    """The suffix of a stage's limited splits (``-first<N>``), or "" when the stage makes every image's CAMs."""
+    if stage == "advcam" and cfg.advcam.max_images is not None:
+        return f"-first{cfg.advcam.max_images}"
+    return ""
+
+
+def cam_split_name(cfg: Config, stage: str, split: str) -> str:
+    """The split name ``stage``'s CAMs and scores of ``split`` are filed under: ``split``, or for AdvCAM with
+    ``advcam.max_images: N`` ``<split>-first<N>`` (given that name already, it is returned as it is)."""
+    suffix = _subset(cfg, stage)
+    return split if not suffix or split.endswith(suffix) else split + suffix
+
+
+def stage_split(cfg: Config, stage: str, split: str) -> VOCSegmentation:
+    """The dataset whose CAMs ``stage`` makes on ``split``: the whole split, or for AdvCAM with
+    ``advcam.max_images: N`` its first N ids, named ``<split>-first<N>`` (:func:`cam_split_name`)."""
+    suffix = _subset(cfg, stage)
+    if not suffix:
+        return split_dataset(cfg, split)
+    base = split[: -len(suffix)] if split.endswith(suffix) else split
+    return split_dataset(cfg, base).first(cfg.advcam.max_images)
 
 
 @main_process_only
 @holds_run_lock
 def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, progress: bool = True) -> Path:
     """Multi-scale CAMs (Eq. (2)) of ``stage``'s model on ``split`` → ``cams/<stage>/<id>.npz``."""
+    stage_spec(stage)
     cfg = run.load_config()
     split = split or cfg.data.cam_split
+    if PRODUCERS[stage].needs_cams:  # LPCAM clusters the features its pixels' baseline CAMs split
+        make_cam(run, PRODUCERS[stage].needs_cams, cfg.data.cam_split, progress=progress)
     device = resolve_device(cfg)
-    ds = split_dataset(cfg, split)
-    cam_fn = stage_cam_fn(run, cfg, stage, ds.num_classes, device)
-    signature = cam_dir_signature(run.checkpoint(stage), cfg.cam.scales, cfg.cam.flip, extra=_cam_settings(cfg, stage))
+    ds = stage_split(cfg, stage, split)
+    maker = cam_maker(run, cfg, stage, ds.num_classes, device, progress=progress)
+    signature = cam_dir_signature(
+        run.checkpoint(PRODUCERS[stage].reads), cfg.cam.scales, cfg.cam.flip, extra=cam_settings(cfg, stage)
+    )
     data = data_fingerprint(ds)  # CAMs of other data are redone; their scores then no longer match (cam_metrics_inputs)
     return compute_cams(
-        cam_fn,
+        maker,
         ds,
         run.cams(stage),
         mean=cfg.data.mean,
@@ -82,7 +113,7 @@ def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
         signature=signature,
         device=device,
         progress=progress,
-        desc=f"CAMs {stage}/{split}",
+        desc=f"CAMs {stage}/{ds.split}",
         data_signature=data,
         batch_size=cam_batch_size(device, feature_cache=cfg.feature_cache_mb > 0),
         diverged_fix=_diverged_fix(run, stage),
@@ -91,24 +122,14 @@ def make_cam(run: RunDir, stage: str = "baseline", split: str | None = None, *, 
 
 
 def _diverged_fix(run: RunDir, stage: str) -> str:
-    """What to do when a stage's CAMs come out non-finite: retrain it at a lower learning rate."""
-    key = {"baseline": "train_cam"}.get(stage, stage)
+    """What to do when a stage's CAMs come out non-finite: retrain it (or the baseline it reads) at a lower lr."""
+    spec = stage_spec(stage)
+    trained = stage if spec.trained else "baseline"
+    key = {"baseline": "train_cam"}.get(trained, trained)
     return (
-        f"Train stage {stage!r} again with a lower {key}.lr in a new run folder: `esol pipeline --config "
+        f"Train stage {trained!r} again with a lower {key}.lr in a new run folder: `esol pipeline --config "
         f"{run.config_path} --set {key}.lr=<smaller> --run <new folder>`"
     )
-
-
-def _cam_settings(cfg: Config, stage: str) -> str:
-    """The config that shapes a stage's CAMs besides its checkpoint: the classifier's architecture and,
-    for the ESOL stages, the samplers' switches and the clipping (on at inference, Eq. 7). A run forked
-    with another β shares the expansion checkpoint but must not share its CAMs."""
-    settings: dict = {"model": dataclasses.asdict(cfg.model)}
-    if stage != "baseline":
-        e = cfg.expansion
-        sc = cfg.shrinkage
-        settings["esol"] = [e.clip, e.beta, e.clip_in_cams, e.offsets, e.deformable, sc.offsets, sc.placement]
-    return json.dumps(settings, sort_keys=True)
 
 
 def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -> str:
@@ -117,6 +138,7 @@ def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -
     ``inputs``; the file is current while they match (:func:`esol_lib.runtime.freshness.current_metrics`)."""
     cfg = run.load_config()
     folder = run.cams(stage)
+    split = cam_split_name(cfg, stage, split)
     return signature_of(
         {
             "cams": folder_signature(folder),
@@ -130,6 +152,7 @@ def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -
 
 def current_cam_metrics(run: RunDir, stage: str, split: str, crf: bool = False) -> dict | None:
     """``metrics/<stage>[_crf]_<split>.json`` if it scores ``stage``'s CAMs as they are now, else None."""
+    split = cam_split_name(run.load_config(), stage, split)
     name = f"{stage}_crf_{split}" if crf else f"{stage}_{split}"
     return current_metrics(run.metrics(name), cam_metrics_inputs(run, stage, split, crf))
 
@@ -144,9 +167,10 @@ def eval_cam(
     With ``crf`` every seed is refined by DenseCRF (IRN's label CRF) before scoring, at the five
     thresholds around the best one without CRF (one CRF per image and threshold is the cost).
     """
+    stage_spec(stage)
     cfg = run.load_config()
-    split = split or cfg.data.cam_split
-    ds = split_dataset(cfg, split)
+    ds = stage_split(cfg, stage, split or cfg.data.cam_split)
+    split = ds.split
     require_cams(run, stage, ds, split)
     thresholds = list(cfg.cam.thresholds)
     crf_fn = None
@@ -183,7 +207,6 @@ def eval_cam(
 def part_localization(run: RunDir, stage: str, split: str | None = None) -> dict:
     """Seed recall on discriminative parts vs the rest of each object, at the stage's best threshold."""
     cfg = run.load_config()
-    split = split or cfg.data.cam_split
-    metrics = read_metrics(run.metrics(f"{stage}_{split}"))
-    ds = split_dataset(cfg, split)
+    ds = stage_split(cfg, stage, split or cfg.data.cam_split)
+    metrics = read_metrics(run.metrics(f"{stage}_{ds.split}"))
     return seed_part_recall(run.cams(stage), ds, cfg.data.root, metrics["threshold"])

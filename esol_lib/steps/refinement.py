@@ -81,8 +81,9 @@ from esol_lib.runtime.freshness import (
     write_folder_signature,
 )
 from esol_lib.runtime.parallel import map_ordered
-from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
+from esol_lib.runtime.rundir import RunDir, holds_run_lock
 from esol_lib.runtime.schedule import PolyLR, stage_sgd, stage_steps
+from esol_lib.runtime.stages import stage_spec
 from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset, training_loader
 
 __all__ = [
@@ -180,10 +181,15 @@ def _shard(items: list[str]) -> list[str]:
 
 def stage_setup(run: RunDir, stage: str, split: str | None) -> tuple[Config, str, VOCSegmentation]:
     """The run's config, the split and its dataset; missing CAMs name ``esol make-cam``."""
-    if stage not in STAGES:
-        raise StageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    stage_spec(stage)
     cfg = run.load_config()
     split = split or cfg.data.cam_split
+    if stage == "advcam" and cfg.advcam.max_images is not None:
+        raise StageError(
+            f"advcam.max_images is {cfg.advcam.max_images}: AdvCAM's CAMs cover only the first "
+            f"{cfg.advcam.max_images} images of a split, and IRN needs every image's; refine it with "
+            f"`--set advcam.max_images=null` (about 100 CAM passes per image)"
+        )
     ds = split_dataset(cfg, split)
     require_cams(run, stage, ds, split)
     return cfg, split, ds

@@ -51,8 +51,9 @@ from esol_lib.runtime.freshness import (
     record_sizes,
     signature_of,
 )
-from esol_lib.runtime.rundir import STAGES, RunDir, holds_run_lock
+from esol_lib.runtime.rundir import RunDir, holds_run_lock
 from esol_lib.runtime.schedule import PolyLR, stage_sgd
+from esol_lib.runtime.stages import stage_spec
 from esol_lib.runtime.train_log import JsonlLogger
 from esol_lib.steps._shared import resolve_device, training_loader
 
@@ -79,8 +80,7 @@ def prediction_dir(run: RunDir, stage: str) -> Path:
 
 
 def _check_stage(stage: str) -> None:
-    if stage not in STAGES:
-        raise StageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    stage_spec(stage)
 
 
 def _refine_hint(run: RunDir, stage: str) -> str:
