@@ -79,13 +79,18 @@ def profile_controls(run_dir: Path) -> list[str]:
 
 
 def run_controls(run_dir: Path, controls: list[str], masks: bool) -> dict[str, float]:
-    """Every control's steps on one finished seed run; seconds per control."""
-    from esol_lib.steps import eval_cam, make_cam, open_run, train_recam
+    """Every control's steps on one finished seed run (finished ones are skipped); seconds per control."""
+    from esol_lib.steps import current_cam_metrics, eval_cam, make_cam, open_run, train_recam
     from esol_lib.steps.refinement import refine
 
     run, cfg = open_run(run_dir, profile_controls(run_dir))
     train, val = cfg.data.cam_split, cfg.data.val_split
     seconds: dict[str, float] = {}
+
+    def score(stage: str, split: str, crf: bool = False) -> None:
+        if current_cam_metrics(run, stage, split, crf) is None:
+            eval_cam(run, stage, split, crf=crf, progress=True)
+
     for stage in controls:
         start = time.perf_counter()
         if stage == "recam":
@@ -94,8 +99,8 @@ def run_controls(run_dir: Path, controls: list[str], masks: bool) -> dict[str, f
             if stage == "advcam" and split == val:
                 continue  # cost: the rule is on train; AdvCAM's val is not run on this profile
             make_cam(run, stage, split, progress=True)
-            eval_cam(run, stage, split, progress=True)
-        eval_cam(run, stage, train, crf=True, progress=True)
+            score(stage, split)
+        score(stage, train, crf=True)
         if masks and not (stage == "advcam" and cfg.advcam.max_images is not None):
             refine(run, stage, progress=True)
         seconds[stage] = round(time.perf_counter() - start, 1)

@@ -44,6 +44,11 @@ TOY_LENGTH = [
     "seg.max_steps=2",
     "seg.batch_size=2",
     "seg.crop_size=32",
+    "recam.max_steps=2",
+    "recam.batch_size=2",
+    "advcam.steps=2",
+    "lpcam.num_clusters=2",
+    "lpcam.kmeans_iters=3",
 ]
 #: The random stand-in weights need a lower baseline lr than IRN's 0.1 (see the module docstring).
 STAND_IN_LR = ["train_cam.lr=0.001"]
@@ -105,8 +110,21 @@ def check_profile_kept(run: Path, profile: str) -> None:
     assert cfg["cam"]["scales"] == [1.0, 0.5, 1.5, 2.0] and cfg["cam"]["flip"]
 
 
-def run_profile(profile: str, data: Path, ws: Path, tmp_path: Path, torchrun: bool = False) -> None:
-    """Every step of ``profile`` at toy length on ``data``; its metrics files checked, then the run deleted."""
+#: The positive controls' commands after the pipeline (chapter 10): each control's CAMs scored, one refined.
+CONTROLS = [
+    ["train-recam"],
+    *(["make-cam", "--stage", st] for st in ("recam", "advcam", "lpcam")),
+    *(["eval-cam", "--stage", st] for st in ("recam", "advcam", "lpcam")),
+    ["refine", "--stage", "lpcam"],
+]
+CONTROLS_EXPECTED = {"recam_train", "advcam_train", "lpcam_train", "mask-lpcam_train"}
+
+
+def run_profile(
+    profile: str, data: Path, ws: Path, tmp_path: Path, torchrun: bool = False, controls: bool = False
+) -> None:
+    """Every step of ``profile`` at toy length on ``data``; its metrics files checked, then the run deleted.
+    With ``controls`` the positive controls' commands run after the pipeline, on the same run."""
     run = tmp_path / "run"
     args = ["pipeline", "--config", profile, "--data-root", str(data), "--run", str(run)]
     args += sets(*TOY_LENGTH, *STAND_IN_LR)
@@ -116,13 +134,19 @@ def run_profile(profile: str, data: Path, ws: Path, tmp_path: Path, torchrun: bo
         args = ["-m", "esol_lib", "--", *args]
     proc = run_esol(args, tmp_path, ws / "torch", launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert set(finished(run)) == EXPECTED
+    expected = set(EXPECTED)
+    for command in CONTROLS if controls else ():
+        proc = run_esol([*command, "--run", str(run)], tmp_path, ws / "torch")
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+        expected |= CONTROLS_EXPECTED
+    assert set(finished(run)) == expected
     check_profile_kept(run, profile)
     shutil.rmtree(run)  # about 2 GB of ResNet checkpoints: pytest keeps the last three sessions' folders
 
 
 def test_voc12_runs_every_step_at_toy_length(ws, tmp_path):
-    run_profile("voc12", ws / "voc", ws, tmp_path)
+    """The pipeline, then ReCAM, AdvCAM and LPCAM on its baseline (ResNet-50's 2048-channel head)."""
+    run_profile("voc12", ws / "voc", ws, tmp_path, controls=True)
 
 
 def test_voc12_runs_every_step_under_torchrun_with_two_processes(ws, tmp_path):

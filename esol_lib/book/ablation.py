@@ -28,6 +28,7 @@ from esol_lib.runtime.atomic import atomic_write_text
 from esol_lib.runtime.config_io import apply_overrides, config_to_dict
 from esol_lib.runtime.errors import ConfigError, DivergenceError, StageError
 from esol_lib.runtime.rundir import RunDir, fork_run
+from esol_lib.runtime.stages import METHOD_STAGES
 from esol_lib.steps import STAGE_COMMAND, current_cam_metrics, eval_cam, expand, make_cam, shrink
 
 __all__ = [
@@ -305,7 +306,7 @@ def check_claims(main: dict[str, dict], table5: dict[str, dict], appendix: dict[
     maximisation on a plain convolution (A.1.1) does not expand beyond ESOL's expansion. A diverged
     variant counts as below (it produced no better seeds).
     """
-    full, base, expansion = (_seed_miou(main[st]) for st in ("shrinkage", "baseline", "expansion"))
+    base, expansion, full = (_seed_miou(main[st]) for st in METHOD_STAGES)
     checks = []
     for v in TABLE5:
         m = _seed_miou(table5[v.name])

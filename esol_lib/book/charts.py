@@ -30,6 +30,7 @@ __all__ = [
     "reading_tradeoff",
     "reading_offsets",
     "reading_gradients",
+    "control_gains_plot",
 ]
 
 #: Each stage's colour in every chart of the book (the stage table's, esol_lib.runtime.stages).
@@ -349,5 +350,41 @@ def reading_gradients(result: Mapping, seed: str = "0", key: str = "expansion_st
     ax.set_ylabel("mean ‖∂L/∂Δp‖ per cell")
     ax.set_title(f"{key.replace('_', ' at its ')}: gradient reaching the offsets, by cell", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def control_gains_plot(study: Mapping, need: Mapping[str, float], esol: Sequence[float] = ()):
+    """Each control's train seeds mIoU gain over the baseline per generator seed (bars), the rule's required
+    mean gain (a dashed line per control) and ESOL's gain on the same seeds (``esol``)."""
+    from esol_lib.runtime.stages import CONTROL_STAGES
+
+    seeds = sorted(study["seeds"])
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    groups = [*CONTROL_STAGES, *(["shrinkage"] if len(esol) else [])]
+    width = 0.8 / max(1, len(seeds))
+    for j, name in enumerate(groups):
+        gains = (
+            study["summary"].get(name, {}).get("seeds_train", {}).get("per_seed", {})
+            if name != "shrinkage"
+            else {s: g for s, g in zip(seeds, esol)}
+        )
+        for i, s in enumerate(seeds):
+            if s in gains:
+                ax.bar(
+                    j - 0.4 + width * (i + 0.5),
+                    gains[s],
+                    width * 0.9,
+                    color=STAGE_COLORS.get(name, "gray"),
+                    alpha=0.55 + 0.15 * i,
+                    label=f"seed {s}" if j == 0 else None,
+                )
+        if name in need:
+            ax.hlines(need[name], j - 0.45, j + 0.45, colors="black", linestyles="--", lw=1)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(groups)), [STAGE_NAMES.get(g, g) for g in groups])
+    ax.set_ylabel("train seeds mIoU − baseline")
+    ax.set_title("Gain over the baseline per generator seed (dashed: the rule's required mean)")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig

@@ -27,6 +27,9 @@ __all__ = [
     "rule_outcome",
     "controls_table",
     "controls_sentences",
+    "esol_gains",
+    "esol_verdict",
+    "live_control_sentence",
 ]
 
 
@@ -195,3 +198,43 @@ def controls_sentences(study: dict[str, Any]) -> list[str]:
             "ESOL's loss here (chapter 09) cannot be told apart from a benchmark that hides gains of this kind."
         )
     return out
+
+
+def esol_gains(study: dict[str, Any], group: str = "seeds_train") -> list[float]:
+    """ESOL (shrinkage) − baseline mIoU per seed of ``group``, from the same run folders as the controls."""
+    out = []
+    for rec in study["seeds"].values():
+        b, e = _miou(rec.get(group, {}).get("baseline")), _miou(rec.get(group, {}).get("shrinkage"))
+        if b is not None and e is not None:
+            out.append(round(e - b, 2))
+    return out
+
+
+def esol_verdict(study: dict[str, Any]) -> str:
+    """Chapter 09's verdict on ESOL, conditioned on what the controls showed (the rule's outcome)."""
+    gains = esol_gains(study)
+    if not gains:
+        return "ESOL's seeds were not in the controls' run folders, so its verdict cannot be read against them."
+    mean = statistics.fmean(gains)
+    said = f"ESOL − baseline, train seeds mIoU: {', '.join(f'{g:+.1f}' for g in gains)} (mean {mean:+.1f})"
+    passed = [stage_spec(c).label for c, r in rule_outcome(study)["controls"].items() if r.get("passes")]
+    if passed:
+        return (
+            f"{said}, on the same seeds where {' and '.join(passed)} gained by the rule: ESOL's result here is "
+            "not explained by a benchmark that cannot show a better CAM."
+        )
+    return (
+        f"{said}; no known improvement passed the rule on these seeds either, so this benchmark cannot tell "
+        "ESOL failing from the benchmark hiding gains of this kind: ESOL's loss here is not evidence against it."
+    )
+
+
+def live_control_sentence(control: str, base: dict, ctrl: dict, split: str) -> str:
+    """One sentence on a control run live on the reader's run folder, beside its published VOC gain."""
+    pub = PUBLISHED[control]
+    gain = 100 * (ctrl["miou"] - base["miou"])
+    return (
+        f"On this run's {split} split {stage_spec(control).label} scores {100 * ctrl['miou']:.1f} mIoU against the "
+        f"baseline's {100 * base['miou']:.1f} ({gain:+.1f}); on VOC 2012 train its paper reports "
+        f"{pub.seeds_baseline:.1f} → {pub.seeds:.1f} ({pub.seed_gain:+.1f})."
+    )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from esol_lib.book import paper
 from esol_lib.book.ablation import PAPER_ESOL_SEED, TABLE5
+from esol_lib.runtime.stages import METHOD_STAGES
 
 __all__ = [
     "Claim",
@@ -214,7 +215,7 @@ def stage_table(
 ) -> str:
     """Per-stage mean ± std over the seeds of ``group``'s metrics (Markdown)."""
     seeds = list(results["seeds"].values())
-    stages = [st for st in ("baseline", "expansion", "shrinkage") if any(s.get(group, {}).get(st) for s in seeds)]
+    stages = [st for st in METHOD_STAGES if any(s.get(group, {}).get(st) for s in seeds)]
     rows = ["| stage | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for st in stages:
         cells = []

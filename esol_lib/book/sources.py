@@ -23,4 +23,5 @@ CHAPTERS: list[str] = [
     "07_ablations.ipynb",
     "08_reproduction.ipynb",
     "09_where_the_stages_lose_it.ipynb",
+    "10_positive_controls.ipynb",
 ]

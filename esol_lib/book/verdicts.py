@@ -13,6 +13,8 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
+from esol_lib.runtime.stages import METHOD_STAGES
+
 __all__ = ["stage_effects", "mean_std", "plus_minus", "signed", "stage_verdicts", "run_sentences"]
 
 
@@ -98,9 +100,7 @@ def stage_verdicts(
 
     from esol_lib.book import paper
 
-    (p_base, r_base, _), (p_exp, r_exp, _), (p_shr, _, _) = (
-        paper.TABLE6[s] for s in ("baseline", "expansion", "shrinkage")
-    )
+    (p_base, r_base, _), (p_exp, r_exp, _), (p_shr, _, _) = (paper.TABLE6[s] for s in METHOD_STAGES)
     claimed = {"expansion_recall": r_exp - r_base, "shrinkage_precision": p_shr - p_exp}
 
     def listed(found: list[str], key: str) -> str:
@@ -133,9 +133,7 @@ def run_sentences(stages: Mapping[str, Mapping | None]) -> list[str]:
     the closing lines of chapters 02, 04 and 08."""
     from esol_lib.book import paper
 
-    (p_base, r_base, _), (p_exp, r_exp, _), (p_shr, _, _) = (
-        paper.TABLE6[s] for s in ("baseline", "expansion", "shrinkage")
-    )
+    (p_base, r_base, _), (p_exp, r_exp, _), (p_shr, _, _) = (paper.TABLE6[s] for s in METHOD_STAGES)
     e = stage_effects(stages)
     out = []
     if e["expansion_recall"] is not None:
