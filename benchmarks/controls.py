@@ -136,7 +136,17 @@ def collect(run_dir: Path, controls: list[str]) -> dict:
     run = RunDir(run_dir)
     cfg = run.load_config()
     train, val = cfg.data.cam_split, cfg.data.val_split
-    out: dict = {"seeds_train": {}, "seeds_val": {}, "crf_train": {}, "masks_train": {}}
+    from esol_lib.runtime.config_io import settings_digest
+    from esol_lib.runtime.machine import run_machine
+
+    out: dict = {
+        "settings_digest": settings_digest(cfg),
+        "machine": run_machine(run.log_records(), "recam") or run_machine(run.log_records()),
+        "seeds_train": {},
+        "seeds_val": {},
+        "crf_train": {},
+        "masks_train": {},
+    }
     for st in ("baseline", "shrinkage", *controls):
         tr, va = cam_split_name(cfg, st, train), cam_split_name(cfg, st, val)
         out["seeds_train"][st] = _pick(_read(run.metrics(f"{st}_{tr}")))
@@ -183,13 +193,21 @@ def main() -> int:
     history = previous.get("history", [])
     history.append({"command": "python benchmarks/controls.py " + " ".join(sys.argv[1:]), "seconds": seconds})
     cfg = RunDir(args.runs / f"seed{args.seeds[0]}").load_config()
+    from esol_lib.runtime.machine import code_commit
+
+    digests = sorted({r["settings_digest"] for r in per_seed.values()})
     result = {
+        "measured_under": {
+            "settings_digest": digests[0] if len(digests) == 1 else digests,
+            "commit": code_commit(ROOT),
+            "note": "settings_digest: esol_lib.runtime.config_io.settings_digest of each run's config",
+        },
         "profile": cfg.profile.split("-seed")[0],
         "benchmark": "emoji",
         "settings": {name: dataclasses.asdict(getattr(cfg, name)) for name in controls},
         "seeds": per_seed,
         "summary": controls_summary(per_seed),
-        "machine": machine_record(),
+        "machine": machine_record(),  # where the file was collected; each seed's is where it trained
         "history": history,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

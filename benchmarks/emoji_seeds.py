@@ -67,7 +67,10 @@ def run_seed(profile: str, seed: int, run_dir: Path, sets: list[str], segment: b
 
 def collect(run_dir: Path) -> dict:
     """Every stage's metrics of one finished run folder (percent, best-threshold)."""
+    from esol_lib.runtime.config_io import settings_digest
+    from esol_lib.runtime.machine import run_machine
     from esol_lib.runtime.rundir import RunDir
+    from esol_lib.runtime.stages import CONTROL_STAGES
 
     run = RunDir(run_dir)
     cfg = run.load_config()
@@ -82,6 +85,10 @@ def collect(run_dir: Path) -> dict:
             "shrinkage.momentum": cfg.shrinkage.momentum,
             "shrinkage.area_map": cfg.shrinkage.area_map,
         },
+        # what the numbers were measured under: every setting but the controls' sections (chapter 10
+        # reads those), and the machine the baseline trained on (tests/test_results.py compares the digest)
+        "settings_digest": settings_digest(cfg, exclude_sections=CONTROL_STAGES),
+        "machine": run_machine(run.log_records()),
         "seeds_train": {},
         "seeds_val": {},
         "crf_train": {},
@@ -151,7 +158,7 @@ def summarise(per_seed: dict[str, dict]) -> dict:
     first = next(iter(per_seed.values()))
     summary: dict = {}
     for group, stages in first.items():
-        if group in ("offsets", "table5_val", "train_cam", "esol_levels"):
+        if group in ("offsets", "table5_val", "train_cam", "esol_levels", "settings_digest", "machine"):
             continue
         summary[group] = {}
         for st in stages:
@@ -213,9 +220,18 @@ def main() -> int:
         [{"command": previous["command"], "seconds": previous.get("seconds", {})}] if previous.get("command") else []
     )
     history.append({"command": command, "seconds": seconds})  # what each invocation ran, and its time
+    from esol_lib.runtime.machine import code_commit
+
+    digests = sorted({r["settings_digest"] for r in per_seed.values()})
     result = {
         "profile": args.profile,
         "benchmark": benchmark,
+        "measured_under": {
+            "settings_digest": digests[0] if len(digests) == 1 else digests,
+            "commit": code_commit(ROOT),
+            "note": "settings_digest: esol_lib.runtime.config_io.settings_digest of each run's config, "
+            "without the controls' sections; commit: the checkout that collected the file",
+        },
         "seeds": per_seed,
         "summary": summarise(per_seed),
         "history": history,

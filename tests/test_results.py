@@ -1,5 +1,6 @@
 """The seed-results table of chapter 08: per-seed gains, mean ± std, how often a claim held."""
 
+import json
 from pathlib import Path
 
 from esol_lib.book.results import (
@@ -106,3 +107,38 @@ def test_seed_report_puts_the_claims_first_and_a_table_per_group_with_numbers():
     assert "**seeds (train)**, mean ± std over the seeds (%)\n\n" + stage_table(RESULTS, "seeds_train") in report
     assert "**IRN pseudo masks (train)**" in report
     assert "**seeds (val)**" not in report and "**seeds + CRF (train)**" not in report  # no numbers: no table
+
+
+def test_the_rendered_results_were_measured_under_the_profiles_as_they_resolve_today():
+    """A results file the README or a chapter renders records the settings digest it was measured under
+    (``measured_under.settings_digest``, :func:`esol_lib.runtime.config_io.settings_digest` of its runs'
+    configs). When a default changes, the profile's digest changes and this fails until the file is measured
+    again: the front door cannot stay on old numbers. The controls' sections count only for ``controls.json``."""
+    from esol_lib.runtime.config_io import load_config, settings_digest
+    from esol_lib.runtime.stages import CONTROL_STAGES
+
+    results = ROOT / "book" / "results"
+    for name, profile, exclude in (
+        ("emoji_seeds.json", "cpu", CONTROL_STAGES),
+        ("controls.json", "cpu", ()),
+    ):
+        path = results / name
+        assert path.is_file(), f"{path} is missing: the README or a chapter renders it"
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("measured_under", {}).get("settings_digest")
+        today = settings_digest(load_config(profile), exclude_sections=exclude)
+        assert recorded == today, (
+            f"{name} was measured under other {profile!r} settings (digest {recorded}) than the profile resolves "
+            f"to today ({today}): measure it again (benchmarks/{'emoji_seeds' if 'seeds' in name else 'controls'}.py)"
+        )
+
+
+def test_the_settings_digest_ignores_where_and_which_seed_but_not_a_setting():
+    from esol_lib.runtime.config_io import load_config, settings_digest
+
+    cpu = settings_digest(load_config("cpu"))
+    assert settings_digest(load_config("cpu", ["data.emoji.seed=2", "profile=cpu-seed2", "data.root=/x"])) == cpu
+    assert settings_digest(load_config("cpu", ["train_cam.warmup_steps=0"])) != cpu
+    assert settings_digest(load_config("cpu", ["advcam.steps=3"])) != cpu
+    assert settings_digest(load_config("cpu", ["advcam.steps=3"]), exclude_sections=("advcam",)) == settings_digest(
+        load_config("cpu"), exclude_sections=("advcam",)
+    )

@@ -110,6 +110,34 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+#: Keys that change no result (where and how fast it runs).
+NEUTRAL_KEYS = ("device", "profile", "feature_cache_mb", "data.num_workers")
+#: Keys a multi-seed study sets per run: where the data are and which generator seed made them.
+PER_RUN_KEYS = ("data.root", "data.emoji.seed", "data.synth.seed")
+
+
+def settings_digest(cfg: Config, *, exclude_sections: tuple[str, ...] = ()) -> str:
+    """A digest of every setting that shapes a result: the resolved config without :data:`NEUTRAL_KEYS`,
+    :data:`PER_RUN_KEYS` and the sections in ``exclude_sections`` (those a result does not read).
+
+    A results file records it beside its numbers (``benchmarks/``); the suite compares it with the digest
+    of the profile as it resolves today, so a changed default cannot leave a page on old numbers.
+    """
+    import hashlib
+    import json
+
+    values = config_to_dict(cfg)
+    for section in exclude_sections:
+        values.pop(section, None)
+    for key in (*NEUTRAL_KEYS, *PER_RUN_KEYS):
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def read_yaml_mapping(path: Path, *, empty_ok: bool = True, fix: str = "fix it") -> dict:
     """The mapping in YAML file ``path``; every way it can be unreadable is one ConfigError naming
     the file and ``fix`` (an empty file is ``{}`` only with ``empty_ok``)."""

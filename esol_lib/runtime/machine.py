@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["machine_record"]
+__all__ = ["machine_record", "run_machine", "code_commit"]
 
 #: instruction sets whose kernels change torch's CPU arithmetic (oneDNN picks among them)
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
@@ -49,3 +49,34 @@ def machine_record(device: torch.device | str | None = None) -> dict[str, object
         dev = torch.device(device)
         record["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
     return record
+
+
+def run_machine(records: list[dict], stage: str = "baseline") -> dict | None:
+    """The machine record of ``stage``'s ``done`` line among a run's log records (None when not logged):
+    where that run trained, which a study's results file records per run."""
+    for rec in reversed(records):
+        if rec.get("stage") == stage and rec.get("event") == "done" and rec.get("machine"):
+            return rec["machine"]
+    return None
+
+
+def code_commit(root: str | Path) -> str:
+    """The git commit of the checkout at ``root`` (``+dirty`` when it has uncommitted changes); "unknown"
+    outside a checkout."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

@@ -39,7 +39,14 @@ from typing import TypeVar
 
 from esol_lib.runtime.atomic import link_or_copy
 from esol_lib.runtime.config import Config
-from esol_lib.runtime.config_io import apply_overrides, config_from_dict, config_to_dict, read_yaml_mapping, save_config
+from esol_lib.runtime.config_io import (
+    NEUTRAL_KEYS,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    read_yaml_mapping,
+    save_config,
+)
 from esol_lib.runtime.errors import ConfigError, StageError
 from esol_lib.runtime.lock import OUTPUTS, run_lock
 from esol_lib.runtime.stage_log import STAGE_TIME_EVENT, log_stage_time, read_log
@@ -208,8 +215,6 @@ def _open_or_start(run: RunDir, cfg: Config, unchanged: Sequence[str] = ()) -> R
 #: Config sections (and the top-level ``seed``) that shape the baseline, which every other stage
 #: starts from: changing them means a new run folder.
 BASELINE_SECTIONS = ("seed", "data", "model", "train_cam")
-#: Keys that change no result (where and how fast it runs).
-NEUTRAL_KEYS = ("device", "profile", "feature_cache_mb", "data.num_workers")
 #: What each CAM stage's checkpoint is trained from, besides the baseline's keys.
 _STAGE_SECTIONS = {s.name: set(s.sections) for s in STAGE_TABLE}
 
