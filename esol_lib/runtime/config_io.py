@@ -123,8 +123,7 @@ def settings_digest(cfg: Config, *, exclude_sections: tuple[str, ...] = ()) -> s
     A results file records it beside its numbers (``benchmarks/``); the suite compares it with the digest
     of the profile as it resolves today, so a changed default cannot leave a page on old numbers.
     """
-    import hashlib
-    import json
+    from esol_lib.runtime.freshness import signature_of  # the one place that hashes (test_layout)
 
     values = config_to_dict(cfg)
     for section in exclude_sections:
@@ -135,7 +134,7 @@ def settings_digest(cfg: Config, *, exclude_sections: tuple[str, ...] = ()) -> s
         for part in parents:
             node = node.get(part, {})
         node.pop(leaf, None)
-    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    return signature_of(values)[:16]
 
 
 def read_yaml_mapping(path: Path, *, empty_ok: bool = True, fix: str = "fix it") -> dict:
