@@ -71,6 +71,7 @@ _EXPORTS: dict[str, str] = {
     "at_best_thresholds": "esol_lib.method.metrics",
     "read_metrics": "esol_lib.method.metrics",
     "load_seed_results": "esol_lib.book.results",
+    "measured_under_sentence": "esol_lib.book.results",
     "claims_table": "esol_lib.book.results",
     "stage_table": "esol_lib.book.results",
     "seed_report": "esol_lib.book.results",

@@ -30,6 +30,7 @@ __all__ = [
     "stage_table",
     "offsets_table",
     "table5_table",
+    "measured_under_sentence",
 ]
 
 
@@ -291,3 +292,27 @@ def table5_table(results: dict) -> str:
         miou = _mean_std([a for a, _ in pairs], signed=False, empty="–")
         rows.append(f"| {v.label} | {paper} | {paper_drop} | {miou} | {_mean_std(drops)} | {held} |")
     return "\n".join(rows)
+
+
+def measured_under_sentence(results: dict, profile: str = "cpu", exclude_sections: tuple[str, ...] = ()) -> str:
+    """Whether a results file was measured under ``profile`` as it resolves today, from the settings digest
+    it records (``measured_under``): the sentence a chapter prints above its numbers."""
+    from esol_lib.runtime.config_io import load_config, settings_digest
+
+    recorded = (results.get("measured_under") or {}).get("settings_digest")
+    today = settings_digest(load_config(profile), exclude_sections=exclude_sections)
+    commit = (results.get("measured_under") or {}).get("commit", "unknown")
+    if recorded is None:
+        return (
+            f"This file records no settings digest: its runs predate the record, so whether they used the "
+            f"`{profile}` profile's settings of today cannot be told from it."
+        )
+    if recorded == today:
+        return (
+            f"Measured under the `{profile}` profile's settings as they resolve today (settings digest {today}, "
+            f"collected at commit {commit})."
+        )
+    return (
+        f"Measured under other settings than the `{profile}` profile's today (digest {recorded}, today {today}): "
+        "a default changed since; the numbers are of the earlier settings."
+    )
