@@ -264,3 +264,34 @@ def test_stage_table_entries_are_complete():
         assert s.label and s.short and s.color.startswith("#") and s.role in ("method", "control")
         assert s.upstream is None or s.upstream in STAGES
         assert s.trained == (s.command is not None)
+
+
+@pytest.mark.slow
+def test_a_killed_advcam_pass_resumes_to_the_bytes_of_an_uninterrupted_one(smoke_stages, tmp_path, monkeypatch):
+    """AdvCAM's CAMs are written image by image like every stage's: a pass stopped after 3 images resumes
+    from the 4th, and the folder ends as an uninterrupted pass leaves it."""
+    from esol_lib.method import advcam
+    from esol_lib.steps import make_cam
+
+    clean = copy_run(smoke_stages, tmp_path / "clean", ["advcam.max_images=6", "feature_cache_mb=0"])
+    make_cam(clean, "advcam", "train", progress=False)
+    killed = copy_run(smoke_stages, tmp_path / "killed", ["advcam.max_images=6", "feature_cache_mb=0"])
+    calls = {"n": 0}
+    original = advcam.AdvCamProducer.__call__
+
+    def dies_after_three(self, images, labels):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, images, labels)
+
+    monkeypatch.setattr(advcam.AdvCamProducer, "__call__", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        make_cam(killed, "advcam", "train", progress=False)
+    assert len(list(killed.cams("advcam").glob("*.npz"))) == 3
+    monkeypatch.setattr(advcam.AdvCamProducer, "__call__", original)
+    make_cam(killed, "advcam", "train", progress=False)
+    names = sorted(p.name for p in clean.cams("advcam").glob("*.npz"))
+    assert names == sorted(p.name for p in killed.cams("advcam").glob("*.npz")) and len(names) == 6
+    for name in names:
+        assert (clean.cams("advcam") / name).read_bytes() == (killed.cams("advcam") / name).read_bytes(), name
