@@ -40,21 +40,17 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from emoji_seeds import _pick as _pick_best  # noqa: E402  (the seeds' own reading of a metrics file)
+from emoji_seeds import _read  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ("miou", "precision", "recall", "f1", "ap")
-
-
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _pick(metrics: dict | None) -> dict | None:
-    """Percent at the best threshold, the threshold, and the sweep's means (every threshold counts)."""
-    if metrics is None:
-        return None
-    out = {k: round(100 * metrics[k], 2) for k in KEYS if metrics.get(k) is not None}
-    out["threshold"] = metrics.get("threshold")
-    if metrics.get("sweep"):
+    """Percent at the best threshold, the threshold (as emoji_seeds.py reads them) and the sweep's means."""
+    out = _pick_best(metrics)
+    if out is not None and metrics.get("sweep"):
         out["sweep_mean"] = {
             k: round(100 * statistics.fmean(p[k] for p in metrics["sweep"]), 2) for k in ("precision", "recall", "miou")
         }

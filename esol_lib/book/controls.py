@@ -30,6 +30,7 @@ __all__ = [
     "esol_gains",
     "esol_verdict",
     "live_control_sentence",
+    "readme_summary",
 ]
 
 
@@ -238,3 +239,27 @@ def live_control_sentence(control: str, base: dict, ctrl: dict, split: str) -> s
         f"baseline's {100 * base['miou']:.1f} ({gain:+.1f}); on VOC 2012 train its paper reports "
         f"{pub.seeds_baseline:.1f} → {pub.seeds:.1f} ({pub.seed_gain:+.1f})."
     )
+
+
+def readme_summary(study: dict[str, Any]) -> str:
+    """The README's paragraph on the controls: each control's mean train seeds gain, the rule's outcome and
+    ESOL's verdict read against it (one line; ``tests/test_controls.py`` keeps the README in step)."""
+    outcome = rule_outcome(study)
+    parts = []
+    for control, r in outcome["controls"].items():
+        label = stage_spec(control).label
+        if not r["measured"]:
+            parts.append(f"{label} not measured on every seed")
+            continue
+        parts.append(f"{label} {r['mean']:+.1f} ({'passes' if r['passes'] else 'fails'}; needs {r['need']:+.1f})")
+    head = (
+        "Positive controls on the same three seeds, train seeds mIoU over the baseline (chapter 10): "
+        + "; ".join(parts)
+        + ". "
+    )
+    said = (
+        "The benchmark can show a better CAM. "
+        if outcome["can_see"]
+        else "No control passes the rule fixed before the runs. "
+    )
+    return head + said + esol_verdict(study)
