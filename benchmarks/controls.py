@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import sys
 import time
@@ -124,6 +125,13 @@ def subset_scores(run_dir: Path, stages: tuple[str, ...] = ("baseline", "shrinka
     return out
 
 
+def cfg_classes(cfg) -> list[str]:
+    """The foreground classes of a run's dataset."""
+    from esol_lib.data import read_classes
+
+    return list(read_classes(Path(cfg.data.root)))
+
+
 def collect(run_dir: Path, controls: list[str]) -> dict:
     """Every stage's numbers of one seed run: the method's and the controls'."""
     from esol_lib.runtime.rundir import RunDir
@@ -151,6 +159,16 @@ def collect(run_dir: Path, controls: list[str]) -> dict:
         out["masks_train"][st] = _pick(_read(run.metrics(f"mask-{st}_{train}")))
     if "advcam" in controls:
         out["advcam_subset_train"] = subset_scores(run_dir)
+    ce = run.training_log("recam")
+    if ce.get("recam"):  # did ReCAM's predictor learn? its softmax CE against chance, ln K
+        out["recam_training"] = {
+            "steps": int(ce["step"][-1]),
+            "ce_first": round(ce["recam"][0], 4),
+            "ce_last": round(ce["recam"][-1], 4),
+            "cls_first": round(ce["cls"][0], 4),
+            "cls_last": round(ce["cls"][-1], 4),
+            "chance": round(math.log(len(cfg_classes(cfg))), 4),
+        }
     out["prototypes"] = next(
         (
             {k: r[k] for k in ("foreground", "context", "classes_without_foreground")}

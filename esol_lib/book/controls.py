@@ -31,6 +31,7 @@ __all__ = [
     "esol_verdict",
     "live_control_sentence",
     "readme_summary",
+    "diagnosis_sentences",
 ]
 
 
@@ -263,3 +264,44 @@ def readme_summary(study: dict[str, Any]) -> str:
         else "No control passes the rule fixed before the runs. "
     )
     return head + said + esol_verdict(study)
+
+
+def diagnosis_sentences(study: dict[str, Any]) -> list[str]:
+    """What each control's runs show about why it gained or not, from the records the file keeps: whether
+    ReCAM's predictor learned (its softmax CE against chance, ln K), how many prototypes LPCAM kept, and on
+    how many images AdvCAM ran."""
+    seeds = study["seeds"]
+    out = []
+    recam = [r["recam_training"] for r in seeds.values() if r.get("recam_training")]
+    if recam:
+        first = statistics.fmean(r["ce_first"] for r in recam)
+        last = statistics.fmean(r["ce_last"] for r in recam)
+        chance = recam[0]["chance"]
+        learned = last < 0.9 * chance
+        out.append(
+            f"ReCAM's softmax cross-entropy went from {first:.2f} to {last:.2f} over its {recam[0]['steps']} steps "
+            f"(chance, ln K: {chance:.2f}; mean of {len(recam)} seeds): its new predictor W' "
+            + (
+                "learned to tell the classes' features apart."
+                if learned
+                else "barely learned, so the product W' ⊙ W that makes its CAMs is close to W times a random "
+                "initialisation. On VOC the same 4 epochs are 2,644 steps of train_aug; here 4 passes are "
+                f"{recam[0]['steps']}."
+            )
+        )
+    protos = [r["prototypes"] for r in seeds.values() if r.get("prototypes")]
+    if protos:
+        fg = statistics.fmean(p["foreground"] for p in protos)
+        ctx = statistics.fmean(p["context"] for p in protos)
+        missing = sorted({c for p in protos for c in p["classes_without_foreground"]})
+        out.append(
+            f"LPCAM kept {fg:.0f} foreground and {ctx:.0f} context prototypes on average over {len(protos)} seeds"
+            + (f"; classes left without a foreground prototype (a zero map): {', '.join(missing)}." if missing else ".")
+        )
+    subsets = [r["advcam_subset_train"] for r in seeds.values() if r.get("advcam_subset_train")]
+    if subsets:
+        out.append(
+            f"AdvCAM ran on the first {subsets[0]['images']} training images of each seed ({subsets[0]['split']}), "
+            "read against the baseline on the same images."
+        )
+    return out
