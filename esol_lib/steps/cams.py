@@ -5,8 +5,9 @@
 
 ``stage`` is an entry of the stage table (:mod:`esol_lib.runtime.stages`): the paper's ``baseline``,
 ``expansion`` and ``shrinkage``, or a positive control (``recam``, ``advcam``, ``lpcam``); what makes its CAMs
-is :data:`esol_lib.steps.producers.PRODUCERS`. ``advcam.max_images: N`` limits AdvCAM to the first N ids of a
-split, under the split name ``<split>-first<N>`` (its cost is about 100 CAM passes per image).
+is :data:`esol_lib.steps.producers.PRODUCERS`. A producer may make the CAMs of a split's first N ids only
+(``advcam.max_images: N``: AdvCAM costs about 100 CAM passes an image), filed under the split name
+``<split>-first<N>``.
 """
 
 from __future__ import annotations
@@ -63,10 +64,10 @@ def stage_cam_fn(
 
 
 def _subset(cfg: Config, stage: str) -> str:
-    """The suffix of a stage's limited splits (``-first<N>``), or "" when the stage makes every image's CAMs."""
-    if stage == "advcam" and cfg.advcam.max_images is not None:
-        return f"-first{cfg.advcam.max_images}"
-    return ""
+    """The suffix of a stage's limited splits (``-first<N>``), or "" when the stage makes every image's CAMs
+    (:attr:`esol_lib.steps.producers.Producer.max_images`)."""
+    n = PRODUCERS[stage_spec(stage).name].max_images(cfg)
+    return "" if n is None else f"-first{n}"
 
 
 def cam_split_name(cfg: Config, stage: str, split: str) -> str:
@@ -83,7 +84,7 @@ def stage_split(cfg: Config, stage: str, split: str) -> VOCSegmentation:
     if not suffix:
         return split_dataset(cfg, split)
     base = split[: -len(suffix)] if split.endswith(suffix) else split
-    return split_dataset(cfg, base).first(cfg.advcam.max_images)
+    return split_dataset(cfg, base).first(PRODUCERS[stage].max_images(cfg))
 
 
 @main_process_only

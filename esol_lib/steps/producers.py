@@ -33,14 +33,20 @@ __all__ = ["Producer", "PRODUCERS", "cam_maker", "cam_settings"]
 Builder = Callable[[RunDir, Config, int, torch.device, bool], "CamFn | CamProducer"]
 
 
+def _all_images(cfg: Config) -> int | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Producer:
     """How a stage's CAMs are made: ``build(run, cfg, num_classes, device, progress)``; the checkpoint it ``reads``;
-    ``needs_cams``: a stage whose CAMs of ``data.cam_split`` it reads (``make-cam`` makes them first)."""
+    ``needs_cams``: a stage whose CAMs of ``data.cam_split`` it reads (``make-cam`` makes them first);
+    ``max_images(cfg)``: how many ids of a split it makes CAMs of (None: all; a costly method's setting)."""
 
     build: Builder
     reads: str
     needs_cams: str | None = None
+    max_images: Callable[[Config], int | None] = _all_images
 
 
 def _channels_last(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -98,7 +104,7 @@ PRODUCERS: dict[str, Producer] = {
     "expansion": Producer(_esol("expansion"), "expansion"),
     "shrinkage": Producer(_esol("shrinkage"), "shrinkage"),
     "recam": Producer(_recam, "recam"),
-    "advcam": Producer(_advcam, "baseline"),
+    "advcam": Producer(_advcam, "baseline", max_images=lambda cfg: cfg.advcam.max_images),
     "lpcam": Producer(_lpcam, "lpcam", needs_cams="baseline"),  # its pixels are split by the baseline's CAMs
 }
 assert tuple(PRODUCERS) == STAGES, "PRODUCERS must follow esol_lib.runtime.stages.STAGE_TABLE"

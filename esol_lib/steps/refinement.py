@@ -85,6 +85,7 @@ from esol_lib.runtime.rundir import RunDir, holds_run_lock
 from esol_lib.runtime.schedule import PolyLR, stage_sgd, stage_steps
 from esol_lib.runtime.stages import stage_spec
 from esol_lib.steps._shared import load_baseline, require_cams, resolve_device, split_dataset, training_loader
+from esol_lib.steps.producers import PRODUCERS
 
 __all__ = [
     "eval_pseudo_masks",
@@ -184,11 +185,11 @@ def stage_setup(run: RunDir, stage: str, split: str | None) -> tuple[Config, str
     stage_spec(stage)
     cfg = run.load_config()
     split = split or cfg.data.cam_split
-    if stage == "advcam" and cfg.advcam.max_images is not None:
+    limit = PRODUCERS[stage].max_images(cfg)
+    if limit is not None:
         raise StageError(
-            f"advcam.max_images is {cfg.advcam.max_images}: AdvCAM's CAMs cover only the first "
-            f"{cfg.advcam.max_images} images of a split, and IRN needs every image's; refine it with "
-            f"`--set advcam.max_images=null` (about 100 CAM passes per image)"
+            f"{stage}.max_images is {limit}: the {stage} CAMs cover only the first {limit} images of a split, "
+            f"and IRN needs every image's; refine it with `--set {stage}.max_images=null`"
         )
     ds = split_dataset(cfg, split)
     require_cams(run, stage, ds, split)
