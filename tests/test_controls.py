@@ -174,6 +174,10 @@ def test_each_control_makes_scores_and_refines_its_cams(smoke_stages, tmp_path):
     assert run.checkpoint("lpcam").is_file() and run.checkpoint("recam").is_file()
     refine(run, "recam", progress=False)
     assert run.metrics("mask-recam_train").is_file()
+    from esol_lib.steps import eval_seg, train_seg
+
+    train_seg(run, "recam", progress=False)
+    assert np.isfinite(eval_seg(run, "recam", progress=False)["miou"]) and run.metrics("seg-recam_val").is_file()
     with pytest.raises(StageError, match=r"advcam\.max_images is 5.*--set advcam\.max_images=null"):
         refine(run, "advcam", progress=False)
 
