@@ -32,6 +32,8 @@ __all__ = [
     "live_control_sentence",
     "readme_summary",
     "diagnosis_sentences",
+    "climb_table",
+    "climb_sentence",
 ]
 
 
@@ -313,3 +315,40 @@ def diagnosis_sentences(study: dict[str, Any]) -> list[str]:
             "read against the baseline on the same images."
         )
     return out
+
+
+def climb_table(record: dict[str, Any]) -> str:
+    """``benchmarks/advcam_climb.py``'s rows: AdvCAM's climb at each λ, per image."""
+    rows = [
+        [
+            f"{r['lam']:g}",
+            f"{r['image']} ({r['class']})",
+            f"{r['score_first']:.2f} → {r['score_last']:.2f}",
+            f"{r['regulariser_last']:.3f}",
+            f"{r['area05'][0]:.3f} → {r['area05'][1]:.3f}",
+            f"{r['area015'][0]:.3f} → {r['area015'][1]:.3f}",
+            f"{r['moved']:.2f}",
+        ]
+        for r in record["rows"]
+    ]
+    return markdown_table(
+        ["λ", "image (class)", "score, first → last step", "regulariser", "area > 0.5", "area > 0.15", "max |Δx|"],
+        rows,
+    )
+
+
+def climb_sentence(record: dict[str, Any]) -> str:
+    """How much farther the climb went without the regulariser, computed from the rows."""
+    by_lam: dict[float, list[dict]] = {}
+    for r in record["rows"]:
+        by_lam.setdefault(float(r["lam"]), []).append(r)
+    if len(by_lam) < 2:
+        return "Only one λ was measured."
+    parts = []
+    for lam, rows in sorted(by_lam.items(), reverse=True):
+        moved = statistics.fmean(r["moved"] for r in rows)
+        grown = statistics.fmean(r["area015"][1] - r["area015"][0] for r in rows)
+        parts.append(
+            f"at λ = {lam:g} the image moved {moved:.2f} at most and the map's area over 0.15 grew by {grown:+.3f}"
+        )
+    return f"Over {len(next(iter(by_lam.values())))} images, " + "; ".join(parts) + "."
