@@ -349,6 +349,7 @@ def climb_sentence(record: dict[str, Any]) -> str:
         moved = statistics.fmean(r["moved"] for r in rows)
         grown = statistics.fmean(r["area015"][1] - r["area015"][0] for r in rows)
         parts.append(
-            f"at λ = {lam:g} the image moved {moved:.2f} at most and the map's area over 0.15 grew by {grown:+.3f}"
+            f"at λ = {lam:g} an image's largest change was {moved:.2f} (mean) and its map's area over 0.15 grew by "
+            f"{grown:+.3f}"
         )
     return f"Over {len(next(iter(by_lam.values())))} images, " + "; ".join(parts) + "."
