@@ -121,3 +121,16 @@ def test_the_spread_sentences_put_the_machine_beside_the_generator_seeds():
         == "The same run with 2 threads instead of 1 on one machine: irn on seed1: 44.00 with 1 thread, 44.50 with 2."
     )
     assert "seed 1 43.21 then, 44.00 here" in machine
+
+
+def test_the_spread_sentences_read_chapter_08s_seeds_as_another_machine():
+    cr = study_script()
+    runs = runs_of(cr, {r: [40, 44, 48, 42, 46, 50, 52] for r in cr.RECIPES})
+    study = {"decision": cr.decide(runs), "runs": runs, "machine": {"cpu": "A", "isa": ["avx2"], "torch_threads": 1}}
+    adopted = study["decision"]["adopted"]
+    here = runs[adopted]["seed0"]["val"]["miou"]
+    machine = {"cpu": "B", "isa": ["avx2", "avx512f"], "torch_threads": 1}
+    seeds = {"seeds": {"0": {"seeds_val": {"baseline": {"miou": here + 0.25}}, "machine": machine}}}
+    last = recipes.spread_sentences(study, None, seeds)[-1]
+    assert "on B (avx2, avx512f; 1 thread) where this study ran on A (avx2; 1 thread)" in last
+    assert f"seed 0 {here:.2f} here, {here + 0.25:.2f} there" in last and "at most 0.25 apart" in last

@@ -95,13 +95,17 @@ def _val(run: dict | None) -> float | None:
     return (run or {}).get("val", {}).get("miou")
 
 
-def spread_sentences(study: dict[str, Any], readings: dict[str, Any] | None = None) -> list[str]:
+def spread_sentences(
+    study: dict[str, Any], readings: dict[str, Any] | None = None, seeds: dict[str, Any] | None = None
+) -> list[str]:
     """The spread due to the generator seed beside the spread due to the machine, from the study:
 
     - over the emoji generator seeds (``seed<S>`` benchmarks), the adopted recipe's val seeds mIoU;
     - the same benchmark and recipe trained with another thread count (``thread_runs``);
     - with ``readings`` (``book/results/readings.json``), its as-built baselines, trained earlier on
-      other machines of this kind with IRN's recipe, beside this study's ``irn`` runs of those seeds.
+      other machines of this kind with IRN's recipe, beside this study's ``irn`` runs of those seeds;
+    - with ``seeds`` (``book/results/emoji_seeds.json``), its baselines, trained with the adopted recipe for
+      chapter 08 on the machine its runs record, beside this study's runs of the same generator seeds.
     """
     adopted = study["decision"].get("adopted")
     out = []
@@ -136,5 +140,25 @@ def spread_sentences(study: dict[str, Any], readings: dict[str, Any] | None = No
                 "IRN's recipe, the readings study's as-built baseline, trained again for this study (val seeds "
                 "mIoU): " + "; ".join(pairs) + ". The code and the pins were the same; what differs is the "
                 "machine, and the thread count where the runs used another."
+            )
+    if seeds and adopted:
+        pairs, diffs, machines = [], [], set()
+        for seed, rec in sorted(seeds.get("seeds", {}).items()):
+            now = ((rec.get("seeds_val") or {}).get("baseline") or {}).get("miou")
+            then = _val(study["runs"].get(adopted, {}).get(f"seed{seed}"))
+            if now is not None and then is not None:
+                pairs.append(f"seed {seed} {then:.2f} here, {now:.2f} there")
+                diffs.append(abs(now - then))
+                if rec.get("machine"):
+                    m = rec["machine"]
+                    machines.add(f"{m.get('cpu')} ({', '.join(m.get('isa') or [])}; {m.get('torch_threads')} thread)")
+        if pairs:
+            here = study.get("machine") or {}
+            out.append(
+                f"The adopted recipe's baselines trained again for chapter 08's seeds (`emoji_seeds.json`), on "
+                f"{', '.join(sorted(machines)) or 'a machine it does not record'} where this study ran on "
+                f"{here.get('cpu')} ({', '.join(here.get('isa') or [])}; {here.get('torch_threads')} thread), and with "
+                f"the feature cache batching their CAMs: val seeds mIoU {'; '.join(pairs)} — at most "
+                f"{max(diffs):.2f} apart, the machine's share beside the data's above."
             )
     return out
