@@ -238,6 +238,9 @@ def test_the_rule_needs_a_gain_on_every_seed_and_half_the_published_one():
     out = rule_outcome(_study({"recam": [4.0, 3.5, 2.6], "advcam": [9.0, 9.0, -0.1], "lpcam": [1.0, 1.0, 1.0]}))
     assert out["controls"]["recam"]["passes"] and out["controls"]["recam"]["need"] == 3.0
     assert not out["controls"]["advcam"]["passes"] and not out["controls"]["advcam"]["every_seed"]  # lost on seed 2
+    assert "(it lost on 1 of 3 seeds)" in " ".join(
+        controls_sentences({"seeds": _study({"advcam": [9.0, 9.0, -0.1]})["seeds"]})
+    )
     assert out["controls"]["advcam"]["need"] == 3.4 and not out["controls"]["lpcam"]["passes"]
     assert out["can_see"]
     study = _study({"recam": [1.0, 1.0, 1.0], "advcam": [3.3, 3.3, 3.3], "lpcam": [5.0, 5.0]})

@@ -186,7 +186,8 @@ def controls_sentences(study: dict[str, Any]) -> list[str]:
             continue
         gains = ", ".join(f"{g:+.1f}" for g in r["gains"])
         verdict = "passes" if r["passes"] else "does not pass"
-        why = "" if r["passes"] else (" (it lost on at least one seed)" if not r["every_seed"] else " (too small)")
+        lost = sum(g <= 0 for g in r["gains"])
+        why = "" if r["passes"] else (f" (it lost on {lost} of {len(r['gains'])} seeds)" if lost else " (too small)")
         out.append(
             f"{label} changed train seeds mIoU by {gains} on generator seeds 0, 1, 2 (mean {r['mean']:+.1f}; the "
             f"rule needs a gain on every seed and a mean of at least {r['need']:+.1f}): it {verdict}{why}."
