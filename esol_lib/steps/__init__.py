@@ -8,6 +8,7 @@ In order (chapters 01-06; ``esol <command>`` runs each alone, ``esol pipeline`` 
     shrinkage.shrink         → checkpoints/shrinkage.pt                       esol shrink      (04)
     cams.make_cam            → cams/<stage>/<id>.npz                          esol make-cam    (01-04)
     cams.eval_cam            → metrics/<stage>[_crf]_<split>.json             esol eval-cam    (01-05)
+    control_models.train_recam → checkpoints/recam.pt (a positive control)     esol train-recam (10)
     refinement.refine        → ir_labels/, checkpoints/irn-<stage>.pt,
                                pseudo_masks/<stage>/, metrics/mask-<stage>_*   esol refine      (05)
     segmentation.train_seg   → checkpoints/seg-<stage>.pt                     esol train-seg   (06)
@@ -19,8 +20,10 @@ after its function: loading a module ``steps/<name>.py`` sets the package's attr
 which would shadow a function of the same name. Any step can be re-run alone; one whose inputs are
 missing names the command to run first.
 
-Words: a **step** is one of these functions (one ``esol`` command). A **stage** is one of the
-paper's three CAM models, ``baseline``, ``expansion`` and ``shrinkage`` (``--stage``, ``cams/<stage>/``);
+Words: a **step** is one of these functions (one ``esol`` command). A **stage** is a way of making CAMs,
+an entry of :data:`esol_lib.runtime.stages.STAGE_TABLE` (``--stage``, ``cams/<stage>/``): the paper's
+``baseline``, ``expansion`` and ``shrinkage``, and the positive controls ``recam``, ``advcam``, ``lpcam``;
+``producers.PRODUCERS`` says what makes each one's CAMs;
 the refinement and segmentation steps run once per stage they refine, under the checkpoint names
 ``irn-<stage>`` and ``seg-<stage>``. The backbone's levels (stem, layer1-4) are *levels*; only the
 config key ``frozen_stages`` keeps IRN's and mmdetection's name for them.

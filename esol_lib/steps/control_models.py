@@ -16,7 +16,9 @@ import math
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from esol_lib.data.transforms import to_tensor
 from esol_lib.method.cam import load_cam
 from esol_lib.method.lpcam import PrototypeBank, lpcam_weight
 from esol_lib.method.recam import recam_loss_of, recam_param_groups
@@ -27,6 +29,7 @@ from esol_lib.runtime.config import Config
 from esol_lib.runtime.distributed import get_dist_info, init_distributed, wrap_ddp
 from esol_lib.runtime.engine import seed_everything, train_loop
 from esol_lib.runtime.errors import StageError
+from esol_lib.runtime.freshness import data_fingerprint
 from esol_lib.runtime.rundir import RunDir, holds_run_lock
 from esol_lib.runtime.schedule import PolyLR, stage_sgd, stage_steps
 from esol_lib.runtime.train_log import DeadOutputGuard, JsonlLogger
@@ -113,10 +116,7 @@ def prototype_inputs(run: RunDir, cfg: Config) -> dict[str, str]:
     """What ``checkpoints/lpcam.pt`` is made from: the baseline (its digest), the clustered split's data
     (``data.cam_split``, as the public code clusters VOC's train) and the ``lpcam`` settings."""
     inputs = stage_inputs(run, cfg, "lpcam")
-    ds = split_dataset(cfg, cfg.data.cam_split)
-    from esol_lib.runtime.freshness import data_fingerprint
-
-    inputs["data"] = data_fingerprint(ds)
+    inputs["data"] = data_fingerprint(split_dataset(cfg, cfg.data.cam_split))
     inputs["lpcam"] = json.dumps(dataclasses.asdict(cfg.lpcam), sort_keys=True)
     return inputs
 
@@ -145,10 +145,6 @@ def make_prototypes(run: RunDir, *, progress: bool = True) -> PrototypeHead:
     require_cams(run, "baseline", ds, split)  # the baseline's CAMs split the pixels (make-cam makes them first)
     model = load_baseline(run, cfg, ds.num_classes, device)
     bank = PrototypeBank(ds.num_classes, threshold=lc.cam_threshold, max_per_class=lc.max_per_class, seed=cfg.seed)
-    from tqdm.auto import tqdm
-
-    from esol_lib.data.transforms import to_tensor
-
     with torch.inference_mode():
         for i in tqdm(range(len(ds)), desc=f"LPCAM features/{split}", unit="img", disable=not progress):
             sample = ds[i]
