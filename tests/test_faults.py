@@ -341,16 +341,24 @@ def test_a_copied_run_folder_stays_current(workspace, tmp_path):
 
 
 def test_a_network_made_to_die_stops_train_cam_with_one_line_and_the_pipeline_with_it(workspace, tmp_path):
-    """lr 1 with IRN's momentum kills every ReLU of the smoke classifier by step ~20 while its loss
+    """lr 2 with IRN's momentum kills every ReLU of the smoke classifier within 50 steps while its loss
     sits at ln 2: the run must stop there (exit code 2, one line that names train_cam.lr), never go
-    on to CAMs and scores of a dead network (issue 36: 8.3 mIoU and exit code 0)."""
+    on to CAMs and scores of a dead network (issue 36: 8.3 mIoU and exit code 0).
+
+    Where it dies depends on the machine's arithmetic: lr 1 killed it on an AVX2-only CPU and left it alive
+    on an AVX-512 one, where lr 2 kills it at step 49. A machine on which the loss turns NaN first stops on
+    the divergence guard instead, with the same one line naming train_cam.lr; both are a stop, not a score."""
     base, data, _, _, _ = workspace
     run = tmp_path / "dead"
-    sets = ["--set", "train_cam.lr=1", "--set", "train_cam.max_steps=150", "--set", "train_cam.checkpoint_every=10"]
+    sets = ["--set", "train_cam.lr=2", "--set", "train_cam.max_steps=150", "--set", "train_cam.checkpoint_every=10"]
     proc = esol(*pipeline_args(data, run), *sets, cwd=base)
     lines = error_lines(proc)
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
-    assert "stage 'baseline' stopped training" in lines[0] and "network is dead" in lines[0]
-    assert "--set train_cam.lr=<smaller>" in lines[0] and "baseline.partial.pt (step 10)" in lines[0]
+    assert "stage 'baseline'" in lines[0] and "train_cam.lr" in lines[0]
+    if "network is dead" in lines[0]:
+        assert "stopped training" in lines[0] and "--set train_cam.lr=<smaller>" in lines[0]
+        assert "baseline.partial.pt (step 10)" in lines[0]
+    else:
+        assert "diverged" in lines[0], lines[0]
     assert not (run / "checkpoints" / "baseline.pt").exists() and not (run / "cams").exists()
     assert not (run / "metrics").is_dir() or not list((run / "metrics").glob("*.json"))
