@@ -309,3 +309,63 @@ def test_a_killed_advcam_pass_resumes_to_the_bytes_of_an_uninterrupted_one(smoke
     assert names == sorted(p.name for p in killed.cams("advcam").glob("*.npz")) and len(names) == 6
     for name in names:
         assert (clean.cams("advcam") / name).read_bytes() == (killed.cams("advcam") / name).read_bytes(), name
+
+
+def test_the_chapter_helpers_say_what_the_numbers_say():
+    """The sentences and the figure chapter 10 computes, on made-up numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from esol_lib.book import controls
+
+    live = controls.live_control_sentence("lpcam", {"miou": 0.40}, {"miou": 0.45}, "train")
+    assert live == (
+        "On this run's train split LPCAM scores 45.0 mIoU against the baseline's 40.0 (+5.0); on VOC 2012 train "
+        "its paper reports 48.8 → 54.9 (+6.1)."
+    )
+    row = {"image": "a", "class": "dog", "score_first": 0.0, "score_last": 1.0, "regulariser_last": 0.1}
+    record = {
+        "rows": [
+            {**row, "lam": 7.0, "area05": [0.1, 0.1], "area015": [0.3, 0.32], "moved": 0.2},
+            {**row, "lam": 0.0, "area05": [0.1, 0.2], "area015": [0.3, 0.5], "moved": 1.0},
+        ]
+    }
+    assert controls.climb_table(record).count("\n") == 3
+    sentence = controls.climb_sentence(record)
+    assert "at λ = 7 an image's largest change was 0.20 (mean) and its map's area over 0.15 grew by +0.020" in sentence
+    assert "at λ = 0 an image's largest change was 1.00" in sentence and "+0.200" in sentence
+    assert controls.required_gain("advcam") == 3.4 and controls.required_gain("recam") == 3.0
+    study = _study({"recam": [4.0, 3.5, 2.6], "advcam": [1.0, 1.0, 1.0], "lpcam": [-1.0, -1.0, -1.0]})
+    for s in study["seeds"].values():
+        s["seeds_train"]["shrinkage"] = {"miou": 38.0}
+    study["summary"] = controls.controls_summary(study["seeds"])
+    assert controls.esol_gains(study) == [-2.0, -2.0, -2.0]
+    assert "where ReCAM gained by the rule" in controls.esol_verdict(study)
+    fig = controls.gains_figure(study)
+    assert len(fig.axes[0].patches) == 4 * 3  # three controls and ESOL, a bar per seed
+
+
+def test_a_results_file_says_whether_it_was_measured_under_the_profile_of_today():
+    from esol_lib.book.results import measured_under_sentence
+    from esol_lib.runtime.config_io import load_config, settings_digest
+
+    today = settings_digest(load_config("cpu"))
+    assert "predate the record" in measured_under_sentence({})
+    same = {"measured_under": {"settings_digest": today, "commit": "abc"}}
+    assert measured_under_sentence(same).startswith("Measured under the `cpu` profile's settings as they resolve today")
+    assert "a default changed since" in measured_under_sentence({"measured_under": {"settings_digest": "x"}})
+
+
+def test_run_machine_reads_a_stages_done_line_and_code_commit_names_the_checkout(tmp_path):
+    from esol_lib.runtime.machine import code_commit, run_machine
+
+    records = [
+        {"stage": "baseline", "event": "done", "machine": {"cpu": "old"}},
+        {"stage": "recam", "event": "done", "machine": {"cpu": "B"}},
+        {"stage": "baseline", "event": "done", "machine": {"cpu": "A"}},
+    ]
+    assert run_machine(records) == {"cpu": "A"} and run_machine(records, "recam") == {"cpu": "B"}
+    assert run_machine(records, "lpcam") is None
+    assert code_commit(tmp_path) == "unknown"  # not a checkout
+    head = code_commit(ROOT)
+    assert head == "unknown" or len(head.split("+")[0]) == 12

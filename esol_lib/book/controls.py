@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from esol_lib.book.charts import control_gains_plot
 from esol_lib.book.tables import markdown_table
 from esol_lib.runtime.stages import CONTROL_STAGES, stage_spec
 
@@ -21,6 +22,8 @@ __all__ = [
     "Published",
     "PUBLISHED",
     "RULE_FLOOR",
+    "required_gain",
+    "gains_figure",
     "load_controls",
     "controls_summary",
     "control_gains",
@@ -73,6 +76,11 @@ PUBLISHED: dict[str, Published] = {
 RULE_FLOOR = 3.0
 
 
+def required_gain(control: str) -> float:
+    """The rule's required mean gain for ``control``: half its published seed gain, never under :data:`RULE_FLOOR`."""
+    return max(RULE_FLOOR, PUBLISHED[control].seed_gain / 2)
+
+
 def load_controls(path: str | Path) -> dict[str, Any]:
     """The results file ``benchmarks/controls.py`` writes."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -122,7 +130,7 @@ def rule_outcome(study: dict[str, Any], seeds: tuple[str, ...] = ("0", "1", "2")
     whether any control did (``can_see``). A control not measured on every seed cannot pass."""
     per_control = {}
     for control in CONTROL_STAGES:
-        need = max(RULE_FLOOR, PUBLISHED[control].seed_gain / 2)
+        need = required_gain(control)
         pairs = [control_gains(study["seeds"].get(s, {}), control) for s in seeds]
         if any(p is None for p in pairs):
             per_control[control] = {"measured": False, "need": need}
@@ -138,6 +146,12 @@ def rule_outcome(study: dict[str, Any], seeds: tuple[str, ...] = ("0", "1", "2")
             "passes": all(g > 0 for g in gains) and mean >= need,
         }
     return {"controls": per_control, "can_see": any(c.get("passes") for c in per_control.values())}
+
+
+def gains_figure(study: dict[str, Any]):
+    """Each control's gain per seed beside the rule's required mean and ESOL's gain
+    (:func:`esol_lib.book.charts.control_gains_plot`)."""
+    return control_gains_plot(study, {c: required_gain(c) for c in CONTROL_STAGES}, esol_gains(study))
 
 
 def _pm(block: dict | None) -> str:

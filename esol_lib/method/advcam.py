@@ -74,6 +74,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from esol_lib.method.cam import rescale
+
 __all__ = [
     "ADVCAM_SCALES",
     "Attribution",
@@ -290,13 +292,7 @@ def advcam_maps(
     if not classes:
         return total
     for s in scales:
-        x = (
-            image
-            if s == 1.0
-            else F.interpolate(
-                image, scale_factor=s, mode="bilinear", align_corners=False, recompute_scale_factor=False
-            )
-        )
+        x = rescale(image, s)
         start = torch.cat([x, x.flip(-1)], dim=0)
         n_steps = half_scale_steps(steps) if half_steps_at_half_scale and s == 0.5 else steps
         acc: Tensor | None = None

@@ -54,6 +54,7 @@ __all__ = [
     "CamProducer",
     "MultiScaleCams",
     "multiscale_cam",
+    "rescale",
     "compute_cams",
     "cam_batch_size",
     "load_cam",
@@ -64,6 +65,13 @@ __all__ = [
 ]
 
 CamFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """``images`` (B, C, H, W) resized by ``scale`` bilinearly, as IRN's CAM scales are made (1.0: as they are)."""
+    if scale == 1.0:
+        return images
+    return F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
 
 
 def multiscale_cam(
@@ -82,13 +90,7 @@ def multiscale_cam(
     b, _, h, w = images.shape
     total: torch.Tensor | None = None
     for s in scales:
-        x = (
-            images
-            if s == 1.0
-            else F.interpolate(
-                images, scale_factor=s, mode="bilinear", align_corners=False, recompute_scale_factor=False
-            )
-        )
+        x = rescale(images, s)
         if flip:
             x = torch.cat([x, x.flip(-1)], dim=0)
         cam = F.relu(cam_fn(x))

@@ -133,11 +133,11 @@ def _diverged_fix(run: RunDir, stage: str) -> str:
     )
 
 
-def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -> str:
+def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False, cfg: Config | None = None) -> str:
     """The signature of what ``eval_cam`` scores: the CAM folder's model signature, the split's data
     fingerprint, the thresholds and (with ``crf``) the CRF settings. Stored in the metrics file as
     ``inputs``; the file is current while they match (:func:`esol_lib.runtime.freshness.current_metrics`)."""
-    cfg = run.load_config()
+    cfg = cfg or run.load_config()
     folder = run.cams(stage)
     split = cam_split_name(cfg, stage, split)
     return signature_of(
@@ -153,9 +153,10 @@ def cam_metrics_inputs(run: RunDir, stage: str, split: str, crf: bool = False) -
 
 def current_cam_metrics(run: RunDir, stage: str, split: str, crf: bool = False) -> dict | None:
     """``metrics/<stage>[_crf]_<split>.json`` if it scores ``stage``'s CAMs as they are now, else None."""
-    split = cam_split_name(run.load_config(), stage, split)
+    cfg = run.load_config()
+    split = cam_split_name(cfg, stage, split)
     name = f"{stage}_crf_{split}" if crf else f"{stage}_{split}"
-    return current_metrics(run.metrics(name), cam_metrics_inputs(run, stage, split, crf))
+    return current_metrics(run.metrics(name), cam_metrics_inputs(run, stage, split, crf, cfg))
 
 
 @main_process_only
@@ -200,7 +201,7 @@ def eval_cam(
     )
     if (Path(cfg.data.root) / "SegmentationPart").is_dir():
         metrics["part_localization"] = seed_part_recall(run.cams(stage), ds, cfg.data.root, metrics["threshold"])
-    metrics["inputs"] = cam_metrics_inputs(run, stage, split, crf)
+    metrics["inputs"] = cam_metrics_inputs(run, stage, split, crf, cfg)
     write_metrics(run.metrics(name), metrics)
     return metrics
 

@@ -24,7 +24,13 @@ from esol_lib.method.lpcam import PrototypeBank, lpcam_weight
 from esol_lib.method.recam import recam_loss_of, recam_param_groups
 from esol_lib.models import build_classifier
 from esol_lib.models.class_predictor import ClassPredictor, PrototypeHead, ReCAMModel
-from esol_lib.runtime.checkpoint import load_checkpoint, load_stage_checkpoint, partial_checkpoint_path, save_final
+from esol_lib.runtime.checkpoint import (
+    INPUTS_KEY,
+    load_checkpoint,
+    load_stage_checkpoint,
+    partial_checkpoint_path,
+    save_final,
+)
 from esol_lib.runtime.config import Config
 from esol_lib.runtime.distributed import get_dist_info, init_distributed, wrap_ddp
 from esol_lib.runtime.engine import seed_everything, train_loop
@@ -195,7 +201,7 @@ def _current_prototypes(run: RunDir, cfg: Config, inputs: dict[str, str]) -> Pro
         ckpt = load_checkpoint(path)
     except StageError:
         return None
-    if ckpt.get("inputs") != inputs or "model" not in ckpt:
+    if ckpt.get(INPUTS_KEY) != inputs or "model" not in ckpt:  # strict: prototypes are cheap to redo
         return None
     weight = ckpt["model"]["weight"]
     head = PrototypeHead(int(weight.shape[0]), int(weight.shape[1]))
